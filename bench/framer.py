@@ -1,0 +1,200 @@
+"""Benchmark the frame scanners: C vs its pure-Python twin vs a naive bytearray framer.
+
+Each cell feeds a stream of equal frames (payloads of 16 B, 256 B, 4 KiB or 64 KiB), cut into
+64 KiB chunks, to fresh framers and reports frames/s and payload MB/s: the median of several
+repetitions of a fixed time each.  The framers take turns, repetition by repetition, so that the
+machine's slow spells (noisy neighbours, frequency changes) hit them alike, and the c/python
+column is the median of the per-turn ratios.
+
+Chunks are copied into fresh bytes objects just before they are fed (untimed, 256 KiB at a time),
+as socket reads deliver them: new objects whose bytes are in the CPU cache.  ``--cold`` feeds the
+chunks of a 4 MiB stream as they are instead, so the framer also pays for fetching them from
+memory.
+As with timeit, the cyclic garbage collector is off while timing unless ``--gc`` is given.
+
+Usage::
+
+    python bench/framer.py                   # 1.5 s per framer and payload size
+    python bench/framer.py --quick           # 0.25 s per framer and payload size
+    python bench/framer.py --json            # one JSON object on stdout, the table on stderr:
+                                             # {"16": {"c": fps, "python": fps, "naive": fps}, ...}
+    python bench/framer.py --chunk-size 26   # one 16-byte frame per read (small RPCs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import struct
+import sys
+import time
+
+from trpc._errors import FrameTooLargeError
+from trpc._framer import FRAMERS, c_framer_error
+from trpc._framer_py import DEFAULT_MAX_FRAME_SIZE, HEADER
+
+PAYLOAD_SIZES = (16, 256, 4096, 65536)
+CHUNK_SIZE = 64 * 1024
+# Bytes of frames per pass; passes repeat until a repetition's time is up.
+STREAM_SIZE = 4 * 1024 * 1024
+# Chunks are copied (untimed) and fed in batches of this many bytes, which stay in the L2 cache.
+FRESH_BYTES = 256 * 1024
+
+
+class NaiveFramer:
+    """The baseline: append every chunk to a bytearray, unpack frames from its front."""
+
+    name = "naive"
+    _unpack = struct.Struct(">IBBI").unpack_from
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, int, int, bytes]]:
+        buffer = self._buffer
+        buffer += data
+        frames = []
+        pos = 0
+        while len(buffer) - pos >= 10:
+            length, type_, flags, stream_id = self._unpack(buffer, pos)
+            if length > self.max_frame_size:
+                raise FrameTooLargeError(length)
+            if len(buffer) - pos - 10 < length:
+                break
+            frames.append((type_, flags, stream_id, bytes(buffer[pos + 10 : pos + 10 + length])))
+            pos += 10 + length
+        del buffer[:pos]
+        return frames
+
+
+def make_chunks(payload_size: int, chunk_size: int) -> tuple[list[bytes], int, bytes]:
+    """A stream of frames with ``payload_size``-byte payloads cut in ``chunk_size`` chunks:
+    the chunks, the number of frames, the payload."""
+    payload = bytes(range(256)) * (payload_size // 256) + bytes(payload_size % 256)
+    count = max(STREAM_SIZE // (HEADER.size + payload_size), 64)
+    stream = b"".join(HEADER.pack(payload_size, 0, 0, 2 * i + 1) + payload for i in range(count))
+    chunks = [stream[i : i + chunk_size] for i in range(0, len(stream), chunk_size)]
+    return chunks, count, payload
+
+
+def run_once(framer_cls, chunks: list[bytes], count: int, duration: float, cold: bool) -> float:
+    """Feed the stream to fresh framers for ``duration`` seconds; return frames per second."""
+    frames = 0
+    elapsed = 0.0
+    clock = time.perf_counter
+    batch = max(1, FRESH_BYTES // len(chunks[0]))
+    while elapsed < duration:
+        feed = framer_cls().feed
+        for i in range(0, len(chunks), batch):
+            # Fresh copies, like socket reads, unless cold; copying is not timed.
+            todo = chunks[i : i + batch] if cold else [bytes(memoryview(c)) for c in chunks[i : i + batch]]
+            start = clock()
+            for data in todo:
+                feed(data)
+            elapsed += clock() - start
+        frames += count
+    return frames / elapsed
+
+
+def measure(
+    framers: dict[str, type], payload_size: int, args: argparse.Namespace
+) -> dict[str, list[float]]:
+    """frames/s of each framer in each repetition, the framers taking turns."""
+    chunks, count, payload = make_chunks(payload_size, args.chunk_size)
+    for framer_cls in framers.values():
+        # A fast wrong answer is no answer.
+        framer = framer_cls()
+        got = [frame for chunk in chunks for frame in framer.feed(chunk)]
+        assert len(got) == count, framer_cls
+        assert got[-1] == (0, 0, 2 * count - 1, payload), framer_cls
+    runs: dict[str, list[float]] = {name: [] for name in framers}
+    for _ in range(args.repeat):
+        for name, framer_cls in framers.items():
+            runs[name].append(run_once(framer_cls, chunks, count, args.duration, args.cold))
+            gc.collect()
+    return runs
+
+
+def paired_ratio(runs: dict[str, list[float]], a: str, b: str) -> str:
+    """Median over the repetitions of a's frames/s over b's in the same repetition."""
+    if a not in runs or b not in runs:
+        return "-"
+    return f"{statistics.median(x / y for x, y in zip(runs[a], runs[b])):.2f}x"
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (
+        f"{model}, {os.cpu_count()} cores, {platform.python_implementation()}"
+        f" {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter, noisier runs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--repeat", type=int, help="repetitions per cell (default 15, quick 5)")
+    parser.add_argument("--duration", type=float, help="seconds per repetition (0.1, quick 0.05)")
+    parser.add_argument("--chunk-size", type=int, default=CHUNK_SIZE, help="bytes per feed")
+    parser.add_argument("--cold", action="store_true", help="feed chunks that are not in cache")
+    parser.add_argument("--gc", action="store_true", help="keep the garbage collector on")
+    args = parser.parse_args(argv)
+    args.repeat = args.repeat or (5 if args.quick else 15)
+    args.duration = args.duration or (0.05 if args.quick else 0.1)
+    table = sys.stderr if args.json else sys.stdout
+
+    framers = {name: FRAMERS[name] for name in ("c", "python") if name in FRAMERS}
+    framers["naive"] = NaiveFramer
+    if "c" not in framers:
+        print(f"warning: no C framer ({c_framer_error})", file=sys.stderr)
+
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    print(f"# trpc framer benchmark, {now}", file=table)
+    print(f"# {machine()}", file=table)
+    print(
+        f"# {args.chunk_size}-byte chunks ({'cold' if args.cold else 'fresh copies'}),"
+        f" gc {'on' if args.gc else 'off'}; median of {args.repeat} x {args.duration} s per"
+        " cell, framers taking turns; ratios: median of per-turn ratios",
+        file=table,
+    )
+    columns = "  ".join(f"{name + ' frames/s':>16} {'MB/s':>7}" for name in framers)
+    print(f"{'payload':>8}  {columns}  {'c/python':>8}  {'python/naive':>12}", file=table)
+
+    results: dict[str, dict[str, float]] = {}
+    gc_was_enabled = gc.isenabled()
+    try:
+        if not args.gc:
+            gc.disable()
+        for size in PAYLOAD_SIZES:
+            runs = measure(framers, size, args)
+            row = results[str(size)] = {name: statistics.median(fps) for name, fps in runs.items()}
+            cells = "  ".join(
+                f"{row[name]:>16,.0f} {row[name] * size / 1e6:>7,.0f}" for name in framers
+            )
+            c_python = paired_ratio(runs, "c", "python")
+            python_naive = paired_ratio(runs, "python", "naive")
+            print(f"{size:>8}  {cells}  {c_python:>8}  {python_naive:>12}", file=table, flush=True)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    if args.json:
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Build script for ``trpc._framer_cffi``, the compiled frame scanner (cffi, out-of-line API mode).
+
+The C interface is written once, in ``csrc/framer.h``: the text between its ``BEGIN CDEF`` and
+``END CDEF`` markers is the cdef, and the C source is ``csrc/framer.c``.  The module is compiled
+with the package version (``TRPC_VERSION``), which ``trpc._framer_c`` checks on import.
+
+Used by setup.py (``cffi_modules=["build_ffi.py:ffibuilder"]``); ``python build_ffi.py`` builds
+the module into ``src/trpc/`` for development.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HEADER = os.path.join("csrc", "framer.h")
+SOURCE = os.path.join("csrc", "framer.c")
+
+
+def read_cdef() -> str:
+    with open(os.path.join(HERE, HEADER), encoding="utf-8") as f:
+        text = f.read()
+    match = re.search(r"/\* BEGIN CDEF \*/(.*?)/\* END CDEF \*/", text, re.DOTALL)
+    if match is None:
+        raise RuntimeError(f"{HEADER} has no BEGIN CDEF / END CDEF region")
+    return match.group(1)
+
+
+def read_version() -> str:
+    # Parsed, not imported: importing trpc would need its dependencies at build time.
+    with open(os.path.join(HERE, "src", "trpc", "_version.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "__version__" for target in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    raise RuntimeError("src/trpc/_version.py defines no __version__")
+
+
+def make_builder(root: str = "") -> FFI:
+    """The FFI builder; paths are relative to ``root`` (setuptools wants them relative)."""
+    builder = FFI()
+    builder.cdef(read_cdef())
+    builder.set_source(
+        "trpc._framer_cffi",
+        '#include "framer.h"',
+        sources=[os.path.join(root, SOURCE)],
+        include_dirs=[os.path.join(root, "csrc")],
+        depends=[os.path.join(root, HEADER)],
+        # json.dumps gives a valid C string literal for any printable version string.
+        define_macros=[("TRPC_VERSION", json.dumps(read_version()))],
+        extra_compile_args=["-std=c99", "-Wall", "-Wextra", "-O2"],
+    )
+    return builder
+
+
+ffibuilder = make_builder()
+
+if __name__ == "__main__":
+    # Development build: compile under build/ and copy the module next to the sources.  cffi
+    # compiles from inside tmpdir, hence the absolute paths.
+    import shutil
+
+    built = make_builder(HERE).compile(tmpdir=os.path.join(HERE, "build", "cffi"), verbose=True)
+    shutil.copy(built, os.path.join(HERE, "src", "trpc"))

@@ -1,0 +1,363 @@
+/*
+ * trpc's frame scanner in C.  See framer.h for the interface and src/trpc/_framer_py.py for the
+ * pure-Python twin, which behaves identically.
+ *
+ * Theory of operation.  A frame is a 10-byte header (length u32, type u8, flags u8, stream_id
+ * u32, big-endian; length counts the payload only) followed by `length` payload bytes.  Calling
+ * from Python costs about as much as parsing a few dozen frames in C, so trpc_framer_feed() does
+ * all the work for one received chunk in one call:
+ *
+ *   1. If the previous chunk ended inside a frame, that frame's bytes are in the carry buffer:
+ *      top it up from the start of the chunk, header first (the length limit is checked as soon
+ *      as the header is complete, before any payload is buffered).  When it completes, emit it
+ *      as descriptor 0 and swap the carry and spare buffers, so the payload stays readable in
+ *      the spare buffer while step 3 refills the carry.
+ *   2. Scan the rest of the chunk in place, emitting one descriptor per complete frame.
+ *   3. Copy the trailing incomplete frame, if any, into the carry buffer.
+ *
+ * The carry buffer grows geometrically with the bytes actually received (a header announcing a
+ * large payload does not by itself allocate it) up to header + max_frame_size.  A spare buffer
+ * larger than CARRY_KEEP is freed at the next call, so an idle framer holds little memory.
+ *
+ * All arithmetic is on size_t, and a payload length is compared with max_frame_size (< 2**24)
+ * before it is added to anything, so hostile lengths near 2**32 cannot overflow.
+ */
+#include "framer.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef TRPC_VERSION
+#error "TRPC_VERSION must be defined (build_ffi.py sets it from src/trpc/_version.py)"
+#endif
+
+#define HEADER_SIZE ((size_t)TRPC_FRAMER_HEADER_SIZE)
+/* First allocation of the carry buffer: a header plus a typical small frame. */
+#define CARRY_MIN ((size_t)256)
+/* A spare buffer larger than this (one 64 KiB read) is released instead of kept for reuse. */
+#define CARRY_KEEP ((size_t)1 << 16)
+
+struct trpc_framer {
+    uint32_t max_frame_size;
+    /* TRPC_FRAMER_OK, or the error status that poisoned the framer. */
+    int status;
+    /* See trpc_framer_announced(). */
+    uint32_t announced;
+    /* The incomplete frame (header and the payload received so far). */
+    unsigned char *carry;
+    size_t carry_len;
+    size_t carry_cap;
+    /* The previous carry buffer: holds the payload of the last frame completed in the carry. */
+    unsigned char *spare;
+    size_t spare_cap;
+    /* The output of the last feed call (see framer.h). */
+    trpc_framer_result result;
+    size_t capacity;
+    uint32_t *columns;
+    uint8_t *type_flags;
+    char *format;
+};
+
+static uint32_t read_u32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+static size_t min_size(size_t a, size_t b)
+{
+    return a < b ? a : b;
+}
+
+/* Make the carry buffer hold at least `needed` bytes of a frame of `frame_size` bytes in total
+ * (needed <= frame_size).  Returns 0 when out of memory, leaving the buffer as it was. */
+static int carry_reserve(trpc_framer *framer, size_t needed, size_t frame_size)
+{
+    size_t cap;
+    unsigned char *grown;
+
+    if (needed <= framer->carry_cap) {
+        return 1;
+    }
+    cap = framer->carry_cap < CARRY_MIN ? CARRY_MIN : framer->carry_cap;
+    while (cap < needed) {
+        cap *= 2; /* cannot overflow: needed <= HEADER_SIZE + TRPC_FRAMER_MAX_FRAME_SIZE_LIMIT */
+    }
+    if (cap > frame_size) {
+        cap = frame_size < CARRY_MIN ? CARRY_MIN : frame_size;
+    }
+    grown = realloc(framer->carry, cap);
+    if (grown == NULL) {
+        return 0;
+    }
+    framer->carry = grown;
+    framer->carry_cap = cap;
+    return 1;
+}
+
+static int poison(trpc_framer *framer, int status)
+{
+    framer->status = status;
+    if (status == TRPC_FRAMER_TOO_LARGE) {
+        /* Nothing more will be parsed: let the carry go now (the spare buffer may still hold
+         * a payload the caller has to read). */
+        free(framer->carry);
+        framer->carry = NULL;
+        framer->carry_len = 0;
+        framer->carry_cap = 0;
+    }
+    return status;
+}
+
+const char *trpc_framer_version(void)
+{
+    return TRPC_VERSION;
+}
+
+trpc_framer *trpc_framer_new(uint32_t max_frame_size, uint32_t capacity)
+{
+    trpc_framer *framer;
+
+    if (max_frame_size > TRPC_FRAMER_MAX_FRAME_SIZE_LIMIT || capacity == 0 ||
+        capacity > TRPC_FRAMER_MAX_CAPACITY) {
+        return NULL;
+    }
+    framer = calloc(1, sizeof(*framer));
+    if (framer == NULL) {
+        return NULL;
+    }
+    framer->max_frame_size = max_frame_size;
+    framer->capacity = capacity;
+    /* calloc: the caller may read the output before the first call. */
+    framer->columns = calloc(3 * (size_t)capacity, sizeof(uint32_t));
+    framer->type_flags = calloc(2 * (size_t)capacity, 1);
+    framer->format = calloc((size_t)capacity * TRPC_FRAMER_FORMAT_PER_FRAME + 2, 1);
+    if (framer->columns == NULL || framer->type_flags == NULL || framer->format == NULL) {
+        trpc_framer_free(framer);
+        return NULL;
+    }
+    return framer;
+}
+
+void trpc_framer_free(trpc_framer *framer)
+{
+    if (framer != NULL) {
+        free(framer->carry);
+        free(framer->spare);
+        free(framer->columns);
+        free(framer->type_flags);
+        free(framer->format);
+        free(framer);
+    }
+}
+
+/* Append "10x<size>s" to the format at `text`; return the end. */
+static char *format_payload(char *text, uint32_t size)
+{
+    char digits[10];
+    int count = 0;
+
+    *text++ = '1';
+    *text++ = '0';
+    *text++ = 'x';
+    do {
+        digits[count++] = (char)('0' + size % 10);
+        size /= 10;
+    } while (size != 0);
+    while (count > 0) {
+        *text++ = digits[--count];
+    }
+    *text++ = 's';
+    return text;
+}
+
+/* Every return from trpc_framer_feed() goes through here. */
+static int finish(trpc_framer *framer, int status)
+{
+    framer->result.buffered = (uint32_t)framer->carry_len;
+    return status;
+}
+
+int trpc_framer_feed(trpc_framer *framer, const char *data, size_t length, size_t start)
+{
+    const unsigned char *bytes = (const unsigned char *)data;
+    trpc_framer_result *result = &framer->result;
+    const size_t capacity = framer->capacity;
+    uint8_t *types = framer->type_flags;
+    uint8_t *flags = types + capacity;
+    uint32_t *ids = framer->columns;
+    uint32_t *starts = ids + capacity;
+    uint32_t *ends = starts + capacity;
+    char *format = framer->format;
+    size_t pos = start;
+    size_t n = 0;
+
+    memset(result, 0, sizeof(*result));
+    if (framer->status != TRPC_FRAMER_OK) {
+        return finish(framer, framer->status);
+    }
+    if (start > length || (uint64_t)length > UINT32_MAX) {
+        return finish(framer, TRPC_FRAMER_BAD_ARGUMENT);
+    }
+    result->consumed = (uint32_t)start;
+
+    /* The payload handed out by the previous call is dead now. */
+    if (framer->spare_cap > CARRY_KEEP) {
+        free(framer->spare);
+        framer->spare = NULL;
+        framer->spare_cap = 0;
+    }
+
+    /* 1. Top up the carried frame: header first, then check its length, then the payload. */
+    if (framer->carry_len > 0) {
+        size_t frame_size, take, swap_cap;
+        unsigned char *swap;
+
+        if (framer->carry_len < HEADER_SIZE) {
+            /* carry_cap >= CARRY_MIN > HEADER_SIZE: step 3 reserved it. */
+            take = min_size(HEADER_SIZE - framer->carry_len, length - pos);
+            if (take > 0) {
+                memcpy(framer->carry + framer->carry_len, bytes + pos, take);
+            }
+            framer->carry_len += take;
+            pos += take;
+            result->consumed = (uint32_t)pos;
+            if (framer->carry_len < HEADER_SIZE) {
+                return finish(framer, 0);
+            }
+            framer->announced = read_u32(framer->carry);
+            if (framer->announced > framer->max_frame_size) {
+                return finish(framer, poison(framer, TRPC_FRAMER_TOO_LARGE));
+            }
+        }
+        frame_size = HEADER_SIZE + framer->announced;
+        take = min_size(frame_size - framer->carry_len, length - pos);
+        if (!carry_reserve(framer, framer->carry_len + take, frame_size)) {
+            return finish(framer, poison(framer, TRPC_FRAMER_NO_MEMORY));
+        }
+        if (take > 0) {
+            memcpy(framer->carry + framer->carry_len, bytes + pos, take);
+        }
+        framer->carry_len += take;
+        pos += take;
+        result->consumed = (uint32_t)pos;
+        if (framer->carry_len < frame_size) {
+            return finish(framer, 0);
+        }
+        types[0] = framer->carry[4];
+        flags[0] = framer->carry[5];
+        ids[0] = read_u32(framer->carry + 6);
+        starts[0] = 0;
+        ends[0] = 0;
+        n = 1;
+        result->frames = 1;
+        result->carried = 1;
+        result->carried_length = framer->announced;
+        /* Keep the payload readable in the spare buffer while the carry fills again. */
+        swap = framer->carry;
+        framer->carry = framer->spare;
+        framer->spare = swap;
+        swap_cap = framer->carry_cap;
+        framer->carry_cap = framer->spare_cap;
+        framer->spare_cap = swap_cap;
+        framer->carry_len = 0;
+    }
+
+    /* 2. Scan the complete frames in place. */
+    result->offset = (uint32_t)pos;
+    *format++ = '=';
+    while (length - pos >= HEADER_SIZE && n < capacity) {
+        const unsigned char *header = bytes + pos;
+        uint32_t size = read_u32(header);
+
+        if (size > framer->max_frame_size) {
+            framer->announced = size;
+            result->frames = (uint32_t)n;
+            result->consumed = (uint32_t)pos;
+            result->format_length = (uint32_t)(format - framer->format);
+            return finish(framer, poison(framer, TRPC_FRAMER_TOO_LARGE));
+        }
+        if (length - pos - HEADER_SIZE < size) {
+            break;
+        }
+        types[n] = header[4];
+        flags[n] = header[5];
+        ids[n] = read_u32(header + 6);
+        /* Both fit in uint32: pos + HEADER_SIZE + size <= length <= UINT32_MAX. */
+        starts[n] = (uint32_t)(pos + HEADER_SIZE);
+        ends[n] = (uint32_t)(pos + HEADER_SIZE + size);
+        format = format_payload(format, size);
+        pos += HEADER_SIZE + size;
+        n++;
+    }
+    result->frames = (uint32_t)n;
+    result->consumed = (uint32_t)pos;
+    result->format_length = (uint32_t)(format - framer->format);
+    if (n == capacity && length - pos >= HEADER_SIZE) {
+        return finish(framer, (int)n); /* the output is full: the caller calls again from pos */
+    }
+
+    /* 3. Carry the incomplete frame at the end (its header, if complete, was checked). */
+    if (pos < length) {
+        size_t rest = length - pos;
+        size_t frame_size = rest;
+
+        if (rest >= HEADER_SIZE) {
+            framer->announced = read_u32(bytes + pos);
+            frame_size = HEADER_SIZE + framer->announced;
+        }
+        if (!carry_reserve(framer, rest, frame_size)) {
+            return finish(framer, poison(framer, TRPC_FRAMER_NO_MEMORY));
+        }
+        memcpy(framer->carry, bytes + pos, rest);
+        framer->carry_len = rest;
+        result->consumed = (uint32_t)length;
+    }
+    return finish(framer, (int)n);
+}
+
+const trpc_framer_result *trpc_framer_result_of(const trpc_framer *framer)
+{
+    return &framer->result;
+}
+
+const uint32_t *trpc_framer_columns(const trpc_framer *framer)
+{
+    return framer->columns;
+}
+
+const uint8_t *trpc_framer_type_flags(const trpc_framer *framer)
+{
+    return framer->type_flags;
+}
+
+const char *trpc_framer_format(const trpc_framer *framer)
+{
+    return framer->format;
+}
+
+const char *trpc_framer_carried(const trpc_framer *framer)
+{
+    return framer->spare == NULL ? NULL : (const char *)framer->spare + HEADER_SIZE;
+}
+
+int trpc_framer_close(trpc_framer *framer)
+{
+    if (framer->status == TRPC_FRAMER_OK && framer->carry_len > 0) {
+        framer->status = TRPC_FRAMER_TRUNCATED;
+    }
+    return framer->status;
+}
+
+size_t trpc_framer_buffered(const trpc_framer *framer)
+{
+    return framer->carry_len;
+}
+
+uint32_t trpc_framer_announced(const trpc_framer *framer)
+{
+    if (framer->status == TRPC_FRAMER_TOO_LARGE || framer->carry_len >= HEADER_SIZE) {
+        return framer->announced;
+    }
+    return 0;
+}

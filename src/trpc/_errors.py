@@ -1,0 +1,107 @@
+"""trpc's exception hierarchy, rooted in one class.
+
+Everything trpc raises on purpose derives from :class:`TrpcError`:
+
+- :class:`RpcError` is the *expected* outcome of a call that did not succeed: it carries a
+  :class:`~trpc.Status`, a message and optional details, exactly as the peer (or the local
+  client, for deadlines and lost connections) reported them.
+- :class:`ProtocolError` means the bytes on the wire broke the rules in ``docs/PROTOCOL.md``.
+  :class:`RemoteProtocolError` is raised when the *peer* broke them (garbage, oversize or
+  truncated frames, frames in the wrong state); :class:`LocalProtocolError` when local code asked
+  the protocol core for something the rules forbid.  The framer's errors are remote protocol
+  errors with their own subclasses so tests (and users) can tell them apart.
+- :class:`TransportError` wraps failures of the underlying byte stream (Trio's
+  ``BrokenResourceError``, ``ClosedResourceError``, ``OSError``); they are translated in one
+  place, the Trio transport layer, and never leak from the public API in their raw form.
+
+This module imports nothing but the standard library so that the sans-IO core, the framers and
+the Trio layer can all share it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._status import Status
+
+__all__ = [
+    "TrpcError",
+    "RpcError",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "FrameTooLargeError",
+    "TruncatedFrameError",
+    "TransportError",
+]
+
+
+class TrpcError(Exception):
+    """Base class of every exception trpc raises on purpose."""
+
+
+class RpcError(TrpcError):
+    """A call ended with a status other than OK.
+
+    Attributes:
+        status: the :class:`~trpc.Status` the call ended with.
+        message: a human-readable explanation (may be empty).
+        details: any CBOR-encodable value the server attached, or ``None``.
+        trailers: trailing metadata the server sent with the status (a dict, may be empty).
+    """
+
+    def __init__(
+        self,
+        status: Status,
+        message: str = "",
+        details: Any = None,
+        *,
+        trailers: dict | None = None,
+    ) -> None:
+        status = Status(status)
+        super().__init__(status, message, details)
+        self.status = status
+        self.message = message
+        self.details = details
+        self.trailers = trailers if trailers is not None else {}
+
+    def __str__(self) -> str:
+        text = f"{self.status.name}: {self.message}" if self.message else self.status.name
+        if self.details is not None:
+            text += f" (details: {self.details!r})"
+        return text
+
+    def __repr__(self) -> str:
+        return f"RpcError({self.status!r}, {self.message!r}, {self.details!r})"
+
+
+class ProtocolError(TrpcError):
+    """The rules of the wire protocol (docs/PROTOCOL.md) were broken."""
+
+    #: The GOAWAY error code that reports this error to the peer.
+    error_code = Status.INTERNAL
+
+
+class LocalProtocolError(ProtocolError):
+    """Local code asked the protocol core for something the protocol forbids."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that break the protocol; the connection cannot continue."""
+
+
+class FrameTooLargeError(RemoteProtocolError):
+    """A frame header announced a payload longer than the receiver's limit.
+
+    Raised as soon as the header is read, before any of the payload is buffered.
+    """
+
+    error_code = Status.RESOURCE_EXHAUSTED
+
+
+class TruncatedFrameError(RemoteProtocolError):
+    """The byte stream ended in the middle of a frame."""
+
+
+class TransportError(TrpcError):
+    """The underlying byte stream failed (reset, closed, unreachable)."""

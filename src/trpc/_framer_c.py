@@ -1,0 +1,201 @@
+"""The frame scanner in C (``csrc/framer.c``), behind the same interface as :class:`PyFramer`.
+
+This is the only module that touches the cffi ``ffi`` and ``lib`` objects.  Importing it raises
+ImportError if the compiled module ``trpc._framer_cffi`` is missing or was built for another
+trpc version.
+
+One C call scans a whole chunk and describes every complete frame in the C framer's output
+(see ``csrc/framer.h``): columns of type, flags and stream id, which become lists with one
+``tolist()`` each, and the payload layout as a ``struct`` format, with which one
+``Struct.unpack_from()`` slices every payload out of the chunk.  So per frame, only C code runs:
+Python builds no slice and runs no bytecode.  The one frame that straddled chunks is copied out
+of the C carry buffer; when a call finds only a few frames, they are read one by one, which is
+cheaper than compiling a format.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ._errors import FrameTooLargeError, TruncatedFrameError
+from ._framer_py import (
+    DEFAULT_MAX_FRAME_SIZE,
+    HEADER,
+    HEADER_SIZE,
+    MAX_FRAME_SIZE_LIMIT,
+    Frame,
+    check_max_frame_size,
+    frame_too_large,
+    truncated_frame,
+)
+from ._version import __version__
+
+try:
+    from ._framer_cffi import ffi, lib
+except ImportError as exc:
+    raise ImportError(
+        f"trpc's compiled framer (trpc._framer_cffi) cannot be imported ({exc}); reinstall trpc"
+        " from source with a C compiler available (TRPC_REQUIRE_C=1 makes a failed build fail"
+        " the install)"
+    ) from exc
+
+_built_for = ffi.string(lib.trpc_framer_version()).decode("ascii", "replace")
+if _built_for != __version__:
+    raise ImportError(
+        f"trpc._framer_cffi was built for trpc {_built_for}, but this is trpc {__version__};"
+        " rebuild it (reinstall trpc, or run `python build_ffi.py` in a source checkout)"
+    )
+if lib.TRPC_FRAMER_HEADER_SIZE != HEADER_SIZE or (
+    lib.TRPC_FRAMER_MAX_FRAME_SIZE_LIMIT != MAX_FRAME_SIZE_LIMIT
+):
+    raise ImportError("trpc._framer_cffi disagrees with trpc._framer_py on the frame format")
+
+__all__ = ["CFramer"]
+
+# Frames described per C call, at 14 + 12 bytes of output each: 26 KiB per framer (touched only
+# as far as used).  A 64 KiB chunk of 16-byte frames holds 2520 frames: three calls, each
+# costing under 1% of the Python work its frames need.
+_CAPACITY = 1024
+# Below this many frames in one call, reading the descriptors one by one beats compiling a
+# Struct.
+_FEW = 4
+# When C holds no partial frame, up to this many frames at the start of a chunk are parsed in
+# Python: a chunk of a few small frames (a typical RPC) is then never handed to C at all.
+_FAST_FRAMES = range(16)
+
+_unpack_header = HEADER.unpack_from
+_feed = lib.trpc_framer_feed
+_carried = lib.trpc_framer_carried
+_unpack = ffi.unpack
+_Struct = struct.Struct
+_TOO_LARGE = lib.TRPC_FRAMER_TOO_LARGE
+_TRUNCATED = lib.TRPC_FRAMER_TRUNCATED
+_NO_MEMORY = lib.TRPC_FRAMER_NO_MEMORY
+# Where each column starts in the type_flags (uint8) and columns (uint32) arrays.
+_TYPE, _FLAGS = 0, _CAPACITY
+_ID, _START, _END = 0, _CAPACITY, 2 * _CAPACITY
+
+
+class CFramer:
+    """Split a received byte stream into frames, in C; see :class:`PyFramer` for the interface."""
+
+    name = "c"
+
+    # Offsets in the output are uint32, so larger chunks are fed in pieces of this size.
+    _max_chunk = 1 << 31
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = check_max_frame_size(max_frame_size)
+        framer = lib.trpc_framer_new(max_frame_size, _CAPACITY)
+        if framer == ffi.NULL:
+            raise MemoryError("cannot allocate a framer")
+        self._framer = ffi.gc(framer, lib.trpc_framer_free)
+        # True while C holds no partial frame and no error, so Python may parse in place.
+        self._fast = True
+        # Views of the framer's output, which lives as long as self._framer.
+        result = lib.trpc_framer_result_of(framer)
+        self._result = memoryview(ffi.buffer(result, ffi.sizeof(result[0]))).cast("I")
+        self._columns = lib.trpc_framer_columns(framer)
+        self._column_view = memoryview(ffi.buffer(self._columns, 3 * _CAPACITY * 4)).cast("I")
+        self._type_flags = lib.trpc_framer_type_flags(framer)
+        self._type_flags_buffer = ffi.buffer(self._type_flags, 2 * _CAPACITY)
+        self._format = ffi.buffer(
+            lib.trpc_framer_format(framer), _CAPACITY * lib.TRPC_FRAMER_FORMAT_PER_FRAME + 2
+        )
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held of the incomplete frame at the end (0 at a frame boundary)."""
+        return lib.trpc_framer_buffered(self._framer)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Append one received chunk; return every frame it completes (see PyFramer.feed)."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        end = len(data)
+        if end > self._max_chunk:
+            return self._feed_pieces(data)
+        frames: list[Frame] = []
+        pos = 0
+        if self._fast:
+            # C holds nothing: parse the first few complete frames right here, since for a
+            # chunk of a few frames the C call costs more than it saves.  Anything else (an
+            # incomplete or oversize frame) is left to C.
+            last = end - HEADER_SIZE
+            max_frame_size = self.max_frame_size
+            for _ in _FAST_FRAMES:
+                if pos > last:
+                    break
+                length, type_, flags, stream_id = _unpack_header(data, pos)
+                start = pos + 10  # HEADER_SIZE
+                stop = start + length
+                if stop > end or length > max_frame_size:
+                    break
+                frames.append((type_, flags, stream_id, data[start:stop]))
+                pos = stop
+            if pos == end:
+                return frames
+        framer = self._framer
+        while True:
+            status = _feed(framer, data, end, pos)
+            n, pos, carried, carried_length, offset, format_length, buffered = self._result.tolist()
+            if carried:
+                payload = _unpack(_carried(framer), carried_length)
+                tf = self._type_flags
+                frames.append((tf[_TYPE], tf[_FLAGS], self._columns[_ID], payload))
+            if n - carried >= _FEW:
+                # Iterating bytes and memoryviews directly beats building lists first.
+                tf = self._type_flags_buffer
+                frames += zip(
+                    tf[_TYPE + carried : _TYPE + n],
+                    tf[_FLAGS + carried : _FLAGS + n],
+                    self._column_view[_ID + carried : _ID + n],
+                    _Struct(self._format[:format_length]).unpack_from(data, offset),
+                )
+            else:
+                tf = self._type_flags
+                c = self._columns
+                for i in range(carried, n):
+                    payload = data[c[_START + i] : c[_END + i]]
+                    frames.append((tf[_TYPE + i], tf[_FLAGS + i], c[_ID + i], payload))
+            if status < 0:
+                self._fast = False
+                raise self._error(status, frames)
+            if n < _CAPACITY:
+                self._fast = not buffered
+                return frames
+
+    def _feed_pieces(self, data: bytes) -> list[Frame]:
+        frames: list[Frame] = []
+        view = memoryview(data)
+        step = self._max_chunk
+        for offset in range(0, len(data), step):
+            try:
+                frames += self.feed(bytes(view[offset : offset + step]))
+            except (FrameTooLargeError, TruncatedFrameError) as error:
+                error.frames[:0] = frames
+                raise
+        return frames
+
+    def close(self) -> None:
+        """The peer sent EOF (see PyFramer.close)."""
+        status = lib.trpc_framer_close(self._framer)
+        if status:
+            raise self._error(status, [])
+
+    def _error(self, status: int, frames: list[Frame]) -> Exception:
+        if status == _TOO_LARGE:
+            error = frame_too_large(lib.trpc_framer_announced(self._framer), self.max_frame_size)
+        elif status == _TRUNCATED:
+            buffered = lib.trpc_framer_buffered(self._framer)
+            length = lib.trpc_framer_announced(self._framer) if buffered >= HEADER_SIZE else None
+            error = truncated_frame(buffered, length)
+        elif status == _NO_MEMORY:
+            return MemoryError("cannot grow the framer's carry buffer")
+        else:
+            raise AssertionError(f"trpc_framer_feed returned {status}")
+        error.frames = frames
+        return error
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} max_frame_size={self.max_frame_size} buffered={self.buffered}>"

@@ -1,0 +1,205 @@
+"""The frame scanner in pure Python, and the framing constants.
+
+Theory of operation.  A frame is a 10-byte header (``length: u32``, ``type: u8``, ``flags: u8``,
+``stream_id: u32``, big-endian; ``length`` counts the payload only) and ``length`` payload bytes.
+The framer splits the received byte stream into frames and enforces the maximum payload length;
+it does not look at type, flags or stream id, which are the protocol layer's business.
+
+:meth:`PyFramer.feed` takes one received chunk and returns every frame it completes:
+
+1. If the previous chunk ended inside a frame, that frame's bytes wait in a ``bytearray`` (the
+   carry).  Top it up from the start of the chunk, header first; as soon as the header is
+   complete its length is checked, so an oversize frame is refused before any of its payload is
+   buffered.
+2. Scan the rest of the chunk in place: each complete frame's payload is one slice of the chunk.
+3. Keep the incomplete frame at the end, if any, as the new carry.
+
+So complete frames are copied once (into their payload ``bytes``) and only the frame that straddles
+two chunks is copied twice.  ``trpc._framer_c.CFramer`` does the same in C, one call per chunk,
+and behaves identically, errors included.  A framer is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ._errors import FrameTooLargeError, TruncatedFrameError
+
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "MIN_FRAME_SIZE_LIMIT",
+    "MAX_FRAME_SIZE_LIMIT",
+    "Frame",
+    "PyFramer",
+]
+
+#: Frame header: payload length, type, flags, stream id.
+HEADER = struct.Struct(">IBBI")
+HEADER_SIZE = 10
+assert HEADER.size == HEADER_SIZE
+
+#: Default limit on a payload: 1 MiB bounds what one peer can make us buffer per connection,
+#: while typical messages fit in one frame (larger ones are split over several DATA frames).
+DEFAULT_MAX_FRAME_SIZE = 1 << 20
+#: The limit may not be set below 16 KiB: a peer must be able to rely on frames of that size
+#: (as in HTTP/2's SETTINGS_MAX_FRAME_SIZE) without asking first.
+MIN_FRAME_SIZE_LIMIT = 1 << 14
+#: ... nor above 2**24 - 1 (16 MiB, HTTP/2's ceiling): larger frames would let one stream hog the
+#: connection for too long, and the C framer relies on payload lengths being far below 2**32.
+MAX_FRAME_SIZE_LIMIT = (1 << 24) - 1
+
+#: What ``feed()`` returns, one per frame: ``(type, flags, stream_id, payload)``.
+Frame = tuple[int, int, int, bytes]
+
+_unpack_header = HEADER.unpack_from
+_unpack_length = struct.Struct(">I").unpack_from
+
+
+def check_max_frame_size(max_frame_size: int) -> int:
+    """Return ``max_frame_size`` if it is an allowed limit, else raise ValueError."""
+    if not MIN_FRAME_SIZE_LIMIT <= max_frame_size <= MAX_FRAME_SIZE_LIMIT:
+        raise ValueError(
+            f"max_frame_size must be between {MIN_FRAME_SIZE_LIMIT} and {MAX_FRAME_SIZE_LIMIT},"
+            f" not {max_frame_size!r}"
+        )
+    return max_frame_size
+
+
+def frame_too_large(length: int, max_frame_size: int) -> FrameTooLargeError:
+    """The error for a header announcing ``length`` payload bytes (both framers use it)."""
+    return FrameTooLargeError(
+        f"frame header announces a {length}-byte payload, over the limit of {max_frame_size} bytes"
+    )
+
+
+def truncated_frame(buffered: int, length: int | None) -> TruncatedFrameError:
+    """The error for EOF with ``buffered`` bytes of a frame whose payload length is ``length``
+    (``None`` if its header is incomplete) (both framers use it)."""
+    if length is None:
+        return TruncatedFrameError(
+            f"stream ended inside a frame header ({buffered} of {HEADER_SIZE} bytes received)"
+        )
+    return TruncatedFrameError(
+        f"stream ended inside a frame ({buffered} of {HEADER_SIZE + length} bytes received)"
+    )
+
+
+class PyFramer:
+    """Split a received byte stream into frames; see the module docstring.
+
+    Args:
+        max_frame_size: the largest payload accepted, between :data:`MIN_FRAME_SIZE_LIMIT`
+            and :data:`MAX_FRAME_SIZE_LIMIT`.
+
+    Raises:
+        ValueError: if ``max_frame_size`` is out of range.
+    """
+
+    name = "python"
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = check_max_frame_size(max_frame_size)
+        # The incomplete frame at the end of the data fed so far (header included).
+        self._carry = bytearray()
+        # Total size of the carried frame once its header is complete, else 0.
+        self._carry_size = 0
+        # The error that poisoned the framer, if any.
+        self._error: FrameTooLargeError | TruncatedFrameError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held of the incomplete frame at the end (0 at a frame boundary)."""
+        return len(self._carry)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Append one received chunk; return every frame it completes, in order.
+
+        Args:
+            data: the chunk (may be empty).
+
+        Returns:
+            A list of ``(type, flags, stream_id, payload)`` tuples; ``payload`` is ``bytes``.
+
+        Raises:
+            FrameTooLargeError: a header announced a payload over ``max_frame_size``; raised as
+                soon as that header is complete.  Its ``frames`` attribute holds the frames this
+                call completed before it.  The framer is then poisoned: every later call raises
+                the same error class again (with ``frames == []``).
+        """
+        if self._error is not None:
+            raise self._poisoned()
+        if type(data) is not bytes:
+            data = bytes(data)
+        frames: list[Frame] = []
+        append = frames.append
+        max_frame_size = self.max_frame_size
+        pos = 0
+        end = len(data)
+
+        carry = self._carry
+        if carry:
+            if len(carry) < HEADER_SIZE:
+                pos = HEADER_SIZE - len(carry)
+                carry += data[:pos]
+                if len(carry) < HEADER_SIZE:
+                    return frames
+                (length,) = _unpack_length(carry)
+                if length > max_frame_size:
+                    self._carry = bytearray()
+                    raise self._poison(frame_too_large(length, max_frame_size), frames)
+                self._carry_size = HEADER_SIZE + length
+            take = self._carry_size - len(carry)
+            carry += memoryview(data)[pos : pos + take]
+            pos += take
+            if pos > end:
+                return frames
+            _, type_, flags, stream_id = _unpack_header(carry)
+            del carry[:HEADER_SIZE]
+            append((type_, flags, stream_id, bytes(carry)))
+            self._carry = bytearray()
+
+        last = end - HEADER_SIZE  # the last offset where a complete header can start
+        while pos <= last:
+            length, type_, flags, stream_id = _unpack_header(data, pos)
+            if length > max_frame_size:
+                raise self._poison(frame_too_large(length, max_frame_size), frames)
+            start = pos + 10  # HEADER_SIZE, spelled out in this hot loop
+            pos = start + length
+            if pos > end:
+                pos = start - 10
+                self._carry_size = start + length - pos
+                break
+            append((type_, flags, stream_id, data[start:pos]))
+
+        if pos < end:
+            self._carry = bytearray(memoryview(data)[pos:])
+        return frames
+
+    def close(self) -> None:
+        """The peer sent EOF.
+
+        Raises:
+            TruncatedFrameError: if part of a frame is buffered (the framer is then poisoned).
+            FrameTooLargeError: if an earlier ``feed()`` raised it.
+        """
+        if self._error is not None:
+            raise self._poisoned()
+        if self._carry:
+            carry = self._carry
+            length = _unpack_length(carry)[0] if len(carry) >= HEADER_SIZE else None
+            raise self._poison(truncated_frame(len(carry), length), [])
+
+    def _poison(self, error: FrameTooLargeError | TruncatedFrameError, frames: list[Frame]):
+        self._error = error
+        error.frames = frames
+        return error
+
+    def _poisoned(self) -> FrameTooLargeError | TruncatedFrameError:
+        error = type(self._error)(*self._error.args)
+        error.frames = []
+        return error
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} max_frame_size={self.max_frame_size} buffered={self.buffered}>"

@@ -1,0 +1,557 @@
+"""Tests for the frame scanners: every test runs against both (the framer_cls fixture), and a
+hypothesis test requires the C framer, its Python twin and a reference model to agree on every
+stream, split and error."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trpc import _framer
+from trpc._errors import FrameTooLargeError, RemoteProtocolError, TruncatedFrameError
+from trpc._framer_py import (
+    DEFAULT_MAX_FRAME_SIZE,
+    HEADER,
+    HEADER_SIZE,
+    MAX_FRAME_SIZE_LIMIT,
+    MIN_FRAME_SIZE_LIMIT,
+    PyFramer,
+)
+
+SMALL_MAX = MIN_FRAME_SIZE_LIMIT  # the smallest limit keeps boundary payloads small
+
+
+def frame(payload: bytes = b"", type_: int = 0, flags: int = 0, stream_id: int = 1) -> bytes:
+    return HEADER.pack(len(payload), type_, flags, stream_id) + payload
+
+
+def header(length: int, type_: int = 0, flags: int = 0, stream_id: int = 1) -> bytes:
+    return HEADER.pack(length, type_, flags, stream_id)
+
+
+def feed_chunks(framer, chunks) -> list:
+    frames = []
+    for chunk in chunks:
+        frames += framer.feed(chunk)
+    return frames
+
+
+def split_at(data: bytes, points) -> list[bytes]:
+    bounds = [0, *sorted(points), len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+FRAMES = [
+    (0, 0, 1, b"hello"),
+    (1, 0x80, 3, b""),
+    (255, 255, 2**32 - 1, bytes(range(256))),
+    (7, 1, 0, b"x" * 1000),
+    (2, 4, 5, b""),
+]
+STREAM = b"".join(frame(p, t, f, s) for t, f, s, p in FRAMES)
+
+
+# --- splitting -------------------------------------------------------------------------------
+
+
+def test_one_chunk(framer_cls):
+    framer = framer_cls()
+    assert framer.feed(STREAM) == FRAMES
+    assert framer.buffered == 0
+    framer.close()
+
+
+def test_name(framer_cls, framer_name):
+    assert framer_cls.name == framer_name
+
+
+def test_empty_feed(framer_cls):
+    framer = framer_cls()
+    assert framer.feed(b"") == []
+    assert framer.feed(STREAM[:3]) == []
+    assert framer.feed(b"") == []
+    assert framer.buffered == 3
+    assert framer.feed(STREAM[3:]) == FRAMES
+    assert framer.feed(b"") == []
+
+
+def test_byte_at_a_time(framer_cls):
+    framer = framer_cls()
+    got = []
+    for i in range(len(STREAM)):
+        got += framer.feed(STREAM[i : i + 1])
+        # buffered counts the bytes of the incomplete frame only
+        assert framer.buffered == (i + 1) - sum(
+            HEADER_SIZE + len(p) for *_, p in got
+        )
+    assert got == FRAMES
+    assert framer.buffered == 0
+    framer.close()
+
+
+def test_each_frame_completes_on_its_last_byte(framer_cls):
+    framer = framer_cls()
+    pos = 0
+    for t, f, s, p in FRAMES:
+        end = pos + HEADER_SIZE + len(p)
+        assert framer.feed(STREAM[pos : end - 1]) == []
+        assert framer.buffered == end - 1 - pos
+        assert framer.feed(STREAM[end - 1 : end]) == [(t, f, s, p)]
+        assert framer.buffered == 0
+        pos = end
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_splits(framer_cls, seed):
+    rng = random.Random(seed)
+    frames = [
+        (rng.randrange(256), rng.randrange(256), rng.randrange(2**32), rng.randbytes(size))
+        for size in rng.choices([0, 1, 9, 10, 11, 100, 5000], k=200)
+    ]
+    stream = b"".join(frame(p, t, f, s) for t, f, s, p in frames)
+    points = rng.sample(range(1, len(stream)), rng.choice([1, 10, 100, 1000]))
+    framer = framer_cls()
+    assert feed_chunks(framer, split_at(stream, points)) == frames
+    assert framer.buffered == 0
+
+
+def test_zero_length_payloads(framer_cls):
+    frames = [(i % 256, i % 7, i, b"") for i in range(3000)]
+    stream = b"".join(frame(p, t, f, s) for t, f, s, p in frames)
+    assert framer_cls().feed(stream) == frames
+    assert feed_chunks(framer_cls(), [stream[i : i + 1] for i in range(len(stream))]) == frames
+    assert feed_chunks(framer_cls(), split_at(stream, range(7, len(stream), 7))) == frames
+
+
+def test_many_frames_in_one_chunk(framer_cls):
+    # more frames than the C framer describes per call, with a partial frame at the end
+    frames = [(1, 0, i, bytes([i % 256]) * (i % 3)) for i in range(10_000)]
+    stream = b"".join(frame(p, t, f, s) for t, f, s, p in frames)
+    framer = framer_cls()
+    assert framer.feed(stream + b"\0\0") == frames
+    assert framer.buffered == 2
+    assert framer.feed(header(1)[2:] + b"!") == [(0, 0, 1, b"!")]
+
+
+def test_payloads_are_bytes(framer_cls):
+    framer = framer_cls()
+    for chunk in (STREAM[:5], STREAM[5:700], STREAM[700:]):
+        for _, _, _, payload in framer.feed(bytearray(chunk)):
+            assert type(payload) is bytes
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_input_types(framer_cls, kind):
+    framer = framer_cls()
+    got = feed_chunks(framer, [kind(c) for c in split_at(STREAM, [4, 15, 200, 201])])
+    assert got == FRAMES
+
+
+def test_memoryview_of_other_formats(framer_cls):
+    data = bytearray(frame(b"abcdefgh", 1, 2, 3))
+    data += bytes(-len(data) % 4)  # pad to whole uint32 with a partial frame
+    framer = framer_cls()
+    assert framer.feed(memoryview(data).cast("I")) == [(1, 2, 3, b"abcdefgh")]
+    assert framer.buffered == len(data) - 18
+
+
+def test_input_is_not_kept(framer_cls):
+    # the framer must copy what it carries, not keep a view of a buffer the caller reuses
+    framer = framer_cls()
+    buffer = bytearray(frame(b"0123456789"))
+    assert framer.feed(memoryview(buffer)[:15]) == []
+    buffer[:] = bytes(len(buffer))
+    assert framer.feed(frame(b"0123456789")[15:]) == [(0, 0, 1, b"0123456789")]
+
+
+def test_large_frames_across_many_chunks(framer_cls):
+    big = bytes(range(256)) * (MAX_FRAME_SIZE_LIMIT // 256)  # just under 16 MiB
+    frames = [(0, 0, 1, b"a"), (0, 1, 3, big), (0, 0, 5, b"b"), (9, 9, 9, big[:70_000])]
+    stream = b"".join(frame(p, t, f, s) for t, f, s, p in frames)
+    framer = framer_cls(MAX_FRAME_SIZE_LIMIT)
+    got = []
+    for i in range(0, len(stream), 65536):
+        got += framer.feed(stream[i : i + 65536])
+        assert framer.buffered <= HEADER_SIZE + len(big)
+    assert got == frames
+    assert framer.buffered == 0
+    framer.close()
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size", [MIN_FRAME_SIZE_LIMIT - 1, MAX_FRAME_SIZE_LIMIT + 1, 0, -1, 2**32 + MIN_FRAME_SIZE_LIMIT]
+)
+def test_bad_max_frame_size(framer_cls, size):
+    with pytest.raises(ValueError, match="max_frame_size"):
+        framer_cls(size)
+
+
+@pytest.mark.parametrize("size", [MIN_FRAME_SIZE_LIMIT, DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT])
+def test_good_max_frame_size(framer_cls, size):
+    framer = framer_cls(size)
+    assert framer.max_frame_size == size
+    assert framer.feed(frame(b"x" * 10) + header(size)) == [(0, 0, 1, b"x" * 10)]
+
+
+def test_default_max_frame_size(framer_cls):
+    assert framer_cls().max_frame_size == DEFAULT_MAX_FRAME_SIZE == 1 << 20
+
+
+@pytest.mark.parametrize("split", [None, 1, 5, 9, 10, 11, SMALL_MAX])
+def test_exactly_max_is_accepted(framer_cls, split):
+    payload = bytes(range(256)) * (SMALL_MAX // 256)
+    data = frame(payload, 1, 2, 3) + frame(b"", 4, 5, 6)
+    chunks = [data] if split is None else [data[:split], data[split:]]
+    framer = framer_cls(SMALL_MAX)
+    assert feed_chunks(framer, chunks) == [(1, 2, 3, payload), (4, 5, 6, b"")]
+
+
+@pytest.mark.parametrize("length", [SMALL_MAX + 1, 2**31, 2**32 - HEADER_SIZE, 2**32 - 1])
+def test_too_large_on_the_header_alone(framer_cls, length):
+    framer = framer_cls(SMALL_MAX)
+    with pytest.raises(FrameTooLargeError) as info:
+        framer.feed(header(length))
+    assert info.value.frames == []
+    assert str(length) in str(info.value) and str(SMALL_MAX) in str(info.value)
+    assert framer.buffered == 0
+
+
+def test_too_large_header_in_pieces(framer_cls):
+    framer = framer_cls(SMALL_MAX)
+    data = header(SMALL_MAX + 1)
+    for i in range(HEADER_SIZE - 1):
+        assert framer.feed(data[i : i + 1]) == []
+        assert framer.buffered == i + 1
+    with pytest.raises(FrameTooLargeError) as info:
+        framer.feed(data[-1:] + b"body bytes that must not be buffered")
+    assert info.value.frames == []
+    assert framer.buffered == 0
+
+
+@pytest.mark.parametrize("carry", [False, True])
+def test_too_large_keeps_earlier_frames(framer_cls, carry):
+    framer = framer_cls(SMALL_MAX)
+    first = frame(b"first", 1, 0, 1)
+    if carry:  # the first frame completes from the carry, the next two in place
+        assert framer.feed(first[:7]) == []
+        first = first[7:]
+    data = first + frame(b"second", 2, 0, 3) + frame(b"", 3, 0, 5) + header(SMALL_MAX + 1) + b"junk"
+    with pytest.raises(FrameTooLargeError) as info:
+        framer.feed(data)
+    assert info.value.frames == [(1, 0, 1, b"first"), (2, 0, 3, b"second"), (3, 0, 5, b"")]
+
+
+def test_too_large_after_many_frames(framer_cls):
+    # the oversize header comes after more frames than the C framer describes per call
+    frames = [(0, 0, i, b"") for i in range(4096)]
+    data = b"".join(frame(p, t, f, s) for t, f, s, p in frames) + header(2**32 - 1)
+    with pytest.raises(FrameTooLargeError) as info:
+        framer_cls().feed(data)
+    assert info.value.frames == frames
+
+
+def test_too_large_poisons(framer_cls):
+    framer = framer_cls(SMALL_MAX)
+    with pytest.raises(FrameTooLargeError) as first:
+        framer.feed(frame(b"ok") + header(SMALL_MAX + 1))
+    assert first.value.frames == [(0, 0, 1, b"ok")]
+    for data in (b"", frame(b"fine"), b"\0"):
+        with pytest.raises(FrameTooLargeError) as again:
+            framer.feed(data)
+        assert again.value.frames == []
+        assert str(again.value) == str(first.value)
+    with pytest.raises(FrameTooLargeError):
+        framer.close()
+    with pytest.raises(FrameTooLargeError):
+        framer.close()
+
+
+@pytest.mark.parametrize("garbage", [b"\xff" * 64, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"])
+def test_garbage(framer_cls, garbage):
+    with pytest.raises(FrameTooLargeError):
+        framer_cls().feed(garbage)
+    framer = framer_cls()
+    with pytest.raises(FrameTooLargeError):
+        feed_chunks(framer, [garbage[i : i + 1] for i in range(len(garbage))])
+
+
+def test_errors_are_remote_protocol_errors():
+    assert issubclass(FrameTooLargeError, RemoteProtocolError)
+    assert issubclass(TruncatedFrameError, RemoteProtocolError)
+
+
+# --- close -----------------------------------------------------------------------------------
+
+
+def test_close_at_boundary(framer_cls):
+    framer = framer_cls()
+    framer.close()
+    framer.feed(STREAM)
+    framer.close()
+    framer.close()
+
+
+@pytest.mark.parametrize("cut", [1, 5, HEADER_SIZE - 1])
+def test_close_in_header(framer_cls, cut):
+    framer = framer_cls()
+    assert framer.feed(frame(b"whole") + frame(b"partial")[:cut]) == [(0, 0, 1, b"whole")]
+    assert framer.buffered == cut
+    with pytest.raises(TruncatedFrameError, match=f"{cut} of {HEADER_SIZE}") as info:
+        framer.close()
+    assert info.value.frames == []
+    # poisoned, and still saying the same
+    with pytest.raises(TruncatedFrameError) as again:
+        framer.feed(frame(b"partial")[cut:])
+    assert again.value.frames == [] and str(again.value) == str(info.value)
+    with pytest.raises(TruncatedFrameError):
+        framer.close()
+
+
+@pytest.mark.parametrize("cut", [HEADER_SIZE, HEADER_SIZE + 1, HEADER_SIZE + 6])
+def test_close_in_body(framer_cls, cut):
+    framer = framer_cls()
+    data = frame(b"partial")
+    assert framer.feed(data[:cut]) == []
+    assert framer.buffered == cut
+    with pytest.raises(TruncatedFrameError, match=f"{cut} of {len(data)} bytes"):
+        framer.close()
+    with pytest.raises(TruncatedFrameError):
+        framer.feed(data[cut:])
+
+
+# --- the C framer's own paths ----------------------------------------------------------------
+
+
+def test_c_framer_splits_huge_chunks(framer_cls, framer_name):
+    if framer_name != "c":
+        pytest.skip("the C framer's offsets are uint32: chunks over 2 GiB are fed in pieces")
+    framer = framer_cls()
+    framer._max_chunk = 100  # instead of 2 GiB
+    assert framer.feed(STREAM) == FRAMES
+    with pytest.raises(FrameTooLargeError) as info:
+        framer.feed(STREAM + header(2**32 - 1))
+    assert info.value.frames == FRAMES
+
+
+# --- equivalence: C, Python and a reference model --------------------------------------------
+
+
+def reference(chunks: list[bytes], max_frame_size: int) -> list:
+    """What a framer must do: a transcript of (frames or error, buffered) per feed and close.
+    Deliberately naive: all bytes in one buffer, parsed from the start."""
+    transcript = []
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        frames = []
+        while len(buffer) >= HEADER_SIZE:
+            length, type_, flags, stream_id = HEADER.unpack(buffer[:HEADER_SIZE])
+            if length > max_frame_size:
+                error = ("FrameTooLargeError", f"{length}-byte", frames)
+                transcript.append((error, 0))
+                return transcript + [(("FrameTooLargeError", f"{length}-byte", []), 0)]
+            if len(buffer) < HEADER_SIZE + length:
+                break
+            frames.append((type_, flags, stream_id, buffer[HEADER_SIZE : HEADER_SIZE + length]))
+            buffer = buffer[HEADER_SIZE + length :]
+        transcript.append((frames, len(buffer)))
+    if buffer:
+        return transcript + [(("TruncatedFrameError", f"{len(buffer)} of", []), len(buffer))]
+    return transcript + [(None, 0)]
+
+
+def transcript(framer, chunks: list[bytes]) -> list:
+    """The framer's transcript; after an error, one more feed (of nothing) shows the poisoning."""
+    result = []
+    for chunk in chunks:
+        try:
+            result.append((framer.feed(chunk), framer.buffered))
+        except FrameTooLargeError as error:
+            result.append((error_entry(error), framer.buffered))
+            try:
+                framer.feed(b"")
+            except FrameTooLargeError as again:
+                result.append((error_entry(again), framer.buffered))
+            return result
+    try:
+        framer.close()
+    except TruncatedFrameError as error:
+        result.append((error_entry(error), framer.buffered))
+    else:
+        result.append((None, framer.buffered))
+    return result
+
+
+def error_entry(error: Exception) -> tuple:
+    return (type(error).__name__, str(error), error.frames)
+
+
+def matches(model: list, actual: list) -> bool:
+    """The model only knows a distinctive part of each error message."""
+    if len(model) != len(actual):
+        return False
+    for (want, want_buffered), (got, got_buffered) in zip(model, actual):
+        if want_buffered != got_buffered:
+            return False
+        if isinstance(want, tuple):
+            if not isinstance(got, tuple) or got[0] != want[0] or want[1] not in got[1]:
+                return False
+            if got[2] != want[2]:
+                return False
+        elif want != got:
+            return False
+    return True
+
+
+small_payloads = st.binary(max_size=40)
+payloads = st.one_of(
+    small_payloads,
+    st.sampled_from([SMALL_MAX - 1, SMALL_MAX, 300, 1000]).map(lambda n: b"\xa5" * n),
+)
+oversize_lengths = st.one_of(
+    st.integers(SMALL_MAX + 1, SMALL_MAX + 5), st.integers(SMALL_MAX + 1, 2**32 - 1)
+)
+
+
+@st.composite
+def streams(draw, payloads=payloads, max_frames=30):
+    """A serialized frame list, maybe spoiled (garbage or an oversize header somewhere, or a
+    truncated end), and the points where it is split into chunks."""
+    ids = st.integers(0, 2**32 - 1)
+    frame_tuples = st.tuples(st.integers(0, 255), st.integers(0, 255), ids, payloads)
+    frames = draw(st.lists(frame_tuples, max_size=max_frames))
+    parts = [frame(p, t, f, s) for t, f, s, p in frames]
+    spoil = draw(st.sampled_from(["none", "none", "garbage", "oversize", "truncate"]))
+    if spoil == "garbage":
+        parts.insert(draw(st.integers(0, len(parts))), draw(st.binary(min_size=1, max_size=30)))
+    elif spoil == "oversize":
+        bad = header(draw(oversize_lengths), 1, 2, 3) + draw(st.binary(max_size=20))
+        parts.insert(draw(st.integers(0, len(parts))), bad)
+    elif spoil == "truncate" and parts:
+        parts[-1] = parts[-1][: draw(st.integers(1, len(parts[-1]) - 1))]
+    stream = b"".join(parts)
+    if draw(st.booleans()) and len(stream) > 1:
+        points = draw(st.lists(st.integers(1, len(stream) - 1), unique=True, max_size=40))
+    else:
+        points = []
+    return stream, split_at(stream, points)
+
+
+def check_equivalent(framer_cls, chunks: list[bytes]) -> None:
+    model = reference(chunks, SMALL_MAX)
+    python = transcript(PyFramer(SMALL_MAX), chunks)
+    tested = transcript(framer_cls(SMALL_MAX), chunks)
+    assert matches(model, python), (model, python)
+    assert tested == python
+
+
+# framer_cls is function-scoped but only returns a class, so hypothesis may reuse it.
+relaxed = settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+@settings(relaxed, max_examples=400)
+@given(case=streams())
+def test_equivalent_on_random_splits(framer_cls, case):
+    stream, chunks = case
+    check_equivalent(framer_cls, chunks)
+
+
+@settings(relaxed, max_examples=150)
+@given(case=streams(payloads=small_payloads, max_frames=12))
+def test_equivalent_byte_by_byte(framer_cls, case):
+    stream, _ = case
+    check_equivalent(framer_cls, [stream[i : i + 1] for i in range(len(stream))])
+
+
+@settings(relaxed, max_examples=200)
+@given(garbage=st.binary(max_size=200), points=st.lists(st.integers(0, 200), max_size=10))
+def test_equivalent_on_garbage(framer_cls, garbage, points):
+    check_equivalent(framer_cls, split_at(garbage, [p for p in set(points) if p < len(garbage)]))
+
+
+# --- choosing a framer -----------------------------------------------------------------------
+
+
+def test_get_framer_by_name(framer_cls, framer_name):
+    assert _framer.get_framer(framer_name) is framer_cls
+
+
+@pytest.mark.parametrize("name", ["C", "cffi", "", "pure"])
+def test_get_framer_unknown(name):
+    with pytest.raises(ValueError, match="unknown framer"):
+        _framer.get_framer(name)
+
+
+def test_get_framer_from_environment(monkeypatch, framer_cls, framer_name):
+    monkeypatch.setenv("TRPC_FRAMER", framer_name)
+    assert _framer.default_framer_name() == framer_name
+    assert _framer.get_framer() is framer_cls
+    monkeypatch.setenv("TRPC_FRAMER", "rust")
+    with pytest.raises(ValueError):
+        _framer.get_framer()
+    monkeypatch.delenv("TRPC_FRAMER")
+    assert _framer.default_framer_name() == "c"
+
+
+def test_fallback_without_c(monkeypatch, caplog):
+    monkeypatch.setattr(_framer, "FRAMERS", {"python": PyFramer})
+    monkeypatch.setattr(_framer, "c_framer_error", "No module named 'trpc._framer_cffi'")
+    monkeypatch.setattr(_framer, "_warned", False)
+    monkeypatch.delenv("TRPC_REQUIRE_C", raising=False)
+    monkeypatch.delenv("TRPC_FRAMER", raising=False)
+    with caplog.at_level(logging.WARNING, logger="trpc"):
+        assert _framer.get_framer("c") is PyFramer
+        assert _framer.get_framer() is PyFramer
+    warnings = [r for r in caplog.records if r.name == "trpc"]
+    assert len(warnings) == 1
+    assert "_framer_cffi" in warnings[0].getMessage()
+    assert "TRPC_FRAMER=python" in warnings[0].getMessage()
+    assert _framer.get_framer("python") is PyFramer
+
+    monkeypatch.setenv("TRPC_REQUIRE_C", "1")
+    with pytest.raises(ImportError, match="_framer_cffi"):
+        _framer.get_framer("c")
+    assert _framer.get_framer("python") is PyFramer
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRPC_")}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_version_mismatch_refuses_to_load(framer_name):
+    if framer_name != "c":
+        pytest.skip("only the compiled module carries a version")
+    result = run_python(
+        "import sys, trpc._version as v; v.__version__ = '0.0.0+other'\n"
+        "sys.modules.pop('trpc._framer_c', None)\n"
+        "try:\n    import trpc._framer_c\n"
+        "except ImportError as e:\n    print('refused:', e)\n"
+    )
+    assert "refused:" in result.stdout and "0.0.0+other" in result.stdout, result
+
+
+def test_missing_module_falls_back_in_a_fresh_process():
+    result = run_python(
+        "import sys; sys.modules['trpc._framer_cffi'] = None\n"
+        "import logging; logging.basicConfig()\n"
+        "from trpc import _framer\n"
+        "print(sorted(_framer.FRAMERS), _framer.get_framer().name, _framer.get_framer().name)\n"
+    )
+    assert result.stdout.split() == ["['python']", "python", "python"], result
+    assert result.stderr.count("WARNING:trpc:") == 1, result.stderr
