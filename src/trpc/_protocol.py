@@ -1,0 +1,1042 @@
+"""The sans-IO protocol core: bytes in, events out; intentions in, bytes out.
+
+Theory of operation
+-------------------
+A :class:`Connection` is one endpoint (``"client"`` or ``"server"``) of one trpc connection.  It
+does no I/O and knows nothing of Trio or sockets:
+
+- ``receive_data(data)`` takes bytes read from the peer (``b""`` for end of file), splits them into
+  frames with a framer (C or pure Python, same interface), checks every frame against the rules
+  and returns a list of :mod:`events <trpc._events>`.
+- The ``open_call`` / ``send_message`` / ``send_trailers`` / ``cancel`` / ... methods turn the
+  caller's intentions into frames, appended to an outgoing buffer that ``data_to_send()`` drains.
+  Many intentions between two drains leave in one write: that is how the Trio layer coalesces.
+
+Each endpoint starts by sending a fixed-size *preface* (magic, version, and its receive limits);
+after it, everything is frames (``docs/PROTOCOL.md`` has the byte layout).  Calls live on
+*streams*: the client opens one with a HEADERS frame, both sides send messages as DATA frames,
+the client half-closes with END_STREAM, and the server ends the call with TRAILERS carrying the
+status.  The client may CANCEL.  Each stream's state follows the transition table
+``_TRANSITIONS``: a ``(role, state, input)`` triple missing from it is a protocol error, local
+(raised to the caller) or remote (the connection is failed with GOAWAY).
+
+Flow control is credit-based, per stream and per connection, counted in DATA payload bytes.  The
+sender never sends more than the credit it holds; what does not fit waits in the stream's
+``pending`` queue and goes out when WINDOW_UPDATE frames bring credit (the Trio layer waits for
+that queue to drain before it sends the next message, so nothing grows without bound).  As a
+receiver, trpc returns stream credit as the application consumes messages
+(``consumed()``), and connection credit as soon as the bytes are handed to a stream.
+
+Frames for a stream that has already closed are dropped (the two sides' views of a stream's end
+race); frames for a stream that never existed are a protocol error.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections import deque
+from typing import Any, Callable
+
+import cbor2
+
+from . import _framer
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._events import (
+    CallCancelled,
+    CallEnded,
+    CallOpened,
+    ConnectionClosed,
+    Event,
+    GoAwayReceived,
+    HeadersReceived,
+    MessageReceived,
+    PingAcknowledged,
+    PingReceived,
+    PrefaceReceived,
+    SendCreditAvailable,
+    StreamEnded,
+)
+from ._framer_py import DEFAULT_MAX_FRAME_SIZE, HEADER, MAX_FRAME_SIZE_LIMIT, MIN_FRAME_SIZE_LIMIT
+from ._status import Status
+
+__all__ = [
+    "Connection",
+    "FrameType",
+    "Flags",
+    "Role",
+    "StreamState",
+    "PREFACE",
+    "PREFACE_MAGIC",
+    "PROTOCOL_VERSION",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_STREAM_WINDOW",
+    "DEFAULT_CONNECTION_WINDOW",
+    "DEFAULT_MAX_CONCURRENT_STREAMS",
+    "MAX_HEADERS_SIZE",
+]
+
+
+class FrameType(enum.IntEnum):
+    """The frame types of protocol version 1.  Any other type is a protocol error."""
+
+    DATA = 0x0
+    HEADERS = 0x1
+    TRAILERS = 0x2
+    CANCEL = 0x3
+    WINDOW_UPDATE = 0x4
+    PING = 0x5
+    GOAWAY = 0x6
+
+
+class Flags(enum.IntFlag):
+    NONE = 0
+    #: DATA, HEADERS (client): the sender sends nothing more on this stream.
+    END_STREAM = 0x1
+    #: DATA: the message continues in the next DATA frame of this stream.
+    MORE = 0x2
+    #: PING: this is the acknowledgement of a ping.
+    ACK = 0x1
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+    # Members are singletons compared by identity; hashing them by identity too keeps the
+    # transition-table lookups (several per message) cheap.
+    __hash__ = object.__hash__
+
+
+class StreamState(enum.Enum):
+    OPEN = "open"
+    #: We sent END_STREAM (client): only the server's direction is still open.
+    HALF_CLOSED_LOCAL = "half-closed (local)"
+    #: The peer sent END_STREAM (server): only our direction is still open.
+    HALF_CLOSED_REMOTE = "half-closed (remote)"
+    CLOSED = "closed"
+
+    __hash__ = object.__hash__
+
+
+class _In(enum.Enum):
+    """Inputs of the stream state machine: what is sent or received on a stream."""
+
+    SEND_HEADERS = enum.auto()
+    SEND_DATA = enum.auto()
+    SEND_END_STREAM = enum.auto()
+    SEND_TRAILERS = enum.auto()
+    SEND_CANCEL = enum.auto()
+    RECV_HEADERS = enum.auto()
+    RECV_DATA = enum.auto()
+    RECV_END_STREAM = enum.auto()
+    RECV_TRAILERS = enum.auto()
+    RECV_CANCEL = enum.auto()
+
+    __hash__ = object.__hash__
+
+
+_S = StreamState
+#: (role, state, input) -> new state.  Streams are created by the client's HEADERS (in OPEN, or
+#: in a half-closed state when that HEADERS frame carries END_STREAM); anything not listed here
+#: is a protocol error.  HEADERS on an open stream are the server's response headers.
+_TRANSITIONS: dict[tuple[Role, StreamState, _In], StreamState] = {
+    # client
+    (Role.CLIENT, _S.OPEN, _In.SEND_DATA): _S.OPEN,
+    (Role.CLIENT, _S.OPEN, _In.SEND_END_STREAM): _S.HALF_CLOSED_LOCAL,
+    (Role.CLIENT, _S.OPEN, _In.SEND_CANCEL): _S.CLOSED,
+    (Role.CLIENT, _S.OPEN, _In.RECV_HEADERS): _S.OPEN,
+    (Role.CLIENT, _S.OPEN, _In.RECV_DATA): _S.OPEN,
+    (Role.CLIENT, _S.OPEN, _In.RECV_TRAILERS): _S.CLOSED,
+    (Role.CLIENT, _S.HALF_CLOSED_LOCAL, _In.SEND_CANCEL): _S.CLOSED,
+    (Role.CLIENT, _S.HALF_CLOSED_LOCAL, _In.RECV_HEADERS): _S.HALF_CLOSED_LOCAL,
+    (Role.CLIENT, _S.HALF_CLOSED_LOCAL, _In.RECV_DATA): _S.HALF_CLOSED_LOCAL,
+    (Role.CLIENT, _S.HALF_CLOSED_LOCAL, _In.RECV_TRAILERS): _S.CLOSED,
+    # server
+    (Role.SERVER, _S.OPEN, _In.RECV_DATA): _S.OPEN,
+    (Role.SERVER, _S.OPEN, _In.RECV_END_STREAM): _S.HALF_CLOSED_REMOTE,
+    (Role.SERVER, _S.OPEN, _In.RECV_CANCEL): _S.CLOSED,
+    (Role.SERVER, _S.OPEN, _In.SEND_HEADERS): _S.OPEN,
+    (Role.SERVER, _S.OPEN, _In.SEND_DATA): _S.OPEN,
+    (Role.SERVER, _S.OPEN, _In.SEND_TRAILERS): _S.CLOSED,
+    (Role.SERVER, _S.HALF_CLOSED_REMOTE, _In.RECV_CANCEL): _S.CLOSED,
+    (Role.SERVER, _S.HALF_CLOSED_REMOTE, _In.SEND_HEADERS): _S.HALF_CLOSED_REMOTE,
+    (Role.SERVER, _S.HALF_CLOSED_REMOTE, _In.SEND_DATA): _S.HALF_CLOSED_REMOTE,
+    (Role.SERVER, _S.HALF_CLOSED_REMOTE, _In.SEND_TRAILERS): _S.CLOSED,
+}
+
+# --- The preface -------------------------------------------------------------------------------
+PREFACE_MAGIC = b"TRPC"
+#: (major, minor).  Peers with another major version cannot talk; minor versions only add
+#: optional things that an older peer can ignore.
+PROTOCOL_VERSION = (1, 0)
+#: magic, major, minor, reserved flags, max frame size, max message size, stream window,
+#: connection window, max concurrent streams.  28 bytes, big-endian.
+PREFACE = struct.Struct(">4sBBHIIIII")
+
+# --- Limits (each endpoint announces its own in its preface) -----------------------------------
+#: Largest message (one encoded CBOR item) accepted.  4 MiB, as in gRPC: large enough for
+#: ordinary payloads, small enough that one call cannot make a server buffer much.  Checked as
+#: DATA arrives, before the rest of an oversized message is buffered.
+DEFAULT_MAX_MESSAGE_SIZE = 4 << 20
+#: Initial per-stream credit: how many DATA bytes a peer may send on a stream before the
+#: application here consumes some.  1 MiB keeps a loopback stream busy without stalls while
+#: bounding what one stream can make us buffer.
+DEFAULT_STREAM_WINDOW = 1 << 20
+#: Initial per-connection credit.  trpc returns it as soon as bytes are handed to a stream, so
+#: it bounds the bytes in flight, not what is buffered (the stream windows and the stream count
+#: bound that); 16 MiB lets many streams run at full speed together.
+DEFAULT_CONNECTION_WINDOW = 16 << 20
+#: Calls one client may have running at once on one connection, announced in the server's
+#: preface: trpc's client queues further calls until one ends; a client that opens more anyway
+#: has them refused with RESOURCE_EXHAUSTED.  So a flood of streams costs the server a bounded
+#: amount of memory (streams x (stream window + max message size) at the very most).
+DEFAULT_MAX_CONCURRENT_STREAMS = 100
+#: Largest HEADERS / TRAILERS / CANCEL / GOAWAY payload (the CBOR map with method, metadata,
+#: status...).  64 KiB: metadata is for small things; bulk belongs in messages.
+MAX_HEADERS_SIZE = 64 << 10
+_MAX_WINDOW = (1 << 31) - 1
+_MAX_STREAM_ID = (1 << 32) - 1
+
+# CBOR map keys of the control payloads (small integers: compact, and new keys can be added
+# without breaking old readers, which ignore keys they do not know).
+_H_METHOD, _H_TIMEOUT, _H_METADATA = 1, 2, 3
+_T_STATUS, _T_MESSAGE, _T_DETAILS, _T_METADATA = 1, 2, 3, 4
+_C_REASON, _C_MESSAGE = 1, 2
+_G_LAST_STREAM, _G_STATUS, _G_MESSAGE = 1, 2, 3
+
+_pack_header = HEADER.pack
+_DATA = FrameType.DATA.value
+_END_STREAM = Flags.END_STREAM.value
+_MORE = Flags.MORE.value
+
+
+class _Stream:
+    """Per-stream bookkeeping.  Plain slots: one is created per call."""
+
+    __slots__ = (
+        "id",
+        "state",
+        "send_window",
+        "pending",
+        "response_started",
+        "recv_parts",
+        "recv_partial",
+        "recv_held",
+        "recv_granted",
+    )
+
+    def __init__(self, stream_id: int, state: StreamState, send_window: int, recv_window: int):
+        self.id = stream_id
+        self.state = state
+        self.send_window = send_window
+        #: Outgoing items waiting for credit: [memoryview, flags] for data, bytes for a frame
+        #: (TRAILERS) that must follow the data.
+        self.pending: deque | None = None
+        #: Response headers or a response message went by: headers may no longer be sent.
+        self.response_started = False
+        #: Chunks of a message still arriving (MORE flag), and their total size.
+        self.recv_parts: list[bytes] | None = None
+        self.recv_partial = 0
+        #: Bytes of complete messages handed out but not yet consumed, and the credit the peer
+        #: still holds for this stream.
+        self.recv_held = 0
+        self.recv_granted = recv_window
+
+
+def _validate_metadata(metadata: Any, *, remote: bool) -> dict:
+    error = RemoteProtocolError if remote else LocalProtocolError
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise error(f"metadata must be a map, not {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise error(f"metadata keys must be text, not {type(key).__name__}")
+        if not isinstance(value, (str, bytes)):
+            raise error(f"metadata value for {key!r} must be text or bytes")
+    return metadata
+
+
+class Connection:
+    """One endpoint of a trpc connection, with no I/O.
+
+    Args:
+        role: ``"client"`` or ``"server"`` (or a :class:`Role`).
+        framer: the framer class to use; default: the one ``TRPC_FRAMER`` selects.
+        max_frame_size: largest frame payload we accept (announced in our preface).
+        max_message_size: largest message we accept (announced in our preface).
+        stream_window: credit we grant the peer for each stream.
+        connection_window: credit we grant the peer for the whole connection.
+        max_concurrent_streams: (server) calls allowed at once; more are refused with
+            RESOURCE_EXHAUSTED.
+
+    Call :meth:`initiate` first; it queues the preface.
+    """
+
+    def __init__(
+        self,
+        role: Role | str,
+        *,
+        framer: type | None = None,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        stream_window: int = DEFAULT_STREAM_WINDOW,
+        connection_window: int = DEFAULT_CONNECTION_WINDOW,
+        max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
+    ) -> None:
+        self.role = Role(role)
+        self._client = self.role is Role.CLIENT
+        if not MIN_FRAME_SIZE_LIMIT <= max_frame_size <= MAX_FRAME_SIZE_LIMIT:
+            raise ValueError(f"max_frame_size must be in [{MIN_FRAME_SIZE_LIMIT}, {MAX_FRAME_SIZE_LIMIT}]")
+        for name, value in (
+            ("max_message_size", max_message_size),
+            ("stream_window", stream_window),
+            ("connection_window", connection_window),
+        ):
+            if not 1024 <= value <= _MAX_WINDOW:
+                raise ValueError(f"{name} must be in [1024, {_MAX_WINDOW}]")
+        if max_concurrent_streams < 1:
+            raise ValueError("max_concurrent_streams must be at least 1")
+        self.max_frame_size = max_frame_size
+        self.max_message_size = max_message_size
+        self.stream_window = stream_window
+        self.connection_window = connection_window
+        self.max_concurrent_streams = max_concurrent_streams
+        self._framer = (framer or _framer.get_framer())(max_frame_size)
+
+        self._out: list[bytes] = []
+        self._streams: dict[int, _Stream] = {}
+        #: Highest stream id opened so far (by the client).  Lower ids not in _streams are closed.
+        self._last_stream_id = 0
+        self._preface_buf = b""
+        self.peer_preface: PrefaceReceived | None = None
+        # What the peer accepts; until its preface arrives, assume the protocol's minimums.
+        self._peer_max_frame = MIN_FRAME_SIZE_LIMIT
+        self.peer_max_message_size = MIN_FRAME_SIZE_LIMIT
+        self._peer_stream_window = 0
+        self._send_window = 0
+        #: How many calls the server runs at once on this connection; a client opens no more.
+        self.peer_max_concurrent_streams = 1
+        #: Connection credit the peer still holds for sending to us, and credit earned back
+        #: but not yet announced (announced in batches of half the window).
+        self._recv_granted = connection_window
+        self._recv_unannounced = 0
+        self._goaway_sent = False
+        self.goaway_received: GoAwayReceived | None = None
+        self._closed = False
+        #: Streams whose queued output waits for connection credit, in arrival order.
+        self._blocked: dict[int, None] = {}
+
+        self._handlers: dict[int, Callable[[int, int, bytes, list], None]] = {
+            FrameType.HEADERS: self._recv_headers,
+            FrameType.TRAILERS: self._recv_trailers,
+            FrameType.CANCEL: self._recv_cancel,
+            FrameType.WINDOW_UPDATE: self._recv_window_update,
+            FrameType.PING: self._recv_ping,
+            FrameType.GOAWAY: self._recv_goaway,
+        }
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def framer_name(self) -> str:
+        return self._framer.name
+
+    @property
+    def open_streams(self) -> int:
+        """Streams not yet closed (a server's running calls, a client's calls in flight)."""
+        return len(self._streams)
+
+    @property
+    def last_stream_id(self) -> int:
+        return self._last_stream_id
+
+    def stream_state(self, stream_id: int) -> StreamState:
+        """The state of a stream; CLOSED for one that ended (or never existed)."""
+        stream = self._streams.get(stream_id)
+        return stream.state if stream is not None else StreamState.CLOSED
+
+    def send_buffered(self, stream_id: int) -> int:
+        """How many bytes of this stream's output are waiting for credit (0 if none)."""
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.pending:
+            return 0
+        return sum(len(item[0]) for item in stream.pending if isinstance(item, list))
+
+    @property
+    def accepting_calls(self) -> bool:
+        """False once either side has sent GOAWAY or the connection has failed."""
+        return not (self._goaway_sent or self.goaway_received or self._closed)
+
+    # ------------------------------------------------------------------ output
+    def initiate(self) -> None:
+        """Queue our preface.  Call once, first."""
+        self._out.append(
+            PREFACE.pack(
+                PREFACE_MAGIC,
+                PROTOCOL_VERSION[0],
+                PROTOCOL_VERSION[1],
+                0,
+                self.max_frame_size,
+                self.max_message_size,
+                self.stream_window,
+                self.connection_window,
+                self.max_concurrent_streams,
+            )
+        )
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the peer since the last call, as one bytes object."""
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    @property
+    def has_data_to_send(self) -> bool:
+        return bool(self._out)
+
+    def _frame(self, ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> None:
+        self._out.append(_pack_header(len(payload), ftype, flags, stream_id))
+        if payload:
+            self._out.append(payload)
+
+    def _control_payload(self, fields: dict) -> bytes:
+        payload = cbor2.dumps(fields)
+        if len(payload) > MAX_HEADERS_SIZE or len(payload) > self._peer_max_frame:
+            raise LocalProtocolError(
+                f"control payload of {len(payload)} bytes exceeds the limit "
+                f"({min(MAX_HEADERS_SIZE, self._peer_max_frame)}); metadata is too large"
+            )
+        return payload
+
+    def _transition(self, stream: _Stream, event: _In) -> None:
+        try:
+            stream.state = _TRANSITIONS[self.role, stream.state, event]
+        except KeyError:
+            error = LocalProtocolError if event.name.startswith("SEND") else RemoteProtocolError
+            raise error(
+                f"{event.name} is not allowed on stream {stream.id} in state "
+                f"{stream.state.value} ({self.role.value})"
+            ) from None
+
+    def _local_stream(self, stream_id: int) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise LocalProtocolError(f"stream {stream_id} is closed or does not exist")
+        return stream
+
+    def _forget(self, stream: _Stream) -> None:
+        if stream.pending:
+            return  # its last frames still wait for credit; forgotten when they leave
+        self._streams.pop(stream.id, None)
+        self._blocked.pop(stream.id, None)
+
+    # client
+    def open_call(
+        self,
+        method: str,
+        *,
+        metadata: dict[str, str | bytes] | None = None,
+        timeout: float | None = None,
+        end_stream: bool = False,
+    ) -> int:
+        """Open a call (client); returns its stream id.
+
+        ``timeout`` is the time the caller has left, in seconds; it travels in microseconds.
+        """
+        if not self._client:
+            raise LocalProtocolError("only the client opens calls")
+        if not self.accepting_calls:
+            raise LocalProtocolError("the connection is going away; it accepts no new calls")
+        if len(self._streams) >= self.peer_max_concurrent_streams:
+            raise LocalProtocolError(
+                f"the server runs at most {self.peer_max_concurrent_streams} calls at once on a connection;"
+                " wait for one to end"
+            )
+        if self._last_stream_id >= _MAX_STREAM_ID:
+            raise LocalProtocolError("stream ids are exhausted; open a new connection")
+        stream_id = self._last_stream_id + 1
+        fields: dict[int, Any] = {_H_METHOD: method}
+        if timeout is not None:
+            fields[_H_TIMEOUT] = max(0, int(timeout * 1_000_000))
+        if metadata:
+            fields[_H_METADATA] = _validate_metadata(metadata, remote=False)
+        payload = self._control_payload(fields)
+        self._last_stream_id = stream_id
+        state = StreamState.HALF_CLOSED_LOCAL if end_stream else StreamState.OPEN
+        self._streams[stream_id] = _Stream(stream_id, state, self._peer_stream_window, self.stream_window)
+        self._frame(FrameType.HEADERS, _END_STREAM if end_stream else 0, stream_id, payload)
+        return stream_id
+
+    def send_message(self, stream_id: int, payload: bytes, *, end_stream: bool = False) -> bool:
+        """Queue one message on a stream; returns True if all of it was framed.
+
+        False means part of it waits for credit from the peer: the caller should wait for a
+        :class:`SendCreditAvailable` event for this stream (``send_buffered()`` tells how much)
+        before sending more, so that buffering stays bounded.
+
+        ``end_stream=True`` (client only) half-closes the stream after this message.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise LocalProtocolError(f"stream {stream_id} is closed or does not exist")
+        size = len(payload)
+        if size == 0:
+            raise LocalProtocolError("a message is at least one byte long")
+        if size > self.peer_max_message_size:
+            raise LocalProtocolError(
+                f"message of {size} bytes exceeds the peer's limit of {self.peer_max_message_size}"
+            )
+        self._transition(stream, _In.SEND_DATA)
+        if not self._client:
+            stream.response_started = True
+        flags = 0
+        if end_stream:
+            self._transition(stream, _In.SEND_END_STREAM)
+            flags = _END_STREAM
+        if (
+            stream.pending is None
+            and size <= stream.send_window
+            and size <= self._send_window
+            and size <= self._peer_max_frame
+        ):
+            # The fast path: the whole message in one frame.
+            stream.send_window -= size
+            self._send_window -= size
+            out = self._out
+            out.append(_pack_header(size, _DATA, flags, stream_id))
+            out.append(payload)
+            return True
+        if stream.pending is None:
+            stream.pending = deque()
+        stream.pending.append([memoryview(payload), flags])
+        self._flush_stream(stream)
+        return not stream.pending
+
+    def end_stream(self, stream_id: int) -> None:
+        """Half-close (client): no more messages on this stream."""
+        stream = self._local_stream(stream_id)
+        self._transition(stream, _In.SEND_END_STREAM)
+        if stream.pending:
+            stream.pending.append([memoryview(b""), _END_STREAM])
+        else:
+            self._out.append(_pack_header(0, _DATA, _END_STREAM, stream_id))
+
+    def _flush_stream(self, stream: _Stream) -> None:
+        """Frame as much of the stream's pending output as credit allows."""
+        pending = stream.pending
+        out = self._out
+        while pending:
+            item = pending[0]
+            if isinstance(item, bytes):  # a control frame queued behind the data (TRAILERS)
+                out.append(item)
+                pending.popleft()
+                continue
+            view, flags = item
+            if not view:  # a bare END_STREAM
+                out.append(_pack_header(0, _DATA, flags, stream.id))
+                pending.popleft()
+                continue
+            room = min(stream.send_window, self._send_window, self._peer_max_frame)
+            if room <= 0:
+                if self._send_window <= 0:
+                    self._blocked[stream.id] = None
+                return
+            chunk = view[:room]
+            size = len(chunk)
+            rest = view[size:]
+            stream.send_window -= size
+            self._send_window -= size
+            if rest:
+                out.append(_pack_header(size, _DATA, _MORE, stream.id))
+                out.append(bytes(chunk))
+                item[0] = rest
+            else:
+                out.append(_pack_header(size, _DATA, flags, stream.id))
+                out.append(bytes(chunk))
+                pending.popleft()
+        stream.pending = None
+        if stream.state is StreamState.CLOSED:
+            self._forget(stream)
+
+    # server
+    def send_headers(self, stream_id: int, metadata: dict[str, str | bytes] | None = None) -> None:
+        """Send response headers (server), at most once, before any message."""
+        if self._client:
+            raise LocalProtocolError("only the server sends response headers")
+        stream = self._local_stream(stream_id)
+        if stream.response_started:
+            raise LocalProtocolError("response headers go once, before any response message")
+        self._transition(stream, _In.SEND_HEADERS)
+        stream.response_started = True
+        fields = {_H_METADATA: _validate_metadata(metadata, remote=False)} if metadata else {}
+        self._frame(FrameType.HEADERS, 0, stream_id, self._control_payload(fields))
+
+    def send_trailers(
+        self,
+        stream_id: int,
+        status: Status,
+        message: str = "",
+        details: Any = None,
+        metadata: dict[str, str | bytes] | None = None,
+    ) -> None:
+        """End the call with a status (server).  Queued after any data still waiting for credit."""
+        if self._client:
+            raise LocalProtocolError("only the server sends trailers")
+        stream = self._local_stream(stream_id)
+        self._transition(stream, _In.SEND_TRAILERS)
+        fields: dict[int, Any] = {_T_STATUS: int(status)}
+        if message:
+            fields[_T_MESSAGE] = message
+        if details is not None:
+            fields[_T_DETAILS] = details
+        if metadata:
+            fields[_T_METADATA] = _validate_metadata(metadata, remote=False)
+        try:
+            payload = self._control_payload(fields)
+        except (LocalProtocolError, cbor2.CBOREncodeError) as exc:
+            # The status must reach the caller even when the details cannot: say why instead.
+            payload = cbor2.dumps(
+                {_T_STATUS: int(Status.INTERNAL), _T_MESSAGE: f"trailers could not be sent: {exc}"}
+            )
+        frame = _pack_header(len(payload), FrameType.TRAILERS, 0, stream_id) + payload
+        if stream.pending:
+            stream.pending.append(frame)
+        else:
+            self._out.append(frame)
+            self._forget(stream)
+
+    # both
+    def cancel(self, stream_id: int, reason: Status = Status.CANCELLED, message: str = "") -> None:
+        """Cancel a call (client); queued output of the stream is dropped.  No-op if it ended."""
+        if not self._client:
+            raise LocalProtocolError("only the client cancels; a server ends a call with trailers")
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        self._transition(stream, _In.SEND_CANCEL)
+        stream.pending = None
+        fields: dict[int, Any] = {_C_REASON: int(reason)}
+        if message:
+            fields[_C_MESSAGE] = message
+        self._frame(FrameType.CANCEL, 0, stream_id, self._control_payload(fields))
+        self._forget(stream)
+
+    def consumed(self, stream_id: int, size: int) -> None:
+        """The application took a message of ``size`` bytes from this stream: return credit."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        stream.recv_held -= size
+        self._maybe_grant(stream)
+
+    def _maybe_grant(self, stream: _Stream) -> None:
+        # A message still arriving counts against the window only while complete messages wait
+        # too; alone it may grow (up to max_message_size), or a message larger than the window
+        # could never complete.
+        charged = stream.recv_held + (stream.recv_partial if stream.recv_held else 0)
+        want = self.stream_window - stream.recv_granted - charged
+        if want >= self.stream_window >> 1 and stream.state is not StreamState.CLOSED:
+            stream.recv_granted += want
+            self._out.append(_pack_header(4, FrameType.WINDOW_UPDATE, 0, stream.id))
+            self._out.append(want.to_bytes(4, "big"))
+
+    def ping(self, payload: bytes) -> None:
+        """Send a ping with an 8-byte payload; the peer echoes it in an ACK."""
+        if len(payload) != 8:
+            raise LocalProtocolError("a ping payload is exactly 8 bytes")
+        self._frame(FrameType.PING, 0, 0, payload)
+
+    def goaway(self, status: Status = Status.OK, message: str = "") -> None:
+        """Tell the peer we are going away; calls up to the last opened one still complete."""
+        if self._goaway_sent:
+            return
+        self._goaway_sent = True
+        fields: dict[int, Any] = {_G_LAST_STREAM: self._last_stream_id, _G_STATUS: int(status)}
+        if message:
+            fields[_G_MESSAGE] = message[:1024]
+        self._frame(FrameType.GOAWAY, 0, 0, cbor2.dumps(fields))
+
+    # ------------------------------------------------------------------ input
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Process bytes received from the peer; ``b""`` means the peer closed its side.
+
+        Returns the events, in order.  Raises :class:`RemoteProtocolError` (or a subclass) if
+        the peer broke the protocol: a GOAWAY saying why is then queued, the connection is dead,
+        and ``exc.events`` holds the events of the frames that came before the bad one.
+        """
+        events: list[Event] = []
+        try:
+            if self._closed:
+                raise RemoteProtocolError("the connection has already failed")
+            if self.peer_preface is None:
+                if not data:
+                    if self._preface_buf:
+                        raise RemoteProtocolError("the peer closed the connection inside the preface")
+                    events.append(ConnectionClosed())
+                    return events
+                data = self._receive_preface(data, events)
+                if not data:
+                    return events
+            elif not data:
+                self._framer.close()
+                events.append(ConnectionClosed())
+                return events
+            try:
+                frames = self._framer.feed(data)
+            except RemoteProtocolError as exc:
+                self._process_frames(getattr(exc, "frames", ()), events)
+                raise
+            self._process_frames(frames, events)
+        except RemoteProtocolError as exc:
+            exc.events = events
+            if not self._closed:
+                self._closed = True
+                self._goaway_sent = False
+                self.goaway(exc.error_code, f"protocol error: {exc}")
+            raise
+        return events
+
+    def _receive_preface(self, data: bytes, events: list[Event]) -> bytes:
+        buf = self._preface_buf + bytes(data)
+        size = PREFACE.size
+        # Check the magic as soon as it could be wrong, not only once the whole preface is here.
+        if buf[: len(PREFACE_MAGIC)] != PREFACE_MAGIC[: len(buf)]:
+            raise RemoteProtocolError(f"not a trpc peer: the connection starts with {buf[:8]!r}")
+        if len(buf) < size:
+            self._preface_buf = buf
+            return b""
+        (_magic, major, minor, _flags, max_frame, max_message, stream_window, conn_window,
+         max_streams) = PREFACE.unpack_from(buf)
+        if major != PROTOCOL_VERSION[0]:
+            error = RemoteProtocolError(
+                f"the peer speaks trpc protocol {major}.{minor}; this side speaks "
+                f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}"
+            )
+            error.error_code = Status.UNIMPLEMENTED
+            raise error
+        if not MIN_FRAME_SIZE_LIMIT <= max_frame <= MAX_FRAME_SIZE_LIMIT:
+            raise RemoteProtocolError(f"the peer's max frame size {max_frame} is out of range")
+        for name, value in (("max message size", max_message), ("stream window", stream_window),
+                            ("connection window", conn_window), ("max concurrent streams", max_streams)):
+            if not 1 <= value <= _MAX_WINDOW:
+                raise RemoteProtocolError(f"the peer's {name} {value} is out of range")
+        self._preface_buf = b""
+        self._peer_max_frame = max_frame
+        self.peer_max_message_size = max_message
+        self._peer_stream_window = stream_window
+        self._send_window = conn_window
+        self.peer_max_concurrent_streams = max_streams
+        # Streams opened before the preface arrived had no credit yet: give them theirs now.
+        for stream in list(self._streams.values()):
+            stream.send_window += stream_window
+            if stream.pending:
+                self._flush_stream(stream)
+                if not stream.pending:
+                    events.append(SendCreditAvailable(stream_id=stream.id))
+        self.peer_preface = PrefaceReceived(
+            version=(major, minor),
+            max_frame_size=max_frame,
+            initial_window=stream_window,
+        )
+        events.append(self.peer_preface)
+        return buf[size:]
+
+    def _process_frames(self, frames, events: list[Event]) -> None:
+        streams = self._streams
+        handlers = self._handlers
+        for ftype, flags, stream_id, payload in frames:
+            if ftype == _DATA:
+                stream = streams.get(stream_id)
+                if stream is None:
+                    self._recv_data_unknown(stream_id, len(payload))
+                    continue
+                self._recv_data(stream, flags, payload, events)
+            else:
+                handler = handlers.get(ftype)
+                if handler is None:
+                    raise RemoteProtocolError(f"unknown frame type 0x{ftype:02x}")
+                handler(flags, stream_id, payload, events)
+
+    def _recv_data_unknown(self, stream_id: int, size: int) -> None:
+        if stream_id == 0 or stream_id > self._last_stream_id:
+            raise RemoteProtocolError(f"DATA frame for stream {stream_id}, which was never opened")
+        # A stream that closed while the peer was still sending: drop the bytes, but give back
+        # their connection credit, which the peer spent.
+        self._take_connection_credit(size)
+
+    def _take_connection_credit(self, size: int) -> None:
+        if size > self._recv_granted:
+            error = RemoteProtocolError(
+                f"the peer sent {size} bytes with only {self._recv_granted} bytes of connection credit"
+            )
+            error.error_code = Status.RESOURCE_EXHAUSTED
+            raise error
+        self._recv_granted -= size
+        self._recv_unannounced += size
+        if self._recv_unannounced >= self.connection_window >> 1:
+            grant = self._recv_unannounced
+            self._recv_unannounced = 0
+            self._recv_granted += grant
+            self._out.append(_pack_header(4, FrameType.WINDOW_UPDATE, 0, 0))
+            self._out.append(grant.to_bytes(4, "big"))
+
+    def _recv_data(self, stream: _Stream, flags: int, payload: bytes, events: list[Event]) -> None:
+        size = len(payload)
+        if flags & ~(_END_STREAM | _MORE):
+            raise RemoteProtocolError(f"DATA frame with unknown flags 0x{flags:02x}")
+        if size:
+            self._transition(stream, _In.RECV_DATA)
+            if size > stream.recv_granted:
+                error = RemoteProtocolError(
+                    f"the peer sent {size} bytes on stream {stream.id} with only "
+                    f"{stream.recv_granted} bytes of credit"
+                )
+                error.error_code = Status.RESOURCE_EXHAUSTED
+                raise error
+            stream.recv_granted -= size
+            self._take_connection_credit(size)
+            if self._client:
+                stream.response_started = True
+            if flags & _MORE:
+                if flags & _END_STREAM:
+                    raise RemoteProtocolError("a DATA frame cannot both continue a message and end the stream")
+                parts = stream.recv_parts
+                if parts is None:
+                    parts = stream.recv_parts = []
+                parts.append(payload)
+                stream.recv_partial += size
+                if stream.recv_partial > self.max_message_size:
+                    self._message_too_large(stream, events)
+                    return
+                self._maybe_grant(stream)
+                return
+            if stream.recv_parts is not None:
+                stream.recv_parts.append(payload)
+                total = stream.recv_partial + size
+                payload = b"".join(stream.recv_parts)
+                stream.recv_parts = None
+                stream.recv_partial = 0
+                if total > self.max_message_size:
+                    self._message_too_large(stream, events)
+                    return
+            elif size > self.max_message_size:
+                self._message_too_large(stream, events)
+                return
+            stream.recv_held += len(payload)
+            events.append(MessageReceived(stream_id=stream.id, payload=payload))
+        elif flags != _END_STREAM:
+            raise RemoteProtocolError("an empty DATA frame must carry END_STREAM (and only it)")
+        elif stream.recv_parts is not None:
+            raise RemoteProtocolError("END_STREAM in the middle of a message")
+        if flags & _END_STREAM:
+            if self._client:
+                raise RemoteProtocolError("the server ends its direction with TRAILERS, not END_STREAM")
+            self._transition(stream, _In.RECV_END_STREAM)
+            events.append(StreamEnded(stream_id=stream.id))
+
+    def _message_too_large(self, stream: _Stream, events: list[Event]) -> None:
+        """A message over our limit: end that call (not the connection) with RESOURCE_EXHAUSTED."""
+        stream.recv_parts = None
+        stream.recv_partial = 0
+        text = f"message larger than the limit of {self.max_message_size} bytes"
+        if self._client:
+            self.cancel(stream.id, Status.RESOURCE_EXHAUSTED, "response " + text)
+            events.append(CallEnded(stream_id=stream.id, status=Status.RESOURCE_EXHAUSTED, message="response " + text))
+        else:
+            self.send_trailers(stream.id, Status.RESOURCE_EXHAUSTED, "request " + text)
+            events.append(CallCancelled(stream_id=stream.id, reason=Status.RESOURCE_EXHAUSTED, message="request " + text))
+
+    def _decode_control(self, kind: str, payload: bytes) -> dict:
+        if len(payload) > MAX_HEADERS_SIZE:
+            raise RemoteProtocolError(f"{kind} payload of {len(payload)} bytes exceeds {MAX_HEADERS_SIZE}")
+        try:
+            fields = cbor2.loads(payload)
+        except Exception as exc:  # cbor2 raises several types for malformed input
+            raise RemoteProtocolError(f"{kind} payload is not valid CBOR: {exc}") from None
+        if not isinstance(fields, dict):
+            raise RemoteProtocolError(f"{kind} payload must be a CBOR map")
+        return fields
+
+    def _recv_headers(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if stream_id == 0:
+            raise RemoteProtocolError("HEADERS frame on stream 0")
+        if flags & ~_END_STREAM:
+            raise RemoteProtocolError(f"HEADERS frame with unknown flags 0x{flags:02x}")
+        fields = self._decode_control("HEADERS", payload)
+        metadata = _validate_metadata(fields.get(_H_METADATA), remote=True)
+        if self._client:
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                if stream_id > self._last_stream_id:
+                    raise RemoteProtocolError(f"HEADERS frame for stream {stream_id}, which was never opened")
+                return
+            if stream.response_started or flags:
+                raise RemoteProtocolError("response headers come at most once, before any message")
+            self._transition(stream, _In.RECV_HEADERS)
+            stream.response_started = True
+            events.append(HeadersReceived(stream_id=stream_id, metadata=metadata))
+            return
+        # server: a new call
+        if stream_id <= self._last_stream_id:
+            raise RemoteProtocolError(
+                f"HEADERS frame reuses stream id {stream_id} (ids must increase; last was {self._last_stream_id})"
+            )
+        method = fields.get(_H_METHOD)
+        if not isinstance(method, str):
+            raise RemoteProtocolError("HEADERS frame without a method name")
+        timeout_us = fields.get(_H_TIMEOUT)
+        if timeout_us is not None and (not isinstance(timeout_us, int) or timeout_us < 0):
+            raise RemoteProtocolError("the timeout must be a non-negative integer (microseconds)")
+        self._last_stream_id = stream_id
+        end = bool(flags & _END_STREAM)
+        state = StreamState.HALF_CLOSED_REMOTE if end else StreamState.OPEN
+        stream = _Stream(stream_id, state, self._peer_stream_window, self.stream_window)
+        self._streams[stream_id] = stream
+        if self._goaway_sent:
+            self.send_trailers(stream_id, Status.UNAVAILABLE, "the server is shutting down")
+            return
+        if len(self._streams) > self.max_concurrent_streams:
+            self.send_trailers(
+                stream_id,
+                Status.RESOURCE_EXHAUSTED,
+                f"too many concurrent calls on this connection (limit {self.max_concurrent_streams})",
+            )
+            return
+        events.append(
+            CallOpened(
+                stream_id=stream_id,
+                method=method,
+                metadata=metadata,
+                timeout=None if timeout_us is None else timeout_us / 1_000_000,
+                end_stream=end,
+            )
+        )
+
+    def _recv_trailers(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if not self._client:
+            raise RemoteProtocolError("a client cannot send TRAILERS")
+        stream = self._recv_stream("TRAILERS", stream_id, flags)
+        if stream is None:
+            return
+        fields = self._decode_control("TRAILERS", payload)
+        code = fields.get(_T_STATUS)
+        if not isinstance(code, int):
+            raise RemoteProtocolError("TRAILERS without a status code")
+        message = fields.get(_T_MESSAGE, "")
+        if not isinstance(message, str):
+            raise RemoteProtocolError("the status message must be text")
+        if stream.recv_parts is not None:
+            raise RemoteProtocolError("TRAILERS in the middle of a message")
+        metadata = _validate_metadata(fields.get(_T_METADATA), remote=True)
+        self._transition(stream, _In.RECV_TRAILERS)
+        stream.pending = None  # the call is over: nothing more of ours needs to go out
+        self._forget(stream)
+        events.append(
+            CallEnded(
+                stream_id=stream_id,
+                status=Status.from_wire(code),
+                message=message,
+                details=fields.get(_T_DETAILS),
+                metadata=metadata,
+            )
+        )
+
+    def _recv_stream(self, kind: str, stream_id: int, flags: int) -> _Stream | None:
+        """The open stream a stream-level frame is for, or None if it has closed already."""
+        if flags:
+            raise RemoteProtocolError(f"{kind} frame with unknown flags 0x{flags:02x}")
+        if stream_id == 0:
+            raise RemoteProtocolError(f"{kind} frame on stream 0")
+        stream = self._streams.get(stream_id)
+        if stream is None and stream_id > self._last_stream_id:
+            raise RemoteProtocolError(f"{kind} frame for stream {stream_id}, which was never opened")
+        return stream
+
+    def _recv_cancel(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if self._client:
+            raise RemoteProtocolError("a server cannot send CANCEL; it ends calls with TRAILERS")
+        stream = self._recv_stream("CANCEL", stream_id, flags)
+        if stream is None:
+            return
+        fields = self._decode_control("CANCEL", payload)
+        reason = fields.get(_C_REASON, Status.CANCELLED)
+        message = fields.get(_C_MESSAGE, "")
+        if not isinstance(reason, int) or not isinstance(message, str):
+            raise RemoteProtocolError("malformed CANCEL payload")
+        self._transition(stream, _In.RECV_CANCEL)
+        stream.pending = None
+        self._forget(stream)
+        events.append(CallCancelled(stream_id=stream_id, reason=Status.from_wire(reason), message=message))
+
+    def _recv_window_update(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if flags:
+            raise RemoteProtocolError(f"WINDOW_UPDATE frame with unknown flags 0x{flags:02x}")
+        if len(payload) != 4:
+            raise RemoteProtocolError("a WINDOW_UPDATE payload is exactly 4 bytes")
+        increment = int.from_bytes(payload, "big")
+        if increment == 0:
+            raise RemoteProtocolError("a WINDOW_UPDATE increment of 0")
+        if stream_id == 0:
+            self._send_window += increment
+            if self._send_window > _MAX_WINDOW:
+                raise RemoteProtocolError("connection credit above 2^31-1")
+            blocked = list(self._blocked)
+            self._blocked.clear()
+            for sid in blocked:
+                stream = self._streams.get(sid)
+                if stream is not None and stream.pending:
+                    self._flush_stream(stream)
+                    if not stream.pending:
+                        events.append(SendCreditAvailable(stream_id=sid))
+            return
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if stream_id > self._last_stream_id:
+                raise RemoteProtocolError(f"WINDOW_UPDATE for stream {stream_id}, which was never opened")
+            return
+        stream.send_window += increment
+        if stream.send_window > _MAX_WINDOW:
+            raise RemoteProtocolError(f"stream {stream_id} credit above 2^31-1")
+        if stream.pending:
+            self._flush_stream(stream)
+            if not stream.pending:
+                events.append(SendCreditAvailable(stream_id=stream_id))
+
+    def _recv_ping(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if stream_id != 0 or len(payload) != 8 or flags & ~Flags.ACK:
+            raise RemoteProtocolError("malformed PING frame (stream 0, 8 bytes, flag ACK only)")
+        if flags & Flags.ACK:
+            events.append(PingAcknowledged(payload=payload))
+        else:
+            self._frame(FrameType.PING, Flags.ACK, 0, payload)
+            events.append(PingReceived(payload=payload))
+
+    def _recv_goaway(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if stream_id != 0 or flags:
+            raise RemoteProtocolError("malformed GOAWAY frame (stream 0, no flags)")
+        fields = self._decode_control("GOAWAY", payload)
+        last = fields.get(_G_LAST_STREAM, 0)
+        code = fields.get(_G_STATUS, 0)
+        message = fields.get(_G_MESSAGE, "")
+        if not isinstance(last, int) or not isinstance(code, int) or not isinstance(message, str):
+            raise RemoteProtocolError("malformed GOAWAY payload")
+        event = GoAwayReceived(last_stream_id=last, status=Status.from_wire(code), message=message)
+        self.goaway_received = event
+        events.append(event)
+        if self._client:
+            # Calls the server never saw were not processed: fail them now, safe to retry.
+            for sid in [sid for sid in self._streams if sid > last]:
+                stream = self._streams.pop(sid)
+                stream.state = StreamState.CLOSED
+                self._blocked.pop(sid, None)
+                events.append(
+                    CallEnded(
+                        stream_id=sid,
+                        status=Status.UNAVAILABLE,
+                        message=f"the server went away before processing the call: {message or 'GOAWAY'}",
+                    )
+                )

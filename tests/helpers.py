@@ -1,0 +1,72 @@
+"""Test helpers: a client and a server protocol core wired back to back (h11's helpers style)."""
+
+from __future__ import annotations
+
+import struct
+
+import cbor2
+
+from trpc._events import PrefaceReceived
+from trpc._protocol import PREFACE, PREFACE_MAGIC, Connection
+
+HEADER = struct.Struct(">IBBI")
+
+
+def frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return HEADER.pack(len(payload), ftype, flags, stream_id) + payload
+
+
+def preface(
+    major: int = 1,
+    minor: int = 0,
+    max_frame: int = 1 << 20,
+    max_message: int = 4 << 20,
+    stream_window: int = 1 << 20,
+    connection_window: int = 16 << 20,
+    max_streams: int = 100,
+    magic: bytes = PREFACE_MAGIC,
+) -> bytes:
+    return PREFACE.pack(magic, major, minor, 0, max_frame, max_message, stream_window, connection_window, max_streams)
+
+
+def headers(method: str, **fields) -> bytes:
+    payload = {1: method}
+    if "timeout_us" in fields:
+        payload[2] = fields["timeout_us"]
+    if "metadata" in fields:
+        payload[3] = fields["metadata"]
+    return cbor2.dumps(payload)
+
+
+class Pair:
+    """A client and a server Connection; ``exchange()`` carries bytes until both are quiet."""
+
+    def __init__(self, framer: type, *, chunk: int | None = None, client_options=None, server_options=None):
+        self.client = Connection("client", framer=framer, **(client_options or {}))
+        self.server = Connection("server", framer=framer, **(server_options or {}))
+        self.chunk = chunk
+        self.client.initiate()
+        self.server.initiate()
+        events = self.exchange()
+        assert any(isinstance(e, PrefaceReceived) for e in events["client"])
+        assert any(isinstance(e, PrefaceReceived) for e in events["server"])
+
+    def _feed(self, conn: Connection, data: bytes) -> list:
+        if not self.chunk:
+            return conn.receive_data(data)
+        events = []
+        for i in range(0, len(data), self.chunk):
+            events.extend(conn.receive_data(data[i : i + self.chunk]))
+        return events
+
+    def exchange(self) -> dict[str, list]:
+        events: dict[str, list] = {"client": [], "server": []}
+        while True:
+            to_server = self.client.data_to_send()
+            to_client = self.server.data_to_send()
+            if not to_server and not to_client:
+                return events
+            if to_server:
+                events["server"].extend(self._feed(self.server, to_server))
+            if to_client:
+                events["client"].extend(self._feed(self.client, to_client))
