@@ -1,0 +1,77 @@
+"""trpc: a gRPC-style RPC framework for Trio.
+
+A service is a class; a client calls its methods over TCP as if they were local::
+
+    class Greeter(trpc.Service):
+        @trpc.unary
+        async def greet(self, name: str) -> str:
+            return f"Hello {name}"
+
+    trio.run(trpc.serve, Greeter())                      # server
+
+    async with trpc.open_client("127.0.0.1:50051") as client:
+        print(await client.greet("Ada"))                 # client
+
+Everything public is re-exported here from private modules; ``docs/PROTOCOL.md`` describes the
+wire.  Deadlines and cancellation follow Trio's cancel scopes across the wire.
+"""
+
+from ._channel import FramedChannel
+from ._client import Client, ClientStream, Method, open_client
+from ._context import CallContext, current_call
+from ._errors import (
+    FrameTooLargeError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    RpcError,
+    TransportError,
+    TruncatedFrameError,
+    TrpcError,
+)
+from ._framer import get_framer
+from ._server import DEFAULT_HOST, DEFAULT_PORT, Server, serve
+from ._service import Cardinality, Service, bidi_stream, client_stream, server_stream, unary
+from ._status import Status
+from ._version import __version__
+
+__all__ = [
+    "Cardinality",
+    "CallContext",
+    "Client",
+    "ClientStream",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "FrameTooLargeError",
+    "FramedChannel",
+    "LocalProtocolError",
+    "Method",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "RpcError",
+    "Server",
+    "Service",
+    "Status",
+    "TransportError",
+    "TrpcError",
+    "TruncatedFrameError",
+    "__version__",
+    "bidi_stream",
+    "client_stream",
+    "current_call",
+    "get_framer",
+    "open_client",
+    "serve",
+    "server_stream",
+    "unary",
+]
+
+# Public names say they live here (tracebacks and reprs read ``trpc.RpcError``).
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("trpc._"):
+        try:
+            _obj.__module__ = "trpc"
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj

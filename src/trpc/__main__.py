@@ -1,0 +1,7 @@
+"""``python -m trpc`` is the ``trpc`` command."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

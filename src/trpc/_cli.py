@@ -1,0 +1,194 @@
+"""The ``trpc`` command: call a method, serve a service, tell the version.
+
+- ``trpc call HOST:PORT METHOD [ARG ...]`` calls METHOD and prints each response message on its
+  own line as it arrives (one line for a unary method, one per item for a streaming one).  Each
+  ARG is read as JSON when it parses as JSON (``5``, ``true``, ``{"a": 1}``, ``"5"``) and is
+  taken as a plain string otherwise (``Ada``).  ``--stdin`` sends each line of standard input as
+  one request message instead (client- and bidi-streaming methods).
+- ``trpc serve MODULE:SERVICE [--host H] [--port P]`` imports SERVICE (a Service subclass, built
+  with no arguments, or an instance) and serves it; prints ``listening on HOST:PORT`` once ready.
+- ``trpc --version`` prints the version and the framer in use.
+
+Errors go to stderr as ``STATUS: message`` with exit status 1; usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib
+import json
+import logging
+import math
+import sys
+from typing import Any, Sequence
+
+import trio
+
+from . import _framer
+from ._client import open_client, parse_target
+from ._errors import RpcError, TrpcError
+from ._server import DEFAULT_HOST, DEFAULT_PORT, Server
+from ._service import Service
+from ._version import __version__
+
+__all__ = ["main"]
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    return repr(value)
+
+
+def format_value(value: Any, *, as_json: bool = False) -> str:
+    """How ``trpc call`` prints one response: text as is, anything else as JSON."""
+    if isinstance(value, str) and not as_json:
+        return value
+    return json.dumps(value, ensure_ascii=False, default=_json_default)
+
+
+def _parse_metadata(items: Sequence[str]) -> dict[str, str]:
+    metadata = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"trpc: metadata must be KEY=VALUE, got {item!r}")
+        metadata[key] = value
+    return metadata
+
+
+def _version_text() -> str:
+    name = _framer.default_framer_name()
+    if name == "c" and "c" not in _framer.FRAMERS:
+        return f"trpc {__version__} (framer: python; the C framer is unavailable: {_framer.c_framer_error})"
+    return f"trpc {__version__} (framer: {name})"
+
+
+async def _call(args: argparse.Namespace) -> int:
+    host, port = parse_target(args.target)
+    positional = [_parse_value(text) for text in args.args]
+    metadata = _parse_metadata(args.metadata)
+    deadline = math.inf if args.timeout is None else trio.current_time() + args.timeout
+    with trio.CancelScope(deadline=deadline) as scope:
+        async with open_client((host, port), metadata=metadata, framer=args.framer) as client:
+            method = client.method(args.method)
+            if args.stdin:
+                if positional:
+                    raise SystemExit("trpc: --stdin sends standard input as the request messages; give no ARGs")
+                async with method.open() as stream:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_send_stdin, stream)
+                        async for reply in stream:
+                            print(format_value(reply, as_json=args.json), flush=True)
+            else:
+                async with method(*positional) as stream:
+                    async for reply in stream:
+                        print(format_value(reply, as_json=args.json), flush=True)
+    if scope.cancelled_caught:
+        print(f"DEADLINE_EXCEEDED: no answer within {args.timeout} s", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _send_stdin(stream: Any) -> None:
+    lines = trio.wrap_file(sys.stdin)
+    async for line in lines:
+        line = line.rstrip("\n")
+        if line and not await stream.send(_parse_value(line)):
+            break
+    await stream.done_sending()
+
+
+def _load_service(spec: str) -> Any:
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise SystemExit(f"trpc: expected MODULE:SERVICE, got {spec!r}")
+    sys.path.insert(0, ".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"trpc: cannot import {module_name}: {exc}") from None
+    finally:
+        sys.path.pop(0)
+    try:
+        target = getattr(module, attribute)
+    except AttributeError:
+        raise SystemExit(f"trpc: {module_name} has no attribute {attribute!r}") from None
+    if isinstance(target, type) and issubclass(target, Service):
+        return target()
+    if isinstance(target, Service):
+        return target
+    raise SystemExit(f"trpc: {spec} is neither a trpc.Service subclass nor an instance of one")
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    service = _load_service(args.service)
+    server = Server(service, framer=args.framer)
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(server.serve_tcp, args.port, args.host)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"listening on {shown}:{port} ({type(service).__name__}, framer {server._framer.name})", flush=True)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trpc", description="trpc: RPC for Trio")
+    parser.add_argument("--version", action="version", version=_version_text())
+    parser.add_argument("--log-level", default="WARNING", help="logging level for the trpc logger (default WARNING)")
+    parser.add_argument("--framer", choices=["c", "python"], default=None,
+                        help="frame scanner (default: $TRPC_FRAMER, else c)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    call = commands.add_parser("call", help="call a method and print the responses")
+    call.add_argument("target", metavar="HOST:PORT")
+    call.add_argument("method", metavar="METHOD")
+    call.add_argument("args", nargs="*", metavar="ARG", help="arguments: JSON if they parse, else text")
+    call.add_argument("--timeout", type=float, default=None, help="deadline for the whole call, in seconds")
+    call.add_argument("-m", "--metadata", action="append", default=[], metavar="KEY=VALUE",
+                      help="request metadata (repeatable)")
+    call.add_argument("--json", action="store_true", help="print text responses as JSON strings too")
+    call.add_argument("--stdin", action="store_true",
+                      help="send each line of standard input as a request message (streaming methods)")
+
+    serve = commands.add_parser("serve", help="serve a trpc.Service over TCP")
+    serve.add_argument("service", metavar="MODULE:SERVICE")
+    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("trpc").setLevel(args.log_level.upper())
+    try:
+        if args.command == "call":
+            try:
+                parse_target(args.target)
+            except ValueError as exc:
+                parser.error(str(exc))
+            return trio.run(_call, args)
+        return trio.run(_serve, args)
+    except RpcError as exc:
+        print(f"{exc.status.name}: {exc.message}", file=sys.stderr)
+        return 1
+    except TrpcError as exc:
+        print(f"trpc: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

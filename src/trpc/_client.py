@@ -1,0 +1,747 @@
+"""The client: call a server's methods as if they were local.
+
+Theory of operation
+-------------------
+``open_client`` connects, exchanges prefaces and starts two background tasks (reader and writer,
+see :mod:`trpc._transport`) in a nursery that the context manager owns; it never lets an
+ExceptionGroup out.  Calls run in the *caller's* task: a unary call queues its HEADERS and its
+message (one write for both), parks, and is woken by the reader when the trailers arrive.  No task,
+channel or lock per call.
+
+Deadlines come from Trio: the call reads ``trio.current_effective_deadline()``, so any enclosing
+``move_on_after`` / ``fail_after`` scope, or a server handler's own deadline when the call is
+nested in one, travels to the server as the time remaining.  An explicit ``timeout=`` (on the
+client or per method) adds a scope of trpc's own, which raises ``RpcError(DEADLINE_EXCEEDED)``;
+a deadline of the caller's own scope behaves as Trio says for that scope (``move_on_*`` is
+silent, ``fail_*`` raises ``TooSlowError``).  If the caller is cancelled while a call is in
+flight, a CANCEL frame tells the server why: the deadline passed, the caller was cancelled, or
+(for a nested call) the reason its own caller gave.
+
+Streaming calls use :class:`ClientStream`, an explicit send/receive object; server-streaming
+calls can simply be iterated (``async for x in client.count(5)``), and client-streaming calls take
+an async iterable (``await client.total(numbers())``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterable, AsyncIterator
+
+import trio
+
+from ._codec import decode, encode, encode_arguments
+from ._context import _current_or_none
+from ._errors import LocalProtocolError, RpcError
+from ._events import (
+    CallEnded,
+    ConnectionClosed,
+    GoAwayReceived,
+    HeadersReceived,
+    MessageReceived,
+    PingAcknowledged,
+    PingReceived,
+    PrefaceReceived,
+    SendCreditAvailable,
+)
+from ._framer import get_framer
+from ._framer_py import DEFAULT_MAX_FRAME_SIZE
+from ._protocol import (
+    DEFAULT_CONNECTION_WINDOW,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_STREAM_WINDOW,
+    Connection,
+)
+from ._server import format_peer
+from ._status import Status
+from ._transport import Parker, TrioConnection
+
+__all__ = ["Client", "ClientStream", "open_client", "parse_target", "DEFAULT_CONNECT_TIMEOUT"]
+
+logger = logging.getLogger("trpc")
+
+#: How long ``open_client`` waits for TCP connect plus the server's preface.  10 s: long enough
+#: for a loaded server, short enough that a black-holed address fails while a person waits.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: How long closing a client waits to tell the server (CANCEL/GOAWAY) before it just closes.
+_CLOSE_GRACE = 1.0
+
+_current_time = trio.current_time
+_current_effective_deadline = trio.current_effective_deadline
+_UNSET: Any = object()
+
+
+def parse_target(target: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6addr]:port"`` -> (host, port)."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {target!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ValueError(f"port out of range in {target!r}")
+    return host, number
+
+
+class _ClientCall:
+    """Client-side state of one call; filled in by the reader, read by the caller's task."""
+
+    __slots__ = ("id", "inbox", "status", "message", "details", "trailers", "headers", "wakeup", "credit_wakeup")
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.inbox: deque[bytes] = deque()
+        self.status: Status | None = None
+        self.message = ""
+        self.details: Any = None
+        self.trailers: dict = {}
+        self.headers: dict | None = None
+        self.wakeup = Parker()
+        self.credit_wakeup = Parker()
+
+    def error(self) -> RpcError:
+        return RpcError(self.status, self.message, self.details, trailers=self.trailers)
+
+
+class _ClientConnection(TrioConnection):
+    def __init__(self, stream: trio.abc.Stream, conn: Connection, peer: str) -> None:
+        super().__init__(stream, conn, peer)
+        self.calls: dict[int, _ClientCall] = {}
+        self.ready = trio.Event()
+        #: Calls waiting for the server's concurrent-call limit to let them start.
+        self.slot_waiters = trio.lowlevel.ParkingLot()
+        self._dispatch = {
+            MessageReceived: self._on_message,
+            CallEnded: self._on_call_ended,
+            HeadersReceived: self._on_headers,
+            SendCreditAvailable: self._on_credit,
+            PrefaceReceived: self._on_preface,
+            GoAwayReceived: self._on_goaway,
+            PingReceived: _ignore,
+            PingAcknowledged: _ignore,
+            ConnectionClosed: _ignore,
+        }
+
+    def handle_event(self, event: Any) -> None:
+        self._dispatch[type(event)](event)
+
+    def _on_message(self, event: MessageReceived) -> None:
+        call = self.calls.get(event.stream_id)
+        if call is not None:
+            call.inbox.append(event.payload)
+            call.wakeup.unpark()
+
+    def _on_call_ended(self, event: CallEnded) -> None:
+        if self.slot_waiters:
+            self.slot_waiters.unpark()
+        call = self.calls.get(event.stream_id)
+        if call is not None:
+            call.status = event.status
+            call.message = event.message
+            call.details = event.details
+            call.trailers = event.metadata
+            call.wakeup.unpark()
+            call.credit_wakeup.unpark()
+
+    def _on_headers(self, event: HeadersReceived) -> None:
+        call = self.calls.get(event.stream_id)
+        if call is not None:
+            call.headers = event.metadata
+
+    def _on_credit(self, event: SendCreditAvailable) -> None:
+        call = self.calls.get(event.stream_id)
+        if call is not None:
+            call.credit_wakeup.unpark()
+
+    def _on_preface(self, event: PrefaceReceived) -> None:
+        self.ready.set()
+
+    def _on_goaway(self, event: GoAwayReceived) -> None:
+        logger.debug("trpc: server %s is going away: %s %s", self.peer, event.status.name, event.message)
+
+    def connection_lost(self, reason: str) -> None:
+        self.ready.set()
+        self.slot_waiters.unpark_all()
+        for call in self.calls.values():
+            if call.status is None:
+                call.status = Status.UNAVAILABLE
+                call.message = f"connection to {self.peer} lost: {reason}"
+                call.wakeup.unpark()
+                call.credit_wakeup.unpark()
+
+    def unavailable(self) -> RpcError:
+        return RpcError(Status.UNAVAILABLE, f"connection to {self.peer} is closed: {self.broken}")
+
+
+def _ignore(event: Any) -> None:
+    pass
+
+
+def _cancel_reason(deadline: float) -> tuple[Status, str]:
+    """Why the current task's call is being cancelled, for the CANCEL frame."""
+    if deadline != math.inf and _current_time() >= deadline:
+        return Status.DEADLINE_EXCEEDED, "the caller's deadline passed"
+    upstream = _current_or_none()
+    if upstream is not None and upstream.cancel_reason is not None:
+        return upstream.cancel_reason, upstream.cancel_message or f"upstream call {upstream.method} was cancelled"
+    return Status.CANCELLED, "the caller was cancelled"
+
+
+class Client:
+    """A connection to a trpc server; get one from :func:`open_client`.
+
+    Methods of the server are attributes: ``await client.greet("Ada")``.  A method whose name
+    clashes with an attribute of this class is reached with ``client.method("aclose")``.
+    """
+
+    def __init__(self, connection: _ClientConnection, *, timeout: float | None, metadata: dict | None) -> None:
+        self._connection = connection
+        self._timeout = timeout
+        self._metadata = dict(metadata or {})
+        self._closing = False
+
+    def __getattr__(self, name: str) -> "Method":
+        if name.startswith("_"):
+            raise AttributeError(name)
+        method = Method(self, name, self._timeout, self._metadata)
+        self.__dict__[name] = method  # cached: next time a plain attribute hit
+        return method
+
+    def method(self, name: str) -> "Method":
+        """The server method ``name`` (for names that are not identifiers or clash with ours)."""
+        return Method(self, name, self._timeout, self._metadata)
+
+    @property
+    def peer(self) -> str:
+        return self._connection.peer
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Calls on this connection that have not ended yet."""
+        return len(self._connection.calls)
+
+    @property
+    def framer_name(self) -> str:
+        return self._connection.conn.framer_name
+
+    # ------------------------------------------------------------------ plumbing
+    def _open(self, name: str, metadata: dict, deadline: float, end_stream: bool = False) -> _ClientCall:
+        connection = self._connection
+        if connection.broken is not None:
+            raise connection.unavailable()
+        if self._closing:
+            raise RpcError(Status.UNAVAILABLE, "the client is closed")
+        timeout = None if deadline == math.inf else max(0.0, deadline - _current_time())
+        try:
+            stream_id = connection.conn.open_call(name, metadata=metadata, timeout=timeout, end_stream=end_stream)
+        except LocalProtocolError as exc:
+            if connection.conn.accepting_calls:
+                raise RpcError(Status.INVALID_ARGUMENT, str(exc)) from None
+            raise RpcError(Status.UNAVAILABLE, str(exc)) from None
+        call = _ClientCall(stream_id)
+        connection.calls[stream_id] = call
+        return call
+
+    async def _wait_for_slot(self) -> None:
+        """Wait while the server's limit on concurrent calls is reached (no-op otherwise)."""
+        connection = self._connection
+        conn = connection.conn
+        while conn.open_streams >= conn.peer_max_concurrent_streams and connection.broken is None:
+            await connection.slot_waiters.park()
+
+    def _check_size(self, payload: bytes) -> None:
+        limit = self._connection.conn.peer_max_message_size
+        if len(payload) > limit:
+            raise RpcError(
+                Status.RESOURCE_EXHAUSTED,
+                f"request message of {len(payload)} bytes exceeds the server's limit of {limit}",
+            )
+
+    async def _send(self, call: _ClientCall, payload: bytes, end_stream: bool = False) -> bool:
+        """Queue a message; wait while it waits for credit.  False if the call already ended."""
+        connection = self._connection
+        if call.status is not None:
+            return False
+        self._check_size(payload)
+        if not connection.conn.send_message(call.id, payload, end_stream=end_stream):
+            connection.wake_writer()
+            while call.status is None and connection.conn.send_buffered(call.id):
+                await call.credit_wakeup.park()
+        connection.wake_writer()
+        return True
+
+    def _cancel(self, call: _ClientCall, reason: Status, message: str) -> None:
+        connection = self._connection
+        connection.calls.pop(call.id, None)
+        if call.status is None:
+            call.status = Status.CANCELLED
+            call.message = message
+            if connection.broken is None:
+                connection.conn.cancel(call.id, reason, message)
+                connection.wake_writer()
+                if connection.slot_waiters:
+                    connection.slot_waiters.unpark()
+
+    def _finish(self, call: _ClientCall) -> None:
+        self._connection.calls.pop(call.id, None)
+
+    def _consumed(self, call: _ClientCall, size: int) -> None:
+        conn = self._connection.conn
+        conn.consumed(call.id, size)
+        if conn.has_data_to_send:
+            self._connection.wake_writer()
+
+    async def _unary(self, name: str, payload: bytes, timeout: float | None, metadata: dict) -> Any:
+        if timeout is not None:
+            with trio.CancelScope(deadline=_current_time() + timeout) as scope:
+                return await self._unary(name, payload, None, metadata)
+            if scope.cancelled_caught:
+                raise RpcError(Status.DEADLINE_EXCEEDED, f"{name}: deadline exceeded ({timeout} s)")
+        self._check_size(payload)
+        deadline = _current_effective_deadline()
+        if self._connection.conn.open_streams >= self._connection.conn.peer_max_concurrent_streams:
+            await self._wait_for_slot()
+        call = self._open(name, metadata, deadline)
+        connection = self._connection
+        try:
+            if not connection.conn.send_message(call.id, payload, end_stream=True):
+                connection.wake_writer()
+                while call.status is None and connection.conn.send_buffered(call.id):
+                    await call.credit_wakeup.park()
+            connection.wake_writer()
+            wakeup = call.wakeup
+            while call.status is None:
+                await wakeup.park()
+        except BaseException:
+            if call.status is None:
+                self._cancel(call, *_cancel_reason(deadline))
+            raise
+        connection.calls.pop(call.id, None)
+        if call.status is Status.OK:
+            if len(call.inbox) == 1:
+                return decode(call.inbox[0], what="response")
+            raise RpcError(Status.INTERNAL, f"{name}: expected one response message, got {len(call.inbox)}")
+        if call.status is Status.DEADLINE_EXCEEDED and deadline != math.inf:
+            # The server's clock ran out before ours (they run at slightly different rates):
+            # let the caller's own scope fire, so it sees what Trio promises for that scope.
+            await trio.sleep_until(deadline)
+        raise call.error()
+
+    async def aclose(self) -> None:
+        """Cancel every call still in flight (reason UNAVAILABLE), say GOAWAY, close the stream."""
+        if self._closing:
+            return
+        self._closing = True
+        connection = self._connection
+        with trio.CancelScope(shield=True):
+            if connection.broken is None:
+                for call in list(connection.calls.values()):
+                    self._cancel(call, Status.UNAVAILABLE, "the client is shutting down")
+                    call.status = Status.UNAVAILABLE
+                    call.message = "the client was closed"
+                    call.wakeup.unpark()
+                    call.credit_wakeup.unpark()
+                connection.conn.goaway(Status.OK, "client closing")
+                with trio.move_on_after(_CLOSE_GRACE):
+                    await connection.flush()
+            connection.connection_lost("the client was closed")
+            await connection.close_stream()
+
+
+class Method:
+    """A server method, bound to a client.  Call it; or ``open()`` it for explicit streaming."""
+
+    __slots__ = ("_client", "name", "_timeout", "_metadata")
+
+    def __init__(self, client: Client, name: str, timeout: float | None, metadata: dict) -> None:
+        self._client = client
+        self.name = name
+        self._timeout = timeout
+        self._metadata = metadata
+
+    def with_options(self, *, timeout: float | None = _UNSET, metadata: dict | None = None) -> "Method":
+        """The same method with another timeout, or extra metadata for each call."""
+        return Method(
+            self._client,
+            self.name,
+            self._timeout if timeout is _UNSET else timeout,
+            {**self._metadata, **(metadata or {})},
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Call":
+        return _Call(self, args, kwargs)
+
+    def open(self) -> "ClientStream":
+        """Open a call whose request messages you send yourself (client- or bidi-streaming)::
+
+            async with client.echo.open() as stream:
+                await stream.send("hi")
+                print(await stream.receive())
+                await stream.done_sending()
+        """
+        return ClientStream(self, None)
+
+    def __repr__(self) -> str:
+        return f"<trpc method {self.name} on {self._client.peer}>"
+
+
+class _Call:
+    """What calling a :class:`Method` returns.
+
+    - ``await`` it: the one response (unary; client-streaming when the only argument is an
+      async iterable, whose items are the request messages);
+    - ``async for`` over it: the responses of a server-streaming call;
+    - ``async with`` it: the :class:`ClientStream` of the call, for its responses, headers and
+      trailers, cancelled on exit if unfinished.
+    """
+
+    __slots__ = ("_method", "_args", "_kwargs", "_stream", "_coro")
+
+    def __init__(self, method: Method, args: tuple, kwargs: dict) -> None:
+        self._method = method
+        self._args = args
+        self._kwargs = kwargs
+        self._stream: ClientStream | None = None
+        self._coro: Any = None
+
+    def _coroutine(self) -> Any:
+        """The coroutine that performs an awaited call (created on first use)."""
+        coro = self._coro
+        if coro is None:
+            method = self._method
+            args = self._args
+            if len(args) == 1 and not self._kwargs and hasattr(args[0], "__aiter__"):
+                coro = self._client_stream(args[0])
+            else:
+                try:
+                    payload = encode_arguments(args, self._kwargs)
+                except Exception as exc:
+                    coro = _raise(RpcError(Status.INVALID_ARGUMENT, f"cannot encode the arguments: {exc}"))
+                else:
+                    coro = method._client._unary(method.name, payload, method._timeout, method._metadata)
+            self._coro = coro
+        return coro
+
+    # A coroutine in every respect, so ``nursery.start_soon(client.greet, "Ada")`` works too.
+    def __await__(self):
+        return self._coroutine().__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._coroutine().send(value)
+
+    def throw(self, *exc_info: Any) -> Any:
+        return self._coroutine().throw(*exc_info)
+
+    def close(self) -> None:
+        if self._coro is not None:
+            self._coro.close()
+
+    async def _client_stream(self, items: AsyncIterable) -> Any:
+        async with ClientStream(self._method, None) as stream:
+            async for item in items:
+                if not await stream.send(item):
+                    break  # the server already ended the call; its status follows
+            await stream.done_sending()
+            return await stream.receive_one()
+
+    def __aiter__(self) -> AsyncIterator:
+        return _ResponseIterator(self._open_stream())
+
+    def _open_stream(self) -> "ClientStream":
+        try:
+            payload = encode_arguments(self._args, self._kwargs)
+        except Exception as exc:
+            raise RpcError(Status.INVALID_ARGUMENT, f"cannot encode the arguments: {exc}") from None
+        return ClientStream(self._method, payload)
+
+    async def __aenter__(self) -> "ClientStream":
+        self._stream = self._open_stream()
+        return await self._stream.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._stream.__aexit__(*exc_info)
+
+
+async def _raise(exc: BaseException) -> Any:
+    raise exc
+
+
+class ClientStream:
+    """An open call: ``send()`` request messages, ``receive()`` response messages.
+
+    Use as an async context manager; leaving it before the call has ended cancels the call.
+    ``receive()`` raises ``trio.EndOfChannel`` once the server has finished with OK, and
+    :class:`~trpc.RpcError` if it finished with another status (after every message the server
+    sent before that status has been received).  Iterating with ``async for`` receives until the end.
+    """
+
+    def __init__(self, method: Method, first: bytes | None) -> None:
+        self._method = method
+        self._client = method._client
+        self._first = first
+        self._call: _ClientCall | None = None
+        self._deadline = math.inf
+        self._own_deadline = math.inf
+        self._sending_done = first is not None
+        self._count = 0
+
+    # ----------------------------------------------------------- lifecycle
+    async def __aenter__(self) -> "ClientStream":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Open the call (``async with`` does this)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        client = self._client
+        if self._method._timeout is not None:
+            self._own_deadline = _current_time() + self._method._timeout
+        self._deadline = min(_current_effective_deadline(), self._own_deadline)
+        await self._with_deadline(client._wait_for_slot())
+        first = self._first
+        self._call = client._open(self._method.name, self._method._metadata, self._deadline)
+        if first is not None:
+            self._first = None
+            try:
+                await self._with_deadline(client._send(self._call, first, end_stream=True))
+            except BaseException:
+                await self.aclose()
+                raise
+
+    async def aclose(self) -> None:
+        """Cancel the call if it has not ended; a no-op afterwards."""
+        call = self._call
+        if call is not None and call.status is None:
+            self._client._cancel(call, *_cancel_reason(self._deadline))
+        elif call is not None:
+            self._client._finish(call)
+        await trio.lowlevel.checkpoint()
+
+    def _close_sync(self) -> None:
+        call = self._call
+        if call is not None and call.status is None:
+            try:
+                reason = _cancel_reason(self._deadline)
+            except RuntimeError:  # outside Trio (garbage collection at exit)
+                reason = (Status.CANCELLED, "the caller stopped reading")
+            self._client._cancel(call, *reason)
+
+    async def _with_deadline(self, awaitable: Any) -> Any:
+        if self._own_deadline == math.inf:
+            return await awaitable
+        with trio.move_on_at(self._own_deadline):
+            return await awaitable
+        self._client._cancel(self._call, Status.DEADLINE_EXCEEDED, "the call's timeout passed")
+        raise RpcError(Status.DEADLINE_EXCEEDED, f"{self._method.name}: deadline exceeded")
+
+    # ----------------------------------------------------------- sending
+    async def send(self, message: Any) -> bool:
+        """Send one request message.  Returns False if the call has already ended (the
+        message was not sent; ``receive()`` reports how it ended)."""
+        if self._sending_done:
+            raise trio.ClosedResourceError("done_sending() was already called")
+        try:
+            payload = encode(message)
+        except Exception as exc:
+            raise RpcError(Status.INVALID_ARGUMENT, f"cannot encode the message: {exc}") from None
+        return await self._with_deadline(self._client._send(self._call, payload))
+
+    async def done_sending(self) -> None:
+        """Half-close: the server's ``async for`` over the request messages ends."""
+        if self._sending_done:
+            return
+        self._sending_done = True
+        call = self._call
+        connection = self._client._connection
+        if call.status is None and connection.broken is None:
+            connection.conn.end_stream(call.id)
+            connection.wake_writer()
+        await trio.lowlevel.checkpoint()
+
+    # ----------------------------------------------------------- receiving
+    async def receive(self) -> Any:
+        """The next response message; ``trio.EndOfChannel`` after the last one."""
+        call = self._call
+        inbox = call.inbox
+        if not inbox:
+            if call.status is None:
+                await self._with_deadline(self._wait(call))
+            if not inbox:
+                self._client._finish(call)
+                if call.status is Status.OK:
+                    raise trio.EndOfChannel
+                raise call.error()
+        else:
+            self._count += 1
+            if not self._count % 128:
+                await trio.lowlevel.checkpoint()
+        payload = inbox.popleft()
+        if call.status is None:
+            self._client._consumed(call, len(payload))
+        return decode(payload, what="response message")
+
+    async def _wait(self, call: _ClientCall) -> None:
+        inbox = call.inbox
+        while not inbox and call.status is None:
+            await call.wakeup.park()
+
+    async def receive_one(self) -> Any:
+        """The single response of a client-streaming call, checking that there is just one."""
+        call = self._call
+        while call.status is None:
+            await self._with_deadline(call.wakeup.park())
+        self._client._finish(call)
+        if call.status is not Status.OK:
+            raise call.error()
+        if len(call.inbox) != 1:
+            raise RpcError(Status.INTERNAL, f"{self._method.name}: expected one response message, got {len(call.inbox)}")
+        return decode(call.inbox.popleft(), what="response")
+
+    def __aiter__(self) -> "ClientStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    # ----------------------------------------------------------- results
+    @property
+    def status(self) -> Status | None:
+        """The call's final status, once it has ended."""
+        return None if self._call is None else self._call.status
+
+    @property
+    def headers(self) -> dict | None:
+        """Response headers, once the server has sent them."""
+        return None if self._call is None else self._call.headers
+
+    @property
+    def trailers(self) -> dict:
+        """Trailing metadata, once the call has ended."""
+        return {} if self._call is None else self._call.trailers
+
+
+class _ResponseIterator:
+    """``async for x in client.count(5)``: opens the stream on first use, cancels it if dropped
+    before the end (the loop was left early)."""
+
+    __slots__ = ("_stream", "_started", "__weakref__")
+
+    def __init__(self, stream: ClientStream) -> None:
+        self._stream = stream
+        self._started = False
+
+    def __aiter__(self) -> "_ResponseIterator":
+        return self
+
+    async def __anext__(self) -> Any:
+        if not self._started:
+            self._started = True
+            await self._stream.start()
+        try:
+            return await self._stream.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    def __del__(self) -> None:
+        self._stream._close_sync()
+
+
+@asynccontextmanager
+async def open_client(
+    target: str | tuple[str, int] | trio.abc.Stream,
+    *,
+    timeout: float | None = None,
+    metadata: dict[str, str | bytes] | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    framer: str | None = None,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    stream_window: int = DEFAULT_STREAM_WINDOW,
+    connection_window: int = DEFAULT_CONNECTION_WINDOW,
+) -> AsyncIterator[Client]:
+    """Connect to a trpc server; yields a :class:`Client`.
+
+    Args:
+        target: ``"host:port"``, ``(host, port)``, or an already connected Trio stream (TLS, an
+            in-memory stream pair...).
+        timeout: default timeout for every call (seconds); ``None``: only the caller's scopes.
+        metadata: sent with every call (per-call metadata is added to it).
+        connect_timeout: limit for connecting and receiving the server's preface.
+        framer: ``"c"`` or ``"python"``; default ``TRPC_FRAMER`` or C when available.
+        max_message_size: largest response message accepted (RESOURCE_EXHAUSTED beyond).
+
+    Raises:
+        RpcError: UNAVAILABLE if the server cannot be reached or is not a trpc server.
+    """
+    conn = Connection(
+        "client",
+        framer=get_framer(framer),
+        max_message_size=max_message_size,
+        max_frame_size=max_frame_size,
+        stream_window=stream_window,
+        connection_window=connection_window,
+    )
+    stream, peer = await _connect(target, connect_timeout)
+    conn.initiate()
+    connection = _ClientConnection(stream, conn, peer)
+    client = Client(connection, timeout=timeout, metadata=metadata)
+    body_error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.writer)
+        nursery.start_soon(connection.reader)
+        connection.wake_writer()
+        try:
+            with trio.move_on_after(connect_timeout) as scope:
+                await connection.ready.wait()
+            if scope.cancelled_caught:
+                raise RpcError(Status.UNAVAILABLE, f"{peer} did not answer with a trpc preface in {connect_timeout} s")
+            if connection.broken is not None:
+                raise RpcError(Status.UNAVAILABLE, f"cannot talk to {peer}: {connection.broken}")
+            yield client
+        except BaseException as exc:  # re-raised below, outside the nursery: no ExceptionGroup
+            body_error = exc
+        finally:
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+    if body_error is not None:
+        try:
+            raise body_error
+        finally:
+            body_error = None
+
+
+def _os_reason(exc: OSError) -> str:
+    """The most specific reason in a failed connect ("Connection refused"), not Trio's summary."""
+    cause = exc.__cause__
+    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        cause = cause.exceptions[0]
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return exc.strerror or str(exc)
+
+
+async def _connect(target: Any, connect_timeout: float) -> tuple[trio.abc.Stream, str]:
+    if isinstance(target, trio.abc.Stream):
+        return target, format_peer(target)
+    if isinstance(target, str):
+        host, port = parse_target(target)
+    else:
+        host, port = target
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        with trio.fail_after(connect_timeout):
+            stream = await trio.open_tcp_stream(host, port)
+    except trio.TooSlowError:
+        raise RpcError(Status.UNAVAILABLE, f"timed out after {connect_timeout} s connecting to {where}") from None
+    except OSError as exc:
+        raise RpcError(Status.UNAVAILABLE, f"cannot connect to {where}: {_os_reason(exc)}") from None
+    return stream, where

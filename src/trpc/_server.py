@@ -1,0 +1,456 @@
+"""The server: accept connections, run one task per call, answer with messages and a status.
+
+Theory of operation
+-------------------
+:class:`Server` holds the method table (built once from the services) and the limits.
+``serve_tcp`` listens and runs ``serve_stream`` for each accepted connection in its own nursery;
+``serve_stream`` works over any Trio stream (TLS, in-memory) and is what tests use.
+
+Per connection, a :class:`_ServerConnection` (a :class:`~trpc._transport.TrioConnection`) reads
+frames and dispatches events.  A call whose client sends one message (unary, server-streaming)
+gets its task only once that message has arrived, with the bytes handed straight to it; a call
+whose client streams gets its task at once and pulls messages from a per-call queue.  Every
+handler runs inside its own cancel scope carrying the caller's deadline (measured on this
+process's clock, from when the call arrived), so a CANCEL frame, a passed deadline or a lost
+connection cancels the handler and, through Trio's scopes, every outgoing call it has in flight.
+
+The handler's result (or each streamed item) is encoded and queued on the connection together
+with the trailers, so a unary reply is one write.  Exceptions become statuses: ``RpcError`` as
+raised, anything else INTERNAL (logged here, never sent in full to the client).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from contextlib import aclosing
+from functools import partial
+from typing import Any, Callable
+
+import trio
+
+from ._codec import decode, decode_arguments, encode
+from ._context import CallContext, _current
+from ._errors import LocalProtocolError, RpcError
+from ._events import (
+    CallCancelled,
+    CallOpened,
+    ConnectionClosed,
+    GoAwayReceived,
+    MessageReceived,
+    PingAcknowledged,
+    PingReceived,
+    PrefaceReceived,
+    SendCreditAvailable,
+    StreamEnded,
+)
+from ._protocol import (
+    DEFAULT_CONNECTION_WINDOW,
+    DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_STREAM_WINDOW,
+    Connection,
+)
+from ._framer_py import DEFAULT_MAX_FRAME_SIZE
+from ._service import MethodInfo, collect_methods
+from ._status import Status
+from ._transport import Parker, TrioConnection
+
+__all__ = ["Server", "serve", "DEFAULT_HOST", "DEFAULT_PORT"]
+
+logger = logging.getLogger("trpc")
+
+#: Where ``trpc.serve`` listens unless told otherwise: loopback only (exposing a service to the
+#: network is a decision to make explicitly), on gRPC's customary port.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50051
+#: A streaming handler yields to the scheduler after this many messages even when it never
+#: blocks, so the writer can put a batch on the wire and other calls get their turn.
+_YIELD_EVERY = 128
+_checkpoint = trio.lowlevel.checkpoint
+
+
+def format_peer(stream: Any) -> str:
+    """A printable address for the far end of a stream."""
+    socket = getattr(stream, "socket", None)
+    if socket is None:
+        inner = getattr(stream, "transport_stream", None)  # trio.SSLStream
+        return format_peer(inner) if inner is not None else type(stream).__name__
+    try:
+        address = socket.getpeername()
+    except OSError:
+        return "unknown"
+    if isinstance(address, tuple):
+        host, port = address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address)
+
+
+class _ServerCall:
+    """One running call on the server."""
+
+    __slots__ = (
+        "id",
+        "info",
+        "handler",
+        "context",
+        "scope",
+        "inbox",
+        "ended",
+        "started",
+        "finished",
+        "inbox_wakeup",
+        "credit_wakeup",
+    )
+
+    def __init__(self, stream_id: int, handler: Callable, info: MethodInfo, context: CallContext):
+        self.id = stream_id
+        self.info = info
+        self.handler = handler
+        self.context = context
+        self.scope = trio.CancelScope(deadline=context.deadline)
+        self.inbox: deque[bytes] = deque()
+        self.ended = False  # the client sent END_STREAM
+        self.started = False  # the handler task exists
+        self.finished = False  # the stream is closed: nothing more may be sent on it
+        self.inbox_wakeup = Parker()
+        self.credit_wakeup = Parker()
+
+
+class _RequestStream:
+    """The client's messages, as an async iterator handed to streaming handlers."""
+
+    __slots__ = ("_call", "_connection", "_count")
+
+    def __init__(self, call: _ServerCall, connection: "_ServerConnection") -> None:
+        self._call = call
+        self._connection = connection
+        self._count = 0
+
+    def __aiter__(self) -> "_RequestStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        call = self._call
+        inbox = call.inbox
+        while not inbox:
+            if call.ended:
+                raise StopAsyncIteration
+            await call.inbox_wakeup.park()
+        self._count += 1
+        if not self._count % _YIELD_EVERY:
+            await _checkpoint()
+        payload = inbox.popleft()
+        self._connection.consumed(call.id, len(payload))
+        return decode(payload, what="request message", status=Status.INVALID_ARGUMENT)
+
+
+class _ServerConnection(TrioConnection):
+    def __init__(self, server: "Server", stream: trio.abc.Stream, conn: Connection, peer: str) -> None:
+        super().__init__(stream, conn, peer)
+        self.server = server
+        self.calls: dict[int, _ServerCall] = {}
+        self.nursery: trio.Nursery | None = None
+        self._dispatch = {
+            CallOpened: self._on_call_opened,
+            MessageReceived: self._on_message,
+            StreamEnded: self._on_stream_ended,
+            CallCancelled: self._on_call_cancelled,
+            SendCreditAvailable: self._on_credit,
+            PrefaceReceived: _ignore,
+            PingReceived: _ignore,
+            PingAcknowledged: _ignore,
+            GoAwayReceived: self._on_goaway,
+            ConnectionClosed: _ignore,
+        }
+
+    def handle_event(self, event: Any) -> None:
+        self._dispatch[type(event)](event)
+
+    # ------------------------------------------------------------------ events
+    def _on_call_opened(self, event: CallOpened) -> None:
+        entry = self.server._methods.get(event.method)
+        if entry is None:
+            self.conn.send_trailers(event.stream_id, Status.UNIMPLEMENTED, f"unknown method {event.method!r}")
+            return
+        handler, info = entry
+        deadline = math.inf if event.timeout is None else trio.current_time() + event.timeout
+        context = CallContext(event.method, self.peer, event.metadata, deadline)
+        call = _ServerCall(event.stream_id, handler, info, context)
+        call.ended = event.end_stream
+        self.calls[event.stream_id] = call
+        if info.cardinality.client_streams:
+            self._start(call, None)
+        elif event.end_stream:
+            self._finish(call, Status.INVALID_ARGUMENT, f"{info.name}: the request message is missing")
+
+    def _on_message(self, event: MessageReceived) -> None:
+        call = self.calls.get(event.stream_id)
+        if call is None:
+            return
+        if call.info.cardinality.client_streams:
+            call.inbox.append(event.payload)
+            call.inbox_wakeup.unpark()
+        elif not call.started:
+            self._start(call, event.payload)
+        else:
+            self._abort(call, Status.INVALID_ARGUMENT, f"{call.info.name} takes exactly one request message")
+
+    def _on_stream_ended(self, event: StreamEnded) -> None:
+        call = self.calls.get(event.stream_id)
+        if call is not None:
+            call.ended = True
+            call.inbox_wakeup.unpark()
+
+    def _on_call_cancelled(self, event: CallCancelled) -> None:
+        call = self.calls.pop(event.stream_id, None)
+        if call is None:
+            return
+        call.finished = True  # the stream is closed (trailers, if any, were queued by the core)
+        call.context._cancel(event.reason, event.message)
+        logger.debug(
+            "trpc: %s from %s cancelled by the client: %s %s",
+            call.info.name, self.peer, event.reason.name, event.message,
+        )
+        call.scope.cancel()
+        call.inbox_wakeup.unpark()
+        call.credit_wakeup.unpark()
+
+    def _on_credit(self, event: SendCreditAvailable) -> None:
+        call = self.calls.get(event.stream_id)
+        if call is not None:
+            call.credit_wakeup.unpark()
+
+    def _on_goaway(self, event: GoAwayReceived) -> None:
+        logger.debug("trpc: client %s is going away: %s", self.peer, event.message)
+
+    def connection_lost(self, reason: str) -> None:
+        calls = list(self.calls.values())
+        self.calls.clear()
+        for call in calls:
+            call.finished = True
+            call.context._cancel(Status.UNAVAILABLE, reason)
+            call.scope.cancel()
+            call.inbox_wakeup.unpark()
+            call.credit_wakeup.unpark()
+
+    # ------------------------------------------------------------------ calls
+    def consumed(self, stream_id: int, size: int) -> None:
+        conn = self.conn
+        conn.consumed(stream_id, size)
+        if conn.has_data_to_send:
+            self.wake_writer()
+
+    def _start(self, call: _ServerCall, payload: bytes | None) -> None:
+        call.started = True
+        self.server._running += 1
+        self.nursery.start_soon(self._run, call, payload)
+
+    def _finish(self, call: _ServerCall, status: Status, message: str = "", details: Any = None) -> None:
+        """Send the trailers (once) and forget the call."""
+        if call.finished:
+            return
+        call.finished = True
+        self.calls.pop(call.id, None)
+        try:
+            self.conn.send_trailers(call.id, status, message, details, call.context._trailing_metadata)
+        except LocalProtocolError:  # the stream ended under us (connection failed)
+            return
+        self.wake_writer()
+
+    def _abort(self, call: _ServerCall, status: Status, message: str) -> None:
+        """End a call from outside its task: trailers now, then cancel the handler."""
+        self._finish(call, status, message)
+        call.scope.cancel()
+
+    def _encode(self, call: _ServerCall, value: Any) -> bytes:
+        """A response value as message bytes, within the client's announced size limit."""
+        try:
+            payload = encode(value)
+        except Exception as exc:
+            raise RpcError(Status.INTERNAL, f"{call.info.name}: cannot encode the response: {exc}") from None
+        limit = self.conn.peer_max_message_size
+        if len(payload) > limit:
+            raise RpcError(
+                Status.RESOURCE_EXHAUSTED,
+                f"{call.info.name}: response message of {len(payload)} bytes exceeds the client's limit of {limit}",
+            )
+        return payload
+
+    async def _send(self, call: _ServerCall, payload: bytes) -> None:
+        """Queue one response message, waiting for credit if the client is slow."""
+        conn = self.conn
+        if call.finished:
+            # The call ended while the handler was still producing (cancelled by the client).
+            await _checkpoint()
+            return
+        self._writer_wakeup.unpark()
+        if not conn.send_message(call.id, payload):
+            while conn.send_buffered(call.id) and not call.finished:
+                await call.credit_wakeup.park()
+
+    async def _run(self, call: _ServerCall, payload: bytes | None) -> None:
+        _current.set(call.context)
+        info = call.info
+        status, message, details = Status.OK, "", None
+        try:
+            with call.scope:
+                if payload is None:
+                    args, kwargs = [_RequestStream(call, self)], {}
+                else:
+                    args, kwargs = decode_arguments(payload)
+                try:
+                    target = call.handler(*args, **kwargs)
+                except TypeError as exc:
+                    raise RpcError(Status.INVALID_ARGUMENT, f"{info.name}: {exc}") from None
+                if info.cardinality.server_streams:
+                    count = 0
+                    async with aclosing(target) as items:
+                        async for item in items:
+                            await self._send(call, self._encode(call, item))
+                            count += 1
+                            if not count % _YIELD_EVERY:
+                                await _checkpoint()
+                else:
+                    result = await target
+                    if not call.finished:
+                        await self._send(call, self._encode(call, result))
+            if call.scope.cancelled_caught and not call.finished:
+                # Our own scope fired: the deadline passed (a client CANCEL marks the call
+                # finished before it cancels the scope, so it never reaches here).
+                status, message = Status.DEADLINE_EXCEEDED, f"{info.name}: deadline exceeded"
+        except RpcError as exc:
+            status, message, details = exc.status, exc.message, exc.details
+            if exc.trailers:
+                call.context.set_trailers(exc.trailers)
+        except Exception as exc:
+            if call.finished:
+                logger.debug("trpc: %s raised after the call had ended: %r", info.name, exc)
+            else:
+                logger.exception("trpc: handler %s failed (call from %s)", info.name, self.peer)
+            status = Status.INTERNAL
+            message = f"{info.name} failed with {type(exc).__name__}; see the server log"
+        finally:
+            self.server._running -= 1
+        self._finish(call, status, message, details)
+
+
+def _ignore(event: Any) -> None:
+    pass
+
+
+class Server:
+    """Serves one or more :class:`~trpc.Service` objects.
+
+    Args:
+        *services: the service instances; their method names must not clash.
+        max_message_size: largest request message accepted (RESOURCE_EXHAUSTED beyond).
+        max_concurrent_streams: calls one connection may have running at once.
+        max_frame_size: largest frame payload accepted.
+        stream_window, connection_window: flow-control credit granted to clients.
+        framer: ``"c"`` or ``"python"``; default: ``TRPC_FRAMER`` or C when available.
+    """
+
+    def __init__(
+        self,
+        *services: Any,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        stream_window: int = DEFAULT_STREAM_WINDOW,
+        connection_window: int = DEFAULT_CONNECTION_WINDOW,
+        framer: str | None = None,
+    ) -> None:
+        from ._framer import get_framer
+
+        if not services:
+            raise TypeError("Server needs at least one service")
+        self._methods = collect_methods(services)
+        self._framer = get_framer(framer)
+        self._connection_options = dict(
+            max_message_size=max_message_size,
+            max_concurrent_streams=max_concurrent_streams,
+            max_frame_size=max_frame_size,
+            stream_window=stream_window,
+            connection_window=connection_window,
+        )
+        Connection("server", framer=self._framer, **self._connection_options)  # validate now
+        self._running = 0
+        self._connections: set[_ServerConnection] = set()
+
+    @property
+    def running_calls(self) -> int:
+        """Handlers running right now, across all connections."""
+        return self._running
+
+    @property
+    def connections(self) -> int:
+        """Connections open right now."""
+        return len(self._connections)
+
+    @property
+    def methods(self) -> dict[str, MethodInfo]:
+        return {name: info for name, (_, info) in self._methods.items()}
+
+    async def serve_stream(self, stream: trio.abc.Stream, peer: str | None = None) -> None:
+        """Serve one connection over ``stream`` until the client leaves; closes the stream."""
+        conn = Connection("server", framer=self._framer, **self._connection_options)
+        conn.initiate()
+        connection = _ServerConnection(self, stream, conn, peer or format_peer(stream))
+        self._connections.add(connection)
+        logger.debug("trpc: connection from %s", connection.peer)
+        try:
+            async with trio.open_nursery() as nursery:
+                connection.nursery = nursery
+                nursery.start_soon(connection.writer)
+                connection.wake_writer()  # the preface
+                await connection.reader()
+                # The client is gone (or broke the protocol): its calls cannot be answered.
+                connection.connection_lost(connection.broken or "connection closed")
+                with trio.move_on_after(1):
+                    await connection.flush()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._connections.discard(connection)
+            await connection.close_stream()
+            logger.debug("trpc: connection from %s closed: %s", connection.peer, connection.broken)
+
+    async def _serve_tcp_connection(self, stream: trio.SocketStream) -> None:
+        await self.serve_stream(stream)
+
+    async def serve_tcp(
+        self,
+        port: int = DEFAULT_PORT,
+        host: str | None = DEFAULT_HOST,
+        *,
+        handler_nursery: trio.Nursery | None = None,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on TCP and serve every connection, until cancelled.
+
+        ``port=0`` picks a free port.  ``task_status.started`` reports the bound ``(host, port)``
+        of the first listener, so ``await nursery.start(server.serve_tcp, 0)`` returns it.
+        """
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        address = listeners[0].socket.getsockname()[:2]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(trio.serve_listeners, self._serve_tcp_connection, listeners, handler_nursery=handler_nursery)
+            )
+            logger.info("trpc: listening on %s:%s", *address)
+            task_status.started(address)
+
+
+async def serve(
+    *services: Any,
+    host: str | None = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> None:
+    """Serve ``services`` over TCP until cancelled: ``trio.run(trpc.serve, Greeter())``.
+
+    Listens on ``host``:``port`` (default 127.0.0.1:50051).  ``options`` are :class:`Server`'s.
+    """
+    await Server(*services, **options).serve_tcp(port, host, task_status=task_status)

@@ -1,0 +1,135 @@
+"""Services: a Python class whose decorated methods a client can call over the wire.
+
+A method becomes callable by decorating it with one of :func:`unary`, :func:`server_stream`,
+:func:`client_stream` or :func:`bidi_stream`; the decorator only records the call shape (a
+:class:`Cardinality`) and the wire name on the function, so the method stays an ordinary method.
+:class:`Service` collects the decorated methods of a class (and its bases) when the class is
+created, so the server looks handlers up in a dict built once, never per call.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+__all__ = [
+    "Cardinality",
+    "Service",
+    "MethodInfo",
+    "unary",
+    "server_stream",
+    "client_stream",
+    "bidi_stream",
+    "collect_methods",
+]
+
+
+class Cardinality(enum.Enum):
+    """The shape of a call: how many messages each side sends."""
+
+    #: One request message, one response message.
+    UNARY = (False, False)
+    #: One request message, any number of response messages.
+    SERVER_STREAM = (False, True)
+    #: Any number of request messages, one response message.
+    CLIENT_STREAM = (True, False)
+    #: Any number of messages each way, both directions independent.
+    BIDI_STREAM = (True, True)
+
+    @property
+    def client_streams(self) -> bool:
+        return self.value[0]
+
+    @property
+    def server_streams(self) -> bool:
+        return self.value[1]
+
+
+_ATTR = "__trpc_method__"
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the server needs to know about one method."""
+
+    name: str
+    cardinality: Cardinality
+    attribute: str
+
+
+def _decorator(cardinality: Cardinality, check: Callable[[Callable], bool], what: str):
+    def decorate(func: Callable | None = None, *, name: str | None = None):
+        def mark(func: Callable) -> Callable:
+            if not check(func):
+                raise TypeError(f"@{cardinality.name.lower()} needs {what}, got {func!r}")
+            setattr(func, _ATTR, (name or func.__name__, cardinality))
+            return func
+
+        return mark if func is None else mark(func)
+
+    decorate.__name__ = cardinality.name.lower()
+    decorate.__doc__ = (
+        f"Mark {what} as a {cardinality.name.lower().replace('_', '-')} method.\n\n"
+        "Use as ``@trpc.X`` or ``@trpc.X(name=\"wire_name\")``; the wire name defaults to the\n"
+        "function's name."
+    )
+    return decorate
+
+
+unary = _decorator(Cardinality.UNARY, inspect.iscoroutinefunction, "an async function")
+client_stream = _decorator(Cardinality.CLIENT_STREAM, inspect.iscoroutinefunction, "an async function")
+server_stream = _decorator(Cardinality.SERVER_STREAM, inspect.isasyncgenfunction, "an async generator function")
+bidi_stream = _decorator(Cardinality.BIDI_STREAM, inspect.isasyncgenfunction, "an async generator function")
+
+
+class Service:
+    """Base class for services.
+
+    Subclass it and decorate the methods clients may call::
+
+        class Greeter(trpc.Service):
+            @trpc.unary
+            async def greet(self, name: str) -> str:
+                return f"Hello {name}"
+
+    ``__trpc_methods__`` maps wire names to :class:`MethodInfo`; it is computed once, when the
+    class is created.
+    """
+
+    __trpc_methods__: dict[str, MethodInfo] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        methods: dict[str, MethodInfo] = {}
+        for klass in reversed(cls.__mro__):
+            for attribute, value in vars(klass).items():
+                marker = getattr(value, _ATTR, None)
+                if marker is None:
+                    continue
+                name, cardinality = marker
+                # A subclass overriding a method replaces it, under whatever wire name it had.
+                methods = {k: v for k, v in methods.items() if v.attribute != attribute}
+                if name in methods:
+                    raise TypeError(f"{cls.__name__}: two methods are named {name!r} on the wire")
+                methods[name] = MethodInfo(name, cardinality, attribute)
+        cls.__trpc_methods__ = methods
+
+
+def collect_methods(services: Iterable[Any]) -> dict[str, tuple[Callable, MethodInfo]]:
+    """Map each wire name to (bound method, info) across several service objects.
+
+    Raises:
+        TypeError: an object is not a :class:`Service`, or two services share a method name.
+    """
+    table: dict[str, tuple[Callable, MethodInfo]] = {}
+    for service in services:
+        methods = getattr(type(service), "__trpc_methods__", None)
+        if not isinstance(service, Service) or methods is None:
+            raise TypeError(f"{service!r} is not a trpc.Service instance")
+        for name, info in methods.items():
+            if name in table:
+                raise TypeError(f"method {name!r} is defined by two services")
+            table[name] = (getattr(service, info.attribute), info)
+    return table

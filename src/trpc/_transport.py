@@ -1,0 +1,200 @@
+"""The thin Trio layer under client and server: one reader task, one writer task, one wake-up.
+
+Theory of operation
+-------------------
+A :class:`TrioConnection` drives a sans-IO :class:`~trpc._protocol.Connection` over any Trio
+``Stream`` (TCP, TLS, in-memory).  Exactly two tasks touch the stream:
+
+- the **reader** receives chunks, feeds them to the protocol core and hands the resulting events
+  to ``handle_event`` (implemented by the client or the server side);
+- the **writer** sleeps until someone queues output, then sends *everything* queued so far in
+  one ``send_all``.  Any task may queue frames (queuing is synchronous, so frames can never be
+  torn or interleaved); a burst of calls or messages therefore leaves in few system calls.
+
+If the writer falls behind (the peer reads slowly), the reader stops reading until the backlog
+drains, so a peer cannot make us buffer without bound by sending requests (or pings) and never
+reading the answers.
+
+Trio's stream exceptions are caught here, and only here; the client and server turn the
+reason into UNAVAILABLE for every call still running on the connection.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from typing import Any
+
+import trio
+
+from ._errors import RemoteProtocolError
+from ._protocol import Connection
+
+__all__ = ["TrioConnection", "Parker", "RECEIVE_SIZE", "WRITE_HIGH_WATER"]
+
+logger = logging.getLogger("trpc")
+
+#: Bytes asked of the stream per receive: 64 KiB, the size Linux hands back from one recv on
+#: loopback under load; bigger buys nothing, smaller costs more reads per frame batch.
+RECEIVE_SIZE = 65536
+#: Queued output beyond which the reader pauses until the writer catches up.  4 MiB is several
+#: socket buffers' worth: ample to keep the wire busy, small enough to bound a connection.
+WRITE_HIGH_WATER = 4 << 20
+
+_reschedule = trio.lowlevel.reschedule
+_current_task = trio.lowlevel.current_task
+_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
+_SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
+
+
+class Parker:
+    """A one-task wake-up: ``await park()`` sleeps until ``unpark()``; no allocation per use.
+
+    ``unpark()`` before ``park()`` is remembered, so a wake-up is never lost.  Cheaper than a
+    fresh ``trio.Event`` per wait, which matters because the writer waits once per batch and a
+    call once per response.
+    """
+
+    __slots__ = ("_task", "_flag")
+
+    def __init__(self) -> None:
+        self._task: Any = None
+        self._flag = False
+
+    def unpark(self) -> None:
+        task = self._task
+        if task is not None:
+            self._task = None
+            _reschedule(task)
+        else:
+            self._flag = True
+
+    async def park(self) -> None:
+        if self._flag:
+            self._flag = False
+            return
+        if self._task is not None:
+            raise trio.BusyResourceError("another task is already waiting here")
+        self._task = _current_task()
+        await _wait_task_rescheduled(self._abort)
+
+    def _abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
+        self._task = None
+        return _SUCCEEDED
+
+
+class TrioConnection(abc.ABC):
+    """Runs a protocol :class:`Connection` over a Trio stream.  Subclasses handle the events."""
+
+    def __init__(self, stream: trio.abc.Stream, conn: Connection, peer: str) -> None:
+        self.stream = stream
+        self.conn = conn
+        self.peer = peer
+        self._writer_wakeup = Parker()
+        self._drained = trio.Event()
+        self._drained.set()
+        self._writing = False
+        #: Set when the byte stream is known dead; the reason, for errors shown to users.
+        self.broken: str | None = None
+        self.closed = trio.Event()
+        self._reader_scope = trio.CancelScope()
+
+    # ----------------------------------------------------------- writing
+    def wake_writer(self) -> None:
+        """Call after queuing output on ``conn``."""
+        self._writer_wakeup.unpark()
+
+    async def writer(self) -> None:
+        """Send queued output until cancelled or the stream breaks."""
+        conn = self.conn
+        send_all = self.stream.send_all
+        wakeup = self._writer_wakeup
+        try:
+            while True:
+                await wakeup.park()
+                data = conn.data_to_send()
+                if not data:
+                    continue
+                self._writing = True
+                self._drained = trio.Event()
+                while data:
+                    await send_all(data)
+                    data = conn.data_to_send()
+                self._writing = False
+                self._drained.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._fail(f"sending failed: {exc or type(exc).__name__}")
+        finally:
+            self._writing = False
+            self._drained.set()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far has been handed to the stream."""
+        self.wake_writer()
+        await trio.lowlevel.checkpoint()
+        while self.conn.has_data_to_send or self._writing:
+            await self._drained.wait()
+            if self.broken:
+                return
+            if self.conn.has_data_to_send:
+                self.wake_writer()
+                await trio.lowlevel.checkpoint()
+
+    # ----------------------------------------------------------- reading
+    async def reader(self) -> None:
+        """Receive, parse and dispatch until the peer closes or breaks the connection."""
+        conn = self.conn
+        receive_some = self.stream.receive_some
+        handle = self.handle_event
+        try:
+            with self._reader_scope:
+                while True:
+                    try:
+                        data = await receive_some(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                        self._fail(f"receiving failed: {exc or type(exc).__name__}")
+                        return
+                    try:
+                        events = conn.receive_data(data)
+                    except RemoteProtocolError as exc:
+                        for event in exc.events:
+                            handle(event)
+                        logger.warning("trpc: protocol error from %s: %s", self.peer, exc)
+                        # Tell the peer why (the GOAWAY is queued), but do not wait long for it.
+                        with trio.move_on_after(1):
+                            await self.flush()
+                        self._fail(f"protocol error: {exc}")
+                        return
+                    for event in events:
+                        handle(event)
+                    if not data:
+                        self._fail("the peer closed the connection")
+                        return
+                    if conn.has_data_to_send:
+                        self.wake_writer()
+                        if self._writing and sum(map(len, conn._out)) > WRITE_HIGH_WATER:
+                            await self._drained.wait()
+        finally:
+            self.closed.set()
+
+    # ----------------------------------------------------------- ending
+    def _fail(self, reason: str) -> None:
+        """The connection is dead: stop reading, and let the subclass end what runs on it."""
+        if self.broken is None:
+            self.broken = reason
+            self._reader_scope.cancel()
+            self.connection_lost(reason)
+
+    def connection_lost(self, reason: str) -> None:
+        """The byte stream is dead: subclasses end everything still running on it."""
+
+    @abc.abstractmethod
+    def handle_event(self, event: Any) -> None:
+        """React to one protocol event (called by the reader, synchronously)."""
+
+    async def close_stream(self) -> None:
+        """Close the byte stream now (abruptly for the peer if output was still queued)."""
+        try:
+            await trio.aclose_forcefully(self.stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass

@@ -1,0 +1,120 @@
+"""The ``trpc`` command, run as a real subprocess against real servers on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import trio
+
+import trpc
+
+
+async def run_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    with trio.fail_after(60):
+        return await trio.run_process(
+            [sys.executable, "-m", "trpc", *args], capture_stdout=True, capture_stderr=True, check=False, stdin=stdin
+        )
+
+
+def target(server) -> str:
+    host, port = server.address
+    return f"{host}:{port}"
+
+
+async def test_call_prints_the_result(server):
+    result = await run_cli("call", target(server), "greet", "Ada")
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"Hello Ada\n", b"")
+
+
+async def test_arguments_are_json_when_they_parse(server):
+    result = await run_cli("call", target(server), "add", "2", "40")
+    assert result.stdout == b"42\n"
+    result = await run_cli("call", target(server), "echo", '{"a": [1, true, null]}')
+    assert result.stdout == b'{"a": [1, true, null]}\n'
+    result = await run_cli("call", target(server), "echo", '"5"', "--json")
+    assert result.stdout == b'"5"\n'
+
+
+async def test_streamed_replies_one_per_line(server):
+    result = await run_cli("call", target(server), "count", "4")
+    assert result.stdout == b"0\n1\n2\n3\n"
+
+
+async def test_client_streaming_from_stdin(server):
+    result = await run_cli("call", target(server), "total", "--stdin", stdin=b"1\n2\n3\n")
+    assert (result.returncode, result.stdout) == (0, b"6\n")
+
+
+async def test_errors_print_status_and_exit_nonzero(server):
+    result = await run_cli("call", target(server), "no_such", "x")
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert result.stderr.decode().startswith("UNIMPLEMENTED: ")
+    result = await run_cli("call", target(server), "fail", "rpc")
+    assert result.returncode == 1 and result.stderr.decode().startswith("NOT_FOUND: no such thing")
+
+
+async def test_timeout_option(server):
+    result = await run_cli("call", target(server), "block", "--timeout", "0.2")
+    assert result.returncode == 1
+    assert b"DEADLINE_EXCEEDED" in result.stderr
+
+
+async def test_connection_refused_says_which_address():
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        result = await run_cli("call", f"127.0.0.1:{port}", "greet", "Ada")
+    assert result.returncode == 1
+    error = result.stderr.decode()
+    assert error.startswith("UNAVAILABLE: ") and f"127.0.0.1:{port}" in error and "refused" in error.lower()
+
+
+async def test_bad_target_is_a_usage_error():
+    result = await run_cli("call", "nonsense", "greet")
+    assert result.returncode == 2 and b"HOST:PORT" in result.stderr
+
+
+async def test_version_names_the_framer(framer):
+    result = await run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.decode().startswith(f"trpc {trpc.__version__} (framer: {framer}")
+
+
+async def test_serve_then_call(nursery):
+    """``trpc serve`` in one process, ``trpc call`` in another."""
+    process = await nursery.start(
+        lambda task_status: trio.run_process(
+            [sys.executable, "-m", "trpc", "serve", "trpc.examples:Greeter", "--port", "0"],
+            stdout=subprocess.PIPE, check=False, task_status=task_status,
+        )
+    )
+    try:
+        line = b""
+        with trio.fail_after(30):
+            while not line.endswith(b"\n"):
+                line += await process.stdout.receive_some(1)
+        assert line.startswith(b"listening on 127.0.0.1:")
+        address = line.split()[2].decode()
+        result = await run_cli("call", address, "greet", "Ada")
+        assert (result.returncode, result.stdout) == (0, b"Hello Ada\n")
+    finally:
+        process.terminate()
+
+
+async def test_serve_rejects_what_is_not_a_service():
+    result = await run_cli("serve", "trpc:Status", "--port", "0")
+    assert result.returncode != 0 and b"trpc.Service" in result.stderr
+    result = await run_cli("serve", "no_such_module:X", "--port", "0")
+    assert result.returncode != 0 and b"cannot import" in result.stderr
+
+
+async def test_example_demo_runs():
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [sys.executable, "-m", "trpc.examples.demo"], capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert result.returncode == 0, result.stderr
+    assert b"Hello Ada" in result.stdout and b"demo: OK" in result.stdout

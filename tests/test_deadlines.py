@@ -1,0 +1,120 @@
+"""Deadlines and cancellation crossing the wire.  In-memory streams + autojump_clock: exact
+and fast, since nothing waits on a real network."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import trio
+
+from trpc import RpcError, Status
+
+
+async def wait_idle(server):
+    """Let the server process what is in flight, then report running calls."""
+    for _ in range(50):
+        await trio.sleep(0.001)
+        if server.running_calls == 0:
+            break
+    return server.running_calls
+
+
+async def test_caller_deadline_travels_and_is_measured_on_the_server(memory_client, autojump_clock):
+    with trio.move_on_after(5):
+        remaining = await memory_client.remaining()
+    assert remaining == pytest.approx(5, abs=1e-3)
+    assert await memory_client.remaining() == math.inf
+
+
+async def test_move_on_after_cancels_the_handler(memory_client, service, autojump_clock):
+    with trio.move_on_after(2) as scope:
+        await memory_client.block()
+    assert scope.cancelled_caught  # move_on_*: silent, per Trio's rules for that scope
+    await service.cancelled.wait()
+    assert service.cancel_reasons == [Status.DEADLINE_EXCEEDED]
+    assert await wait_idle(memory_client.server) == 0
+    assert memory_client.calls_in_flight == 0
+
+
+async def test_fail_after_raises_too_slow(memory_client, service, autojump_clock):
+    with pytest.raises(trio.TooSlowError):
+        with trio.fail_after(1):
+            await memory_client.block()
+    await service.cancelled.wait()
+    assert service.cancel_reasons == [Status.DEADLINE_EXCEEDED]
+
+
+async def test_explicit_timeout_raises_deadline_exceeded(memory_client, service, autojump_clock):
+    start = trio.current_time()
+    with pytest.raises(RpcError) as info:
+        await memory_client.block.with_options(timeout=3)()
+    assert info.value.status is Status.DEADLINE_EXCEEDED
+    assert trio.current_time() - start == pytest.approx(3, abs=1e-3)
+    await service.cancelled.wait()
+    assert service.cancel_reasons == [Status.DEADLINE_EXCEEDED]
+
+
+async def test_client_wide_timeout(service, nursery, autojump_clock):
+    import trio.testing
+
+    import trpc
+
+    server = trpc.Server(service)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.serve_stream, server_stream)
+    async with trpc.open_client(client_stream, timeout=0.5) as client:
+        assert await client.greet("fast") == "Hello fast"
+        with pytest.raises(RpcError) as info:
+            await client.block()
+        assert info.value.status is Status.DEADLINE_EXCEEDED
+        with trio.move_on_after(2) as scope:  # timeout=None: only the caller's scope counts
+            await client.block.with_options(timeout=None)()
+        assert scope.cancelled_caught and trio.current_time() >= 2
+
+
+async def test_cancelling_the_caller_cancels_the_handler(memory_client, service, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(memory_client.block)
+        await service.started.wait()
+        assert memory_client.server.running_calls == 1
+        nursery.cancel_scope.cancel()
+    await service.cancelled.wait()
+    assert service.cancel_reasons == [Status.CANCELLED]
+    assert await wait_idle(memory_client.server) == 0
+
+
+async def test_deadline_already_passed_sends_nothing(memory_client, service, autojump_clock):
+    with trio.move_on_after(0) as scope:
+        await memory_client.greet("x")
+    assert scope.cancelled_caught
+    assert memory_client.calls_in_flight == 0
+
+
+async def test_server_side_deadline_without_client_cancel(service, nursery, autojump_clock):
+    """A client whose CANCEL never comes (its clock runs slow): the server's own deadline
+    fires, the handler is cancelled and the status is DEADLINE_EXCEEDED."""
+    import trio.testing
+
+    import trpc
+    from trpc._protocol import Connection
+    from trpc._events import CallEnded
+
+    server = trpc.Server(service)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.serve_stream, server_stream)
+    conn = Connection("client")
+    conn.initiate()
+    await client_stream.send_all(conn.data_to_send())
+    while conn.peer_preface is None:
+        conn.receive_data(await client_stream.receive_some())
+    sid = conn.open_call("block", timeout=1.0)
+    conn.send_message(sid, b"\x81\x80", end_stream=True)  # [[]]
+    await client_stream.send_all(conn.data_to_send())
+    events = []
+    while not any(isinstance(e, CallEnded) for e in events):
+        events += conn.receive_data(await client_stream.receive_some())
+    (ended,) = [e for e in events if isinstance(e, CallEnded)]
+    assert ended.status is Status.DEADLINE_EXCEEDED
+    assert service.cancelled.is_set()
+    assert server.running_calls == 0
