@@ -248,3 +248,37 @@ def test_decorators_check_the_function_kind():
 
     assert list(Renamed.__trpc_methods__) == ["hello"]
     assert Renamed.__trpc_methods__["hello"].cardinality is trpc.Cardinality.UNARY
+
+
+async def test_frames_are_coalesced_into_few_writes(service, nursery):
+    """200 concurrent calls: their 400 frames each way leave in a handful of send_all calls."""
+    server = trpc.Server(service)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    writes = {"client": 0, "server": 0}
+
+    def count_writes(side, send_stream):
+        pump = send_stream.send_all_hook  # moves the bytes to the other end
+
+        async def hook():
+            writes[side] += 1
+            await pump()
+
+        send_stream.send_all_hook = hook
+
+    count_writes("client", client_stream.send_stream)
+    count_writes("server", server_stream.send_stream)
+    nursery.start_soon(server.serve_stream, server_stream)
+    async with trpc.open_client(client_stream) as client:
+        await client.greet("warm up")
+        before = dict(writes)
+        results = []
+
+        async def one(i):
+            results.append(await client.add(i, 1))
+
+        async with trio.open_nursery() as calls:
+            for i in range(200):
+                calls.start_soon(one, i)
+    assert sorted(results) == list(range(1, 201))
+    assert writes["client"] - before["client"] <= 10
+    assert writes["server"] - before["server"] <= 20

@@ -318,6 +318,8 @@ class Connection:
         self._send_window = 0
         #: How many calls the server runs at once on this connection; a client opens no more.
         self.peer_max_concurrent_streams = 1
+        #: The connection credit the peer granted in its preface: a bound on the DATA we queue.
+        self.peer_connection_window = 0
         #: Connection credit the peer still holds for sending to us, and credit earned back
         #: but not yet announced (announced in batches of half the window).
         self._recv_granted = connection_window
@@ -730,6 +732,7 @@ class Connection:
         self._peer_stream_window = stream_window
         self._send_window = conn_window
         self.peer_max_concurrent_streams = max_streams
+        self.peer_connection_window = conn_window
         # Streams opened before the preface arrived had no credit yet: give them theirs now.
         for stream in list(self._streams.values()):
             stream.send_window += stream_window

@@ -37,8 +37,12 @@ logger = logging.getLogger("trpc")
 #: Bytes asked of the stream per receive: 64 KiB, the size Linux hands back from one recv on
 #: loopback under load; bigger buys nothing, smaller costs more reads per frame batch.
 RECEIVE_SIZE = 65536
-#: Queued output beyond which the reader pauses until the writer catches up.  4 MiB is several
-#: socket buffers' worth: ample to keep the wire busy, small enough to bound a connection.
+#: Queued output, beyond what flow control already bounds, past which the reader pauses until
+#: the writer catches up.  DATA we queue is bounded by the peer's connection window; what a
+#: peer can make us queue without limit is control frames (PING acks, refusals of calls over
+#: the limit) while it never reads.  So the reader pauses once the queue exceeds the peer's
+#: connection window plus this margin: 4 MiB, several socket buffers' worth.  (Pausing on
+#: legitimate DATA could deadlock two peers whose writers both wait for the other to read.)
 WRITE_HIGH_WATER = 4 << 20
 
 _reschedule = trio.lowlevel.reschedule
@@ -172,7 +176,8 @@ class TrioConnection(abc.ABC):
                         return
                     if conn.has_data_to_send:
                         self.wake_writer()
-                        if self._writing and sum(map(len, conn._out)) > WRITE_HIGH_WATER:
+                        out = conn._out
+                        if self._writing and len(out) > 64 and sum(map(len, out)) > conn.peer_connection_window + WRITE_HIGH_WATER:
                             await self._drained.wait()
         finally:
             self.closed.set()

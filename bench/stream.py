@@ -1,0 +1,135 @@
+"""Streaming throughput, server and client in separate processes, per framer, side by side.
+
+    python bench/stream.py [--repeat 3] [--quick] [--json]
+
+Against ``trpc serve trpc.examples:Greeter`` in a child process on a free loopback port:
+
+- server-streaming: one call ``count(100000)``, the server yields 0..99999: messages/s;
+- bidi echo of small messages: one ``echo`` stream, the client sends 100,000 small maps from
+  one task while it receives the echoes: messages/s each way;
+- 1 MiB echo: ``echo`` of 1 MiB ``bytes`` messages, 64 of them (128 MiB moved): MB/s
+  (request and response bytes counted once each way, i.e. payload MiB echoed per second).
+
+Framers alternate run by run; each cell is the median of ``--repeat`` runs.  Every loop is
+bounded in count and time; the server is stopped by the pid this script started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import trio
+
+import trpc
+from unary import FRAMERS, machine, start_server
+
+WORKLOADS = ("server_stream", "bidi_echo", "echo_1mib")
+UNITS = {"server_stream": "msgs/s", "bidi_echo": "msgs/s", "echo_1mib": "MB/s"}
+TIME_LIMIT = 60  # seconds: any one measurement that takes longer fails instead of hanging
+
+
+async def server_stream(client, n: int) -> float:
+    started = time.perf_counter()
+    count = 0
+    async for i in client.count(n):
+        count += 1
+    elapsed = time.perf_counter() - started
+    assert count == n and i == n - 1
+    return n / elapsed
+
+
+async def bidi_echo(client, n: int) -> float:
+    started = time.perf_counter()
+    async with client.echo.open() as stream:
+
+        async def sender():
+            message = {"i": 0}
+            for _ in range(n):
+                await stream.send(message)
+            await stream.done_sending()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender)
+            count = 0
+            async for _ in stream:
+                count += 1
+    elapsed = time.perf_counter() - started
+    assert count == n
+    return n / elapsed
+
+
+async def echo_1mib(client, n: int) -> float:
+    payload = bytes(1 << 20)
+    started = time.perf_counter()
+    async with client.echo.open() as stream:
+
+        async def sender():
+            for _ in range(n):
+                await stream.send(payload)
+            await stream.done_sending()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender)
+            total = 0
+            async for message in stream:
+                total += len(message)
+    elapsed = time.perf_counter() - started
+    assert total == n << 20
+    return total / elapsed / 1e6
+
+
+async def measure(address: str, framer: str, sizes: dict) -> dict:
+    async with trpc.open_client(address, framer=framer) as client:
+        await server_stream(client, 1000)  # warm up
+        results = {}
+        for name, function in (("server_stream", server_stream), ("bidi_echo", bidi_echo), ("echo_1mib", echo_1mib)):
+            with trio.fail_after(TIME_LIMIT):
+                results[name] = await function(client, sizes[name])
+        return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="1 run, smaller workloads")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    sizes = {"server_stream": 100_000, "bidi_echo": 100_000, "echo_1mib": 64}
+    if args.quick:
+        args.repeat = 1
+        sizes = {"server_stream": 30_000, "bidi_echo": 20_000, "echo_1mib": 16}
+
+    runs = {f: {w: [] for w in WORKLOADS} for f in FRAMERS}
+    for rep in range(args.repeat):
+        for framer in FRAMERS if rep % 2 == 0 else FRAMERS[::-1]:
+            process, address = start_server(framer)
+            try:
+                result = trio.run(measure, address, framer, sizes)
+            finally:
+                process.terminate()
+                process.wait(timeout=10)
+            for name, value in result.items():
+                runs[framer][name].append(value)
+            if not args.json:
+                print(f"  run {rep + 1}/{args.repeat} {framer:>6}: " +
+                      ", ".join(f"{w} {result[w]:,.0f}" for w in WORKLOADS), file=sys.stderr)
+
+    summary = {f: {w: statistics.median(v) for w, v in by_w.items()} for f, by_w in runs.items()}
+    if args.json:
+        print(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "sizes": sizes,
+                          "results": summary}))
+        return
+    print(f"\nstreaming, client and server in separate processes, loopback")
+    print(f"{machine()}; {time.strftime('%Y-%m-%d')}; median of {args.repeat}\n")
+    print(f"{'workload':<16}{'unit':>8}{'c':>12}{'python':>12}{'c/python':>10}")
+    for w in WORKLOADS:
+        c, p = summary["c"][w], summary["python"][w]
+        print(f"{w:<16}{UNITS[w]:>8}{c:>12,.0f}{p:>12,.0f}{c / p:>9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
