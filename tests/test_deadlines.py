@@ -85,20 +85,21 @@ async def test_cancelling_the_caller_cancels_the_handler(memory_client, service,
 
 
 async def test_deadline_already_passed_sends_nothing(memory_client, service, autojump_clock):
+    conn = memory_client._connection.conn
     with trio.move_on_after(0) as scope:
         await memory_client.greet("x")
     assert scope.cancelled_caught
     assert memory_client.calls_in_flight == 0
+    assert conn.last_stream_id == 0  # no HEADERS ever went out
 
 
-async def test_server_side_deadline_without_client_cancel(service, nursery, autojump_clock):
-    """A client whose CANCEL never comes (its clock runs slow): the server's own deadline
-    fires, the handler is cancelled and the status is DEADLINE_EXCEEDED."""
+async def test_call_cancelled_in_the_same_batch_as_it_opened(service, nursery):
+    """HEADERS, DATA and CANCEL for an unknown method arrive in one chunk: the server must not
+    try to answer a call the client has already cancelled (and must keep the connection)."""
     import trio.testing
 
     import trpc
     from trpc._protocol import Connection
-    from trpc._events import CallEnded
 
     server = trpc.Server(service)
     client_stream, server_stream = trio.testing.memory_stream_pair()
@@ -108,13 +109,61 @@ async def test_server_side_deadline_without_client_cancel(service, nursery, auto
     await client_stream.send_all(conn.data_to_send())
     while conn.peer_preface is None:
         conn.receive_data(await client_stream.receive_some())
-    sid = conn.open_call("block", timeout=1.0)
+    for method in ("no_such_method", "greet"):
+        sid = conn.open_call(method, timeout=0)
+        conn.send_message(sid, b"\x81\x80", end_stream=True)
+        conn.cancel(sid)
+    await client_stream.send_all(conn.data_to_send())
+    # The connection still serves: a normal call on it gets its answer.
+    from trpc._events import CallEnded, MessageReceived
+
+    sid = conn.open_call("greet")
+    conn.send_message(sid, b"\x81\x81\x63Ada", end_stream=True)  # [["Ada"]]
+    await client_stream.send_all(conn.data_to_send())
+    events = []
+    with trio.fail_after(5):
+        while not any(isinstance(e, CallEnded) and e.stream_id == sid for e in events):
+            events += conn.receive_data(await client_stream.receive_some())
+    assert [e.payload for e in events if isinstance(e, MessageReceived)] == [b"\x69Hello Ada"]
+    assert server.connections == 1
+
+
+async def raw_call(service, nursery, method, timeout):
+    """Open one call with a hand-made client core; return the server and the CallEnded."""
+    import trio.testing
+
+    import trpc
+    from trpc._events import CallEnded
+    from trpc._protocol import Connection
+
+    server = trpc.Server(service)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.serve_stream, server_stream)
+    conn = Connection("client")
+    conn.initiate()
+    await client_stream.send_all(conn.data_to_send())
+    while conn.peer_preface is None:
+        conn.receive_data(await client_stream.receive_some())
+    sid = conn.open_call(method, timeout=timeout)
     conn.send_message(sid, b"\x81\x80", end_stream=True)  # [[]]
     await client_stream.send_all(conn.data_to_send())
     events = []
     while not any(isinstance(e, CallEnded) for e in events):
         events += conn.receive_data(await client_stream.receive_some())
     (ended,) = [e for e in events if isinstance(e, CallEnded)]
+    return server, ended
+
+
+async def test_no_time_left_on_arrival_is_not_run(service, nursery, autojump_clock):
+    server, ended = await raw_call(service, nursery, "block", 0)
+    assert ended.status is Status.DEADLINE_EXCEEDED
+    assert not service.started.is_set()
+
+
+async def test_server_side_deadline_without_client_cancel(service, nursery, autojump_clock):
+    """A client whose CANCEL never comes (its clock runs slow): the server's own deadline
+    fires, the handler is cancelled and the status is DEADLINE_EXCEEDED."""
+    server, ended = await raw_call(service, nursery, "block", 1.0)
     assert ended.status is Status.DEADLINE_EXCEEDED
     assert service.cancelled.is_set()
     assert server.running_calls == 0

@@ -28,7 +28,7 @@ import logging
 import math
 from collections import deque
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterable, AsyncIterator
+from typing import Any, AsyncIterable, AsyncIterator, Sequence
 
 import trio
 
@@ -47,6 +47,7 @@ from ._events import (
     SendCreditAvailable,
 )
 from ._framer import get_framer
+from ._interceptors import CallDetails, run_chain
 from ._framer_py import DEFAULT_MAX_FRAME_SIZE
 from ._protocol import (
     DEFAULT_CONNECTION_WINDOW,
@@ -197,10 +198,18 @@ class Client:
     clashes with an attribute of this class is reached with ``client.method("aclose")``.
     """
 
-    def __init__(self, connection: _ClientConnection, *, timeout: float | None, metadata: dict | None) -> None:
+    def __init__(
+        self,
+        connection: _ClientConnection,
+        *,
+        timeout: float | None,
+        metadata: dict | None,
+        interceptors: Sequence[Any] = (),
+    ) -> None:
         self._connection = connection
         self._timeout = timeout
         self._metadata = dict(metadata or {})
+        self._interceptors = tuple(interceptors)
         self._closing = False
 
     def __getattr__(self, name: str) -> "Method":
@@ -294,17 +303,23 @@ class Client:
         if conn.has_data_to_send:
             self._connection.wake_writer()
 
-    async def _unary(self, name: str, payload: bytes, timeout: float | None, metadata: dict) -> Any:
+    async def _unary(
+        self, name: str, payload: bytes, timeout: float | None, metadata: dict, record: Any = None
+    ) -> Any:
         if timeout is not None:
             with trio.CancelScope(deadline=_current_time() + timeout) as scope:
-                return await self._unary(name, payload, None, metadata)
+                return await self._unary(name, payload, None, metadata, record)
             if scope.cancelled_caught:
                 raise RpcError(Status.DEADLINE_EXCEEDED, f"{name}: deadline exceeded ({timeout} s)")
         self._check_size(payload)
         deadline = _current_effective_deadline()
+        if deadline <= _current_time():
+            await trio.lowlevel.checkpoint()  # no time left: the caller's scope cancels us here
         if self._connection.conn.open_streams >= self._connection.conn.peer_max_concurrent_streams:
             await self._wait_for_slot()
         call = self._open(name, metadata, deadline)
+        if record is not None:
+            record._result = call
         connection = self._connection
         try:
             if not connection.conn.send_message(call.id, payload, end_stream=True):
@@ -398,7 +413,7 @@ class _Call:
       trailers, cancelled on exit if unfinished.
     """
 
-    __slots__ = ("_method", "_args", "_kwargs", "_stream", "_coro")
+    __slots__ = ("_method", "_args", "_kwargs", "_stream", "_coro", "_result")
 
     def __init__(self, method: Method, args: tuple, kwargs: dict) -> None:
         self._method = method
@@ -406,24 +421,77 @@ class _Call:
         self._kwargs = kwargs
         self._stream: ClientStream | None = None
         self._coro: Any = None
+        #: The finished call's record (headers, trailers, status), once awaited.
+        self._result: _ClientCall | None = None
 
     def _coroutine(self) -> Any:
         """The coroutine that performs an awaited call (created on first use)."""
         coro = self._coro
         if coro is None:
             method = self._method
-            args = self._args
-            if len(args) == 1 and not self._kwargs and hasattr(args[0], "__aiter__"):
-                coro = self._client_stream(args[0])
+            if method._client._interceptors:
+                coro = self._intercepted()
             else:
-                try:
-                    payload = encode_arguments(args, self._kwargs)
-                except Exception as exc:
-                    coro = _raise(RpcError(Status.INVALID_ARGUMENT, f"cannot encode the arguments: {exc}"))
-                else:
-                    coro = method._client._unary(method.name, payload, method._timeout, method._metadata)
+                coro = self._direct(method)
             self._coro = coro
         return coro
+
+    def _direct(self, method: Method) -> Any:
+        args = self._args
+        if len(args) == 1 and not self._kwargs and hasattr(args[0], "__aiter__"):
+            return self._client_stream(method, args[0])
+        try:
+            payload = encode_arguments(args, self._kwargs)
+        except Exception as exc:
+            return _raise(RpcError(Status.INVALID_ARGUMENT, f"cannot encode the arguments: {exc}"))
+        return method._client._unary(method.name, payload, method._timeout, method._metadata, self)
+
+    async def _intercepted(self) -> Any:
+        method = self._method
+        client = method._client
+        details = CallDetails(method.name, dict(method._metadata), method._timeout, streaming=False)
+        deadline = _current_effective_deadline()
+
+        async def invoke() -> Any:
+            return await self._direct(Method(client, details.method, details.timeout, details.metadata))
+
+        try:
+            result = await run_chain(client._interceptors, details, invoke)
+        except RpcError as exc:
+            details._done(exc.status, exc.message)
+            raise
+        except trio.Cancelled:
+            details._done(*_cancel_reason(deadline))
+            raise
+        except BaseException as exc:
+            details._done(Status.UNKNOWN, repr(exc))
+            raise
+        details._done(Status.OK)
+        return result
+
+    # After the call: what the server sent besides the result.
+    @property
+    def headers(self) -> dict | None:
+        """Response headers of the finished call (None if the server sent none)."""
+        record = self._record()
+        return None if record is None else record.headers
+
+    @property
+    def trailers(self) -> dict:
+        """Trailing metadata of the finished call."""
+        record = self._record()
+        return {} if record is None else record.trailers
+
+    @property
+    def status(self) -> Status | None:
+        """The finished call's status (None before it has ended)."""
+        record = self._record()
+        return None if record is None else record.status
+
+    def _record(self) -> _ClientCall | None:
+        if self._result is not None:
+            return self._result
+        return None if self._stream is None else self._stream._call
 
     # A coroutine in every respect, so ``nursery.start_soon(client.greet, "Ada")`` works too.
     def __await__(self):
@@ -439,8 +507,9 @@ class _Call:
         if self._coro is not None:
             self._coro.close()
 
-    async def _client_stream(self, items: AsyncIterable) -> Any:
-        async with ClientStream(self._method, None) as stream:
+    async def _client_stream(self, method: Method, items: AsyncIterable) -> Any:
+        async with ClientStream(method, None, intercept=False) as stream:
+            self._result = stream._call
             async for item in items:
                 if not await stream.send(item):
                     break  # the server already ended the call; its status follows
@@ -478,10 +547,12 @@ class ClientStream:
     sent before that status has been received).  Iterating with ``async for`` receives until the end.
     """
 
-    def __init__(self, method: Method, first: bytes | None) -> None:
+    def __init__(self, method: Method, first: bytes | None, *, intercept: bool = True) -> None:
         self._method = method
         self._client = method._client
         self._first = first
+        self._details: CallDetails | None = None
+        self._intercept = intercept and bool(method._client._interceptors)
         self._call: _ClientCall | None = None
         self._deadline = math.inf
         self._own_deadline = math.inf
@@ -499,10 +570,37 @@ class ClientStream:
     async def start(self) -> None:
         """Open the call (``async with`` does this)."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        if self._intercept:
+            method = self._method
+            details = self._details = CallDetails(method.name, dict(method._metadata), method._timeout, streaming=True)
+
+            async def invoke() -> "ClientStream":
+                self._method = Method(self._client, details.method, details.timeout, details.metadata)
+                await self._start()
+                return self
+
+            try:
+                await run_chain(self._client._interceptors, details, invoke)
+            except RpcError as exc:
+                details._done(exc.status, exc.message)
+                raise
+            except BaseException:
+                details._done(Status.CANCELLED, "the stream did not open")
+                raise
+            return
+        await self._start()
+
+    def _ended(self, status: Status, message: str = "") -> None:
+        if self._details is not None:
+            self._details._done(status, message)
+
+    async def _start(self) -> None:
         client = self._client
         if self._method._timeout is not None:
             self._own_deadline = _current_time() + self._method._timeout
         self._deadline = min(_current_effective_deadline(), self._own_deadline)
+        if self._deadline <= _current_time():
+            await self._with_deadline(trio.lowlevel.checkpoint())  # no time left: cancelled here
         await self._with_deadline(client._wait_for_slot())
         first = self._first
         self._call = client._open(self._method.name, self._method._metadata, self._deadline)
@@ -518,9 +616,12 @@ class ClientStream:
         """Cancel the call if it has not ended; a no-op afterwards."""
         call = self._call
         if call is not None and call.status is None:
-            self._client._cancel(call, *_cancel_reason(self._deadline))
+            reason, message = _cancel_reason(self._deadline)
+            self._client._cancel(call, reason, message)
+            self._ended(reason, message)
         elif call is not None:
             self._client._finish(call)
+            self._ended(call.status, call.message)
         await trio.lowlevel.checkpoint()
 
     def _close_sync(self) -> None:
@@ -531,13 +632,16 @@ class ClientStream:
             except RuntimeError:  # outside Trio (garbage collection at exit)
                 reason = (Status.CANCELLED, "the caller stopped reading")
             self._client._cancel(call, *reason)
+            self._ended(*reason)
 
     async def _with_deadline(self, awaitable: Any) -> Any:
         if self._own_deadline == math.inf:
             return await awaitable
         with trio.move_on_at(self._own_deadline):
             return await awaitable
-        self._client._cancel(self._call, Status.DEADLINE_EXCEEDED, "the call's timeout passed")
+        if self._call is not None:
+            self._client._cancel(self._call, Status.DEADLINE_EXCEEDED, "the call's timeout passed")
+        self._ended(Status.DEADLINE_EXCEEDED, "the call's timeout passed")
         raise RpcError(Status.DEADLINE_EXCEEDED, f"{self._method.name}: deadline exceeded")
 
     # ----------------------------------------------------------- sending
@@ -574,6 +678,7 @@ class ClientStream:
                 await self._with_deadline(self._wait(call))
             if not inbox:
                 self._client._finish(call)
+                self._ended(call.status, call.message)
                 if call.status is Status.OK:
                     raise trio.EndOfChannel
                 raise call.error()
@@ -597,6 +702,7 @@ class ClientStream:
         while call.status is None:
             await self._with_deadline(call.wakeup.park())
         self._client._finish(call)
+        self._ended(call.status, call.message)
         if call.status is not Status.OK:
             raise call.error()
         if len(call.inbox) != 1:
@@ -667,6 +773,7 @@ async def open_client(
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     stream_window: int = DEFAULT_STREAM_WINDOW,
     connection_window: int = DEFAULT_CONNECTION_WINDOW,
+    interceptors: Sequence[Any] = (),
 ) -> AsyncIterator[Client]:
     """Connect to a trpc server; yields a :class:`Client`.
 
@@ -678,6 +785,8 @@ async def open_client(
         connect_timeout: limit for connecting and receiving the server's preface.
         framer: ``"c"`` or ``"python"``; default ``TRPC_FRAMER`` or C when available.
         max_message_size: largest response message accepted (RESOURCE_EXHAUSTED beyond).
+        interceptors: :class:`~trpc.ClientInterceptor` objects wrapped around every call, the
+            first one outermost.
 
     Raises:
         RpcError: UNAVAILABLE if the server cannot be reached or is not a trpc server.
@@ -693,7 +802,7 @@ async def open_client(
     stream, peer = await _connect(target, connect_timeout)
     conn.initiate()
     connection = _ClientConnection(stream, conn, peer)
-    client = Client(connection, timeout=timeout, metadata=metadata)
+    client = Client(connection, timeout=timeout, metadata=metadata, interceptors=interceptors)
     body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(connection.writer)

@@ -26,7 +26,7 @@ import math
 from collections import deque
 from contextlib import aclosing
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import trio
 
@@ -51,8 +51,10 @@ from ._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_STREAM_WINDOW,
     Connection,
+    StreamState,
 )
 from ._framer_py import DEFAULT_MAX_FRAME_SIZE
+from ._interceptors import run_chain
 from ._service import MethodInfo, collect_methods
 from ._status import Status
 from ._transport import Parker, TrioConnection
@@ -172,11 +174,16 @@ class _ServerConnection(TrioConnection):
     def _on_call_opened(self, event: CallOpened) -> None:
         entry = self.server._methods.get(event.method)
         if entry is None:
-            self.conn.send_trailers(event.stream_id, Status.UNIMPLEMENTED, f"unknown method {event.method!r}")
+            self._refuse(event.stream_id, Status.UNIMPLEMENTED, f"unknown method {event.method!r}")
             return
         handler, info = entry
+        if event.timeout is not None and event.timeout <= 0:
+            self._refuse(event.stream_id, Status.DEADLINE_EXCEEDED, f"{info.name}: no time left on arrival")
+            return
         deadline = math.inf if event.timeout is None else trio.current_time() + event.timeout
-        context = CallContext(event.method, self.peer, event.metadata, deadline)
+        context = CallContext(event.method, self.peer, event.metadata, deadline, info.cardinality)
+        context._connection = self
+        context._stream_id = event.stream_id
         call = _ServerCall(event.stream_id, handler, info, context)
         call.ended = event.end_stream
         self.calls[event.stream_id] = call
@@ -184,6 +191,12 @@ class _ServerConnection(TrioConnection):
             self._start(call, None)
         elif event.end_stream:
             self._finish(call, Status.INVALID_ARGUMENT, f"{info.name}: the request message is missing")
+
+    def _refuse(self, stream_id: int, status: Status, message: str) -> None:
+        """End a call that never got a task."""
+        if self.conn.stream_state(stream_id) is StreamState.CLOSED:
+            return  # the client cancelled it in the same batch of frames
+        self.conn.send_trailers(stream_id, status, message)
 
     def _on_message(self, event: MessageReceived) -> None:
         call = self.calls.get(event.stream_id)
@@ -209,9 +222,9 @@ class _ServerConnection(TrioConnection):
             return
         call.finished = True  # the stream is closed (trailers, if any, were queued by the core)
         call.context._cancel(event.reason, event.message)
-        logger.debug(
-            "trpc: %s from %s cancelled by the client: %s %s",
-            call.info.name, self.peer, event.reason.name, event.message,
+        logger.info(
+            "trpc: %s from %s cancelled by the client: %s%s",
+            call.info.name, self.peer, event.reason.name, f" ({event.message})" if event.message else "",
         )
         call.scope.cancel()
         call.inbox_wakeup.unpark()
@@ -290,32 +303,46 @@ class _ServerConnection(TrioConnection):
             while conn.send_buffered(call.id) and not call.finished:
                 await call.credit_wakeup.park()
 
+    async def _invoke(self, call: _ServerCall, payload: bytes | None) -> Any:
+        """Decode the arguments, run the handler and send what it produces.
+
+        Returns the result of a unary or client-streaming handler (None for the streaming
+        ones), for interceptors to see.
+        """
+        info = call.info
+        if payload is None:
+            args, kwargs = [_RequestStream(call, self)], {}
+        else:
+            args, kwargs = decode_arguments(payload)
+        try:
+            target = call.handler(*args, **kwargs)
+        except TypeError as exc:  # raised before the body runs: the arguments do not bind
+            raise RpcError(Status.INVALID_ARGUMENT, f"{info.name}: {exc}") from None
+        if info.cardinality.server_streams:
+            count = 0
+            async with aclosing(target) as items:
+                async for item in items:
+                    await self._send(call, self._encode(call, item))
+                    count += 1
+                    if not count % _YIELD_EVERY:
+                        await _checkpoint()
+            return None
+        result = await target
+        if not call.finished:
+            await self._send(call, self._encode(call, result))
+        return result
+
     async def _run(self, call: _ServerCall, payload: bytes | None) -> None:
         _current.set(call.context)
         info = call.info
         status, message, details = Status.OK, "", None
         try:
             with call.scope:
-                if payload is None:
-                    args, kwargs = [_RequestStream(call, self)], {}
+                interceptors = self.server._interceptors
+                if interceptors:
+                    await run_chain(interceptors, call.context, partial(self._invoke, call, payload))
                 else:
-                    args, kwargs = decode_arguments(payload)
-                try:
-                    target = call.handler(*args, **kwargs)
-                except TypeError as exc:
-                    raise RpcError(Status.INVALID_ARGUMENT, f"{info.name}: {exc}") from None
-                if info.cardinality.server_streams:
-                    count = 0
-                    async with aclosing(target) as items:
-                        async for item in items:
-                            await self._send(call, self._encode(call, item))
-                            count += 1
-                            if not count % _YIELD_EVERY:
-                                await _checkpoint()
-                else:
-                    result = await target
-                    if not call.finished:
-                        await self._send(call, self._encode(call, result))
+                    await self._invoke(call, payload)
             if call.scope.cancelled_caught and not call.finished:
                 # Our own scope fired: the deadline passed (a client CANCEL marks the call
                 # finished before it cancels the scope, so it never reaches here).
@@ -350,6 +377,8 @@ class Server:
         max_frame_size: largest frame payload accepted.
         stream_window, connection_window: flow-control credit granted to clients.
         framer: ``"c"`` or ``"python"``; default: ``TRPC_FRAMER`` or C when available.
+        interceptors: :class:`~trpc.ServerInterceptor` objects wrapped around every call, the
+            first one outermost.
     """
 
     def __init__(
@@ -361,12 +390,14 @@ class Server:
         stream_window: int = DEFAULT_STREAM_WINDOW,
         connection_window: int = DEFAULT_CONNECTION_WINDOW,
         framer: str | None = None,
+        interceptors: Sequence[Any] = (),
     ) -> None:
         from ._framer import get_framer
 
         if not services:
             raise TypeError("Server needs at least one service")
         self._methods = collect_methods(services)
+        self._interceptors = tuple(interceptors)
         self._framer = get_framer(framer)
         self._connection_options = dict(
             max_message_size=max_message_size,
