@@ -30,6 +30,7 @@ from ._errors import (
     TrpcError,
 )
 from ._framer import get_framer
+from ._interceptors import CallDetails, ClientInterceptor, ServerInterceptor
 from ._server import DEFAULT_HOST, DEFAULT_PORT, Server, serve
 from ._service import Cardinality, Service, bidi_stream, client_stream, server_stream, unary
 from ._status import Status
@@ -38,6 +39,8 @@ from ._version import __version__
 __all__ = [
     "Cardinality",
     "CallContext",
+    "CallDetails",
+    "ClientInterceptor",
     "Client",
     "ClientStream",
     "DEFAULT_HOST",
@@ -50,6 +53,7 @@ __all__ = [
     "RemoteProtocolError",
     "RpcError",
     "Server",
+    "ServerInterceptor",
     "Service",
     "Status",
     "TransportError",
@@ -75,3 +79,5 @@ for _name in __all__:
         except (AttributeError, TypeError):
             pass
 del _name, _obj
+
+from . import interceptors  # noqa: E402  (the ready-made ones; imports the names above)

@@ -12,6 +12,9 @@ import contextvars
 import math
 from typing import Any
 
+import trio
+
+from ._errors import LocalProtocolError
 from ._status import Status
 
 __all__ = ["CallContext", "current_call"]
@@ -23,8 +26,11 @@ class CallContext:
     Attributes:
         method: the method's wire name.
         peer: the client's address, as text (``"host:port"``, or a description for other streams).
-        metadata: the request metadata the client sent (a dict of str to str or bytes).
+        metadata: the request metadata the client sent (a dict of str to str or bytes);
+            server interceptors may change it before the handler sees it.
         deadline: the call's deadline on this process's Trio clock (``math.inf`` for none).
+        cardinality: the method's :class:`~trpc.Cardinality`.
+        start_time: ``trio.current_time()`` when the call arrived.
         cancel_reason: ``None`` while the call runs; once it is being cancelled, why:
             CANCELLED (the caller's scope was cancelled), DEADLINE_EXCEEDED (the caller's
             deadline, or the call's own deadline here, passed), UNAVAILABLE (the client or its
@@ -37,17 +43,25 @@ class CallContext:
         "peer",
         "metadata",
         "deadline",
+        "cardinality",
+        "start_time",
+        "_connection",
+        "_stream_id",
         "_cancel_reason",
         "cancel_message",
         "_response_metadata",
         "_trailing_metadata",
     )
 
-    def __init__(self, method: str, peer: str, metadata: dict, deadline: float) -> None:
+    def __init__(self, method: str, peer: str, metadata: dict, deadline: float, cardinality: Any = None) -> None:
         self.method = method
         self.peer = peer
         self.metadata = metadata
         self.deadline = deadline
+        self.cardinality = cardinality
+        self.start_time = trio.current_time()
+        self._connection: Any = None
+        self._stream_id = 0
         self._cancel_reason: Status | None = None
         self.cancel_message = ""
         self._response_metadata: dict[str, Any] | None = None
@@ -59,8 +73,6 @@ class CallContext:
         if self._cancel_reason is not None:
             return self._cancel_reason
         if self.deadline != math.inf:
-            import trio
-
             if trio.current_time() >= self.deadline:
                 return Status.DEADLINE_EXCEEDED
         return None
@@ -73,9 +85,20 @@ class CallContext:
         """Seconds left before the deadline (``math.inf`` if there is none)."""
         if self.deadline == math.inf:
             return math.inf
-        import trio
-
         return max(0.0, self.deadline - trio.current_time())
+
+    def send_headers(self, metadata: dict[str, str | bytes]) -> None:
+        """Send response headers now (at most once, before the first response message).
+
+        Raises:
+            LocalProtocolError: headers or a response message were already sent, or the call
+                has ended.
+        """
+        connection = self._connection
+        if connection is None:
+            raise LocalProtocolError("this call has no connection to send headers on")
+        connection.conn.send_headers(self._stream_id, metadata)
+        connection.wake_writer()
 
     def set_trailers(self, metadata: dict[str, str | bytes]) -> None:
         """Add trailing metadata, sent with the call's status."""
