@@ -52,7 +52,8 @@ def make_builder(root: str = "") -> FFI:
         '#include "framer.h"',
         sources=[os.path.join(root, SOURCE)],
         include_dirs=[os.path.join(root, "csrc")],
-        depends=[os.path.join(root, HEADER)],
+        # The build script is a dependency too, which also puts it in the sdist.
+        depends=[os.path.join(root, HEADER), os.path.join(root, "build_ffi.py")],
         # json.dumps gives a valid C string literal for any printable version string.
         define_macros=[("TRPC_VERSION", json.dumps(read_version()))],
         extra_compile_args=["-std=c99", "-Wall", "-Wextra", "-O2"],

@@ -93,7 +93,11 @@ def run_once(framer_cls, chunks: list[bytes], count: int, duration: float, cold:
         feed = framer_cls().feed
         for i in range(0, len(chunks), batch):
             # Fresh copies, like socket reads, unless cold; copying is not timed.
-            todo = chunks[i : i + batch] if cold else [bytes(memoryview(c)) for c in chunks[i : i + batch]]
+            todo = (
+                chunks[i : i + batch]
+                if cold
+                else [bytes(memoryview(c)) for c in chunks[i : i + batch]]
+            )
             start = clock()
             for data in todo:
                 feed(data)

@@ -9,10 +9,11 @@
  *
  *   1. If the previous chunk ended inside a frame, that frame's bytes are in the carry buffer:
  *      top it up from the start of the chunk, header first (the length limit is checked as soon
- *      as the header is complete, before any payload is buffered).  When it completes, emit it
- *      as descriptor 0 and swap the carry and spare buffers, so the payload stays readable in
- *      the spare buffer while step 3 refills the carry.
- *   2. Scan the rest of the chunk in place, emitting one descriptor per complete frame.
+ *      as the header is complete, before any payload is buffered).  When it completes, it is
+ *      frame 0 of the output, and the carry and spare buffers swap, so that its payload stays
+ *      readable in the spare buffer while step 3 refills the carry.
+ *   2. Scan the rest of the chunk in place: write each complete frame's type, flags, stream id
+ *      and payload offsets into the output columns, and its payload into the struct format.
  *   3. Copy the trailing incomplete frame, if any, into the carry buffer.
  *
  * The carry buffer grows geometrically with the bytes actually received (a header announcing a

@@ -9,8 +9,9 @@
  * completes; the Python glue in src/trpc/_framer_c.py slices the payloads out of the chunk it
  * already holds, so complete frames are never copied in C.  Only the incomplete frame at the end
  * of a chunk is copied, into the framer's carry buffer, and topped up by the next chunks.
- * A Python call costs as much as parsing dozens of frames in C, so the output is shaped for
- * the fewest Python operations per frame: columns for tolist() and a struct format.
+ * A Python operation costs as much as parsing dozens of frames in C, so the output is shaped
+ * for the fewest Python operations per frame: columns that Python iterates directly, and the
+ * payload layout as a Python struct format.
  *
  * Statuses, not exceptions: every error is a negative status code and Python raises.
  */
@@ -26,7 +27,7 @@
 #define TRPC_FRAMER_HEADER_SIZE 10
 /* Largest max_frame_size trpc_framer_new() accepts: 2**24 - 1, as in _framer_py.py. */
 #define TRPC_FRAMER_MAX_FRAME_SIZE_LIMIT 16777215
-/* Largest capacity (frames per call): 1 Mi frames, 32 MiB of output; more buys nothing. */
+/* Largest capacity (frames per call): 1 Mi frames, 26 MiB of output; more buys nothing. */
 #define TRPC_FRAMER_MAX_CAPACITY 1048576
 /* Longest format text per frame: "10x" + 8 digits (2**24 - 1) + "s". */
 #define TRPC_FRAMER_FORMAT_PER_FRAME 12

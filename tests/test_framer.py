@@ -88,9 +88,7 @@ def test_byte_at_a_time(framer_cls):
     for i in range(len(STREAM)):
         got += framer.feed(STREAM[i : i + 1])
         # buffered counts the bytes of the incomplete frame only
-        assert framer.buffered == (i + 1) - sum(
-            HEADER_SIZE + len(p) for *_, p in got
-        )
+        assert framer.buffered == (i + 1) - sum(HEADER_SIZE + len(p) for *_, p in got)
     assert got == FRAMES
     assert framer.buffered == 0
     framer.close()
@@ -189,14 +187,17 @@ def test_large_frames_across_many_chunks(framer_cls):
 
 
 @pytest.mark.parametrize(
-    "size", [MIN_FRAME_SIZE_LIMIT - 1, MAX_FRAME_SIZE_LIMIT + 1, 0, -1, 2**32 + MIN_FRAME_SIZE_LIMIT]
+    "size",
+    [MIN_FRAME_SIZE_LIMIT - 1, MAX_FRAME_SIZE_LIMIT + 1, 0, -1, 2**32 + MIN_FRAME_SIZE_LIMIT],
 )
 def test_bad_max_frame_size(framer_cls, size):
     with pytest.raises(ValueError, match="max_frame_size"):
         framer_cls(size)
 
 
-@pytest.mark.parametrize("size", [MIN_FRAME_SIZE_LIMIT, DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT])
+@pytest.mark.parametrize(
+    "size", [MIN_FRAME_SIZE_LIMIT, DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT]
+)
 def test_good_max_frame_size(framer_cls, size):
     framer = framer_cls(size)
     assert framer.max_frame_size == size

@@ -4,13 +4,16 @@ This is the only module that touches the cffi ``ffi`` and ``lib`` objects.  Impo
 ImportError if the compiled module ``trpc._framer_cffi`` is missing or was built for another
 trpc version.
 
-One C call scans a whole chunk and describes every complete frame in the C framer's output
-(see ``csrc/framer.h``): columns of type, flags and stream id, which become lists with one
-``tolist()`` each, and the payload layout as a ``struct`` format, with which one
-``Struct.unpack_from()`` slices every payload out of the chunk.  So per frame, only C code runs:
-Python builds no slice and runs no bytecode.  The one frame that straddled chunks is copied out
-of the C carry buffer; when a call finds only a few frames, they are read one by one, which is
-cheaper than compiling a format.
+A cffi call costs as much as parsing a couple of frames in Python, so:
+
+- One C call scans a whole chunk and describes its complete frames in the C framer's output
+  (see ``csrc/framer.h``): columns of type, flags and stream id, which ``zip`` iterates
+  directly, and the payload layout as a ``struct`` format, with which one
+  ``Struct.unpack_from()`` slices every payload out of the chunk.  Per frame, only C code runs.
+- The frame that straddled two chunks is copied out of the C carry buffer, and a call that
+  finds only a few frames reads them one by one, which is cheaper than compiling a format.
+- While C holds no partial frame, the first few complete frames of a chunk are parsed in Python
+  without calling C at all, so a read holding one small RPC costs what it costs the Python twin.
 """
 
 from __future__ import annotations
@@ -52,9 +55,9 @@ if lib.TRPC_FRAMER_HEADER_SIZE != HEADER_SIZE or (
 
 __all__ = ["CFramer"]
 
-# Frames described per C call, at 14 + 12 bytes of output each: 26 KiB per framer (touched only
-# as far as used).  A 64 KiB chunk of 16-byte frames holds 2520 frames: three calls, each
-# costing under 1% of the Python work its frames need.
+# Frames described per C call, at 14 + 12 bytes of output each: 26 KiB per framer.  A 64 KiB
+# chunk of 16-byte frames holds 2520 frames: three calls, each costing under 1% of the Python
+# work its frames need.
 _CAPACITY = 1024
 # Below this many frames in one call, reading the descriptors one by one beats compiling a
 # Struct.
@@ -86,13 +89,17 @@ class CFramer:
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.max_frame_size = check_max_frame_size(max_frame_size)
-        framer = lib.trpc_framer_new(max_frame_size, _CAPACITY)
-        if framer == ffi.NULL:
-            raise MemoryError("cannot allocate a framer")
-        self._framer = ffi.gc(framer, lib.trpc_framer_free)
         # True while C holds no partial frame and no error, so Python may parse in place.
         self._fast = True
-        # Views of the framer's output, which lives as long as self._framer.
+        # The C framer and views of its output (26 KiB), made when first needed: a connection
+        # that only ever receives whole small frames never needs them.
+        self._framer = None
+
+    def _start(self):
+        framer = lib.trpc_framer_new(self.max_frame_size, _CAPACITY)
+        if framer == ffi.NULL:
+            raise MemoryError("cannot allocate a framer")
+        # The views below are of memory that lives as long as self._framer.
         result = lib.trpc_framer_result_of(framer)
         self._result = memoryview(ffi.buffer(result, ffi.sizeof(result[0]))).cast("I")
         self._columns = lib.trpc_framer_columns(framer)
@@ -102,11 +109,13 @@ class CFramer:
         self._format = ffi.buffer(
             lib.trpc_framer_format(framer), _CAPACITY * lib.TRPC_FRAMER_FORMAT_PER_FRAME + 2
         )
+        self._framer = ffi.gc(framer, lib.trpc_framer_free)
+        return self._framer
 
     @property
     def buffered(self) -> int:
         """Bytes held of the incomplete frame at the end (0 at a frame boundary)."""
-        return lib.trpc_framer_buffered(self._framer)
+        return 0 if self._fast else lib.trpc_framer_buffered(self._framer)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Append one received chunk; return every frame it completes (see PyFramer.feed)."""
@@ -135,9 +144,12 @@ class CFramer:
                 pos = stop
             if pos == end:
                 return frames
-        framer = self._framer
+        framer = self._framer or self._start()
         while True:
             status = _feed(framer, data, end, pos)
+            if not status:  # no frame completed: C now holds a partial one (or still does)
+                self._fast = False
+                return frames
             n, pos, carried, carried_length, offset, format_length, buffered = self._result.tolist()
             if carried:
                 payload = _unpack(_carried(framer), carried_length)
@@ -179,6 +191,8 @@ class CFramer:
 
     def close(self) -> None:
         """The peer sent EOF (see PyFramer.close)."""
+        if self._fast:
+            return  # C holds nothing and has seen no error
         status = lib.trpc_framer_close(self._framer)
         if status:
             raise self._error(status, [])
@@ -198,4 +212,6 @@ class CFramer:
         return error
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} max_frame_size={self.max_frame_size} buffered={self.buffered}>"
+        return (
+            f"<{type(self).__name__} max_frame_size={self.max_frame_size} buffered={self.buffered}>"
+        )

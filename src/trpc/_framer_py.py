@@ -103,7 +103,7 @@ class PyFramer:
         self.max_frame_size = check_max_frame_size(max_frame_size)
         # The incomplete frame at the end of the data fed so far (header included).
         self._carry = bytearray()
-        # Total size of the carried frame once its header is complete, else 0.
+        # Total size of the carried frame; valid once the carry holds its whole header.
         self._carry_size = 0
         # The error that poisoned the framer, if any.
         self._error: FrameTooLargeError | TruncatedFrameError | None = None
@@ -127,6 +127,7 @@ class PyFramer:
                 soon as that header is complete.  Its ``frames`` attribute holds the frames this
                 call completed before it.  The framer is then poisoned: every later call raises
                 the same error class again (with ``frames == []``).
+            TruncatedFrameError: if ``close()`` raised it (the framer is poisoned).
         """
         if self._error is not None:
             raise self._poisoned()
@@ -151,10 +152,11 @@ class PyFramer:
                     raise self._poison(frame_too_large(length, max_frame_size), frames)
                 self._carry_size = HEADER_SIZE + length
             take = self._carry_size - len(carry)
+            if take > end - pos:  # the frame is still incomplete
+                carry += memoryview(data)[pos:] if pos else data
+                return frames
             carry += memoryview(data)[pos : pos + take]
             pos += take
-            if pos > end:
-                return frames
             _, type_, flags, stream_id = _unpack_header(carry)
             del carry[:HEADER_SIZE]
             append((type_, flags, stream_id, bytes(carry)))
@@ -166,12 +168,12 @@ class PyFramer:
             if length > max_frame_size:
                 raise self._poison(frame_too_large(length, max_frame_size), frames)
             start = pos + 10  # HEADER_SIZE, spelled out in this hot loop
-            pos = start + length
-            if pos > end:
-                pos = start - 10
-                self._carry_size = start + length - pos
+            stop = start + length
+            if stop > end:
+                self._carry_size = HEADER_SIZE + length
                 break
-            append((type_, flags, stream_id, data[start:pos]))
+            append((type_, flags, stream_id, data[start:stop]))
+            pos = stop
 
         if pos < end:
             self._carry = bytearray(memoryview(data)[pos:])
@@ -202,4 +204,6 @@ class PyFramer:
         return error
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} max_frame_size={self.max_frame_size} buffered={self.buffered}>"
+        return (
+            f"<{type(self).__name__} max_frame_size={self.max_frame_size} buffered={self.buffered}>"
+        )
