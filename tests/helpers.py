@@ -6,7 +6,7 @@ import struct
 
 import cbor2
 
-from trpc._events import PrefaceReceived
+from trpc._events import MessagesReceived, PrefaceReceived
 from trpc._protocol import PREFACE, PREFACE_MAGIC, Connection
 
 HEADER = struct.Struct(">IBBI")
@@ -70,3 +70,13 @@ class Pair:
                 events["server"].extend(self._feed(self.server, to_server))
             if to_client:
                 events["client"].extend(self._feed(self.client, to_client))
+
+
+def messages(events, stream_id: int | None = None) -> list[bytes]:
+    """The message payloads in ``events`` (for one stream, or all), in order."""
+    return [
+        payload
+        for event in events
+        if isinstance(event, MessagesReceived) and stream_id in (None, event.stream_id)
+        for payload in event.payloads
+    ]

@@ -115,7 +115,7 @@ async def test_call_cancelled_in_the_same_batch_as_it_opened(service, nursery):
         conn.cancel(sid)
     await client_stream.send_all(conn.data_to_send())
     # The connection still serves: a normal call on it gets its answer.
-    from trpc._events import CallEnded, MessageReceived
+    from trpc._events import CallEnded, MessagesReceived
 
     sid = conn.open_call("greet")
     conn.send_message(sid, b"\x81\x81\x63Ada", end_stream=True)  # [["Ada"]]
@@ -124,7 +124,7 @@ async def test_call_cancelled_in_the_same_batch_as_it_opened(service, nursery):
     with trio.fail_after(5):
         while not any(isinstance(e, CallEnded) and e.stream_id == sid for e in events):
             events += conn.receive_data(await client_stream.receive_some())
-    assert [e.payload for e in events if isinstance(e, MessageReceived)] == [b"\x69Hello Ada"]
+    assert [p for e in events if isinstance(e, MessagesReceived) for p in e.payloads] == [b"\x69Hello Ada"]
     assert server.connections == 1
 
 

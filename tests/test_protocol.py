@@ -18,7 +18,7 @@ from trpc._events import (
     ConnectionClosed,
     GoAwayReceived,
     HeadersReceived,
-    MessageReceived,
+    MessagesReceived,
     PingAcknowledged,
     PingReceived,
     SendCreditAvailable,
@@ -33,7 +33,7 @@ from trpc._protocol import (
     _In,
 )
 
-from .helpers import Pair, frame, headers, preface
+from .helpers import Pair, frame, headers, messages, preface
 
 
 def types(events):
@@ -47,19 +47,19 @@ def test_unary_round_trip(framer_cls, chunk):
     sid = pair.client.open_call("greet", metadata={"k": "v", "b": b"\x00"}, timeout=1.5)
     pair.client.send_message(sid, cbor2.dumps([["Ada"]]), end_stream=True)
     events = pair.exchange()["server"]
-    assert types(events) == [CallOpened, MessageReceived, StreamEnded]
+    assert types(events) == [CallOpened, MessagesReceived, StreamEnded]
     opened = events[0]
     assert (opened.stream_id, opened.method, opened.metadata) == (sid, "greet", {"k": "v", "b": b"\x00"})
     assert opened.timeout == pytest.approx(1.5)
-    assert cbor2.loads(events[1].payload) == [["Ada"]]
+    assert [cbor2.loads(p) for p in events[1].payloads] == [[["Ada"]]]
 
     pair.server.send_headers(sid, {"h": "1"})
     pair.server.send_message(sid, cbor2.dumps("Hello Ada"))
     pair.server.send_trailers(sid, Status.OK, metadata={"t": "2"})
     events = pair.exchange()["client"]
-    assert types(events) == [HeadersReceived, MessageReceived, CallEnded]
+    assert types(events) == [HeadersReceived, MessagesReceived, CallEnded]
     assert events[0].metadata == {"h": "1"}
-    assert cbor2.loads(events[1].payload) == "Hello Ada"
+    assert events[1].payloads == [cbor2.dumps("Hello Ada")]
     assert events[2].status is Status.OK and events[2].metadata == {"t": "2"}
     assert pair.client.open_streams == 0 and pair.server.open_streams == 0
 
@@ -75,13 +75,14 @@ def test_many_streams_interleave_and_match_by_id(framer_cls):
         pair.server.send_message(sid, cbor2.dumps(sid * 10))
         pair.server.send_trailers(sid, Status.OK)
     ended = {}
-    messages = {}
+    results = {}
     for event in pair.exchange()["client"]:
-        if isinstance(event, MessageReceived):
-            messages[event.stream_id] = cbor2.loads(event.payload)
+        if isinstance(event, MessagesReceived):
+            (payload,) = event.payloads
+            results[event.stream_id] = cbor2.loads(payload)
         elif isinstance(event, CallEnded):
             ended[event.stream_id] = event.status
-    assert messages == {sid: sid * 10 for sid in ids}
+    assert results == {sid: sid * 10 for sid in ids}
     assert set(ended) == set(ids)
 
 
@@ -269,7 +270,7 @@ def test_events_before_a_bad_frame_are_kept(framer_cls):
     data = frame(FrameType.DATA, 0, sid, cbor2.dumps("ok")) + frame(FrameType.TRAILERS, 0, sid, cbor2.dumps({1: 0}))
     with pytest.raises(RemoteProtocolError) as info:
         pair.client.receive_data(data + b"\xff" * 40)
-    assert types(info.value.events) == [MessageReceived, CallEnded]
+    assert types(info.value.events) == [MessagesReceived, CallEnded]
 
 
 @pytest.mark.parametrize(
@@ -342,8 +343,7 @@ def test_large_message_is_split_and_reassembled(framer_cls):
     assert pair.client.send_message(sid, big) is False
     assert pair.client.send_buffered(sid) > 0
     events = pair.exchange()
-    messages = [e for e in events["server"] if isinstance(e, MessageReceived)]
-    assert len(messages) == 1 and messages[0].payload == big
+    assert messages(events["server"]) == [big]
     assert any(isinstance(e, SendCreditAvailable) for e in events["client"])
     assert pair.client.send_buffered(sid) == 0
 
@@ -358,15 +358,15 @@ def test_credit_is_returned_only_as_the_application_consumes(framer_cls):
     while pair.server.send_message(sid, message):
         sent += 1
     assert sent == window // len(message)  # the next one went out only in part
-    received = [e for e in pair.exchange()["client"] if isinstance(e, MessageReceived)]
+    received = messages(pair.exchange()["client"])
     assert len(received) == sent
     # The client holds a full window of unconsumed messages: nothing more flows.
     assert pair.exchange() == {"client": [], "server": []}
     assert pair.server.send_buffered(sid) == len(message) - window % len(message)
-    for event in received:
-        pair.client.consumed(sid, len(event.payload))
+    for payload in received:
+        pair.client.consumed(sid, len(payload))
     events = pair.exchange()
-    assert [e.payload for e in events["client"] if isinstance(e, MessageReceived)] == [message]
+    assert messages(events["client"]) == [message]
     assert [type(e) for e in events["server"]] == [SendCreditAvailable]
     assert pair.server.send_buffered(sid) == 0
 
@@ -381,7 +381,7 @@ def test_oversize_message_ends_only_that_call(framer_cls):
     events = pair.exchange()
     cancelled = [e for e in events["server"] if isinstance(e, CallCancelled)]
     assert [(e.stream_id, e.reason) for e in cancelled] == [(big, Status.RESOURCE_EXHAUSTED)]
-    assert [e.stream_id for e in events["server"] if isinstance(e, MessageReceived)] == [small]
+    assert [e.stream_id for e in events["server"] if isinstance(e, MessagesReceived)] == [small]
     ended = [e for e in events["client"] if isinstance(e, CallEnded)]
     assert [(e.stream_id, e.status) for e in ended] == [(big, Status.RESOURCE_EXHAUSTED)]
     assert pair.server.accepting_calls
@@ -413,17 +413,15 @@ def test_credit_math_survives_random_sizes_and_pacing(framer_cls, sizes, window,
         server_options={"stream_window": window, "max_message_size": 1 << 20, "max_frame_size": 1 << 14},
     )
     sid = pair.client.open_call("m")
-    messages = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
-    queue = list(messages)
+    sent = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    queue = list(sent)
     received, held = [], []
     pacing = itertools.cycle(consume)
     for _ in range(10_000):
         if queue and not pair.client.send_buffered(sid):
             pair.client.send_message(sid, queue.pop(0))
         events = pair.exchange()
-        for event in events["server"]:
-            if isinstance(event, MessageReceived):
-                held.append(event.payload)
+        held.extend(messages(events["server"]))
         stream = pair.server._streams[sid]
         assert stream.recv_granted >= 0
         assert sum(map(len, held)) <= window + max(sizes)
@@ -434,9 +432,9 @@ def test_credit_math_survives_random_sizes_and_pacing(framer_cls, sizes, window,
             payload = held.pop(0)
             received.append(payload)
             pair.server.consumed(sid, len(payload))
-        if len(received) == len(messages):
+        if len(received) == len(sent):
             break
-    assert received == messages
+    assert received == sent
 
 
 # ------------------------------------------------------------- hypothesis: the state machine

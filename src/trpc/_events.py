@@ -17,7 +17,7 @@ __all__ = [
     "PrefaceReceived",
     "CallOpened",
     "HeadersReceived",
-    "MessageReceived",
+    "MessagesReceived",
     "StreamEnded",
     "CallEnded",
     "CallCancelled",
@@ -70,16 +70,18 @@ class HeadersReceived(Event):
 
 
 @dataclass(**_EVENT)
-class MessageReceived(Event):
-    """One complete message arrived on a stream (both sides).
+class MessagesReceived(Event):
+    """Complete messages arrived on a stream (both sides), in order.
 
-    ``payload`` is the message's encoded bytes, reassembled if it spanned several DATA frames.
-    The receiver must call ``Connection.consumed(stream_id, len(payload))`` once its application
-    has taken the message, or the peer's send credit for the stream runs out.
+    ``payloads`` holds each message's encoded bytes (reassembled if it spanned several DATA
+    frames): all the consecutive messages one ``receive_data`` call found for the stream, so
+    that a stream of small messages costs one event per received chunk, not one per message.
+    The receiver must call ``Connection.consumed(stream_id, nbytes)`` as its application takes
+    them, or the peer's send credit for the stream runs out.
     """
 
     stream_id: int
-    payload: bytes
+    payloads: list[bytes]
 
 
 @dataclass(**_EVENT)

@@ -50,7 +50,7 @@ from ._events import (
     Event,
     GoAwayReceived,
     HeadersReceived,
-    MessageReceived,
+    MessagesReceived,
     PingAcknowledged,
     PingReceived,
     PrefaceReceived,
@@ -330,6 +330,10 @@ class Connection:
         #: Streams whose queued output waits for connection credit, in arrival order.
         self._blocked: dict[int, None] = {}
 
+        #: Stream states in which the table lets a DATA frame in (the fast path checks this).
+        self._recv_data_states = frozenset(
+            state for (role, state, event) in _TRANSITIONS if role is self.role and event is _In.RECV_DATA
+        )
         self._handlers: dict[int, Callable[[int, int, bytes, list], None]] = {
             FrameType.HEADERS: self._recv_headers,
             FrameType.TRAILERS: self._recv_trailers,
@@ -751,7 +755,41 @@ class Connection:
     def _process_frames(self, frames, events: list[Event]) -> None:
         streams = self._streams
         handlers = self._handlers
+        data_states = self._recv_data_states
+        max_message = self.max_message_size
+        client = self._client
+        # The fast path: a DATA frame holding one whole message on a stream that may receive
+        # it, within every limit.  Consecutive ones for the same stream become one event, and
+        # their connection credit is settled once; anything else takes the general path below
+        # (after the batch so far has been emitted, so events keep the frames' order).
+        batch: list[bytes] | None = None
+        batch_stream: _Stream | None = None
+        received = 0
         for ftype, flags, stream_id, payload in frames:
+            if ftype == _DATA and not flags:
+                stream = streams.get(stream_id)
+                if stream is not None and stream.recv_parts is None and stream.state in data_states:
+                    size = len(payload)
+                    if 0 < size <= stream.recv_granted and size <= max_message and received + size <= self._recv_granted:
+                        stream.recv_granted -= size
+                        stream.recv_held += size
+                        received += size
+                        if client:
+                            stream.response_started = True
+                        if stream is batch_stream:
+                            batch.append(payload)
+                        else:
+                            if batch is not None:
+                                events.append(MessagesReceived(stream_id=batch_stream.id, payloads=batch))
+                            batch_stream = stream
+                            batch = [payload]
+                        continue
+            if batch is not None:
+                events.append(MessagesReceived(stream_id=batch_stream.id, payloads=batch))
+                batch = batch_stream = None
+            if received:
+                self._take_connection_credit(received)
+                received = 0
             if ftype == _DATA:
                 stream = streams.get(stream_id)
                 if stream is None:
@@ -763,6 +801,10 @@ class Connection:
                 if handler is None:
                     raise RemoteProtocolError(f"unknown frame type 0x{ftype:02x}")
                 handler(flags, stream_id, payload, events)
+        if batch is not None:
+            events.append(MessagesReceived(stream_id=batch_stream.id, payloads=batch))
+        if received:
+            self._take_connection_credit(received)
 
     def _recv_data_unknown(self, stream_id: int, size: int) -> None:
         if stream_id == 0 or stream_id > self._last_stream_id:
@@ -830,7 +872,7 @@ class Connection:
                 self._message_too_large(stream, events)
                 return
             stream.recv_held += len(payload)
-            events.append(MessageReceived(stream_id=stream.id, payload=payload))
+            events.append(MessagesReceived(stream_id=stream.id, payloads=[payload]))
         elif flags != _END_STREAM:
             raise RemoteProtocolError("an empty DATA frame must carry END_STREAM (and only it)")
         elif stream.recv_parts is not None:

@@ -38,7 +38,7 @@ from ._events import (
     CallOpened,
     ConnectionClosed,
     GoAwayReceived,
-    MessageReceived,
+    MessagesReceived,
     PingAcknowledged,
     PingReceived,
     PrefaceReceived,
@@ -70,6 +70,8 @@ DEFAULT_PORT = 50051
 #: A streaming handler yields to the scheduler after this many messages even when it never
 #: blocks, so the writer can put a batch on the wire and other calls get their turn.
 _YIELD_EVERY = 128
+#: Bytes of request messages a handler takes before their credit goes back (see the client).
+_ACK_BATCH = 16384
 _checkpoint = trio.lowlevel.checkpoint
 
 
@@ -123,12 +125,13 @@ class _ServerCall:
 class _RequestStream:
     """The client's messages, as an async iterator handed to streaming handlers."""
 
-    __slots__ = ("_call", "_connection", "_count")
+    __slots__ = ("_call", "_connection", "_count", "_unacked")
 
     def __init__(self, call: _ServerCall, connection: "_ServerConnection") -> None:
         self._call = call
         self._connection = connection
         self._count = 0
+        self._unacked = 0
 
     def __aiter__(self) -> "_RequestStream":
         return self
@@ -144,7 +147,11 @@ class _RequestStream:
         if not self._count % _YIELD_EVERY:
             await _checkpoint()
         payload = inbox.popleft()
-        self._connection.consumed(call.id, len(payload))
+        # Credit back in batches, and at once when the queue runs dry (see the client's).
+        self._unacked += len(payload)
+        if self._unacked >= _ACK_BATCH or not inbox:
+            self._connection.consumed(call.id, self._unacked)
+            self._unacked = 0
         return decode(payload, what="request message", status=Status.INVALID_ARGUMENT)
 
 
@@ -156,7 +163,7 @@ class _ServerConnection(TrioConnection):
         self.nursery: trio.Nursery | None = None
         self._dispatch = {
             CallOpened: self._on_call_opened,
-            MessageReceived: self._on_message,
+            MessagesReceived: self._on_message,
             StreamEnded: self._on_stream_ended,
             CallCancelled: self._on_call_cancelled,
             SendCreditAvailable: self._on_credit,
@@ -198,17 +205,20 @@ class _ServerConnection(TrioConnection):
             return  # the client cancelled it in the same batch of frames
         self.conn.send_trailers(stream_id, status, message)
 
-    def _on_message(self, event: MessageReceived) -> None:
+    def _on_message(self, event: MessagesReceived) -> None:
         call = self.calls.get(event.stream_id)
         if call is None:
             return
+        payloads = event.payloads
         if call.info.cardinality.client_streams:
-            call.inbox.append(event.payload)
+            call.inbox.extend(payloads)
             call.inbox_wakeup.unpark()
-        elif not call.started:
-            self._start(call, event.payload)
-        else:
-            self._abort(call, Status.INVALID_ARGUMENT, f"{call.info.name} takes exactly one request message")
+            return
+        if not call.started:
+            self._start(call, payloads[0])
+            if len(payloads) == 1:
+                return
+        self._abort(call, Status.INVALID_ARGUMENT, f"{call.info.name} takes exactly one request message")
 
     def _on_stream_ended(self, event: StreamEnded) -> None:
         call = self.calls.get(event.stream_id)
