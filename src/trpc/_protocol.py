@@ -207,6 +207,8 @@ _G_LAST_STREAM, _G_STATUS, _G_MESSAGE = 1, 2, 3
 
 _pack_header = HEADER.pack
 _DATA = FrameType.DATA.value
+#: TRAILERS for a plain OK, ``{1: 0}``: most calls end with exactly these bytes.
+_OK_TRAILERS = cbor2.dumps({_T_STATUS: 0})
 _END_STREAM = Flags.END_STREAM.value
 _MORE = Flags.MORE.value
 
@@ -330,9 +332,18 @@ class Connection:
         #: Streams whose queued output waits for connection credit, in arrival order.
         self._blocked: dict[int, None] = {}
 
-        #: Stream states in which the table lets a DATA frame in (the fast path checks this).
+        #: Stream states in which the table lets a DATA frame in, or out (the fast paths check
+        #: these instead of looking the transition up).
         self._recv_data_states = frozenset(
             state for (role, state, event) in _TRANSITIONS if role is self.role and event is _In.RECV_DATA
+        )
+        self._send_data_states = frozenset(
+            state for (role, state, event) in _TRANSITIONS if role is self.role and event is _In.SEND_DATA
+        )
+        self._recv_trailers_states = frozenset(
+            state
+            for (role, state, event), new in _TRANSITIONS.items()
+            if role is self.role and event is _In.RECV_TRAILERS and new is StreamState.CLOSED
         )
         self._handlers: dict[int, Callable[[int, int, bytes, list], None]] = {
             FrameType.HEADERS: self._recv_headers,
@@ -490,6 +501,25 @@ class Connection:
         if stream is None:
             raise LocalProtocolError(f"stream {stream_id} is closed or does not exist")
         size = len(payload)
+        if (
+            not end_stream
+            and stream.pending is None
+            and stream.state in self._send_data_states
+            and 0 < size <= stream.send_window
+            and size <= self._send_window
+            and size <= self._peer_max_frame
+            and size <= self.peer_max_message_size
+        ):
+            # The fast path: a message that fits in one frame and in the credit, on a stream
+            # the table lets send DATA (the same checks as below, without the table lookup).
+            stream.send_window -= size
+            self._send_window -= size
+            if not self._client:
+                stream.response_started = True
+            out = self._out
+            out.append(_pack_header(size, _DATA, 0, stream_id))
+            out.append(payload)
+            return True
         if size == 0:
             raise LocalProtocolError("a message is at least one byte long")
         if size > self.peer_max_message_size:
@@ -594,20 +624,23 @@ class Connection:
             raise LocalProtocolError("only the server sends trailers")
         stream = self._local_stream(stream_id)
         self._transition(stream, _In.SEND_TRAILERS)
-        fields: dict[int, Any] = {_T_STATUS: int(status)}
-        if message:
-            fields[_T_MESSAGE] = message
-        if details is not None:
-            fields[_T_DETAILS] = details
-        if metadata:
-            fields[_T_METADATA] = _validate_metadata(metadata, remote=False)
-        try:
-            payload = self._control_payload(fields)
-        except (LocalProtocolError, cbor2.CBOREncodeError) as exc:
-            # The status must reach the caller even when the details cannot: say why instead.
-            payload = cbor2.dumps(
-                {_T_STATUS: int(Status.INTERNAL), _T_MESSAGE: f"trailers could not be sent: {exc}"}
-            )
+        if status == 0 and not message and details is None and not metadata:
+            payload = _OK_TRAILERS  # the common case, encoded once
+        else:
+            fields: dict[int, Any] = {_T_STATUS: int(status)}
+            if message:
+                fields[_T_MESSAGE] = message
+            if details is not None:
+                fields[_T_DETAILS] = details
+            if metadata:
+                fields[_T_METADATA] = _validate_metadata(metadata, remote=False)
+            try:
+                payload = self._control_payload(fields)
+            except (LocalProtocolError, cbor2.CBOREncodeError) as exc:
+                # The status must reach the caller even when the details cannot: say why instead.
+                payload = cbor2.dumps(
+                    {_T_STATUS: int(Status.INTERNAL), _T_MESSAGE: f"trailers could not be sent: {exc}"}
+                )
         frame = _pack_header(len(payload), FrameType.TRAILERS, 0, stream_id) + payload
         if stream.pending:
             stream.pending.append(frame)
@@ -966,6 +999,13 @@ class Connection:
             raise RemoteProtocolError("a client cannot send TRAILERS")
         stream = self._recv_stream("TRAILERS", stream_id, flags)
         if stream is None:
+            return
+        if payload == _OK_TRAILERS and stream.recv_parts is None and stream.state in self._recv_trailers_states:
+            # A plain OK: the transition the general path below makes, without decoding.
+            stream.state = StreamState.CLOSED
+            stream.pending = None
+            self._forget(stream)
+            events.append(CallEnded(stream_id=stream_id, status=Status.OK))
             return
         fields = self._decode_control("TRAILERS", payload)
         code = fields.get(_T_STATUS)

@@ -68,7 +68,8 @@ logger = logging.getLogger("trpc")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
 #: A streaming handler yields to the scheduler after this many messages even when it never
-#: blocks, so the writer can put a batch on the wire and other calls get their turn.
+#: blocks, so the writer can put a batch on the wire and other calls get their turn.  A power
+#: of two (the loop tests it with a mask).
 _YIELD_EVERY = 128
 #: Bytes of request messages a handler takes before their credit goes back (see the client).
 _ACK_BATCH = 16384
@@ -329,12 +330,29 @@ class _ServerConnection(TrioConnection):
         except TypeError as exc:  # raised before the body runs: the arguments do not bind
             raise RpcError(Status.INVALID_ARGUMENT, f"{info.name}: {exc}") from None
         if info.cardinality.server_streams:
+            # The per-message loop, kept tight: encode, check the size, queue, wake the writer
+            # (it runs when this task next yields); the slow cases (no credit, call ended) go
+            # through _send.
+            conn = self.conn
+            send_message = conn.send_message
+            unpark_writer = self._writer_wakeup.unpark
+            stream_id = call.id
             count = 0
             async with aclosing(target) as items:
                 async for item in items:
-                    await self._send(call, self._encode(call, item))
+                    try:
+                        payload = encode(item)
+                    except Exception as exc:
+                        raise RpcError(Status.INTERNAL, f"{info.name}: cannot encode a response: {exc}") from None
+                    if len(payload) > conn.peer_max_message_size or call.finished:
+                        await self._send(call, self._encode(call, item))
+                    elif not send_message(stream_id, payload):
+                        unpark_writer()
+                        while conn.send_buffered(stream_id) and not call.finished:
+                            await call.credit_wakeup.park()
+                    unpark_writer()
                     count += 1
-                    if not count % _YIELD_EVERY:
+                    if not count & (_YIELD_EVERY - 1):
                         await _checkpoint()
             return None
         result = await target
