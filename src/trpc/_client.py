@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 from collections import deque
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterable, AsyncIterator, Sequence
@@ -784,6 +785,8 @@ async def open_client(
     stream_window: int = DEFAULT_STREAM_WINDOW,
     connection_window: int = DEFAULT_CONNECTION_WINDOW,
     interceptors: Sequence[Any] = (),
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a trpc server; yields a :class:`Client`.
 
@@ -797,6 +800,10 @@ async def open_client(
         max_message_size: largest response message accepted (RESOURCE_EXHAUSTED beyond).
         interceptors: :class:`~trpc.ClientInterceptor` objects wrapped around every call, the
             first one outermost.
+        ssl_context: connect with TLS using this client-side ``ssl.SSLContext`` (load a client
+            certificate into it for mutual TLS).
+        server_hostname: the name to check the server's certificate against (default: the
+            host of ``target``).
 
     Raises:
         RpcError: UNAVAILABLE if the server cannot be reached or is not a trpc server.
@@ -809,7 +816,7 @@ async def open_client(
         stream_window=stream_window,
         connection_window=connection_window,
     )
-    stream, peer = await _connect(target, connect_timeout)
+    stream, peer = await _connect(target, connect_timeout, ssl_context, server_hostname)
     conn.initiate()
     connection = _ClientConnection(stream, conn, peer)
     client = Client(connection, timeout=timeout, metadata=metadata, interceptors=interceptors)
@@ -848,7 +855,9 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-async def _connect(target: Any, connect_timeout: float) -> tuple[trio.abc.Stream, str]:
+async def _connect(
+    target: Any, connect_timeout: float, ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None
+) -> tuple[trio.abc.Stream, str]:
     if isinstance(target, trio.abc.Stream):
         return target, format_peer(target)
     if isinstance(target, str):
@@ -863,4 +872,17 @@ async def _connect(target: Any, connect_timeout: float) -> tuple[trio.abc.Stream
         raise RpcError(Status.UNAVAILABLE, f"timed out after {connect_timeout} s connecting to {where}") from None
     except OSError as exc:
         raise RpcError(Status.UNAVAILABLE, f"cannot connect to {where}: {_os_reason(exc)}") from None
-    return stream, where
+    if ssl_context is None:
+        return stream, where
+    tls = trio.SSLStream(stream, ssl_context, server_hostname=server_hostname or host)
+    try:
+        with trio.fail_after(connect_timeout):
+            await tls.do_handshake()
+    except trio.TooSlowError:
+        await trio.aclose_forcefully(stream)
+        raise RpcError(Status.UNAVAILABLE, f"TLS handshake with {where} timed out") from None
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        await trio.aclose_forcefully(stream)
+        reason = exc.__cause__ or exc
+        raise RpcError(Status.UNAVAILABLE, f"TLS handshake with {where} failed: {reason}") from None
+    return tls, where

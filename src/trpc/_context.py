@@ -81,6 +81,15 @@ class CallContext:
         self._cancel_reason = reason
         self.cancel_message = message
 
+    @property
+    def peer_certificate(self) -> dict | None:
+        """The client's TLS certificate (``ssl.SSLSocket.getpeercert()``'s dict) when the
+        connection is TLS and the client presented one (mutual TLS), else None."""
+        stream = getattr(self._connection, "stream", None)
+        if isinstance(stream, trio.SSLStream):
+            return stream.getpeercert() or None
+        return None
+
     def time_remaining(self) -> float:
         """Seconds left before the deadline (``math.inf`` if there is none)."""
         if self.deadline == math.inf:

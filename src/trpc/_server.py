@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 from collections import deque
 from contextlib import aclosing
 from functools import partial
@@ -67,6 +68,9 @@ logger = logging.getLogger("trpc")
 #: network is a decision to make explicitly), on gRPC's customary port.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
+#: How long a TLS client may take to complete its handshake before the server drops it, so that
+#: connections that never speak cannot pile up.
+TLS_HANDSHAKE_TIMEOUT = 10.0
 #: A streaming handler yields to the scheduler after this many messages even when it never
 #: blocks, so the writer can put a batch on the wire and other calls get their turn.  A power
 #: of two (the loop tests it with a mask).
@@ -475,14 +479,28 @@ class Server:
             await connection.close_stream()
             logger.debug("trpc: connection from %s closed: %s", connection.peer, connection.broken)
 
-    async def _serve_tcp_connection(self, stream: trio.SocketStream) -> None:
-        await self.serve_stream(stream)
+    async def _serve_tls_connection(self, ssl_context: ssl.SSLContext, stream: trio.SocketStream) -> None:
+        peer = format_peer(stream)
+        tls = trio.SSLStream(stream, ssl_context, server_side=True)
+        with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT) as scope:
+            try:
+                await tls.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                logger.info("trpc: TLS handshake with %s failed: %s", peer, exc.__cause__ or exc)
+                await trio.aclose_forcefully(stream)
+                return
+        if scope.cancelled_caught:
+            logger.info("trpc: TLS handshake with %s timed out", peer)
+            await trio.aclose_forcefully(stream)
+            return
+        await self.serve_stream(tls, peer)
 
     async def serve_tcp(
         self,
         port: int = DEFAULT_PORT,
         host: str | None = DEFAULT_HOST,
         *,
+        ssl_context: ssl.SSLContext | None = None,
         handler_nursery: trio.Nursery | None = None,
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -490,12 +508,16 @@ class Server:
 
         ``port=0`` picks a free port.  ``task_status.started`` reports the bound ``(host, port)``
         of the first listener, so ``await nursery.start(server.serve_tcp, 0)`` returns it.
+        With ``ssl_context`` (a server-side ``ssl.SSLContext``), every connection is TLS; make
+        the context require client certificates for mutual TLS, and read the client's
+        certificate in a handler from ``trpc.current_call().peer_certificate``.
         """
         listeners = await trio.open_tcp_listeners(port, host=host)
         address = listeners[0].socket.getsockname()[:2]
+        handler = self.serve_stream if ssl_context is None else partial(self._serve_tls_connection, ssl_context)
         async with trio.open_nursery() as nursery:
             await nursery.start(
-                partial(trio.serve_listeners, self._serve_tcp_connection, listeners, handler_nursery=handler_nursery)
+                partial(trio.serve_listeners, handler, listeners, handler_nursery=handler_nursery)
             )
             logger.info("trpc: listening on %s:%s", *address)
             task_status.started(address)
@@ -505,11 +527,13 @@ async def serve(
     *services: Any,
     host: str | None = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     **options: Any,
 ) -> None:
     """Serve ``services`` over TCP until cancelled: ``trio.run(trpc.serve, Greeter())``.
 
-    Listens on ``host``:``port`` (default 127.0.0.1:50051).  ``options`` are :class:`Server`'s.
+    Listens on ``host``:``port`` (default 127.0.0.1:50051), with TLS if ``ssl_context`` is
+    given.  ``options`` are :class:`Server`'s.
     """
-    await Server(*services, **options).serve_tcp(port, host, task_status=task_status)
+    await Server(*services, **options).serve_tcp(port, host, ssl_context=ssl_context, task_status=task_status)
