@@ -5,8 +5,9 @@
   ARG is read as JSON when it parses as JSON (``5``, ``true``, ``{"a": 1}``, ``"5"``) and is
   taken as a plain string otherwise (``Ada``).  ``--stdin`` sends each line of standard input as
   one request message instead (client- and bidi-streaming methods).
-- ``trpc serve MODULE:SERVICE [--host H] [--port P]`` imports SERVICE (a Service subclass, built
-  with no arguments, or an instance) and serves it; prints ``listening on HOST:PORT`` once ready.
+- ``trpc serve MODULE:SERVICE [--host H] [--port P] [--grace S]`` imports SERVICE (a Service
+  subclass, built with no arguments, or an instance) and serves it; prints ``listening on
+  HOST:PORT`` once ready; on SIGINT or SIGTERM it shuts down gracefully (``Server.shutdown``).
 - ``trpc --version`` prints the version and the framer in use.
 
 Errors go to stderr as ``STATUS: message`` with exit status 1; usage errors exit with 2.
@@ -20,6 +21,7 @@ import importlib
 import json
 import logging
 import math
+import signal
 import sys
 from typing import Any, Sequence
 
@@ -134,10 +136,17 @@ def _load_service(spec: str) -> Any:
 async def _serve(args: argparse.Namespace) -> int:
     service = _load_service(args.service)
     server = Server(service, framer=args.framer)
-    async with trio.open_nursery() as nursery:
-        host, port = await nursery.start(server.serve_tcp, args.port, args.host)
-        shown = f"[{host}]" if ":" in host else host
-        print(f"listening on {shown}:{port} ({type(service).__name__}, framer {server._framer.name})", flush=True)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(server.serve_tcp, args.port, args.host)
+            shown = f"[{host}]" if ":" in host else host
+            print(f"listening on {shown}:{port} ({type(service).__name__}, framer {server._framer.name})", flush=True)
+            async for signum in signals:
+                logging.getLogger("trpc").warning(
+                    "trpc: %s: shutting down (up to %s s for running calls)", signal.Signals(signum).name, args.grace
+                )
+                await server.shutdown(args.grace)
+                break
     return 0
 
 
@@ -164,6 +173,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("service", metavar="MODULE:SERVICE")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
+    serve.add_argument("--grace", type=float, default=10.0,
+                       help="on SIGINT/SIGTERM, seconds running calls get to finish (default 10)")
     return parser
 
 

@@ -391,7 +391,10 @@ class _ServerConnection(TrioConnection):
             status = Status.INTERNAL
             message = f"{info.name} failed with {type(exc).__name__}; see the server log"
         finally:
-            self.server._running -= 1
+            server = self.server
+            server._running -= 1
+            if not server._running and server._idle is not None:
+                server._idle.set()
         self._finish(call, status, message, details)
 
 
@@ -441,6 +444,11 @@ class Server:
         Connection("server", framer=self._framer, **self._connection_options)  # validate now
         self._running = 0
         self._connections: set[_ServerConnection] = set()
+        #: The cancel scopes of the listeners of running serve_tcp calls (shutdown closes them).
+        self._listening: set[trio.CancelScope] = set()
+        #: Set when no call runs any more, while a shutdown waits for that.
+        self._idle: trio.Event | None = None
+        self.shutting_down = False
 
     @property
     def running_calls(self) -> int:
@@ -515,12 +523,45 @@ class Server:
         listeners = await trio.open_tcp_listeners(port, host=host)
         address = listeners[0].socket.getsockname()[:2]
         handler = self.serve_stream if ssl_context is None else partial(self._serve_tls_connection, ssl_context)
+        listen_scope = trio.CancelScope()
+
+        async def listen(task_status: trio.TaskStatus[None]) -> None:
+            with listen_scope:
+                await trio.serve_listeners(handler, listeners, handler_nursery=connections, task_status=task_status)
+
         async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(trio.serve_listeners, handler, listeners, handler_nursery=handler_nursery)
-            )
+            # Connections live in this nursery (or the caller's), not the listeners': a
+            # shutdown closes the listeners and lets the connections finish their calls.
+            connections = handler_nursery or nursery
+            await nursery.start(listen)
+            self._listening.add(listen_scope)
             logger.info("trpc: listening on %s:%s", *address)
             task_status.started(address)
+        self._listening.discard(listen_scope)
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Stop gracefully: stop listening, send GOAWAY on every connection (calls already
+        received still complete; new ones are refused with UNAVAILABLE, which clients may
+        retry elsewhere), wait up to ``grace`` seconds for running calls to finish, then cancel
+        what still runs and close every connection.  ``serve_tcp`` returns once all is closed.
+        """
+        self.shutting_down = True
+        for scope in list(self._listening):
+            scope.cancel()
+        for connection in list(self._connections):
+            connection.conn.goaway(Status.OK, "the server is shutting down")
+            connection.wake_writer()
+        if self._running:
+            self._idle = trio.Event()
+            with trio.move_on_after(grace):
+                await self._idle.wait()
+            if self._running:
+                logger.warning("trpc: shutdown: cancelling %d calls still running after %s s", self._running, grace)
+        for connection in list(self._connections):
+            connection.abort("the server is shutting down")  # serve_stream flushes and closes
+        with trio.move_on_after(2):
+            while self._connections:
+                await trio.sleep(0.01)
 
 
 async def serve(

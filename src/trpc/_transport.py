@@ -183,6 +183,10 @@ class TrioConnection(abc.ABC):
             self.closed.set()
 
     # ----------------------------------------------------------- ending
+    def abort(self, reason: str) -> None:
+        """End the connection from this side: stop reading and end what runs on it."""
+        self._fail(reason)
+
     def _fail(self, reason: str) -> None:
         """The connection is dead: stop reading, and let the subclass end what runs on it."""
         if self.broken is None:
