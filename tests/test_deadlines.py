@@ -96,19 +96,7 @@ async def test_deadline_already_passed_sends_nothing(memory_client, service, aut
 async def test_call_cancelled_in_the_same_batch_as_it_opened(service, nursery):
     """HEADERS, DATA and CANCEL for an unknown method arrive in one chunk: the server must not
     try to answer a call the client has already cancelled (and must keep the connection)."""
-    import trio.testing
-
-    import trpc
-    from trpc._protocol import Connection
-
-    server = trpc.Server(service)
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    nursery.start_soon(server.serve_stream, server_stream)
-    conn = Connection("client")
-    conn.initiate()
-    await client_stream.send_all(conn.data_to_send())
-    while conn.peer_preface is None:
-        conn.receive_data(await client_stream.receive_some())
+    server, conn, client_stream = await raw_client(service, nursery)
     for method in ("no_such_method", "greet"):
         sid = conn.open_call(method, timeout=0)
         conn.send_message(sid, b"\x81\x80", end_stream=True)
@@ -128,12 +116,11 @@ async def test_call_cancelled_in_the_same_batch_as_it_opened(service, nursery):
     assert server.connections == 1
 
 
-async def raw_call(service, nursery, method, timeout):
-    """Open one call with a hand-made client core; return the server and the CallEnded."""
+async def raw_client(service, nursery):
+    """A server on an in-memory stream and a hand-driven client protocol core for it."""
     import trio.testing
 
     import trpc
-    from trpc._events import CallEnded
     from trpc._protocol import Connection
 
     server = trpc.Server(service)
@@ -144,6 +131,14 @@ async def raw_call(service, nursery, method, timeout):
     await client_stream.send_all(conn.data_to_send())
     while conn.peer_preface is None:
         conn.receive_data(await client_stream.receive_some())
+    return server, conn, client_stream
+
+
+async def raw_call(service, nursery, method, timeout):
+    """Open one call with a hand-made client core; return the server and the CallEnded."""
+    from trpc._events import CallEnded
+
+    server, conn, client_stream = await raw_client(service, nursery)
     sid = conn.open_call(method, timeout=timeout)
     conn.send_message(sid, b"\x81\x80", end_stream=True)  # [[]]
     await client_stream.send_all(conn.data_to_send())

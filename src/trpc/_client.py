@@ -693,6 +693,10 @@ class ClientStream:
             self._count += 1
             if not self._count & 127:
                 await trio.lowlevel.checkpoint()
+        return self._take(call, inbox)
+
+    def _take(self, call: _ClientCall, inbox: deque) -> Any:
+        """Pop and decode the next message (the queue is not empty)."""
         payload = inbox.popleft()
         # Credit goes back in batches (the core grants only half-windows anyway), and at once
         # when the queue runs dry, so the server never waits on a reader that is waiting too.
@@ -700,7 +704,10 @@ class ClientStream:
         if (self._unacked >= _ACK_BATCH or not inbox) and call.status is None:
             self._client._consumed(call, self._unacked)
             self._unacked = 0
-        return decode(payload, what="response message")
+        try:
+            return _loads(payload)
+        except Exception:
+            return decode(payload, what="response message")  # raises the RpcError
 
     async def _wait(self, call: _ClientCall) -> None:
         inbox = call.inbox
@@ -734,15 +741,7 @@ class ClientStream:
             self._count += 1
             if not self._count & 127:
                 await trio.lowlevel.checkpoint()
-            payload = inbox.popleft()
-            self._unacked += len(payload)
-            if (self._unacked >= _ACK_BATCH or not inbox) and call.status is None:
-                self._client._consumed(call, self._unacked)
-                self._unacked = 0
-            try:
-                return _loads(payload)
-            except Exception:
-                return decode(payload, what="response message")  # raises the RpcError
+            return self._take(call, inbox)
         try:
             return await self.receive()
         except trio.EndOfChannel:

@@ -15,6 +15,7 @@ see the calls that authentication refuses.
 
 from __future__ import annotations
 
+import abc
 import bisect
 import hmac
 import logging
@@ -94,11 +95,8 @@ class ClientTokenAuth(ClientInterceptor):
 
 
 # -------------------------------------------------------------------------------- logging
-class ServerLogging(ServerInterceptor):
-    """Log one line per call: method, peer, status and duration (INFO; errors at WARNING)."""
-
-    def __init__(self, logger: logging.Logger | None = None) -> None:
-        self.logger = logger or logging.getLogger("trpc.calls")
+class _ServerObserver(ServerInterceptor, abc.ABC):
+    """Times each call and works out its status; subclasses say what to do with that."""
 
     async def intercept(self, call: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
         start = trio.current_time()
@@ -109,12 +107,24 @@ class ServerLogging(ServerInterceptor):
             error = exc
             raise
         finally:
-            status = status_of(error, call)
-            self.logger.log(
-                logging.INFO if status is Status.OK else logging.WARNING,
-                "%s from %s: %s in %.1f ms",
-                call.method, call.peer, status.name, (trio.current_time() - start) * 1000,
-            )
+            self.observe(call, status_of(error, call), trio.current_time() - start)
+
+    @abc.abstractmethod
+    def observe(self, call: CallContext, status: Status, seconds: float) -> None:
+        """Called once per call, when it has ended."""
+
+
+class ServerLogging(_ServerObserver):
+    """Log one line per call: method, peer, status and duration (INFO; errors at WARNING)."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger("trpc.calls")
+
+    def observe(self, call: CallContext, status: Status, seconds: float) -> None:
+        self.logger.log(
+            logging.INFO if status is Status.OK else logging.WARNING,
+            "%s from %s: %s in %.1f ms", call.method, call.peer, status.name, seconds * 1000,
+        )
 
 
 class ClientLogging(ClientInterceptor):
@@ -174,22 +184,14 @@ class Metrics:
         return out
 
 
-class ServerMetrics(ServerInterceptor, Metrics):
+class ServerMetrics(_ServerObserver, Metrics):
     """:class:`Metrics` of the calls a server handles."""
 
     def __init__(self) -> None:
         Metrics.__init__(self)
 
-    async def intercept(self, call: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
-        start = trio.current_time()
-        error: BaseException | None = None
-        try:
-            return await proceed()
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self.record(call.method, status_of(error, call), trio.current_time() - start)
+    def observe(self, call: CallContext, status: Status, seconds: float) -> None:
+        self.record(call.method, status, seconds)
 
 
 class ClientMetrics(ClientInterceptor, Metrics):
