@@ -8,7 +8,7 @@ yields ``--message-kib`` byte messages as fast as it can; the client pauses 10 m
 reports its resident memory before the stream (baseline) and its peak resident memory (VmHWM)
 after it; the growth is what the stream cost.
 
-The bound flow control promises, per side, for one stream: the stream window (1 MiB by default)
+The bound flow control promises, per side, for one stream: the stream window (2 MiB by default)
 plus one message being sent or received, plus the socket buffers and the receive chunk: a few
 MiB whatever the total.  tests/test_flow_control.py runs this with 256 MiB and checks the bound.
 """

@@ -9,6 +9,7 @@ import pytest
 import trio
 
 import trpc
+from trpc._protocol import DEFAULT_STREAM_WINDOW
 
 BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "bench")
 
@@ -55,9 +56,9 @@ async def test_a_stalled_stream_does_not_stall_the_others(blob_client):
             async for blob in blob_client.blobs("B", 400, 64 * 1024):  # 25 MiB > connection window
                 received += len(blob)
             assert received == 400 * 64 * 1024
-            # A's producer is held back by A's stream window (1 MiB = 16 messages, plus the one
+            # A's producer is held back by A's stream window (2 MiB = 32 messages, plus the one
             # being sent and the one the client took).
-            assert blob_client.service.sent["A"] <= 16 + 2
+            assert blob_client.service.sent["A"] <= DEFAULT_STREAM_WINDOW // (64 * 1024) + 2
 
 
 async def test_bidi_both_sides_sending_at_full_speed_do_not_deadlock(blob_client):
@@ -81,7 +82,7 @@ async def test_bidi_both_sides_sending_at_full_speed_do_not_deadlock(blob_client
 @pytest.mark.parametrize("total_mib", [256])
 def test_streaming_to_a_slow_reader_keeps_memory_bounded(framer, total_mib):
     """bench/memory.py in two processes: 256 MiB to a reader that keeps pausing.  Each side's
-    peak RSS grows by a few MiB (stream window 1 MiB + one 64 KiB message + buffers), nowhere
+    peak RSS grows by a few MiB (stream window 2 MiB + one 64 KiB message + buffers), nowhere
     near the amount streamed; we allow 32 MiB."""
     sys.path.insert(0, BENCH)
     try:

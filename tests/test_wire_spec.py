@@ -22,7 +22,7 @@ from .wire_spec_client import (
 T = 5  # seconds: the bound on any single wait
 
 DOC_PREFACE = bytes.fromhex(
-    "54 52 50 43 01 00 00 00 00 10 00 00 00 40 00 00 00 10 00 00 01 00 00 00 00 00 00 64")
+    "54 52 50 43 01 00 00 00 00 10 00 00 00 40 00 00 00 20 00 00 01 00 00 00 00 00 00 64")
 
 
 def check_send_credit(conn) -> None:
@@ -56,7 +56,7 @@ def test_doc_preface_example_matches_our_encoding():
     decoded = Settings.decode(DOC_PREFACE)
     assert (decoded.max_frame_size, decoded.max_message_size, decoded.stream_window,
             decoded.connection_window, decoded.max_concurrent_streams) == (
-        1_048_576, 4_194_304, 1_048_576, 16_777_216, 100)
+        1_048_576, 4_194_304, 2_097_152, 16_777_216, 100)
 
 
 def test_doc_message_examples_match_our_encoding():
@@ -328,7 +328,7 @@ async def test_bidi_echo_interleaved(server):
 
 
 async def test_large_message_split_with_more_and_credit(server):
-    """3 MiB > the server's max frame size (1 MiB) and its stream window (1 MiB): the request
+    """3 MiB > the server's max frame size (1 MiB) and its stream window (2 MiB): the request
     needs MORE frames and WINDOW_UPDATEs from the server.  We announce small limits ourselves,
     so the 3 MiB response must respect our 16 KiB frames and our credit too."""
     payload = bytes(range(256)) * (3 * 1024 * 4)
@@ -336,7 +336,7 @@ async def test_large_message_split_with_more_and_credit(server):
     local = Settings(max_frame_size=16_384, stream_window=65_536, connection_window=262_144)
     with trio.fail_after(T):
         async with connect(server.address, local) as conn:
-            assert conn.peer.max_frame_size == 1 << 20 and conn.peer.stream_window == 1 << 20
+            assert conn.peer.max_frame_size == 1 << 20 and conn.peer.stream_window == 2 << 20
             stream = conn.open_stream("echo")
             await stream.send_message(raw=encode_args([payload]), end_stream=True)
             reply = await stream.finish()
@@ -644,13 +644,13 @@ async def test_oversize_frame_detected_from_header_alone(server):
 
 async def test_exceeding_stream_credit_is_resource_exhausted(server):
     """bidi_echo cannot yield while we withhold credit, so it stops consuming: the messages
-    we keep sending pile up unconsumed; more than the 1 MiB window is a credit violation."""
+    we keep sending pile up unconsumed; more than the server's window is a credit violation."""
     local = Settings(stream_window=16_384)
     item = cbor2.dumps(b"k" * 4000)
     with trio.fail_after(T):
         async with connect(server.address, local, expect_clean=False) as conn:
             stream = conn.open_stream("bidi_echo")
-            for _ in range((1 << 20) // len(item) + 10):  # ignoring credit on purpose
+            for _ in range(conn.peer.stream_window // len(item) + 10):  # ignoring credit on purpose
                 conn.send_frame(DATA, 0, stream.id, item)
             await expect_goaway(conn, w.RESOURCE_EXHAUSTED)
     assert not conn.violations

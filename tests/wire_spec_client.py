@@ -77,7 +77,7 @@ class CallError(Exception):
 class Settings:
     max_frame_size: int = 1_048_576
     max_message_size: int = 4_194_304
-    stream_window: int = 1_048_576
+    stream_window: int = 2_097_152
     connection_window: int = 16_777_216
     max_concurrent_streams: int = 100
     major: int = 1

@@ -71,7 +71,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 _CLOSE_GRACE = 1.0
 
 #: Bytes of received messages a stream reader takes before it returns their credit (sooner if
-#: its queue runs dry).  16 KiB: a small fraction of the 1 MiB window, far fewer calls than one
+#: its queue runs dry).  16 KiB: a small fraction of the 2 MiB window, far fewer calls than one
 #: per message.
 _ACK_BATCH = 16384
 

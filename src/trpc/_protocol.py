@@ -180,9 +180,10 @@ PREFACE = struct.Struct(">4sBBHIIIII")
 #: DATA arrives, before the rest of an oversized message is buffered.
 DEFAULT_MAX_MESSAGE_SIZE = 4 << 20
 #: Initial per-stream credit: how many DATA bytes a peer may send on a stream before the
-#: application here consumes some.  1 MiB keeps a loopback stream busy without stalls while
-#: bounding what one stream can make us buffer.
-DEFAULT_STREAM_WINDOW = 1 << 20
+#: application here consumes some.  2 MiB: a 1 MiB message (and its CBOR head) fits with room
+#: for the next, so messages of that size flow without waiting a round trip for credit, while
+#: what one stream can make us buffer stays bounded.
+DEFAULT_STREAM_WINDOW = 2 << 20
 #: Initial per-connection credit.  trpc returns it as soon as bytes are handed to a stream, so
 #: it bounds the bytes in flight, not what is buffered (the stream windows and the stream count
 #: bound that); 16 MiB lets many streams run at full speed together.
@@ -407,9 +408,17 @@ class Connection:
         out = self._out
         if not out:
             return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
+        data = out[0] if len(out) == 1 and type(out[0]) is bytes else b"".join(out)
         out.clear()
         return data
+
+    def data_to_send_list(self) -> list:
+        """Everything queued for the peer since the last call, as a list of bytes-like parts
+        (large messages are parts of their own: an I/O layer can send them without copying
+        them into one buffer with the rest)."""
+        out = self._out
+        self._out = []
+        return out
 
     @property
     def has_data_to_send(self) -> bool:
@@ -586,13 +595,14 @@ class Connection:
             rest = view[size:]
             stream.send_window -= size
             self._send_window -= size
+            # Slices of the message itself (a memoryview): no copy until the write.
             if rest:
                 out.append(_pack_header(size, _DATA, _MORE, stream.id))
-                out.append(bytes(chunk))
+                out.append(chunk)
                 item[0] = rest
             else:
                 out.append(_pack_header(size, _DATA, flags, stream.id))
-                out.append(bytes(chunk))
+                out.append(chunk)
                 pending.popleft()
         stream.pending = None
         if stream.state is StreamState.CLOSED:
