@@ -332,7 +332,7 @@ class Client:
                 connection.wake_writer()
                 while call.status is None and connection.conn.send_buffered(call.id):
                     await call.credit_wakeup.park()
-            connection.wake_writer()
+            connection.send_soon(len(connection.calls) == 1)
             wakeup = call.wakeup
             while call.status is None:
                 await wakeup.park()

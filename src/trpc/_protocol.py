@@ -412,6 +412,11 @@ class Connection:
         out.clear()
         return data
 
+    def requeue(self, data: bytes) -> None:
+        """Put back, in front of anything queued since, output that could not be written."""
+        if data:
+            self._out.insert(0, data)
+
     def data_to_send_list(self) -> list:
         """Everything queued for the peer since the last call, as a list of bytes-like parts
         (large messages are parts of their own: an I/O layer can send them without copying

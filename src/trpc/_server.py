@@ -285,7 +285,7 @@ class _ServerConnection(TrioConnection):
             self.conn.send_trailers(call.id, status, message, details, call.context._trailing_metadata)
         except LocalProtocolError:  # the stream ended under us (connection failed)
             return
-        self.wake_writer()
+        self.send_soon(not self.calls)
 
     def _abort(self, call: _ServerCall, status: Status, message: str) -> None:
         """End a call from outside its task: trailers now, then cancel the handler."""

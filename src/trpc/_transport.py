@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 from typing import Any
 
 import trio
@@ -131,10 +132,36 @@ class TrioConnection(abc.ABC):
         self.broken: str | None = None
         self.closed = trio.Event()
         self._reader_scope = trio.CancelScope()
+        #: The socket's file descriptor, for send_soon's direct writes; -1 (never used) for
+        #: streams that are not plain TCP sockets, such as TLS or in-memory streams.
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
 
     # ----------------------------------------------------------- writing
     def wake_writer(self) -> None:
         """Call after queuing output on ``conn``."""
+        self._writer_wakeup.unpark()
+
+    def send_soon(self, alone: bool) -> None:
+        """Call after queuing the output of one call (a request, a reply).
+
+        When that call is ``alone`` on the connection (no other call in flight, so nothing
+        else will join its frames in the next write) and the writer is idle, the bytes are
+        written right here with one non-blocking system call, saving the hop to the writer
+        task: that is most of a lone call's latency.  Under load, and for streams other than
+        plain TCP, the writer coalesces as usual.  Whatever the socket does not take at once
+        is left, in order, for the writer.
+        """
+        if alone and self._fd >= 0 and not self._writing and self.broken is None:
+            data = self.conn.data_to_send()
+            try:
+                sent = os.write(self._fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:  # let the writer meet the error and report it
+                sent = 0
+            if sent == len(data):
+                return
+            self.conn.requeue(data[sent:])
         self._writer_wakeup.unpark()
 
     async def writer(self) -> None:
