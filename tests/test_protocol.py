@@ -504,3 +504,21 @@ def test_random_action_sequences_follow_the_table(framer_cls, steps):
         if client_state is StreamState.HALF_CLOSED_LOCAL:
             assert server_state is StreamState.HALF_CLOSED_REMOTE
     assert pair.client.accepting_calls and pair.server.accepting_calls
+
+
+@pytest.mark.parametrize("timeout", [None, 0, 1.5, 10**6])
+@pytest.mark.parametrize("metadata", [None, {}, {"k": "v", "b": b"\x00" * 30}])
+def test_hand_encoded_headers_are_the_cbor_map(framer_cls, timeout, metadata):
+    """The client encodes HEADERS by hand around a cache; it must be exactly the CBOR map."""
+    pair = Pair(framer_cls)
+    for method in ("greet", "greet", "é" * 40):  # a cached one, and a long non-ASCII name
+        pair.client.open_call(method, timeout=timeout, metadata=metadata)
+        out = pair.client.data_to_send()
+        ((ftype, _, _, payload),) = framer_cls(1 << 20).feed(out)
+        assert ftype == FrameType.HEADERS
+        expected = {1: method}
+        if timeout is not None:
+            expected[2] = int(timeout * 1_000_000)
+        if metadata:
+            expected[3] = metadata
+        assert cbor2.loads(payload) == expected

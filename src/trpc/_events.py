@@ -1,8 +1,10 @@
 """Events: what the sans-IO connection reports after it has parsed received bytes.
 
-``Connection.receive_data(data)`` returns a list of these.  They are small frozen, keyword-only
-dataclasses (h11/h2 style): plain data, no behaviour, safe to pass between tasks.  Which side can
-see which event is noted on each class; the full rules are in ``docs/PROTOCOL.md``.
+``Connection.receive_data(data)`` returns a list of these.  They are small keyword-only
+dataclasses with slots (h11/h2 style): plain data, no behaviour.  Treat them as read-only; they
+are not ``frozen`` only because a frozen dataclass costs twice as much to create, and several
+are created per call.  Which side can see which event is noted on each class; the full rules
+are in ``docs/PROTOCOL.md``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ __all__ = [
     "ConnectionClosed",
 ]
 
-_EVENT = dict(frozen=True, slots=True, kw_only=True)
+_EVENT = dict(slots=True, kw_only=True)
 
 
 class Event:

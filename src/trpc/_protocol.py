@@ -197,6 +197,9 @@ DEFAULT_MAX_CONCURRENT_STREAMS = 100
 #: status...).  64 KiB: metadata is for small things; bulk belongs in messages.
 MAX_HEADERS_SIZE = 64 << 10
 _MAX_WINDOW = (1 << 31) - 1
+#: Methods whose encoded name a client connection keeps (a bound, for clients that make up
+#: method names); 1024 covers any real service.
+_METHOD_CACHE_SIZE = 1024
 _MAX_STREAM_ID = (1 << 32) - 1
 
 # CBOR map keys of the control payloads (small integers: compact, and new keys can be added
@@ -310,6 +313,8 @@ class Connection:
 
         self._out: list[bytes] = []
         self._streams: dict[int, _Stream] = {}
+        #: Encoded ``1: method`` pairs of the HEADERS map, by method (see _headers_payload).
+        self._method_heads: dict[str, bytes] = {}
         #: Highest stream id opened so far (by the client).  Lower ids not in _streams are closed.
         self._last_stream_id = 0
         self._preface_buf = b""
@@ -434,6 +439,33 @@ class Connection:
         if payload:
             self._out.append(payload)
 
+    def _headers_payload(self, method: str, timeout: float | None, metadata: dict | None) -> bytes:
+        """The client's HEADERS map, ``{1: method, 2: timeout_us, 3: metadata}``, encoded by
+        hand around a per-method cache (cbor2 for the metadata), since one goes with every call."""
+        head = self._method_heads.get(method)
+        if head is None:
+            if not isinstance(method, str):
+                raise LocalProtocolError(f"a method name is text, not {type(method).__name__}")
+            head = b"\x01" + cbor2.dumps(method)
+            if len(self._method_heads) < _METHOD_CACHE_SIZE:
+                self._method_heads[method] = head
+        if timeout is None and not metadata:
+            payload = b"\xa1" + head
+        else:
+            parts = [b"", head]
+            if timeout is not None:
+                parts += (b"\x02", cbor2.dumps(max(0, int(timeout * 1_000_000))))
+            if metadata:
+                parts += (b"\x03", cbor2.dumps(_validate_metadata(metadata, remote=False)))
+            parts[0] = bytes([0xA0 + len(parts) // 2])  # a map of 1 to 3 pairs
+            payload = b"".join(parts)
+        if len(payload) > MAX_HEADERS_SIZE or len(payload) > self._peer_max_frame:
+            raise LocalProtocolError(
+                f"HEADERS of {len(payload)} bytes exceed the limit "
+                f"({min(MAX_HEADERS_SIZE, self._peer_max_frame)}); metadata is too large"
+            )
+        return payload
+
     def _control_payload(self, fields: dict) -> bytes:
         payload = cbor2.dumps(fields)
         if len(payload) > MAX_HEADERS_SIZE or len(payload) > self._peer_max_frame:
@@ -490,12 +522,7 @@ class Connection:
         if self._last_stream_id >= _MAX_STREAM_ID:
             raise LocalProtocolError("stream ids are exhausted; open a new connection")
         stream_id = self._last_stream_id + 1
-        fields: dict[int, Any] = {_H_METHOD: method}
-        if timeout is not None:
-            fields[_H_TIMEOUT] = max(0, int(timeout * 1_000_000))
-        if metadata:
-            fields[_H_METADATA] = _validate_metadata(metadata, remote=False)
-        payload = self._control_payload(fields)
+        payload = self._headers_payload(method, timeout, metadata)
         self._last_stream_id = stream_id
         state = StreamState.HALF_CLOSED_LOCAL if end_stream else StreamState.OPEN
         self._streams[stream_id] = _Stream(stream_id, state, self._peer_stream_window, self.stream_window)
