@@ -12,13 +12,27 @@
  *      as the header is complete, before any payload is buffered).  When it completes, it is
  *      frame 0 of the output, and the carry and spare buffers swap, so that its payload stays
  *      readable in the spare buffer while step 3 refills the carry.
+ *      If the frame is large (payload >= large_payload), the carry holds only its header: the
+ *      bytes of its payload in this chunk are counted, not copied, and left to the caller
+ *      (result.collect), which joins the pieces when the frame completes (TRPC_FRAMER_COLLECTED).
  *   2. Scan the rest of the chunk in place: write each complete frame's type, flags, stream id
  *      and payload offsets into the output columns, and its payload into the struct format.
- *   3. Copy the trailing incomplete frame, if any, into the carry buffer.
+ *   3. Copy the trailing incomplete frame, if any, into the carry buffer; of a large frame, only
+ *      the header (its payload bytes are left to the caller, as in step 1).
+ *
+ * Why large payloads are left to the caller: the payload handed out must be a fresh Python bytes
+ * object, and fresh buffers of a megabyte are expensive (the kernel faults their pages in as
+ * they are first touched, several times the cost of copying into them).  Carrying a large frame
+ * in C meant growing the carry as the frame arrived (realloc moves and faults), then copying the
+ * payload out into that fresh bytes object; the caller joining the pieces of the chunks it holds
+ * anyway allocates and copies once.  Small frames are carried: for them a C copy is cheaper than
+ * keeping pieces in Python.
  *
  * The carry buffer grows geometrically with the bytes actually received (a header announcing a
- * large payload does not by itself allocate it) up to header + max_frame_size.  A spare buffer
- * larger than CARRY_KEEP is freed at the next call, so an idle framer holds little memory.
+ * large payload does not by itself allocate it) up to header + large_payload - 1 (at most
+ * header + max_frame_size).  A spare buffer larger than CARRY_KEEP is freed at the next call, so
+ * an idle framer holds little memory; with the default large_payload (64 KiB), a framer keeps
+ * its two buffers, at most 2 * CARRY_KEEP bytes, and never reallocates them once grown.
  *
  * All arithmetic is on size_t, and a payload length is compared with max_frame_size (< 2**24)
  * before it is added to anything, so hostile lengths near 2**32 cannot overflow.
@@ -36,19 +50,27 @@
 #define HEADER_SIZE ((size_t)TRPC_FRAMER_HEADER_SIZE)
 /* First allocation of the carry buffer: a header plus a typical small frame. */
 #define CARRY_MIN ((size_t)256)
-/* A spare buffer larger than this (one 64 KiB read) is released instead of kept for reuse. */
-#define CARRY_KEEP ((size_t)1 << 16)
+/* A spare buffer larger than this is released instead of kept for reuse: enough for any frame
+ * that is carried with the default large_payload of 64 KiB (src/trpc/_framer_py.py). */
+#define CARRY_KEEP (((size_t)1 << 16) + HEADER_SIZE)
 
 struct trpc_framer {
     uint32_t max_frame_size;
+    /* Incomplete frames with a payload at least this long are collected by the caller. */
+    uint32_t large_payload;
     /* TRPC_FRAMER_OK, or the error status that poisoned the framer. */
     int status;
     /* See trpc_framer_announced(). */
     uint32_t announced;
-    /* The incomplete frame (header and the payload received so far). */
+    /* The incomplete frame (header and the payload received so far; of a large frame, the
+     * header only). */
     unsigned char *carry;
     size_t carry_len;
     size_t carry_cap;
+    /* 1 while the incomplete frame is large: its payload is in the caller's pieces. */
+    int collecting;
+    /* Payload bytes of the large frame that the caller holds. */
+    size_t collected;
     /* The previous carry buffer: holds the payload of the last frame completed in the carry. */
     unsigned char *spare;
     size_t spare_cap;
@@ -115,12 +137,12 @@ const char *trpc_framer_version(void)
     return TRPC_VERSION;
 }
 
-trpc_framer *trpc_framer_new(uint32_t max_frame_size, uint32_t capacity)
+trpc_framer *trpc_framer_new(uint32_t max_frame_size, uint32_t capacity, uint32_t large_payload)
 {
     trpc_framer *framer;
 
     if (max_frame_size > TRPC_FRAMER_MAX_FRAME_SIZE_LIMIT || capacity == 0 ||
-        capacity > TRPC_FRAMER_MAX_CAPACITY) {
+        capacity > TRPC_FRAMER_MAX_CAPACITY || large_payload == 0) {
         return NULL;
     }
     framer = calloc(1, sizeof(*framer));
@@ -128,6 +150,7 @@ trpc_framer *trpc_framer_new(uint32_t max_frame_size, uint32_t capacity)
         return NULL;
     }
     framer->max_frame_size = max_frame_size;
+    framer->large_payload = large_payload;
     framer->capacity = capacity;
     /* calloc: the caller may read the output before the first call. */
     framer->columns = calloc(3 * (size_t)capacity, sizeof(uint32_t));
@@ -175,7 +198,8 @@ static char *format_payload(char *text, uint32_t size)
 /* Every return from trpc_framer_feed() goes through here. */
 static int finish(trpc_framer *framer, int status)
 {
-    framer->result.buffered = (uint32_t)framer->carry_len;
+    /* <= HEADER_SIZE + TRPC_FRAMER_MAX_FRAME_SIZE_LIMIT */
+    framer->result.buffered = (uint32_t)(framer->carry_len + framer->collected);
     return status;
 }
 
@@ -230,38 +254,59 @@ int trpc_framer_feed(trpc_framer *framer, const char *data, size_t length, size_
             if (framer->announced > framer->max_frame_size) {
                 return finish(framer, poison(framer, TRPC_FRAMER_TOO_LARGE));
             }
+            framer->collecting = framer->announced >= framer->large_payload;
         }
-        frame_size = HEADER_SIZE + framer->announced;
-        take = min_size(frame_size - framer->carry_len, length - pos);
-        if (!carry_reserve(framer, framer->carry_len + take, frame_size)) {
-            return finish(framer, poison(framer, TRPC_FRAMER_NO_MEMORY));
+        if (framer->collecting) {
+            /* The payload's bytes in data are the caller's to keep: only count them. */
+            take = min_size(framer->announced - framer->collected, length - pos);
+            framer->collected += take;
+            pos += take;
+            result->consumed = (uint32_t)pos;
+            if (framer->collected < framer->announced) {
+                result->collect = (uint32_t)take; /* the rest of data */
+                return finish(framer, 0);
+            }
+            starts[0] = (uint32_t)(pos - take);
+            ends[0] = (uint32_t)pos;
+            result->carried = TRPC_FRAMER_COLLECTED;
+            framer->collecting = 0;
+            framer->collected = 0;
+        } else {
+            frame_size = HEADER_SIZE + framer->announced;
+            take = min_size(frame_size - framer->carry_len, length - pos);
+            if (!carry_reserve(framer, framer->carry_len + take, frame_size)) {
+                return finish(framer, poison(framer, TRPC_FRAMER_NO_MEMORY));
+            }
+            if (take > 0) {
+                memcpy(framer->carry + framer->carry_len, bytes + pos, take);
+            }
+            framer->carry_len += take;
+            pos += take;
+            result->consumed = (uint32_t)pos;
+            if (framer->carry_len < frame_size) {
+                return finish(framer, 0);
+            }
+            starts[0] = 0;
+            ends[0] = 0;
+            result->carried = TRPC_FRAMER_CARRIED;
         }
-        if (take > 0) {
-            memcpy(framer->carry + framer->carry_len, bytes + pos, take);
-        }
-        framer->carry_len += take;
-        pos += take;
-        result->consumed = (uint32_t)pos;
-        if (framer->carry_len < frame_size) {
-            return finish(framer, 0);
-        }
+        /* Frame 0 is complete; its header is at the start of the carry. */
         types[0] = framer->carry[4];
         flags[0] = framer->carry[5];
         ids[0] = read_u32(framer->carry + 6);
-        starts[0] = 0;
-        ends[0] = 0;
         n = 1;
         result->frames = 1;
-        result->carried = 1;
         result->carried_length = framer->announced;
-        /* Keep the payload readable in the spare buffer while the carry fills again. */
-        swap = framer->carry;
-        framer->carry = framer->spare;
-        framer->spare = swap;
-        swap_cap = framer->carry_cap;
-        framer->carry_cap = framer->spare_cap;
-        framer->spare_cap = swap_cap;
         framer->carry_len = 0;
+        if (result->carried == TRPC_FRAMER_CARRIED) {
+            /* Keep the payload readable in the spare buffer while the carry fills again. */
+            swap = framer->carry;
+            framer->carry = framer->spare;
+            framer->spare = swap;
+            swap_cap = framer->carry_cap;
+            framer->carry_cap = framer->spare_cap;
+            framer->spare_cap = swap_cap;
+        }
     }
 
     /* 2. Scan the complete frames in place. */
@@ -306,6 +351,19 @@ int trpc_framer_feed(trpc_framer *framer, const char *data, size_t length, size_
         if (rest >= HEADER_SIZE) {
             framer->announced = read_u32(bytes + pos);
             frame_size = HEADER_SIZE + framer->announced;
+            if (framer->announced >= framer->large_payload) {
+                /* Carry the header only; the rest of data is the caller's first piece. */
+                if (!carry_reserve(framer, HEADER_SIZE, frame_size)) {
+                    return finish(framer, poison(framer, TRPC_FRAMER_NO_MEMORY));
+                }
+                memcpy(framer->carry, bytes + pos, HEADER_SIZE);
+                framer->carry_len = HEADER_SIZE;
+                framer->collecting = 1;
+                framer->collected = rest - HEADER_SIZE;
+                result->collect = (uint32_t)framer->collected;
+                result->consumed = (uint32_t)length;
+                return finish(framer, (int)n);
+            }
         }
         if (!carry_reserve(framer, rest, frame_size)) {
             return finish(framer, poison(framer, TRPC_FRAMER_NO_MEMORY));
@@ -352,7 +410,7 @@ int trpc_framer_close(trpc_framer *framer)
 
 size_t trpc_framer_buffered(const trpc_framer *framer)
 {
-    return framer->carry_len;
+    return framer->carry_len + framer->collected;
 }
 
 uint32_t trpc_framer_announced(const trpc_framer *framer)

@@ -8,7 +8,11 @@
  * One call to trpc_framer_feed() scans a whole received chunk and describes every frame it
  * completes; the Python glue in src/trpc/_framer_c.py slices the payloads out of the chunk it
  * already holds, so complete frames are never copied in C.  Only the incomplete frame at the end
- * of a chunk is copied, into the framer's carry buffer, and topped up by the next chunks.
+ * of a chunk is copied, into the framer's carry buffer, and topped up by the next chunks -- unless
+ * it is large (a payload of at least `large_payload` bytes): then C keeps only its header and
+ * tells the caller which bytes of each chunk belong to its payload; the caller keeps those pieces
+ * of the chunks it already holds and joins them once, so a large payload is copied once, into
+ * the one buffer of its size that the caller hands out.
  * A Python operation costs as much as parsing dozens of frames in C, so the output is shaped
  * for the fewest Python operations per frame: columns that Python iterates directly, and the
  * payload layout as a Python struct format.
@@ -31,6 +35,15 @@
 #define TRPC_FRAMER_MAX_CAPACITY 1048576
 /* Longest format text per frame: "10x" + 8 digits (2**24 - 1) + "s". */
 #define TRPC_FRAMER_FORMAT_PER_FRAME 12
+
+/* What trpc_framer_result.carried says about frame 0. */
+enum {
+    /* Frame 0 was completed in the carry buffer: see trpc_framer_carried(). */
+    TRPC_FRAMER_CARRIED = 1,
+    /* Frame 0 is a large frame whose payload the caller collected: the pieces it kept (see
+     * trpc_framer_result.collect), then data[start:end] from its columns. */
+    TRPC_FRAMER_COLLECTED = 2
+};
 
 /* Status codes.  A framer that returned an error is poisoned: every later feed/close returns the
  * same status again. */
@@ -55,30 +68,41 @@ typedef struct {
     /* Offset in data where the call stopped: `length`, unless the output filled up (then
      * frames == capacity and the caller calls again with start = consumed) or an error. */
     uint32_t consumed;
-    /* 1 if frame 0 was completed in the carry buffer: its payload is the carried_length bytes at
-     * trpc_framer_carried(), valid until the next call.  The other frames lie in data. */
+    /* 0 if every frame lies in data; TRPC_FRAMER_CARRIED if frame 0 was completed in the carry
+     * buffer: its payload is the carried_length bytes at trpc_framer_carried(), valid until the
+     * next call; TRPC_FRAMER_COLLECTED if frame 0 is a large frame that the caller collected
+     * (its payload is carried_length bytes long).  The other frames lie in data. */
     uint32_t carried;
     uint32_t carried_length;
     /* Where in data the first frame scanned in place begins (its header), and the length of
      * the payload format (see trpc_framer_format). */
     uint32_t offset;
     uint32_t format_length;
-    /* Bytes now held of the incomplete frame at the end (trpc_framer_buffered()). */
+    /* Bytes now held of the incomplete frame at the end (trpc_framer_buffered()), counting the
+     * payload bytes of a large frame that the caller holds. */
     uint32_t buffered;
+    /* The last `collect` bytes of data are more of the payload of the incomplete large frame at
+     * the end: the caller keeps them (C does not copy them) until the frame completes as frame 0
+     * of a later call (carried == TRPC_FRAMER_COLLECTED).  0 if there is none, or if its header
+     * ended the chunk. */
+    uint32_t collect;
 } trpc_framer_result;
 
 /* The trpc version this module was built for (the TRPC_VERSION define). */
 const char *trpc_framer_version(void);
 
-/* A new framer that describes up to `capacity` frames per feed call, or NULL if out of memory
- * or an argument is out of range (max_frame_size <= TRPC_FRAMER_MAX_FRAME_SIZE_LIMIT,
- * 1 <= capacity <= TRPC_FRAMER_MAX_CAPACITY).  Release it with trpc_framer_free(). */
-trpc_framer *trpc_framer_new(uint32_t max_frame_size, uint32_t capacity);
+/* A new framer that describes up to `capacity` frames per feed call and leaves the payloads
+ * of at least `large_payload` bytes of incomplete frames to the caller (see result.collect), or
+ * NULL if out of memory or an argument is out of range (max_frame_size <=
+ * TRPC_FRAMER_MAX_FRAME_SIZE_LIMIT, 1 <= capacity <= TRPC_FRAMER_MAX_CAPACITY, large_payload >=
+ * 1).  Release it with trpc_framer_free(). */
+trpc_framer *trpc_framer_new(uint32_t max_frame_size, uint32_t capacity, uint32_t large_payload);
 void trpc_framer_free(trpc_framer *framer);
 
 /*
- * Scan data[start:length] (after topping up the carried frame, if any) and describe every frame
- * it completes, in order, in the framer's output, which stays valid until the next call:
+ * Scan data[start:length] (after topping up the carried or collected frame, if any) and describe
+ * every frame it completes, in order, in the framer's output, which stays valid until the next
+ * call:
  *
  * - Columns (arrays of `capacity` entries; Python turns a column into the values of many
  *   frames with one C-level operation).  For frame i:
@@ -87,8 +111,9 @@ void trpc_framer_free(trpc_framer *framer);
  *       trpc_framer_columns()[i]                stream_id
  *       trpc_framer_columns()[capacity + i]     start: the payload is data[start:end]
  *       trpc_framer_columns()[2 * capacity + i] end
- *   A payload in data starts at >= TRPC_FRAMER_HEADER_SIZE, since its header precedes it; the
- *   carried frame (frame 0 when result.carried) has start == end == 0.
+ *   A payload in data starts at >= TRPC_FRAMER_HEADER_SIZE, since its header precedes it; a
+ *   carried frame has start == end == 0, and for a collected frame, data[start:end] is the last
+ *   piece of its payload.
  * - trpc_framer_format(): the payloads of the frames that lie in data, as a Python struct
  *   format ("=10x16s10x0s..." for payloads of 16 and 0 bytes) to apply at result.offset:
  *   one Struct(format).unpack_from(data, offset) call slices every payload.
@@ -110,7 +135,8 @@ const char *trpc_framer_carried(const trpc_framer *framer);
  * poisoning status). */
 int trpc_framer_close(trpc_framer *framer);
 
-/* Bytes held of the incomplete frame (0 at a frame boundary and after TOO_LARGE). */
+/* Bytes held of the incomplete frame (0 at a frame boundary and after TOO_LARGE), counting the
+ * payload bytes of a large frame that the caller holds. */
 size_t trpc_framer_buffered(const trpc_framer *framer);
 
 /* The payload length announced by the oversize header (after TRPC_FRAMER_TOO_LARGE) or by the

@@ -20,9 +20,12 @@ from trpc._framer_py import (
     DEFAULT_MAX_FRAME_SIZE,
     HEADER,
     HEADER_SIZE,
+    LARGE_PAYLOAD,
     MAX_FRAME_SIZE_LIMIT,
     MIN_FRAME_SIZE_LIMIT,
+    PIECE_MIN,
     PyFramer,
+    keep_piece,
 )
 
 SMALL_MAX = MIN_FRAME_SIZE_LIMIT  # the smallest limit keeps boundary payloads small
@@ -181,6 +184,191 @@ def test_large_frames_across_many_chunks(framer_cls):
     assert got == frames
     assert framer.buffered == 0
     framer.close()
+
+
+# --- large frames: their payload is collected in pieces and joined once ----------------------
+
+
+def payload_of(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def feed_checking_buffered(framer, chunks) -> list:
+    """Feed the chunks; after each, ``buffered`` must be the bytes of the incomplete frame."""
+    frames = []
+    fed = 0
+    for chunk in chunks:
+        frames += framer.feed(chunk)
+        fed += len(chunk)
+        assert framer.buffered == fed - sum(HEADER_SIZE + len(p) for *_, p in frames)
+    return frames
+
+
+@pytest.mark.parametrize("chunk_size", [1, 999, PIECE_MIN, 4096, 65536, 100_000])
+def test_large_frame_in_many_chunks(framer_cls, chunk_size):
+    big = payload_of(DEFAULT_MAX_FRAME_SIZE if chunk_size > 1 else 3 * LARGE_PAYLOAD)
+    frames = [(0, 0, 1, b"a"), (0, 1, 3, big), (2, 0, 5, b""), (3, 0, 5, b"bc"), (0, 1, 3, big)]
+    stream = b"".join(frame(p, t, f, s) for t, f, s, p in frames)
+    chunks = [stream[i : i + chunk_size] for i in range(0, len(stream), chunk_size)]
+    framer = framer_cls()
+    assert feed_checking_buffered(framer, chunks) == frames
+    framer.close()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_large_frames_random_splits(framer_cls, seed):
+    rng = random.Random(seed)
+    sizes = [0, 7, LARGE_PAYLOAD - 1, LARGE_PAYLOAD, LARGE_PAYLOAD + 1, 300_000]
+    frames = [
+        (rng.randrange(256), rng.randrange(256), rng.randrange(2**32), payload_of(size, i))
+        for i, size in enumerate(rng.choices(sizes, k=12))
+    ]
+    stream = b"".join(frame(p, t, f, s) for t, f, s, p in frames)
+    points = rng.sample(range(1, len(stream)), rng.choice([3, 30, 300]))
+    framer = framer_cls()
+    assert feed_checking_buffered(framer, split_at(stream, points)) == frames
+    framer.close()
+
+
+def test_large_frame_then_small_frames_in_one_chunk(framer_cls):
+    big = payload_of(200_000)
+    stream = frame(big, 1, 2, 3) + frame(b"a") + frame(b"") + frame(b"b" * 100) + header(9)[:4]
+    framer = framer_cls()
+    assert framer.feed(stream[:50_000]) == []
+    assert framer.buffered == 50_000
+    got = framer.feed(stream[50_000:])
+    assert got == [(1, 2, 3, big), (0, 0, 1, b"a"), (0, 0, 1, b""), (0, 0, 1, b"b" * 100)]
+    assert all(type(p) is bytes for *_, p in got)
+    assert framer.buffered == 4
+    assert framer.feed(header(9)[4:] + b"123456789") == [(0, 0, 1, b"123456789")]
+
+
+def test_large_header_ends_the_chunk(framer_cls):
+    big = payload_of(LARGE_PAYLOAD)
+    framer = framer_cls()
+    assert framer.feed(frame(b"x") + header(len(big), 4, 5, 6)) == [(0, 0, 1, b"x")]
+    assert framer.buffered == HEADER_SIZE
+    assert framer.feed(big[:10]) == []
+    assert framer.buffered == HEADER_SIZE + 10
+    assert framer.feed(b"") == []
+    assert framer.feed(big[10:] + frame(b"y")) == [(4, 5, 6, big), (0, 0, 1, b"y")]
+    assert framer.buffered == 0
+
+
+@pytest.mark.parametrize("cut", range(1, HEADER_SIZE + 1))
+def test_large_header_split(framer_cls, cut):
+    # the header completes in the chunk that holds the whole payload, or the payload comes alone
+    big = payload_of(LARGE_PAYLOAD + 5)
+    data = frame(big, 7, 8, 9)
+    framer = framer_cls()
+    assert framer.feed(data[:cut]) == []
+    assert framer.feed(data[cut:] + frame(b"z")) == [(7, 8, 9, big), (0, 0, 1, b"z")]
+    assert framer.feed(data[:HEADER_SIZE]) == []
+    assert framer.feed(data[HEADER_SIZE:]) == [(7, 8, 9, big)]
+    assert framer.buffered == 0
+
+
+@pytest.mark.parametrize("size", [LARGE_PAYLOAD - 1, LARGE_PAYLOAD])
+def test_large_payload_threshold(framer_cls, size):
+    big = payload_of(size)
+    data = frame(big)
+    framer = framer_cls()
+    assert framer.feed(data[:40_000]) == []
+    # only a large frame's payload is kept in pieces; a smaller one is carried
+    assert bool(framer._pieces) == (size >= LARGE_PAYLOAD)
+    assert framer.feed(data[40_000:]) == [(0, 0, 1, big)]
+    assert not framer._pieces
+
+
+def test_large_frame_truncated(framer_cls):
+    framer = framer_cls()
+    data = frame(payload_of(100_000))
+    assert framer.feed(data[:30_000]) == []
+    assert framer.feed(data[30_000:70_010]) == []
+    assert framer.buffered == 70_010
+    with pytest.raises(TruncatedFrameError, match="70010 of 100010 bytes") as info:
+        framer.close()
+    assert info.value.frames == []
+    assert framer.buffered == 70_010
+    assert not framer._pieces  # a poisoned framer lets the pieces go
+    with pytest.raises(TruncatedFrameError) as again:
+        framer.feed(data[70_010:])
+    assert str(again.value) == str(info.value)
+
+
+def test_large_frame_then_too_large(framer_cls):
+    big = payload_of(LARGE_PAYLOAD * 2)
+    data = frame(big) + frame(b"ok") + header(DEFAULT_MAX_FRAME_SIZE + 1) + b"junk"
+    framer = framer_cls()
+    assert framer.feed(data[:1000]) == []
+    with pytest.raises(FrameTooLargeError) as info:
+        framer.feed(data[1000:])
+    assert info.value.frames == [(0, 0, 1, big), (0, 0, 1, b"ok")]
+    assert framer.buffered == 0
+
+
+def test_large_frames_around_many_small_ones(framer_cls):
+    # the chunk that completes a large frame holds more frames than the C framer describes per
+    # call, then starts another large frame
+    big = payload_of(LARGE_PAYLOAD * 3)
+    small = [(1, 0, i, bytes([i % 256]) * (i % 3)) for i in range(3000)]
+    frames = [(2, 0, 1, big), *small, (2, 0, 3, big)]
+    stream = b"".join(frame(p, t, f, s) for t, f, s, p in frames)
+    cut1 = 1000
+    cut2 = len(stream) - len(big) + 500
+    framer = framer_cls()
+    assert framer.feed(stream[:cut1]) == []
+    assert framer.feed(stream[cut1:cut2]) == frames[:-1]
+    assert framer.buffered == HEADER_SIZE + 500
+    assert framer.feed(stream[cut2:]) == frames[-1:]
+
+
+def test_trickled_large_frame_is_not_an_object_per_read(framer_cls):
+    # tiny reads are copied into one piece; reads of PIECE_MIN bytes or more are kept as they are
+    big = payload_of(LARGE_PAYLOAD + 4 * PIECE_MIN)
+    data = frame(big)
+    framer = framer_cls()
+    for i in range(LARGE_PAYLOAD + HEADER_SIZE):
+        assert framer.feed(data[i : i + 1]) == []
+    assert len(framer._pieces) == 1
+    rest = range(LARGE_PAYLOAD + HEADER_SIZE, len(data), PIECE_MIN)
+    chunks = [data[i : i + PIECE_MIN] for i in rest]
+    assert feed_chunks(framer, chunks[:-1]) == []
+    assert len(framer._pieces) == len(chunks)
+    assert all(piece is chunk for piece, chunk in zip(framer._pieces[1:], chunks))
+    assert framer.feed(chunks[-1]) == [(0, 0, 1, big)]
+
+
+def test_large_frame_from_a_reused_buffer(framer_cls):
+    # the framer keeps pieces of what it was fed, so it must keep them of its own bytes copy
+    big = payload_of(LARGE_PAYLOAD * 2)
+    data = frame(big)
+    framer = framer_cls()
+    buffer = bytearray(40_000)
+    got = []
+    for i in range(0, len(data), len(buffer)):
+        piece = data[i : i + len(buffer)]
+        buffer[: len(piece)] = piece
+        got += framer.feed(memoryview(buffer)[: len(piece)])
+        buffer[:] = bytes(len(buffer))
+    assert got == [(0, 0, 1, big)]
+
+
+def test_keep_piece():
+    whole = bytes(PIECE_MIN)
+    pieces: list = []
+    keep_piece(pieces, whole, 0)
+    assert pieces[-1] is whole  # a whole chunk is kept as it is
+    chunk = bytes(range(256)) * (4 * PIECE_MIN // 256)
+    half = len(chunk) // 2
+    keep_piece(pieces, chunk, half)  # half of its chunk: a view
+    assert type(pieces[-1]) is memoryview and pieces[-1] == chunk[half:]
+    keep_piece(pieces, chunk, half + 1)  # less than half of its chunk: copied
+    assert type(pieces[-1]) is bytearray and len(pieces) == 3
+    keep_piece(pieces, b"abc", 1)  # small: appended to the copy
+    keep_piece(pieces, b"xyz", 3)  # empty: nothing
+    assert len(pieces) == 3 and pieces[-1].endswith(b"bc")
+    assert b"".join(pieces) == whole + chunk[half:] + chunk[half + 1 :] + b"bc"
 
 
 # --- limits ----------------------------------------------------------------------------------
@@ -448,12 +636,21 @@ def streams(draw, payloads=payloads, max_frames=30):
     return stream, split_at(stream, points)
 
 
-def check_equivalent(framer_cls, chunks: list[bytes]) -> None:
+def check_equivalent(framer_cls, chunks: list[bytes], large_payload: int = LARGE_PAYLOAD) -> None:
+    """Both framers agree with the model; ``large_payload`` lowers the size from which payloads
+    are collected in pieces, so that small random streams take that path too."""
     model = reference(chunks, SMALL_MAX)
-    python = transcript(PyFramer(SMALL_MAX), chunks)
-    tested = transcript(framer_cls(SMALL_MAX), chunks)
-    assert matches(model, python), (model, python)
-    assert tested == python
+    python = PyFramer(SMALL_MAX)
+    tested = framer_cls(SMALL_MAX)
+    python._large_payload = tested._large_payload = large_payload
+    python_transcript = transcript(python, chunks)
+    assert matches(model, python_transcript), (model, python_transcript)
+    assert transcript(tested, chunks) == python_transcript
+
+
+# The payload size from which frames are collected in pieces: the real one (which the random
+# streams do not reach), every payload, or a size that some payloads reach.
+large_payloads = st.sampled_from([LARGE_PAYLOAD, 1, 30, 300])
 
 
 # framer_cls is function-scoped but only returns a class, so hypothesis may reuse it.
@@ -464,23 +661,28 @@ relaxed = settings(
 
 
 @settings(relaxed, max_examples=400)
-@given(case=streams())
-def test_equivalent_on_random_splits(framer_cls, case):
+@given(case=streams(), large=large_payloads)
+def test_equivalent_on_random_splits(framer_cls, case, large):
     stream, chunks = case
-    check_equivalent(framer_cls, chunks)
+    check_equivalent(framer_cls, chunks, large)
 
 
 @settings(relaxed, max_examples=150)
-@given(case=streams(payloads=small_payloads, max_frames=12))
-def test_equivalent_byte_by_byte(framer_cls, case):
+@given(case=streams(payloads=small_payloads, max_frames=12), large=large_payloads)
+def test_equivalent_byte_by_byte(framer_cls, case, large):
     stream, _ = case
-    check_equivalent(framer_cls, [stream[i : i + 1] for i in range(len(stream))])
+    check_equivalent(framer_cls, [stream[i : i + 1] for i in range(len(stream))], large)
 
 
 @settings(relaxed, max_examples=200)
-@given(garbage=st.binary(max_size=200), points=st.lists(st.integers(0, 200), max_size=10))
-def test_equivalent_on_garbage(framer_cls, garbage, points):
-    check_equivalent(framer_cls, split_at(garbage, [p for p in set(points) if p < len(garbage)]))
+@given(
+    garbage=st.binary(max_size=200),
+    points=st.lists(st.integers(0, 200), max_size=10),
+    large=large_payloads,
+)
+def test_equivalent_on_garbage(framer_cls, garbage, points, large):
+    chunks = split_at(garbage, [p for p in set(points) if p < len(garbage)])
+    check_equivalent(framer_cls, chunks, large)
 
 
 # --- choosing a framer -----------------------------------------------------------------------

@@ -12,6 +12,9 @@ A cffi call costs as much as parsing a couple of frames in Python, so:
   ``Struct.unpack_from()`` slices every payload out of the chunk.  Per frame, only C code runs.
 - The frame that straddled two chunks is copied out of the C carry buffer, and a call that
   finds only a few frames reads them one by one, which is cheaper than compiling a format.
+- A large frame (see ``LARGE_PAYLOAD`` in ``_framer_py``) is not carried in C: C keeps its header
+  and says which bytes of each chunk are its payload; this module keeps those pieces of the chunks
+  and joins them when C says the frame is complete, as ``PyFramer`` does.
 - While C holds no partial frame, the first few complete frames of a chunk are parsed in Python
   without calling C at all, so a read holding one small RPC costs what it costs the Python twin.
 """
@@ -25,10 +28,12 @@ from ._framer_py import (
     DEFAULT_MAX_FRAME_SIZE,
     HEADER,
     HEADER_SIZE,
+    LARGE_PAYLOAD,
     MAX_FRAME_SIZE_LIMIT,
     Frame,
     check_max_frame_size,
     frame_too_large,
+    keep_piece,
     truncated_frame,
 )
 from ._version import __version__
@@ -71,9 +76,15 @@ _feed = lib.trpc_framer_feed
 _carried = lib.trpc_framer_carried
 _unpack = ffi.unpack
 _Struct = struct.Struct
+_COLLECTED = lib.TRPC_FRAMER_COLLECTED
+_join = b"".join
 _TOO_LARGE = lib.TRPC_FRAMER_TOO_LARGE
 _TRUNCATED = lib.TRPC_FRAMER_TRUNCATED
 _NO_MEMORY = lib.TRPC_FRAMER_NO_MEMORY
+# Where trpc_framer_result.collect is among the result's uint32 fields.
+_COLLECT = 7
+if ffi.offsetof("trpc_framer_result", "collect") != 4 * _COLLECT:
+    raise ImportError("trpc._framer_cffi's result layout is not the one trpc._framer_c reads")
 # Where each column starts in the type_flags (uint8) and columns (uint32) arrays.
 _TYPE, _FLAGS = 0, _CAPACITY
 _ID, _START, _END = 0, _CAPACITY, 2 * _CAPACITY
@@ -86,6 +97,8 @@ class CFramer:
 
     # Offsets in the output are uint32, so larger chunks are fed in pieces of this size.
     _max_chunk = 1 << 31
+    # Payloads at least this long are collected in pieces (tests lower it).
+    _large_payload = LARGE_PAYLOAD
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.max_frame_size = check_max_frame_size(max_frame_size)
@@ -94,9 +107,11 @@ class CFramer:
         # The C framer and views of its output (26 KiB), made when first needed: a connection
         # that only ever receives whole small frames never needs them.
         self._framer = None
+        # The pieces received so far of the large frame C is collecting (see keep_piece).
+        self._pieces: list = []
 
     def _start(self):
-        framer = lib.trpc_framer_new(self.max_frame_size, _CAPACITY)
+        framer = lib.trpc_framer_new(self.max_frame_size, _CAPACITY, self._large_payload)
         if framer == ffi.NULL:
             raise MemoryError("cannot allocate a framer")
         # The views below are of memory that lives as long as self._framer.
@@ -149,30 +164,47 @@ class CFramer:
             status = _feed(framer, data, end, pos)
             if not status:  # no frame completed: C now holds a partial one (or still does)
                 self._fast = False
+                collect = self._result[_COLLECT]
+                if collect:
+                    keep_piece(self._pieces, data, end - collect)
                 return frames
-            n, pos, carried, carried_length, offset, format_length, buffered = self._result.tolist()
+            n, pos, carried, carried_length, offset, format_length, buffered, collect = (
+                self._result.tolist()
+            )
+            first = 0  # the first frame whose payload lies in data
             if carried:
-                payload = _unpack(_carried(framer), carried_length)
+                first = 1
+                if carried == _COLLECTED:
+                    c = self._columns
+                    pieces = self._pieces
+                    start, stop = c[_START], c[_END]
+                    pieces.append(data if stop - start == end else memoryview(data)[start:stop])
+                    payload = _join(pieces)
+                    pieces.clear()
+                else:
+                    payload = _unpack(_carried(framer), carried_length)
                 tf = self._type_flags
                 frames.append((tf[_TYPE], tf[_FLAGS], self._columns[_ID], payload))
-            if n - carried >= _FEW:
+            if n - first >= _FEW:
                 # Iterating bytes and memoryviews directly beats building lists first.
                 tf = self._type_flags_buffer
                 frames += zip(
-                    tf[_TYPE + carried : _TYPE + n],
-                    tf[_FLAGS + carried : _FLAGS + n],
-                    self._column_view[_ID + carried : _ID + n],
+                    tf[_TYPE + first : _TYPE + n],
+                    tf[_FLAGS + first : _FLAGS + n],
+                    self._column_view[_ID + first : _ID + n],
                     _Struct(self._format[:format_length]).unpack_from(data, offset),
                 )
             else:
                 tf = self._type_flags
                 c = self._columns
-                for i in range(carried, n):
+                for i in range(first, n):
                     payload = data[c[_START + i] : c[_END + i]]
                     frames.append((tf[_TYPE + i], tf[_FLAGS + i], c[_ID + i], payload))
             if status < 0:
                 self._fast = False
                 raise self._error(status, frames)
+            if collect:  # the chunk ends inside a large frame: keep that piece
+                keep_piece(self._pieces, data, end - collect)
             if n < _CAPACITY:
                 self._fast = not buffered
                 return frames
@@ -198,6 +230,7 @@ class CFramer:
             raise self._error(status, [])
 
     def _error(self, status: int, frames: list[Frame]) -> Exception:
+        self._pieces.clear()  # the framer is poisoned: nothing more will be parsed
         if status == _TOO_LARGE:
             error = frame_too_large(lib.trpc_framer_announced(self._framer), self.max_frame_size)
         elif status == _TRUNCATED:

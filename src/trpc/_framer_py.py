@@ -15,8 +15,19 @@ it does not look at type, flags or stream id, which are the protocol layer's bus
 3. Keep the incomplete frame at the end, if any, as the new carry.
 
 So complete frames are copied once (into their payload ``bytes``) and only the frame that straddles
-two chunks is copied twice.  ``trpc._framer_c.CFramer`` does the same in C, one call per chunk,
-and behaves identically, errors included.  A framer is not thread-safe.
+two chunks is copied twice.
+
+Large frames (a payload of :data:`LARGE_PAYLOAD` bytes or more) are the exception to step 1 and 3:
+the carry holds only the header, and the payload's bytes stay in the chunks they arrived in, as a
+list of pieces (the chunks are immutable ``bytes``, so keeping them is safe) that one
+``b"".join`` turns into the payload when the last piece arrives.  The payload is then allocated
+once, at its exact size, and copied once.  Growing a carry instead would reallocate it as the
+frame arrives and copy the payload twice more, and fresh megabyte buffers are what large frames
+cost: the kernel faults their pages in as they are first touched, at several times the cost of
+copying into them.
+
+``trpc._framer_c.CFramer`` does the same in C, one call per chunk (collecting large payloads in
+Python likewise), and behaves identically, errors included.  A framer is not thread-safe.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "MIN_FRAME_SIZE_LIMIT",
     "MAX_FRAME_SIZE_LIMIT",
+    "LARGE_PAYLOAD",
     "Frame",
     "PyFramer",
 ]
@@ -50,11 +62,36 @@ MIN_FRAME_SIZE_LIMIT = 1 << 14
 #: connection for too long, and the C framer relies on payload lengths being far below 2**32.
 MAX_FRAME_SIZE_LIMIT = (1 << 24) - 1
 
+#: A payload of at least this many bytes is large: while its frame is incomplete, the framers
+#: keep the received pieces of it and join them once (see above), instead of copying it into the
+#: carry.  64 KiB is the transport's read size: a frame this large always spans reads, often
+#: many, and each read the carry would grow by.  A smaller frame spans at most two reads, and
+#: carrying it costs about what collecting it does (bench/framer.py), without a list of pieces.
+LARGE_PAYLOAD = 1 << 16
+#: A piece of a large payload is kept by reference if it is at least this long and at least half
+#: of its chunk; otherwise it is copied (appended to a ``bytearray`` piece).  So a peer that
+#: trickles a large frame in tiny reads cannot make us hold an object per byte, and a piece
+#: cannot keep alive more than as much again of its chunk: the pieces of a payload hold at
+#: most about twice its bytes received so far.
+PIECE_MIN = 1 << 10
+
 #: What ``feed()`` returns, one per frame: ``(type, flags, stream_id, payload)``.
 Frame = tuple[int, int, int, bytes]
 
 _unpack_header = HEADER.unpack_from
 _unpack_length = struct.Struct(">I").unpack_from
+
+
+def keep_piece(pieces: list, data: bytes, start: int) -> None:
+    """Append ``data[start:]``, more of an incomplete large payload, to ``pieces`` (both
+    framers use it).  ``data`` must be ``bytes``: a piece may be a view of it."""
+    size = len(data) - start
+    if size >= PIECE_MIN and 2 * size >= len(data):
+        pieces.append(memoryview(data)[start:] if start else data)
+    elif pieces and type(pieces[-1]) is bytearray:
+        pieces[-1] += memoryview(data)[start:]
+    elif size:
+        pieces.append(bytearray(memoryview(data)[start:]))
 
 
 def check_max_frame_size(max_frame_size: int) -> int:
@@ -98,20 +135,27 @@ class PyFramer:
     """
 
     name = "python"
+    # Payloads at least this long are collected in pieces (tests lower it).
+    _large_payload = LARGE_PAYLOAD
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.max_frame_size = check_max_frame_size(max_frame_size)
-        # The incomplete frame at the end of the data fed so far (header included).
+        # The incomplete frame at the end of the data fed so far (header included; of a large
+        # frame, the header only).
         self._carry = bytearray()
         # Total size of the carried frame; valid once the carry holds its whole header.
         self._carry_size = 0
+        # The received pieces of a large frame's payload, or None if the frame is not large.
+        self._pieces: list | None = None
+        # Their total length.
+        self._collected = 0
         # The error that poisoned the framer, if any.
         self._error: FrameTooLargeError | TruncatedFrameError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes held of the incomplete frame at the end (0 at a frame boundary)."""
-        return len(self._carry)
+        return len(self._carry) + self._collected
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Append one received chunk; return every frame it completes, in order.
@@ -151,15 +195,32 @@ class PyFramer:
                     self._carry = bytearray()
                     raise self._poison(frame_too_large(length, max_frame_size), frames)
                 self._carry_size = HEADER_SIZE + length
-            take = self._carry_size - len(carry)
-            if take > end - pos:  # the frame is still incomplete
-                carry += memoryview(data)[pos:] if pos else data
-                return frames
-            carry += memoryview(data)[pos : pos + take]
-            pos += take
-            _, type_, flags, stream_id = _unpack_header(carry)
-            del carry[:HEADER_SIZE]
-            append((type_, flags, stream_id, bytes(carry)))
+                if length >= self._large_payload:
+                    self._pieces = []
+            pieces = self._pieces
+            if pieces is None:
+                take = self._carry_size - len(carry)
+                if take > end - pos:  # the frame is still incomplete
+                    carry += memoryview(data)[pos:] if pos else data
+                    return frames
+                carry += memoryview(data)[pos : pos + take]
+                pos += take
+                _, type_, flags, stream_id = _unpack_header(carry)
+                del carry[:HEADER_SIZE]
+                payload = bytes(carry)
+            else:  # a large frame: keep its pieces, join them when it is complete
+                take = self._carry_size - HEADER_SIZE - self._collected
+                if take > end - pos:
+                    keep_piece(pieces, data, pos)
+                    self._collected += end - pos
+                    return frames
+                pieces.append(memoryview(data)[pos : pos + take] if take < end else data)
+                pos += take
+                _, type_, flags, stream_id = _unpack_header(carry)
+                payload = b"".join(pieces)
+                self._pieces = None
+                self._collected = 0
+            append((type_, flags, stream_id, payload))
             self._carry = bytearray()
 
         last = end - HEADER_SIZE  # the last offset where a complete header can start
@@ -171,6 +232,12 @@ class PyFramer:
             stop = start + length
             if stop > end:
                 self._carry_size = HEADER_SIZE + length
+                if length >= self._large_payload:
+                    self._carry = bytearray(memoryview(data)[pos:start])
+                    self._pieces = pieces = []
+                    keep_piece(pieces, data, start)
+                    self._collected = end - start
+                    return frames
                 break
             append((type_, flags, stream_id, data[start:stop]))
             pos = stop
@@ -191,10 +258,11 @@ class PyFramer:
         if self._carry:
             carry = self._carry
             length = _unpack_length(carry)[0] if len(carry) >= HEADER_SIZE else None
-            raise self._poison(truncated_frame(len(carry), length), [])
+            raise self._poison(truncated_frame(self.buffered, length), [])
 
     def _poison(self, error: FrameTooLargeError | TruncatedFrameError, frames: list[Frame]):
         self._error = error
+        self._pieces = None  # nothing more will be parsed (buffered still counts them)
         error.frames = frames
         return error
 
