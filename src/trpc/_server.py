@@ -361,7 +361,11 @@ class _ServerConnection(TrioConnection):
             return None
         result = await target
         if not call.finished:
-            await self._send(call, self._encode(call, result))
+            payload = self._encode(call, result)
+            if not self.conn.send_message(call.id, payload):  # rare: waits for credit
+                self.wake_writer()
+                while self.conn.send_buffered(call.id) and not call.finished:
+                    await call.credit_wakeup.park()
         return result
 
     async def _run(self, call: _ServerCall, payload: bytes | None) -> None:
