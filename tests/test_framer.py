@@ -393,7 +393,7 @@ def test_good_max_frame_size(framer_cls, size):
 
 
 def test_default_max_frame_size(framer_cls):
-    assert framer_cls().max_frame_size == DEFAULT_MAX_FRAME_SIZE == 1 << 20
+    assert framer_cls().max_frame_size == DEFAULT_MAX_FRAME_SIZE == 2 << 20
 
 
 @pytest.mark.parametrize("split", [None, 1, 5, 9, 10, 11, SMALL_MAX])

@@ -22,7 +22,7 @@ from .wire_spec_client import (
 T = 5  # seconds: the bound on any single wait
 
 DOC_PREFACE = bytes.fromhex(
-    "54 52 50 43 01 00 00 00 00 10 00 00 00 40 00 00 00 20 00 00 01 00 00 00 00 00 00 64")
+    "54 52 50 43 01 00 00 00 00 20 00 00 00 40 00 00 00 20 00 00 01 00 00 00 00 00 00 64")
 
 
 def check_send_credit(conn) -> None:
@@ -56,7 +56,7 @@ def test_doc_preface_example_matches_our_encoding():
     decoded = Settings.decode(DOC_PREFACE)
     assert (decoded.max_frame_size, decoded.max_message_size, decoded.stream_window,
             decoded.connection_window, decoded.max_concurrent_streams) == (
-        1_048_576, 4_194_304, 2_097_152, 16_777_216, 100)
+        2_097_152, 4_194_304, 2_097_152, 16_777_216, 100)
 
 
 def test_doc_message_examples_match_our_encoding():
@@ -328,7 +328,7 @@ async def test_bidi_echo_interleaved(server):
 
 
 async def test_large_message_split_with_more_and_credit(server):
-    """3 MiB > the server's max frame size (1 MiB) and its stream window (2 MiB): the request
+    """3 MiB > the server's max frame size (2 MiB) and its stream window (2 MiB): the request
     needs MORE frames and WINDOW_UPDATEs from the server.  We announce small limits ourselves,
     so the 3 MiB response must respect our 16 KiB frames and our credit too."""
     payload = bytes(range(256)) * (3 * 1024 * 4)
@@ -336,14 +336,14 @@ async def test_large_message_split_with_more_and_credit(server):
     local = Settings(max_frame_size=16_384, stream_window=65_536, connection_window=262_144)
     with trio.fail_after(T):
         async with connect(server.address, local) as conn:
-            assert conn.peer.max_frame_size == 1 << 20 and conn.peer.stream_window == 2 << 20
+            assert conn.peer.max_frame_size == 2 << 20 and conn.peer.stream_window == 2 << 20
             stream = conn.open_stream("echo")
             await stream.send_message(raw=encode_args([payload]), end_stream=True)
             reply = await stream.finish()
     assert reply.result == payload
     sent = stream.data_sent
-    assert len(sent) >= 4
-    assert all(n <= 1 << 20 for _, n in sent)
+    assert len(sent) >= 2
+    assert all(n <= conn.peer.max_frame_size for _, n in sent)
     assert all(f == MORE for f, _ in sent[:-1]) and sent[-1][0] == END_STREAM
     assert stream.window_updates, "the server never granted stream credit"
     check_send_credit(conn)
@@ -637,7 +637,7 @@ async def test_oversize_frame_detected_from_header_alone(server):
         async with connect(server.address, expect_clean=False) as conn:
             stream = conn.open_stream("echo")
             # the header only: the server must not wait for the 1 MiB + 1 payload
-            conn.send_frame(DATA, END_STREAM, stream.id, b"", length=(1 << 20) + 1)
+            conn.send_frame(DATA, END_STREAM, stream.id, b"", length=conn.peer.max_frame_size + 1)
             await expect_goaway(conn, w.RESOURCE_EXHAUSTED)
     assert not conn.violations
 

@@ -75,7 +75,7 @@ class CallError(Exception):
 
 @dataclass
 class Settings:
-    max_frame_size: int = 1_048_576
+    max_frame_size: int = 2_097_152
     max_message_size: int = 4_194_304
     stream_window: int = 2_097_152
     connection_window: int = 16_777_216

@@ -55,6 +55,7 @@ from ._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_STREAM_WINDOW,
     Connection,
+    message_size,
 )
 from ._server import format_peer
 from ._status import Status
@@ -269,10 +270,11 @@ class Client:
 
     def _check_size(self, payload: bytes) -> None:
         limit = self._connection.conn.peer_max_message_size
-        if len(payload) > limit:
+        size = message_size(payload)
+        if size > limit:
             raise RpcError(
                 Status.RESOURCE_EXHAUSTED,
-                f"request message of {len(payload)} bytes exceeds the server's limit of {limit}",
+                f"request message of {size} bytes exceeds the server's limit of {limit}",
             )
 
     async def _send(self, call: _ClientCall, payload: bytes, end_stream: bool = False) -> bool:

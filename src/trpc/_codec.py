@@ -36,10 +36,11 @@ def _bytes_head(size: int) -> bytes:
     return b"\x5b" + size.to_bytes(8, "big")
 
 
-def encode(value: Any) -> bytes:
-    """One value as a CBOR data item (cbor2's encoding; large byte strings faster)."""
+def encode(value: Any) -> bytes | list:
+    """One value as a CBOR data item: bytes, or for a large byte string the list
+    ``[head, value]`` (the message is their concatenation; the value is not copied)."""
     if type(value) is bytes and len(value) >= _BIG_BYTES:
-        return _bytes_head(len(value)) + value
+        return [_bytes_head(len(value)), value]
     return _dumps(value)
 
 
@@ -51,14 +52,15 @@ def decode(payload: bytes, *, what: str = "message", status: Status = Status.INT
         raise RpcError(status, f"cannot decode the {what}: {exc}") from None
 
 
-def encode_arguments(args: tuple, kwargs: dict) -> bytes:
-    """Encode call arguments: ``[args]``, or ``[args, kwargs]`` when there are keyword arguments."""
+def encode_arguments(args: tuple, kwargs: dict) -> bytes | list:
+    """Encode call arguments: ``[args]``, or ``[args, kwargs]`` when there are keyword arguments
+    (bytes, or a list of parts for one large byte string, as :func:`encode`)."""
     if kwargs:
         return _dumps([args, kwargs])
     if not args:
         return _EMPTY_ARGS
     if len(args) == 1 and type(args[0]) is bytes and len(args[0]) >= _BIG_BYTES:
-        return b"\x81\x81" + _bytes_head(len(args[0])) + args[0]  # [[bytes]]
+        return [b"\x81\x81" + _bytes_head(len(args[0])), args[0]]  # [[bytes]]
     return _dumps([args])
 
 

@@ -217,6 +217,13 @@ _END_STREAM = Flags.END_STREAM.value
 _MORE = Flags.MORE.value
 
 
+def message_size(payload: bytes | list) -> int:
+    """The size of an encoded message given as bytes or as a list of parts."""
+    if type(payload) is list:
+        return sum(map(len, payload))
+    return len(payload)
+
+
 class _Stream:
     """Per-stream bookkeeping.  Plain slots: one is created per call."""
 
@@ -529,8 +536,12 @@ class Connection:
         self._frame(FrameType.HEADERS, _END_STREAM if end_stream else 0, stream_id, payload)
         return stream_id
 
-    def send_message(self, stream_id: int, payload: bytes, *, end_stream: bool = False) -> bool:
+    def send_message(self, stream_id: int, payload: bytes | list, *, end_stream: bool = False) -> bool:
         """Queue one message on a stream; returns True if all of it was framed.
+
+        ``payload`` is the encoded message: bytes, or a list of bytes-like parts whose
+        concatenation it is (a large byte string and its CBOR head, which then go out without
+        being copied into one buffer).
 
         False means part of it waits for credit from the peer: the caller should wait for a
         :class:`SendCreditAvailable` event for this stream (``send_buffered()`` tells how much)
@@ -541,7 +552,8 @@ class Connection:
         stream = self._streams.get(stream_id)
         if stream is None:
             raise LocalProtocolError(f"stream {stream_id} is closed or does not exist")
-        size = len(payload)
+        parts = type(payload) is list
+        size = message_size(payload) if parts else len(payload)
         if (
             not end_stream
             and stream.pending is None
@@ -559,8 +571,13 @@ class Connection:
                 stream.response_started = True
             out = self._out
             out.append(_pack_header(size, _DATA, 0, stream_id))
-            out.append(payload)
+            if parts:
+                out.extend(payload)
+            else:
+                out.append(payload)
             return True
+        if parts:
+            payload = b"".join(payload)  # the general path below wants one buffer
         if size == 0:
             raise LocalProtocolError("a message is at least one byte long")
         if size > self.peer_max_message_size:

@@ -53,6 +53,7 @@ from ._protocol import (
     DEFAULT_STREAM_WINDOW,
     Connection,
     StreamState,
+    message_size,
 )
 from ._framer_py import DEFAULT_MAX_FRAME_SIZE
 from ._interceptors import run_chain
@@ -292,17 +293,18 @@ class _ServerConnection(TrioConnection):
         self._finish(call, status, message)
         call.scope.cancel()
 
-    def _encode(self, call: _ServerCall, value: Any) -> bytes:
+    def _encode(self, call: _ServerCall, value: Any) -> bytes | list:
         """A response value as message bytes, within the client's announced size limit."""
         try:
             payload = encode(value)
         except Exception as exc:
             raise RpcError(Status.INTERNAL, f"{call.info.name}: cannot encode the response: {exc}") from None
         limit = self.conn.peer_max_message_size
-        if len(payload) > limit:
+        size = message_size(payload)
+        if size > limit:
             raise RpcError(
                 Status.RESOURCE_EXHAUSTED,
-                f"{call.info.name}: response message of {len(payload)} bytes exceeds the client's limit of {limit}",
+                f"{call.info.name}: response message of {size} bytes exceeds the client's limit of {limit}",
             )
         return payload
 
@@ -348,7 +350,7 @@ class _ServerConnection(TrioConnection):
                         payload = encode(item)
                     except Exception as exc:
                         raise RpcError(Status.INTERNAL, f"{info.name}: cannot encode a response: {exc}") from None
-                    if len(payload) > conn.peer_max_message_size or call.finished:
+                    if call.finished or message_size(payload) > conn.peer_max_message_size:
                         await self._send(call, self._encode(call, item))
                     elif not send_message(stream_id, payload):
                         unpark_writer()
