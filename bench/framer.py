@@ -34,6 +34,8 @@ Usage::
     python bench/framer.py --chunk-size 26   # one 16-byte frame per read (small RPCs)
     python bench/framer.py --sizes 1048576   # only the 1 MiB frames
     python bench/framer.py --malloc mmap     # every large buffer fresh (glibc only)
+    python bench/framer.py --grouped         # also feed_grouped (rows "c grouped" and
+                                             # "python grouped"; 16 and 256 B unless --sizes)
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from trpc._framer import FRAMERS, c_framer_error
 from trpc._framer_py import DEFAULT_MAX_FRAME_SIZE, HEADER
 
 PAYLOAD_SIZES = (16, 256, 4096, 65536, 1 << 20)
+GROUPED_SIZES = (16, 256)
 CHUNK_SIZE = 64 * 1024
 # Bytes of frames per pass; passes repeat until a repetition's time is up.
 STREAM_SIZE = 4 * 1024 * 1024
@@ -90,12 +93,34 @@ class NaiveFramer:
         return frames
 
 
-def make_chunks(payload_size: int, chunk_size: int) -> tuple[list[bytes], int, bytes]:
+def grouped(framer_cls: type, name: str) -> type:
+    """``framer_cls`` timed on ``feed_grouped``; its ``check_feed`` (for the untimed check)
+    returns the grouped payloads one by one."""
+
+    class Grouped(framer_cls):
+        def check_feed(self, data):
+            return [(t, f, s, p) for t, f, s, payloads in self.feed_grouped(data) for p in payloads]
+
+    Grouped.name = name
+    Grouped.timed = "feed_grouped"
+    return Grouped
+
+
+def stream_id(i: int, one_stream: bool) -> int:
+    """The stream id of frame ``i``: 1 for all if ``one_stream``, else a new one each."""
+    return 1 if one_stream else 2 * i + 1
+
+
+def make_chunks(
+    payload_size: int, chunk_size: int, one_stream: bool
+) -> tuple[list[bytes], int, bytes]:
     """A stream of frames with ``payload_size``-byte payloads cut in ``chunk_size`` chunks:
     the chunks, the number of frames, the payload."""
     payload = bytes(range(256)) * (payload_size // 256) + bytes(payload_size % 256)
     count = max(STREAM_SIZE // (HEADER.size + payload_size), 64)
-    stream = b"".join(HEADER.pack(payload_size, 0, 0, 2 * i + 1) + payload for i in range(count))
+    stream = b"".join(
+        HEADER.pack(payload_size, 0, 0, stream_id(i, one_stream)) + payload for i in range(count)
+    )
     chunks = [stream[i : i + chunk_size] for i in range(0, len(stream), chunk_size)]
     return chunks, count, payload
 
@@ -134,7 +159,7 @@ def run_once(
     clock = time.perf_counter
     batch = max(1, FRESH_BYTES // len(chunks[0]))
     while elapsed < duration:
-        feed = framer_cls().feed
+        feed = getattr(framer_cls(), getattr(framer_cls, "timed", "feed"))
         for i in range(0, len(chunks), batch):
             # Fresh copies, like socket reads, unless cold; copying is not timed.
             todo = (
@@ -157,19 +182,20 @@ def measure(
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """frames/s and page faults per frame of each framer in each repetition, the framers
     taking turns."""
-    chunks, count, payload = make_chunks(payload_size, args.chunk_size)
+    chunks, count, payload = make_chunks(payload_size, args.chunk_size, args.grouped)
     for framer_cls in framers.values():
         # A fast wrong answer is no answer.  (Frames are not all kept: freeing 64 MiB of them
         # would leave the allocator a large free heap, hiding the faults measured below.)
         framer = framer_cls()
         got = 0
+        feed = getattr(framer, "check_feed", framer.feed)
         for chunk in chunks:
-            frames = framer.feed(chunk)
+            frames = feed(chunk)
             got += len(frames)
             if frames:
                 last = frames[-1]
         assert got == count, framer_cls
-        assert last == (0, 0, 2 * count - 1, payload), framer_cls
+        assert last == (0, 0, stream_id(count - 1, args.grouped), payload), framer_cls
     runs: dict[str, list[float]] = {name: [] for name in framers}
     faults: dict[str, list[float]] = {name: [] for name in framers}
     for _ in range(args.repeat):
@@ -214,10 +240,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sizes",
         type=lambda text: [int(size) for size in text.split(",")],
-        default=PAYLOAD_SIZES,
-        help="payload sizes to measure, comma-separated (default: all)",
+        default=None,
+        help="payload sizes to measure, comma-separated (default: all; 16,256 with --grouped)",
     )
     parser.add_argument("--cold", action="store_true", help="feed chunks that are not in cache")
+    parser.add_argument(
+        "--grouped", action="store_true", help="also time feed_grouped (one stream per cell)"
+    )
     parser.add_argument("--gc", action="store_true", help="keep the garbage collector on")
     parser.add_argument(
         "--malloc",
@@ -233,6 +262,15 @@ def main(argv: list[str] | None = None) -> None:
 
     framers = {name: FRAMERS[name] for name in ("c", "python") if name in FRAMERS}
     framers["naive"] = NaiveFramer
+    if args.grouped:
+        # feed_grouped's case: every frame on one stream (for the feed rows too), so one run
+        # per chunk
+        for name in ("c", "python"):
+            if name in framers:
+                framers[name + " grouped"] = grouped(framers[name], name + " grouped")
+        if args.sizes is None:
+            args.sizes = GROUPED_SIZES
+    args.sizes = args.sizes or PAYLOAD_SIZES
     if "c" not in framers:
         print(f"warning: no C framer ({c_framer_error})", file=sys.stderr)
 
@@ -242,12 +280,20 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"# {args.chunk_size}-byte chunks ({'cold' if args.cold else 'fresh copies'}),"
         f" gc {'on' if args.gc else 'off'}, malloc {args.malloc};"
+        f"{' one stream,' if args.grouped else ''}"
         f" median of {args.repeat} x {args.duration} s per"
         " cell, framers taking turns; ratios: median of per-turn ratios",
         file=table,
     )
-    columns = "  ".join(f"{name + ' frames/s':>16} {'MB/s':>7} {'faults':>6}" for name in framers)
-    print(f"{'payload':>8}  {columns}  {'c/python':>8}  {'python/naive':>12}", file=table)
+    widths = {name: max(16, len(name) + 9) for name in framers}
+    columns = "  ".join(
+        f"{name + ' frames/s':>{widths[name]}} {'MB/s':>7} {'faults':>6}" for name in framers
+    )
+    grouped_column = f"  {'grouped c/python':>16}" if args.grouped else ""
+    print(
+        f"{'payload':>8}  {columns}  {'c/python':>8}  {'python/naive':>12}{grouped_column}",
+        file=table,
+    )
 
     results: dict[str, dict[str, float]] = {}
     gc_was_enabled = gc.isenabled()
@@ -258,13 +304,18 @@ def main(argv: list[str] | None = None) -> None:
             runs, faults = measure(framers, size, args)
             row = results[str(size)] = {name: statistics.median(fps) for name, fps in runs.items()}
             cells = "  ".join(
-                f"{row[name]:>16,.0f} {row[name] * size / 1e6:>7,.0f}"
+                f"{row[name]:>{widths[name]},.0f} {row[name] * size / 1e6:>7,.0f}"
                 f" {statistics.median(faults[name]):>6.1f}"
                 for name in framers
             )
             c_python = paired_ratio(runs, "c", "python")
             python_naive = paired_ratio(runs, "python", "naive")
-            print(f"{size:>8}  {cells}  {c_python:>8}  {python_naive:>12}", file=table, flush=True)
+            if args.grouped:
+                grouped_ratio = paired_ratio(runs, "c grouped", "python grouped")
+                cells += f"  {c_python:>8}  {python_naive:>12}  {grouped_ratio:>16}"
+            else:
+                cells += f"  {c_python:>8}  {python_naive:>12}"
+            print(f"{size:>8}  {cells}", file=table, flush=True)
     finally:
         if gc_was_enabled:
             gc.enable()

@@ -80,6 +80,9 @@ struct trpc_framer {
     uint32_t *columns;
     uint8_t *type_flags;
     char *format;
+    /* The run columns (see framer.h). */
+    uint32_t *runs;
+    uint8_t *run_type_flags;
 };
 
 static uint32_t read_u32(const unsigned char *p)
@@ -156,7 +159,10 @@ trpc_framer *trpc_framer_new(uint32_t max_frame_size, uint32_t capacity, uint32_
     framer->columns = calloc(3 * (size_t)capacity, sizeof(uint32_t));
     framer->type_flags = calloc(2 * (size_t)capacity, 1);
     framer->format = calloc((size_t)capacity * TRPC_FRAMER_FORMAT_PER_FRAME + 2, 1);
-    if (framer->columns == NULL || framer->type_flags == NULL || framer->format == NULL) {
+    framer->runs = calloc(3 * (size_t)capacity, sizeof(uint32_t));
+    framer->run_type_flags = calloc(2 * (size_t)capacity, 1);
+    if (framer->columns == NULL || framer->type_flags == NULL || framer->format == NULL ||
+        framer->runs == NULL || framer->run_type_flags == NULL) {
         trpc_framer_free(framer);
         return NULL;
     }
@@ -171,6 +177,8 @@ void trpc_framer_free(trpc_framer *framer)
         free(framer->columns);
         free(framer->type_flags);
         free(framer->format);
+        free(framer->runs);
+        free(framer->run_type_flags);
         free(framer);
     }
 }
@@ -214,8 +222,18 @@ int trpc_framer_feed(trpc_framer *framer, const char *data, size_t length, size_
     uint32_t *starts = ids + capacity;
     uint32_t *ends = starts + capacity;
     char *format = framer->format;
+    uint8_t *run_types = framer->run_type_flags;
+    uint8_t *run_flags = run_types + capacity;
+    uint32_t *run_ids = framer->runs;
+    uint32_t *run_firsts = run_ids + capacity;
+    uint32_t *run_ends = run_firsts + capacity;
     size_t pos = start;
     size_t n = 0;
+    /* The frame index of the first payload in the format, and the runs found so far; the last
+     * run is extended while is_data_run says it is a run of plain DATA frames. */
+    size_t first = 0;
+    size_t runs = 0;
+    int is_data_run = 0;
 
     memset(result, 0, sizeof(*result));
     if (framer->status != TRPC_FRAMER_OK) {
@@ -309,7 +327,8 @@ int trpc_framer_feed(trpc_framer *framer, const char *data, size_t length, size_
         }
     }
 
-    /* 2. Scan the complete frames in place. */
+    /* 2. Scan the complete frames in place, finding the runs as we go. */
+    first = n;
     result->offset = (uint32_t)pos;
     *format++ = '=';
     while (length - pos >= HEADER_SIZE && n < capacity) {
@@ -319,6 +338,7 @@ int trpc_framer_feed(trpc_framer *framer, const char *data, size_t length, size_
         if (size > framer->max_frame_size) {
             framer->announced = size;
             result->frames = (uint32_t)n;
+            result->runs = (uint32_t)runs;
             result->consumed = (uint32_t)pos;
             result->format_length = (uint32_t)(format - framer->format);
             return finish(framer, poison(framer, TRPC_FRAMER_TOO_LARGE));
@@ -329,6 +349,17 @@ int trpc_framer_feed(trpc_framer *framer, const char *data, size_t length, size_
         types[n] = header[4];
         flags[n] = header[5];
         ids[n] = read_u32(header + 6);
+        if (is_data_run && (header[4] | header[5]) == 0 && ids[n] == run_ids[runs - 1]) {
+            run_ends[runs - 1] = (uint32_t)(n + 1 - first);
+        } else {
+            run_types[runs] = header[4];
+            run_flags[runs] = header[5];
+            run_ids[runs] = ids[n];
+            run_firsts[runs] = (uint32_t)(n - first);
+            run_ends[runs] = (uint32_t)(n + 1 - first);
+            is_data_run = (header[4] | header[5]) == 0;
+            runs++;
+        }
         /* Both fit in uint32: pos + HEADER_SIZE + size <= length <= UINT32_MAX. */
         starts[n] = (uint32_t)(pos + HEADER_SIZE);
         ends[n] = (uint32_t)(pos + HEADER_SIZE + size);
@@ -337,6 +368,7 @@ int trpc_framer_feed(trpc_framer *framer, const char *data, size_t length, size_
         n++;
     }
     result->frames = (uint32_t)n;
+    result->runs = (uint32_t)runs;
     result->consumed = (uint32_t)pos;
     result->format_length = (uint32_t)(format - framer->format);
     if (n == capacity && length - pos >= HEADER_SIZE) {
@@ -393,6 +425,16 @@ const uint8_t *trpc_framer_type_flags(const trpc_framer *framer)
 const char *trpc_framer_format(const trpc_framer *framer)
 {
     return framer->format;
+}
+
+const uint32_t *trpc_framer_runs(const trpc_framer *framer)
+{
+    return framer->runs;
+}
+
+const uint8_t *trpc_framer_run_type_flags(const trpc_framer *framer)
+{
+    return framer->run_type_flags;
 }
 
 const char *trpc_framer_carried(const trpc_framer *framer)

@@ -86,6 +86,8 @@ typedef struct {
      * of a later call (carried == TRPC_FRAMER_COLLECTED).  0 if there is none, or if its header
      * ended the chunk. */
     uint32_t collect;
+    /* Runs among the frames that lie in data (see trpc_framer_runs). */
+    uint32_t runs;
 } trpc_framer_result;
 
 /* The trpc version this module was built for (the TRPC_VERSION define). */
@@ -117,6 +119,17 @@ void trpc_framer_free(trpc_framer *framer);
  * - trpc_framer_format(): the payloads of the frames that lie in data, as a Python struct
  *   format ("=10x16s10x0s..." for payloads of 16 and 0 bytes) to apply at result.offset:
  *   one Struct(format).unpack_from(data, offset) call slices every payload.
+ * - Run columns, for feed_grouped(): the frames that lie in data (all but a carried or collected
+ *   frame 0) form result.runs runs, each either a maximal sequence of consecutive frames that
+ *   are all type 0 (DATA) with flags 0 on one stream id, or one other frame.  For run k:
+ *       trpc_framer_run_type_flags()[k]             type (of every frame in it)
+ *       trpc_framer_run_type_flags()[capacity + k]  flags
+ *       trpc_framer_runs()[k]                       stream_id
+ *       trpc_framer_runs()[capacity + k]            first: index of its first payload in the
+ *                                                   tuple that the format unpacks
+ *       trpc_framer_runs()[2 * capacity + k]        end: one past its last payload's index
+ *   Runs do not look at frame 0 when it is carried or collected, nor at earlier calls: joining
+ *   a run to what precedes it is the caller's business.
  *
  * Returns the number of frames described (== capacity: more may follow, call again with
  * start = result.consumed) or a negative status.  Offsets are uint32, so length must be
@@ -130,6 +143,8 @@ const uint32_t *trpc_framer_columns(const trpc_framer *framer);
 const uint8_t *trpc_framer_type_flags(const trpc_framer *framer);
 const char *trpc_framer_format(const trpc_framer *framer);
 const char *trpc_framer_carried(const trpc_framer *framer);
+const uint32_t *trpc_framer_runs(const trpc_framer *framer);
+const uint8_t *trpc_framer_run_type_flags(const trpc_framer *framer);
 
 /* The peer sent EOF: TRPC_FRAMER_TRUNCATED if part of a frame is buffered, else OK (or the
  * poisoning status). */

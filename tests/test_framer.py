@@ -518,6 +518,128 @@ def test_close_in_body(framer_cls, cut):
         framer.feed(data[cut:])
 
 
+# --- feed_grouped: runs of DATA frames on one stream ------------------------------------------
+
+
+def data_frames(count: int, stream_id: int = 1, size: int = 16) -> list:
+    return [(0, 0, stream_id, bytes([i % 256]) * size) for i in range(count)]
+
+
+def serialize(frames: list) -> bytes:
+    return b"".join(frame(p, t, f, s) for t, f, s, p in frames)
+
+
+def test_group_reference():
+    # the tests' reference grouping itself
+    a, b, c, d = b"a", b"b", b"c", b"d"
+    frames = [(0, 0, 1, a), (0, 0, 1, b), (0, 1, 1, c), (0, 0, 1, d), (1, 0, 1, a), (1, 0, 1, b),
+              (0, 0, 2, c), (0, 0, 1, d), (0, 0, 1, a)]
+    assert group(frames) == [
+        (0, 0, 1, [a, b]), (0, 1, 1, [c]), (0, 0, 1, [d]), (1, 0, 1, [a]), (1, 0, 1, [b]),
+        (0, 0, 2, [c]), (0, 0, 1, [d, a]),
+    ]
+    assert group([]) == []
+
+
+def test_grouped_one_stream(framer_cls):
+    # one run, across the Python fast path and several C calls (more frames than C describes
+    # per call)
+    frames = data_frames(5000)
+    framer = framer_cls()
+    assert framer.feed_grouped(serialize(frames)) == [(0, 0, 1, [p for *_, p in frames])]
+    assert framer.buffered == 0
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 15, 16, 17, 20, 1023, 1024, 1025, 2100])
+@pytest.mark.parametrize("breaker", [None, (0, 1, 1), (1, 0, 1), (0, 0, 2)])
+def test_grouped_run_broken(framer_cls, count, breaker):
+    # a run of `count` frames, then a frame that breaks it (other flags, type or stream), then
+    # another run: the run boundaries fall in the fast path, in C's first call, at the end of
+    # its output and in the second call
+    frames = data_frames(count)
+    if breaker is not None:
+        frames.append((*breaker, b"!"))
+    frames += data_frames(count)
+    framer = framer_cls()
+    got = framer.feed_grouped(serialize(frames))
+    assert got == group(frames)
+    assert sum(len(payloads) for *_, payloads in got) == len(frames)
+    assert len(got) == (1 if breaker is None else 3)
+
+
+def test_grouped_carried_frame_starts_the_run(framer_cls):
+    # the frame completed from the previous chunk's bytes joins the run of this call's frames;
+    # runs do not span calls
+    frames = data_frames(40)
+    data = serialize(frames)
+    framer = framer_cls()
+    cut = 5 * 26 + 7
+    assert framer.feed_grouped(data[:cut]) == [(0, 0, 1, [p for *_, p in frames[:5]])]
+    assert framer.feed_grouped(data[cut:]) == [(0, 0, 1, [p for *_, p in frames[5:]])]
+
+
+def test_grouped_collected_frame_joins_the_run(framer_cls):
+    big = payload_of(LARGE_PAYLOAD + 3)
+    frames = [(0, 0, 7, big), *data_frames(30, stream_id=7), (0, 0, 8, b"x")]
+    data = serialize(frames)
+    framer = framer_cls()
+    assert framer.feed_grouped(data[:1000]) == []
+    assert framer.feed_grouped(data[1000:]) == [
+        (0, 0, 7, [big, *(p for *_, p in frames[1:31])]),
+        (0, 0, 8, [b"x"]),
+    ]
+
+
+def test_grouped_payloads_are_fresh_lists(framer_cls):
+    frames = [(1, 0, 1, b"a"), *data_frames(50), (1, 0, 1, b"b"), *data_frames(50)]
+    got = framer_cls().feed_grouped(serialize(frames))
+    lists = [payloads for *_, payloads in got]
+    assert all(type(payloads) is list for payloads in lists)
+    assert len({id(payloads) for payloads in lists}) == len(lists)
+    assert all(type(p) is bytes for payloads in lists for p in payloads)
+
+
+@pytest.mark.parametrize("count", [3, 10, 2000])
+def test_grouped_too_large_keeps_earlier_runs(framer_cls, count):
+    frames = [*data_frames(count), (2, 0, 1, b"x"), *data_frames(count, stream_id=3)]
+    data = serialize(frames) + header(SMALL_MAX + 1) + b"junk"
+    framer = framer_cls(SMALL_MAX)
+    with pytest.raises(FrameTooLargeError) as info:
+        framer.feed_grouped(data)
+    assert info.value.frames == group(frames)
+    with pytest.raises(FrameTooLargeError) as again:
+        framer.feed_grouped(frame(b"ok"))
+    assert again.value.frames == []
+
+
+def test_grouped_mixed_with_feed(framer_cls):
+    # feed and feed_grouped may take turns on one framer
+    frames = data_frames(100) + [(3, 3, 3, b"3")] + data_frames(100, stream_id=9)
+    data = serialize(frames)
+    chunks = split_at(data, range(500, len(data), 500))
+    framer = framer_cls()
+    expected = PyFramer()
+    for i, chunk in enumerate(chunks):
+        want = expected.feed(chunk)
+        if i % 2:
+            assert framer.feed(chunk) == want
+        else:
+            assert framer.feed_grouped(chunk) == group(want)
+
+
+def test_grouped_huge_chunks(framer_cls, framer_name):
+    if framer_name != "c":
+        pytest.skip("the C framer's offsets are uint32: chunks over 2 GiB are fed in pieces")
+    framer = framer_cls()
+    framer._max_chunk = 100  # instead of 2 GiB
+    assert framer.feed_grouped(STREAM) == group(FRAMES)
+    frames = data_frames(20)
+    assert framer.feed_grouped(serialize(frames)) == group(frames)
+    with pytest.raises(FrameTooLargeError) as info:
+        framer.feed_grouped(serialize(frames) + header(2**32 - 1))
+    assert info.value.frames == group(frames)
+
+
 # --- the C framer's own paths ----------------------------------------------------------------
 
 
@@ -559,16 +681,18 @@ def reference(chunks: list[bytes], max_frame_size: int) -> list:
     return transcript + [(None, 0)]
 
 
-def transcript(framer, chunks: list[bytes]) -> list:
-    """The framer's transcript; after an error, one more feed (of nothing) shows the poisoning."""
+def transcript(framer, chunks: list[bytes], grouped: bool = False) -> list:
+    """The framer's transcript (of feed_grouped if ``grouped``); after an error, one more feed
+    (of nothing) shows the poisoning."""
     result = []
+    feed = framer.feed_grouped if grouped else framer.feed
     for chunk in chunks:
         try:
-            result.append((framer.feed(chunk), framer.buffered))
+            result.append((feed(chunk), framer.buffered))
         except FrameTooLargeError as error:
             result.append((error_entry(error), framer.buffered))
             try:
-                framer.feed(b"")
+                feed(b"")
             except FrameTooLargeError as again:
                 result.append((error_entry(again), framer.buffered))
             return result
@@ -579,6 +703,41 @@ def transcript(framer, chunks: list[bytes]) -> list:
     else:
         result.append((None, framer.buffered))
     return result
+
+
+def group(frames: list) -> list:
+    """What feed_grouped must return for feed's ``frames``: each maximal run of DATA frames
+    (type 0) with flags 0 on one stream as one (0, 0, stream_id, payloads), every other frame
+    as (type, flags, stream_id, [payload]).  Written apart from trpc's group_frames, on
+    purpose."""
+    keys = [(t, f, s) if t == f == 0 else (t, f, s, i) for i, (t, f, s, _) in enumerate(frames)]
+    return [
+        (*frames[i][:3], [frames[j][3] for j in range(i, j_end)])
+        for i, j_end in run_bounds(keys)
+    ]
+
+
+def run_bounds(keys: list) -> list[tuple[int, int]]:
+    bounds = []
+    for i, key in enumerate(keys):
+        if i and key == keys[i - 1]:
+            bounds[-1] = (bounds[-1][0], i + 1)
+        else:
+            bounds.append((i, i + 1))
+    return bounds
+
+
+def group_transcript(model: list) -> list:
+    """The reference transcript with its frames (and its errors' frames) grouped."""
+    return [(group_entry(entry), buffered) for entry, buffered in model]
+
+
+def group_entry(entry):
+    if entry is None:
+        return None
+    if isinstance(entry, tuple):  # an error: (class name, message part, frames)
+        return (*entry[:2], group(entry[2]))
+    return group(entry)
 
 
 def error_entry(error: Exception) -> tuple:
@@ -612,12 +771,24 @@ oversize_lengths = st.one_of(
 )
 
 
+# Frame headers as they come in runs: mostly DATA frames with flags 0 on a few streams.
+runny_types = st.sampled_from([0, 0, 0, 1])
+runny_flags = st.sampled_from([0, 0, 0, 1])
+runny_ids = st.sampled_from([1, 1, 3, 2**32 - 1])
+
+
 @st.composite
-def streams(draw, payloads=payloads, max_frames=30):
+def streams(
+    draw,
+    payloads=payloads,
+    max_frames=30,
+    types=st.integers(0, 255),
+    flags=st.integers(0, 255),
+    ids=st.integers(0, 2**32 - 1),
+):
     """A serialized frame list, maybe spoiled (garbage or an oversize header somewhere, or a
     truncated end), and the points where it is split into chunks."""
-    ids = st.integers(0, 2**32 - 1)
-    frame_tuples = st.tuples(st.integers(0, 255), st.integers(0, 255), ids, payloads)
+    frame_tuples = st.tuples(types, flags, ids, payloads)
     frames = draw(st.lists(frame_tuples, max_size=max_frames))
     parts = [frame(p, t, f, s) for t, f, s, p in frames]
     spoil = draw(st.sampled_from(["none", "none", "garbage", "oversize", "truncate"]))
@@ -646,6 +817,13 @@ def check_equivalent(framer_cls, chunks: list[bytes], large_payload: int = LARGE
     python_transcript = transcript(python, chunks)
     assert matches(model, python_transcript), (model, python_transcript)
     assert transcript(tested, chunks) == python_transcript
+    # feed_grouped: the model's frames grouped, by both framers alike
+    python = PyFramer(SMALL_MAX)
+    tested = framer_cls(SMALL_MAX)
+    python._large_payload = tested._large_payload = large_payload
+    python_grouped = transcript(python, chunks, grouped=True)
+    assert matches(group_transcript(model), python_grouped), (model, python_grouped)
+    assert transcript(tested, chunks, grouped=True) == python_grouped
 
 
 # The payload size from which frames are collected in pieces: the real one (which the random
@@ -667,8 +845,34 @@ def test_equivalent_on_random_splits(framer_cls, case, large):
     check_equivalent(framer_cls, chunks, large)
 
 
+@settings(relaxed, max_examples=400)
+@given(
+    case=streams(
+        payloads=st.one_of(small_payloads, st.just(b"\xa5" * 1000)),
+        max_frames=60,
+        types=runny_types,
+        flags=runny_flags,
+        ids=runny_ids,
+    ),
+    large=large_payloads,
+)
+def test_equivalent_in_runs(framer_cls, case, large):
+    # frames in runs: what feed_grouped groups
+    stream, chunks = case
+    check_equivalent(framer_cls, chunks, large)
+
+
 @settings(relaxed, max_examples=150)
-@given(case=streams(payloads=small_payloads, max_frames=12), large=large_payloads)
+@given(
+    case=st.one_of(
+        streams(payloads=small_payloads, max_frames=12),
+        streams(
+            payloads=small_payloads, max_frames=12, types=runny_types, flags=runny_flags,
+            ids=runny_ids,
+        ),
+    ),
+    large=large_payloads,
+)
 def test_equivalent_byte_by_byte(framer_cls, case, large):
     stream, _ = case
     check_equivalent(framer_cls, [stream[i : i + 1] for i in range(len(stream))], large)

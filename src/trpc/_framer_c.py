@@ -31,8 +31,10 @@ from ._framer_py import (
     LARGE_PAYLOAD,
     MAX_FRAME_SIZE_LIMIT,
     Frame,
+    Run,
     check_max_frame_size,
     frame_too_large,
+    group_frames,
     keep_piece,
     truncated_frame,
 )
@@ -85,9 +87,13 @@ _NO_MEMORY = lib.TRPC_FRAMER_NO_MEMORY
 _COLLECT = 7
 if ffi.offsetof("trpc_framer_result", "collect") != 4 * _COLLECT:
     raise ImportError("trpc._framer_cffi's result layout is not the one trpc._framer_c reads")
-# Where each column starts in the type_flags (uint8) and columns (uint32) arrays.
+# Where each column starts in the type_flags (uint8) and columns (uint32) arrays, and in the
+# run_type_flags and runs arrays.
 _TYPE, _FLAGS = 0, _CAPACITY
 _ID, _START, _END = 0, _CAPACITY, 2 * _CAPACITY
+_FIRST = _CAPACITY
+_map = map
+_list = list
 
 
 class CFramer:
@@ -123,6 +129,10 @@ class CFramer:
         self._type_flags_buffer = ffi.buffer(self._type_flags, 2 * _CAPACITY)
         self._format = ffi.buffer(
             lib.trpc_framer_format(framer), _CAPACITY * lib.TRPC_FRAMER_FORMAT_PER_FRAME + 2
+        )
+        self._runs = memoryview(ffi.buffer(lib.trpc_framer_runs(framer), 3 * _CAPACITY * 4)).cast("I")
+        self._run_type_flags = memoryview(
+            ffi.buffer(lib.trpc_framer_run_type_flags(framer), 2 * _CAPACITY)
         )
         self._framer = ffi.gc(framer, lib.trpc_framer_free)
         return self._framer
@@ -168,7 +178,7 @@ class CFramer:
                 if collect:
                     keep_piece(self._pieces, data, end - collect)
                 return frames
-            n, pos, carried, carried_length, offset, format_length, buffered, collect = (
+            n, pos, carried, carried_length, offset, format_length, buffered, collect, _ = (
                 self._result.tolist()
             )
             first = 0  # the first frame whose payload lies in data
@@ -208,6 +218,130 @@ class CFramer:
             if n < _CAPACITY:
                 self._fast = not buffered
                 return frames
+
+    def feed_grouped(self, data: bytes | bytearray | memoryview) -> list[Run]:
+        """Append one received chunk; return its frames grouped in runs (see
+        PyFramer.feed_grouped).
+
+        C finds the runs among the frames it scans (the run columns, see ``csrc/framer.h``),
+        so per run of a C call, Python makes one list: a slice of the payload tuple that the
+        struct format unpacks.  What C cannot know -- whether a run continues the frames parsed
+        before it in this call (the Python fast path, a carried frame, the previous C call of
+        a chunk larger than its output) -- is checked here, once per C call.
+        """
+        if type(data) is not bytes:
+            data = bytes(data)
+        end = len(data)
+        if end > self._max_chunk:
+            try:
+                return group_frames(self._feed_pieces(data))
+            except (FrameTooLargeError, TruncatedFrameError) as error:
+                error.frames = group_frames(error.frames)
+                raise
+        runs: list[Run] = []
+        # The last run's payload list, and its stream id if it is a run of plain DATA frames
+        # (-1 otherwise): a DATA frame with flags 0 on that stream joins it.
+        run: list = []
+        tail = -1
+        pos = 0
+        if self._fast:
+            # As in feed(): the first few complete frames are parsed here.
+            last = end - HEADER_SIZE
+            max_frame_size = self.max_frame_size
+            for _ in _FAST_FRAMES:
+                if pos > last:
+                    break
+                length, type_, flags, stream_id = _unpack_header(data, pos)
+                start = pos + 10  # HEADER_SIZE
+                stop = start + length
+                if stop > end or length > max_frame_size:
+                    break
+                if stream_id == tail and not (type_ or flags):
+                    run.append(data[start:stop])
+                else:
+                    run = [data[start:stop]]
+                    runs.append((type_, flags, stream_id, run))
+                    tail = -1 if type_ or flags else stream_id
+                pos = stop
+            if pos == end:
+                return runs
+        framer = self._framer or self._start()
+        while True:
+            status = _feed(framer, data, end, pos)
+            if not status:  # no frame completed: C now holds a partial one (or still does)
+                self._fast = False
+                collect = self._result[_COLLECT]
+                if collect:
+                    keep_piece(self._pieces, data, end - collect)
+                return runs
+            n, pos, carried, carried_length, offset, format_length, buffered, collect, count = (
+                self._result.tolist()
+            )
+            first = 0  # the first frame whose payload lies in data
+            if carried:
+                first = 1
+                if carried == _COLLECTED:
+                    c = self._columns
+                    pieces = self._pieces
+                    start, stop = c[_START], c[_END]
+                    pieces.append(data if stop - start == end else memoryview(data)[start:stop])
+                    payload = _join(pieces)
+                    pieces.clear()
+                else:
+                    payload = _unpack(_carried(framer), carried_length)
+                tf = self._type_flags
+                type_, flags, stream_id = tf[_TYPE], tf[_FLAGS], self._columns[_ID]
+                if stream_id == tail and not (type_ or flags):
+                    run.append(payload)
+                else:
+                    run = [payload]
+                    runs.append((type_, flags, stream_id, run))
+                    tail = -1 if type_ or flags else stream_id
+            if n - first >= _FEW:
+                payloads = _Struct(self._format[:format_length]).unpack_from(data, offset)
+                tf = self._run_type_flags
+                r = self._runs
+                k = 0
+                if r[_ID] == tail and not (tf[_TYPE] or tf[_FLAGS]):
+                    # The first run continues the last one.
+                    run += payloads[: r[_END]]
+                    k = 1
+                if count == n - first:  # every run is one frame
+                    lists = _map(_list, zip(payloads[k:] if k else payloads))
+                else:
+                    lists = [
+                        [*payloads[a:b]]
+                        for a, b in zip(r[_FIRST + k : _FIRST + count], r[_END + k : _END + count])
+                    ]
+                runs += zip(
+                    tf[_TYPE + k : _TYPE + count],
+                    tf[_FLAGS + k : _FLAGS + count],
+                    r[_ID + k : _ID + count],
+                    lists,
+                )
+                if count > k:
+                    last = count - 1
+                    run = runs[-1][3]
+                    tail = -1 if tf[_TYPE + last] or tf[_FLAGS + last] else r[_ID + last]
+            else:
+                tf = self._type_flags
+                c = self._columns
+                for i in range(first, n):
+                    type_, flags, stream_id = tf[_TYPE + i], tf[_FLAGS + i], c[_ID + i]
+                    if stream_id == tail and not (type_ or flags):
+                        run.append(data[c[_START + i] : c[_END + i]])
+                    else:
+                        run = [data[c[_START + i] : c[_END + i]]]
+                        runs.append((type_, flags, stream_id, run))
+                        tail = -1 if type_ or flags else stream_id
+            if status < 0:
+                self._fast = False
+                raise self._error(status, runs)
+            if collect:  # the chunk ends inside a large frame: keep that piece
+                keep_piece(self._pieces, data, end - collect)
+            if n < _CAPACITY:
+                self._fast = not buffered
+                return runs
 
     def _feed_pieces(self, data: bytes) -> list[Frame]:
         frames: list[Frame] = []

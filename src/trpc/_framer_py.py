@@ -44,7 +44,9 @@ __all__ = [
     "MAX_FRAME_SIZE_LIMIT",
     "LARGE_PAYLOAD",
     "Frame",
+    "Run",
     "PyFramer",
+    "group_frames",
 ]
 
 #: Frame header: payload length, type, flags, stream id.
@@ -79,6 +81,8 @@ PIECE_MIN = 1 << 10
 
 #: What ``feed()`` returns, one per frame: ``(type, flags, stream_id, payload)``.
 Frame = tuple[int, int, int, bytes]
+#: What ``feed_grouped()`` returns, one per run of frames: ``(type, flags, stream_id, payloads)``.
+Run = tuple[int, int, int, list[bytes]]
 
 _unpack_header = HEADER.unpack_from
 _unpack_length = struct.Struct(">I").unpack_from
@@ -94,6 +98,24 @@ def keep_piece(pieces: list, data: bytes, start: int) -> None:
         pieces[-1] += memoryview(data)[start:]
     elif size:
         pieces.append(bytearray(memoryview(data)[start:]))
+
+
+def group_frames(frames: list[Frame]) -> list[Run]:
+    """Group ``feed()``'s frames as ``feed_grouped()`` does: each maximal run of consecutive
+    DATA frames (type 0) with flags 0 on one stream id becomes one ``(0, 0, stream_id,
+    [payload, ...])``; every other frame becomes ``(type, flags, stream_id, [payload])``."""
+    runs: list[Run] = []
+    append = runs.append
+    tail = -1  # the stream id of the last run if it is a run of DATA frames, else -1
+    run: list[bytes] = []
+    for type_, flags, stream_id, payload in frames:
+        if stream_id == tail and not (type_ or flags):
+            run.append(payload)
+        else:
+            run = [payload]
+            append((type_, flags, stream_id, run))
+            tail = -1 if type_ or flags else stream_id
+    return runs
 
 
 def check_max_frame_size(max_frame_size: int) -> int:
@@ -247,6 +269,27 @@ class PyFramer:
         if pos < end:
             self._carry = bytearray(memoryview(data)[pos:])
         return frames
+
+    def feed_grouped(self, data: bytes | bytearray | memoryview) -> list[Run]:
+        """Like :meth:`feed`, but every maximal run of consecutive frames of the call that are
+        all DATA (type 0) with flags 0 on one stream id comes as one entry, so that a consumer
+        does its per-frame checks once per run.
+
+        Returns:
+            ``group_frames(feed(data))``: a list of ``(type, flags, stream_id, payloads)``,
+            ``payloads`` a list of ``bytes``; runs of DATA frames as above, every other frame
+            alone.  Runs do not span calls; a frame completed from the previous chunk's bytes
+            is the first frame of this call and may start a run.
+
+        Raises:
+            Like :meth:`feed`; the error's ``frames`` holds this call's runs before it, grouped.
+        """
+        try:
+            frames = self.feed(data)
+        except (FrameTooLargeError, TruncatedFrameError) as error:
+            error.frames = group_frames(error.frames)
+            raise
+        return group_frames(frames)
 
     def close(self) -> None:
         """The peer sent EOF.
