@@ -12,6 +12,11 @@ Against ``trpc serve trpc.examples:Greeter`` in a child process on a free loopba
 
 Framers alternate run by run; each cell is the median of ``--repeat`` runs.  Every loop is
 bounded in count and time; the server is stopped by the pid this script started.
+
+Besides the rates, it reports the CPU time the *client* process spent per message (``cpu
+us/msg``, from ``time.process_time()``): on a 2-core machine where the two processes share the
+cores, the rates move with scheduling (how the wake-ups fall), while the receiving side's CPU
+per message is what the framer changes, and varies far less from run to run.
 """
 
 from __future__ import annotations
@@ -32,18 +37,18 @@ UNITS = {"server_stream": "msgs/s", "bidi_echo": "msgs/s", "echo_1mib": "MB/s"}
 TIME_LIMIT = 60  # seconds: any one measurement that takes longer fails instead of hanging
 
 
-async def server_stream(client, n: int) -> float:
-    started = time.perf_counter()
+async def server_stream(client, n: int) -> tuple[float, float]:
+    started, cpu = time.perf_counter(), time.process_time()
     count = 0
     async for i in client.count(n):
         count += 1
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     assert count == n and i == n - 1
-    return n / elapsed
+    return n / elapsed, cpu / n * 1e6
 
 
-async def bidi_echo(client, n: int) -> float:
-    started = time.perf_counter()
+async def bidi_echo(client, n: int) -> tuple[float, float]:
+    started, cpu = time.perf_counter(), time.process_time()
     async with client.echo.open() as stream:
 
         async def sender():
@@ -57,14 +62,14 @@ async def bidi_echo(client, n: int) -> float:
             count = 0
             async for _ in stream:
                 count += 1
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     assert count == n
-    return n / elapsed
+    return n / elapsed, cpu / n * 1e6
 
 
-async def echo_1mib(client, n: int) -> float:
+async def echo_1mib(client, n: int) -> tuple[float, float]:
     payload = bytes(1 << 20)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     async with client.echo.open() as stream:
 
         async def sender():
@@ -77,15 +82,15 @@ async def echo_1mib(client, n: int) -> float:
             total = 0
             async for message in stream:
                 total += len(message)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     assert total == n << 20
-    return total / elapsed / 1e6
+    return total / elapsed / 1e6, cpu / n * 1e6
 
 
 async def measure(address: str, framer: str, sizes: dict) -> dict:
     async with trpc.open_client(address, framer=framer) as client:
         await server_stream(client, 1000)  # warm up
-        results = {}
+        results: dict[str, tuple[float, float]] = {}
         for name, function in (("server_stream", server_stream), ("bidi_echo", bidi_echo), ("echo_1mib", echo_1mib)):
             with trio.fail_after(TIME_LIMIT):
                 results[name] = await function(client, sizes[name])
@@ -104,6 +109,7 @@ def main() -> None:
         sizes = {"server_stream": 30_000, "bidi_echo": 20_000, "echo_1mib": 16}
 
     runs = {f: {w: [] for w in WORKLOADS} for f in FRAMERS}
+    cpu_runs = {f: {w: [] for w in WORKLOADS} for f in FRAMERS}
     for rep in range(args.repeat):
         for framer in FRAMERS if rep % 2 == 0 else FRAMERS[::-1]:
             process, address = start_server(framer)
@@ -112,23 +118,27 @@ def main() -> None:
             finally:
                 process.terminate()
                 process.wait(timeout=10)
-            for name, value in result.items():
+            for name, (value, cpu) in result.items():
                 runs[framer][name].append(value)
+                cpu_runs[framer][name].append(cpu)
             if not args.json:
                 print(f"  run {rep + 1}/{args.repeat} {framer:>6}: " +
-                      ", ".join(f"{w} {result[w]:,.0f}" for w in WORKLOADS), file=sys.stderr)
+                      ", ".join(f"{w} {result[w][0]:,.0f}" for w in WORKLOADS), file=sys.stderr)
 
     summary = {f: {w: statistics.median(v) for w, v in by_w.items()} for f, by_w in runs.items()}
+    cpu = {f: {w: statistics.median(v) for w, v in by_w.items()} for f, by_w in cpu_runs.items()}
     if args.json:
         print(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "sizes": sizes,
-                          "results": summary}))
+                          "results": summary, "client_cpu_us_per_msg": cpu}))
         return
     print(f"\nstreaming, client and server in separate processes, loopback")
     print(f"{machine()}; {time.strftime('%Y-%m-%d')}; median of {args.repeat}\n")
-    print(f"{'workload':<16}{'unit':>8}{'c':>12}{'python':>12}{'c/python':>10}")
+    print(f"{'workload':<16}{'unit':>8}{'c':>12}{'python':>12}{'c/python':>10}"
+          f"{'cpu us/msg c':>15}{'python':>9}{'py/c':>7}")
     for w in WORKLOADS:
         c, p = summary["c"][w], summary["python"][w]
-        print(f"{w:<16}{UNITS[w]:>8}{c:>12,.0f}{p:>12,.0f}{c / p:>9.2f}x")
+        cc, cp = cpu["c"][w], cpu["python"][w]
+        print(f"{w:<16}{UNITS[w]:>8}{c:>12,.0f}{p:>12,.0f}{c / p:>9.2f}x{cc:>15.2f}{cp:>9.2f}{cp / cc:>6.2f}x")
 
 
 if __name__ == "__main__":

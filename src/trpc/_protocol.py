@@ -784,11 +784,11 @@ class Connection:
                 events.append(ConnectionClosed())
                 return events
             try:
-                frames = self._framer.feed(data)
+                groups = self._framer.feed_grouped(data)
             except RemoteProtocolError as exc:
                 self._process_frames(getattr(exc, "frames", ()), events)
                 raise
-            self._process_frames(frames, events)
+            self._process_frames(groups, events)
         except RemoteProtocolError as exc:
             exc.events = events
             if not self._closed:
@@ -844,37 +844,46 @@ class Connection:
         events.append(self.peer_preface)
         return buf[size:]
 
-    def _process_frames(self, frames, events: list[Event]) -> None:
+    def _process_frames(self, groups, events: list[Event]) -> None:
+        """Process what ``Framer.feed_grouped`` returned: frames, with each run of
+        consecutive flag-less DATA frames on one stream given as one entry."""
         streams = self._streams
         handlers = self._handlers
         data_states = self._recv_data_states
         max_message = self.max_message_size
         client = self._client
-        # The fast path: a DATA frame holding one whole message on a stream that may receive
-        # it, within every limit.  Consecutive ones for the same stream become one event, and
-        # their connection credit is settled once; anything else takes the general path below
-        # (after the batch so far has been emitted, so events keep the frames' order).
+        # The fast path: a run of DATA frames each holding one whole message, on a stream that
+        # may receive them, within every limit (the framer found the run in C, so a stream of
+        # small messages costs no Python per frame here).  Consecutive runs for the same
+        # stream become one event, and their connection credit is settled once.  Anything
+        # else takes the general path, frame by frame, after the batch so far has been
+        # emitted, so events keep the frames' order.
         batch: list[bytes] | None = None
         batch_stream: _Stream | None = None
         received = 0
-        for ftype, flags, stream_id, payload in frames:
+        for ftype, flags, stream_id, payloads in groups:
             if ftype == _DATA and not flags:
                 stream = streams.get(stream_id)
                 if stream is not None and stream.recv_parts is None and stream.state in data_states:
-                    size = len(payload)
-                    if 0 < size <= stream.recv_granted and size <= max_message and received + size <= self._recv_granted:
+                    if len(payloads) == 1:
+                        size = len(payloads[0])
+                        fits = 0 < size <= max_message
+                    else:
+                        size = sum(map(len, payloads))
+                        fits = all(payloads) and max(map(len, payloads)) <= max_message
+                    if fits and size <= stream.recv_granted and received + size <= self._recv_granted:
                         stream.recv_granted -= size
                         stream.recv_held += size
                         received += size
                         if client:
                             stream.response_started = True
                         if stream is batch_stream:
-                            batch.append(payload)
+                            batch += payloads
                         else:
                             if batch is not None:
                                 events.append(MessagesReceived(stream_id=batch_stream.id, payloads=batch))
                             batch_stream = stream
-                            batch = [payload]
+                            batch = payloads  # a fresh list per entry: ours to keep
                         continue
             if batch is not None:
                 events.append(MessagesReceived(stream_id=batch_stream.id, payloads=batch))
@@ -882,17 +891,18 @@ class Connection:
             if received:
                 self._take_connection_credit(received)
                 received = 0
-            if ftype == _DATA:
-                stream = streams.get(stream_id)
-                if stream is None:
-                    self._recv_data_unknown(stream_id, len(payload))
-                    continue
-                self._recv_data(stream, flags, payload, events)
-            else:
-                handler = handlers.get(ftype)
-                if handler is None:
-                    raise RemoteProtocolError(f"unknown frame type 0x{ftype:02x}")
-                handler(flags, stream_id, payload, events)
+            for payload in payloads:
+                if ftype == _DATA:
+                    stream = streams.get(stream_id)
+                    if stream is None:
+                        self._recv_data_unknown(stream_id, len(payload))
+                        continue
+                    self._recv_data(stream, flags, payload, events)
+                else:
+                    handler = handlers.get(ftype)
+                    if handler is None:
+                        raise RemoteProtocolError(f"unknown frame type 0x{ftype:02x}")
+                    handler(flags, stream_id, payload, events)
         if batch is not None:
             events.append(MessagesReceived(stream_id=batch_stream.id, payloads=batch))
         if received:
