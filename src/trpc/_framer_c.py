@@ -173,10 +173,7 @@ class CFramer:
         while True:
             status = _feed(framer, data, end, pos)
             if not status:  # no frame completed: C now holds a partial one (or still does)
-                self._fast = False
-                collect = self._result[_COLLECT]
-                if collect:
-                    keep_piece(self._pieces, data, end - collect)
+                self._hold_partial(data, end)
                 return frames
             n, pos, carried, carried_length, offset, format_length, buffered, collect, _ = (
                 self._result.tolist()
@@ -184,15 +181,7 @@ class CFramer:
             first = 0  # the first frame whose payload lies in data
             if carried:
                 first = 1
-                if carried == _COLLECTED:
-                    c = self._columns
-                    pieces = self._pieces
-                    start, stop = c[_START], c[_END]
-                    pieces.append(data if stop - start == end else memoryview(data)[start:stop])
-                    payload = _join(pieces)
-                    pieces.clear()
-                else:
-                    payload = _unpack(_carried(framer), carried_length)
+                payload = self._carried_payload(framer, data, end, carried, carried_length)
                 tf = self._type_flags
                 frames.append((tf[_TYPE], tf[_FLAGS], self._columns[_ID], payload))
             if n - first >= _FEW:
@@ -269,10 +258,7 @@ class CFramer:
         while True:
             status = _feed(framer, data, end, pos)
             if not status:  # no frame completed: C now holds a partial one (or still does)
-                self._fast = False
-                collect = self._result[_COLLECT]
-                if collect:
-                    keep_piece(self._pieces, data, end - collect)
+                self._hold_partial(data, end)
                 return runs
             n, pos, carried, carried_length, offset, format_length, buffered, collect, count = (
                 self._result.tolist()
@@ -280,15 +266,7 @@ class CFramer:
             first = 0  # the first frame whose payload lies in data
             if carried:
                 first = 1
-                if carried == _COLLECTED:
-                    c = self._columns
-                    pieces = self._pieces
-                    start, stop = c[_START], c[_END]
-                    pieces.append(data if stop - start == end else memoryview(data)[start:stop])
-                    payload = _join(pieces)
-                    pieces.clear()
-                else:
-                    payload = _unpack(_carried(framer), carried_length)
+                payload = self._carried_payload(framer, data, end, carried, carried_length)
                 tf = self._type_flags
                 type_, flags, stream_id = tf[_TYPE], tf[_FLAGS], self._columns[_ID]
                 if stream_id == tail and not (type_ or flags):
@@ -342,6 +320,27 @@ class CFramer:
             if n < _CAPACITY:
                 self._fast = not buffered
                 return runs
+
+    def _hold_partial(self, data: bytes, end: int) -> None:
+        """C completed no frame: it holds a partial one, whose large payload (if it is one)
+        Python keeps as pieces of the received chunks."""
+        self._fast = False
+        collect = self._result[_COLLECT]
+        if collect:
+            keep_piece(self._pieces, data, end - collect)
+
+    def _carried_payload(self, framer, data: bytes, end: int, carried: int, carried_length: int) -> bytes:
+        """The payload of the frame that started in an earlier chunk (frame 0 of this call):
+        a large one is joined from its pieces, a small one copied out of C's carry."""
+        if carried == _COLLECTED:
+            c = self._columns
+            pieces = self._pieces
+            start, stop = c[_START], c[_END]
+            pieces.append(data if stop - start == end else memoryview(data)[start:stop])
+            payload = _join(pieces)
+            pieces.clear()
+            return payload
+        return _unpack(_carried(framer), carried_length)
 
     def _feed_pieces(self, data: bytes) -> list[Frame]:
         frames: list[Frame] = []
