@@ -522,3 +522,28 @@ def test_hand_encoded_headers_are_the_cbor_map(framer_cls, timeout, metadata):
         if metadata:
             expected[3] = metadata
         assert cbor2.loads(payload) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    method=st.text(max_size=300),
+    timeout=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+    noise=st.binary(max_size=3),
+)
+def test_hand_parsed_headers_agree_with_cbor2(method, timeout, noise):
+    """The server's hand parser for the common HEADERS shapes returns exactly what cbor2
+    decodes, or declines (None); it never accepts what is not one of those maps."""
+    from trpc._protocol import _parse_simple_headers
+
+    fields = {1: method} if timeout is None else {1: method, 2: timeout}
+    payload = cbor2.dumps(fields)
+    parsed = _parse_simple_headers(payload)
+    if parsed is not None:
+        assert parsed == (method, timeout)
+    else:  # it only declines long names
+        assert len(method.encode()) > 255
+    # Trailing bytes, a truncated map or other keys are never accepted.
+    assert _parse_simple_headers(payload + noise) is None or not noise
+    assert _parse_simple_headers(payload[:-1]) is None
+    assert _parse_simple_headers(cbor2.dumps({1: method, 3: {}})) is None
+    assert _parse_simple_headers(cbor2.dumps({2: 5, 1: method})) is None

@@ -224,6 +224,44 @@ def message_size(payload: bytes | list) -> int:
     return len(payload)
 
 
+def _parse_simple_headers(payload: bytes) -> tuple[str, int | None] | None:
+    """Decode a HEADERS map of the two shapes trpc's client sends without metadata,
+    ``{1: method}`` and ``{1: method, 2: timeout_us}``, by hand (the method name up to 255
+    UTF-8 bytes, the timeout any unsigned integer); None for anything else, which then goes
+    through cbor2 and the full checks.  One of these arrives with every call."""
+    if len(payload) < 3 or payload[1] != 1:
+        return None
+    pairs = payload[0]
+    if pairs != 0xA1 and pairs != 0xA2:
+        return None
+    head = payload[2]
+    if 0x60 <= head <= 0x77:
+        start, end = 3, 3 + head - 0x60
+    elif head == 0x78 and len(payload) > 3:
+        start, end = 4, 4 + payload[3]
+    else:
+        return None
+    try:
+        method = payload[start:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if pairs == 0xA1:
+        return (method, None) if end == len(payload) else None
+    if len(payload) < end + 2 or payload[end] != 2:
+        return None
+    head = payload[end + 1]
+    if head <= 0x17:
+        size, timeout_us = 0, head
+    elif 0x18 <= head <= 0x1B:
+        size = 1 << (head - 0x18)
+        timeout_us = int.from_bytes(payload[end + 2 : end + 2 + size], "big")
+    else:
+        return None
+    if end + 2 + size != len(payload):
+        return None
+    return method, timeout_us
+
+
 class _Stream:
     """Per-stream bookkeeping.  Plain slots: one is created per call."""
 
@@ -353,6 +391,13 @@ class Connection:
         self._send_data_states = frozenset(
             state for (role, state, event) in _TRANSITIONS if role is self.role and event is _In.SEND_DATA
         )
+        #: state -> state after a DATA frame with END_STREAM, where the table allows both (the
+        #: server's fast path for a request's last message).
+        self._recv_end_states = {
+            state: _TRANSITIONS[self.role, state, _In.RECV_END_STREAM]
+            for state in self._recv_data_states
+            if (self.role, state, _In.RECV_END_STREAM) in _TRANSITIONS
+        }
         self._recv_trailers_states = frozenset(
             state
             for (role, state, event), new in _TRANSITIONS.items()
@@ -850,6 +895,7 @@ class Connection:
         streams = self._streams
         handlers = self._handlers
         data_states = self._recv_data_states
+        end_states = self._recv_end_states
         max_message = self.max_message_size
         client = self._client
         # The fast path: a run of DATA frames each holding one whole message, on a stream that
@@ -884,6 +930,29 @@ class Connection:
                                 events.append(MessagesReceived(stream_id=batch_stream.id, payloads=batch))
                             batch_stream = stream
                             batch = payloads  # a fresh list per entry: ours to keep
+                        continue
+            elif ftype == _DATA and flags == _END_STREAM and len(payloads) == 1:
+                # A request's one message with the half-close (every unary call has one).
+                stream = streams.get(stream_id)
+                if stream is not None and stream.recv_parts is None:
+                    after = end_states.get(stream.state)
+                    payload = payloads[0]
+                    size = len(payload)
+                    if (
+                        after is not None
+                        and 0 < size <= max_message
+                        and size <= stream.recv_granted
+                        and received + size <= self._recv_granted
+                    ):
+                        if batch is not None:
+                            events.append(MessagesReceived(stream_id=batch_stream.id, payloads=batch))
+                            batch = batch_stream = None
+                        stream.recv_granted -= size
+                        stream.recv_held += size
+                        received += size
+                        stream.state = after
+                        events.append(MessagesReceived(stream_id=stream_id, payloads=payloads))
+                        events.append(StreamEnded(stream_id=stream_id))
                         continue
             if batch is not None:
                 events.append(MessagesReceived(stream_id=batch_stream.id, payloads=batch))
@@ -1013,6 +1082,12 @@ class Connection:
             raise RemoteProtocolError("HEADERS frame on stream 0")
         if flags & ~_END_STREAM:
             raise RemoteProtocolError(f"HEADERS frame with unknown flags 0x{flags:02x}")
+        if not self._client:
+            parsed = _parse_simple_headers(payload)
+            if parsed is not None:  # the common shapes, without cbor2 (see the function)
+                method, timeout_us = parsed
+                self._open_remote_call(flags, stream_id, method, timeout_us, {}, events)
+                return
         fields = self._decode_control("HEADERS", payload)
         metadata = _validate_metadata(fields.get(_H_METADATA), remote=True)
         if self._client:
@@ -1028,16 +1103,22 @@ class Connection:
             events.append(HeadersReceived(stream_id=stream_id, metadata=metadata))
             return
         # server: a new call
-        if stream_id <= self._last_stream_id:
-            raise RemoteProtocolError(
-                f"HEADERS frame reuses stream id {stream_id} (ids must increase; last was {self._last_stream_id})"
-            )
         method = fields.get(_H_METHOD)
         if not isinstance(method, str):
             raise RemoteProtocolError("HEADERS frame without a method name")
         timeout_us = fields.get(_H_TIMEOUT)
         if timeout_us is not None and (not isinstance(timeout_us, int) or timeout_us < 0):
             raise RemoteProtocolError("the timeout must be a non-negative integer (microseconds)")
+        self._open_remote_call(flags, stream_id, method, timeout_us, metadata, events)
+
+    def _open_remote_call(
+        self, flags: int, stream_id: int, method: str, timeout_us: int | None, metadata: dict, events: list[Event]
+    ) -> None:
+        """A client's HEADERS, decoded: open the stream (server side)."""
+        if stream_id <= self._last_stream_id:
+            raise RemoteProtocolError(
+                f"HEADERS frame reuses stream id {stream_id} (ids must increase; last was {self._last_stream_id})"
+            )
         self._last_stream_id = stream_id
         end = bool(flags & _END_STREAM)
         state = StreamState.HALF_CLOSED_REMOTE if end else StreamState.OPEN
