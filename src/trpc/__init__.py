@@ -31,6 +31,7 @@ from ._errors import (
 )
 from ._framer import get_framer
 from ._interceptors import CallDetails, ClientInterceptor, ServerInterceptor
+from ._messages import field, message
 from ._server import DEFAULT_HOST, DEFAULT_PORT, Server, serve
 from ._service import Cardinality, Service, bidi_stream, client_stream, server_stream, unary
 from ._status import Status
@@ -63,7 +64,9 @@ __all__ = [
     "bidi_stream",
     "client_stream",
     "current_call",
+    "field",
     "get_framer",
+    "message",
     "open_client",
     "serve",
     "server_stream",

@@ -1,6 +1,7 @@
 """How Python values become message bytes and back: CBOR, through cbor2.
 
-Every message on the wire is exactly one CBOR data item (RFC 8949).  Call arguments travel as
+Every message on the wire is exactly one CBOR data item (RFC 8949); instances of message
+classes (``trpc.message``) are CBOR tag 27 around ``[name, {field number: value}]``.  Call arguments travel as
 ``[positional]`` or ``[positional, keyword]`` (an array of the positional arguments, then, only if
 there are any, a map of the keyword arguments); results and streamed items travel as themselves.
 ``docs/PROTOCOL.md`` gives the full mapping.
@@ -13,15 +14,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from functools import partial
+
 import cbor2
 
 from ._errors import RpcError
+from ._messages import decode_tag, encode_default
 from ._status import Status
 
 __all__ = ["encode", "decode", "encode_arguments", "decode_arguments"]
 
-_dumps = cbor2.dumps
-_loads = cbor2.loads
+# Message classes (trpc.message) travel as CBOR tag 27; the hooks cost nothing for other values.
+_dumps = partial(cbor2.dumps, default=encode_default)
+_loads = partial(cbor2.loads, tag_hook=decode_tag)
 _EMPTY_ARGS = _dumps([[]])
 #: Byte strings at least this long are encoded here rather than by cbor2, whose encoder takes
 #: about 1.3 ms per MiB for them; here it is one copy (header + bytes).  64 KiB: below it the

@@ -58,6 +58,7 @@ from ._events import (
     StreamEnded,
 )
 from ._framer_py import DEFAULT_MAX_FRAME_SIZE, HEADER, MAX_FRAME_SIZE_LIMIT, MIN_FRAME_SIZE_LIMIT
+from ._messages import decode_tag, encode_default
 from ._status import Status
 
 __all__ = [
@@ -519,7 +520,7 @@ class Connection:
         return payload
 
     def _control_payload(self, fields: dict) -> bytes:
-        payload = cbor2.dumps(fields)
+        payload = cbor2.dumps(fields, default=encode_default)
         if len(payload) > MAX_HEADERS_SIZE or len(payload) > self._peer_max_frame:
             raise LocalProtocolError(
                 f"control payload of {len(payload)} bytes exceeds the limit "
@@ -1070,7 +1071,7 @@ class Connection:
         if len(payload) > MAX_HEADERS_SIZE:
             raise RemoteProtocolError(f"{kind} payload of {len(payload)} bytes exceeds {MAX_HEADERS_SIZE}")
         try:
-            fields = cbor2.loads(payload)
+            fields = cbor2.loads(payload, tag_hook=decode_tag)
         except Exception as exc:  # cbor2 raises several types for malformed input
             raise RemoteProtocolError(f"{kind} payload is not valid CBOR: {exc}") from None
         if not isinstance(fields, dict):
