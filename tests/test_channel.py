@@ -86,3 +86,11 @@ async def test_send_limits_and_errors():
     with pytest.raises(trpc.TransportError):
         for _ in range(100):
             await channel.send(b"x" * 1000)
+
+
+async def test_message_classes_travel_too():
+    from .test_messages import Point
+
+    left, right = trio.testing.memory_stream_pair()
+    await FramedChannel(left).send({"where": Point(1, 2)})
+    assert await FramedChannel(right).receive() == {"where": Point(1, 2)}

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-import cbor2
 import trio
 
+from ._codec import _dumps, _loads
 from ._errors import LocalProtocolError, RemoteProtocolError, TransportError
 from ._framer import get_framer
 from ._framer_py import DEFAULT_MAX_FRAME_SIZE, HEADER
@@ -63,7 +63,7 @@ class FramedChannel(trio.abc.Channel[Any]):
             TransportError: the stream is broken or closed.
         """
         try:
-            payload = cbor2.dumps(value)
+            payload = _dumps(value)
         except Exception as exc:
             raise LocalProtocolError(f"cannot encode {type(value).__name__} as CBOR: {exc}") from None
         if len(payload) > self.max_frame_size:
@@ -110,7 +110,7 @@ class FramedChannel(trio.abc.Channel[Any]):
         finally:
             self._receiving = False
         try:
-            return cbor2.loads(payload)
+            return _loads(payload)
         except Exception as exc:
             raise RemoteProtocolError(f"a frame does not hold valid CBOR: {exc}") from None
 
