@@ -7,7 +7,7 @@ and doubles as an example of writing one::
         ServerLogging(), ServerMetrics(), ServerTokenAuth({"s3cret"}),
     ])
     async with trpc.open_client(address, interceptors=[ClientTokenAuth("s3cret")]) as client:
-        ...
+        print(await client.greet("Ada"))
 
 Order matters: the first interceptor is outermost, so above, the logging and the metrics also
 see the calls that authentication refuses.
