@@ -374,6 +374,9 @@ class Connection:
         self.peer_max_concurrent_streams = 1
         #: The connection credit the peer granted in its preface: a bound on the DATA we queue.
         self.peer_connection_window = 0
+        #: The largest message send_message's fast path may put in one frame (the smaller of
+        #: the peer's frame and message limits).
+        self._peer_fast_limit = 0
         #: Connection credit the peer still holds for sending to us, and credit earned back
         #: but not yet announced (announced in batches of half the window).
         self._recv_granted = connection_window
@@ -606,8 +609,7 @@ class Connection:
             and stream.state in self._send_data_states
             and 0 < size <= stream.send_window
             and size <= self._send_window
-            and size <= self._peer_max_frame
-            and size <= self.peer_max_message_size
+            and size <= self._peer_fast_limit
         ):
             # The fast path: a message that fits in one frame and in the credit, on a stream
             # the table lets send DATA (the same checks as below, without the table lookup).
@@ -875,6 +877,7 @@ class Connection:
         self._send_window = conn_window
         self.peer_max_concurrent_streams = max_streams
         self.peer_connection_window = conn_window
+        self._peer_fast_limit = min(max_frame, max_message)
         # Streams opened before the preface arrived had no credit yet: give them theirs now.
         for stream in list(self._streams.values()):
             stream.send_window += stream_window

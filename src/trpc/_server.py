@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from ._codec import decode, decode_arguments, encode
+from ._codec import _dumps, decode, decode_arguments, encode
 from ._context import CallContext, _current
 from ._errors import LocalProtocolError, RpcError
 from ._events import (
@@ -342,15 +342,18 @@ class _ServerConnection(TrioConnection):
             conn = self.conn
             send_message = conn.send_message
             unpark_writer = self._writer_wakeup.unpark
+            limit = conn.peer_max_message_size
             stream_id = call.id
             count = 0
             async with aclosing(target) as items:
                 async for item in items:
                     try:
-                        payload = encode(item)
+                        payload = _dumps(item) if type(item) is not bytes else encode(item)
                     except Exception as exc:
                         raise RpcError(Status.INTERNAL, f"{info.name}: cannot encode a response: {exc}") from None
-                    if call.finished or message_size(payload) > conn.peer_max_message_size:
+                    if call.finished or (
+                        len(payload) > limit if type(payload) is bytes else message_size(payload) > limit
+                    ):
                         await self._send(call, self._encode(call, item))
                     elif not send_message(stream_id, payload):
                         unpark_writer()
