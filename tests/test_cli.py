@@ -118,3 +118,38 @@ async def test_example_demo_runs():
         )
     assert result.returncode == 0, result.stderr
     assert b"Hello Ada" in result.stdout and b"demo: OK" in result.stdout
+
+
+async def test_tls_serve_and_call_with_client_certificates(tmp_path, nursery):
+    """trpc serve with a certificate and a client CA; trpc call with the CA and its own
+    certificate (mutual TLS), and without one (refused)."""
+    import trustme
+
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1")
+    client_cert = ca.issue_cert("client@example.com")
+    paths = {}
+    for name, blob in [("ca", ca.cert_pem), ("server", server_cert.private_key_and_cert_chain_pem),
+                       ("client", client_cert.private_key_and_cert_chain_pem)]:
+        paths[name] = tmp_path / f"{name}.pem"
+        blob.write_to_path(str(paths[name]))
+    process = await nursery.start(
+        lambda task_status: trio.run_process(
+            [sys.executable, "-m", "trpc", "serve", "trpc.examples:Greeter", "--port", "0",
+             "--tls-cert", str(paths["server"]), "--tls-client-ca", str(paths["ca"])],
+            stdout=subprocess.PIPE, check=False, task_status=task_status,
+        )
+    )
+    try:
+        line = b""
+        with trio.fail_after(30):
+            while not line.endswith(b"\n"):
+                line += await process.stdout.receive_some(1)
+        address = line.split()[2].decode()
+        ok = await run_cli("call", address, "greet", "Ada", "--tls-ca", str(paths["ca"]),
+                           "--tls-cert", str(paths["client"]))
+        assert (ok.returncode, ok.stdout) == (0, b"Hello Ada\n")
+        refused = await run_cli("call", address, "greet", "Ada", "--tls-ca", str(paths["ca"]))
+        assert refused.returncode == 1 and refused.stderr.startswith(b"UNAVAILABLE")
+    finally:
+        process.terminate()

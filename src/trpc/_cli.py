@@ -8,6 +8,8 @@
 - ``trpc serve MODULE:SERVICE [--host H] [--port P] [--grace S]`` imports SERVICE (a Service
   subclass, built with no arguments, or an instance) and serves it; prints ``listening on
   HOST:PORT`` once ready; on SIGINT or SIGTERM it shuts down gracefully (``Server.shutdown``).
+- TLS: ``trpc serve --tls-cert PEM [--tls-key PEM] [--tls-client-ca PEM]`` and
+  ``trpc call --tls-ca PEM`` (or ``--tls`` for the system's CAs) ``[--tls-cert PEM --tls-key PEM]``.
 - ``trpc --version`` prints the version and the framer in use.
 
 Errors go to stderr as ``STATUS: message`` with exit status 1; usage errors exit with 2.
@@ -22,7 +24,9 @@ import json
 import logging
 import math
 import signal
+import ssl
 import sys
+from functools import partial
 from typing import Any, Sequence
 
 import trio
@@ -82,7 +86,9 @@ async def _call(args: argparse.Namespace) -> int:
     metadata = _parse_metadata(args.metadata)
     deadline = math.inf if args.timeout is None else trio.current_time() + args.timeout
     with trio.CancelScope(deadline=deadline) as scope:
-        async with open_client((host, port), metadata=metadata, framer=args.framer) as client:
+        async with open_client(
+            (host, port), metadata=metadata, framer=args.framer, ssl_context=_client_tls(args)
+        ) as client:
             method = client.method(args.method)
             if args.stdin:
                 if positional:
@@ -136,9 +142,12 @@ def _load_service(spec: str) -> Any:
 async def _serve(args: argparse.Namespace) -> int:
     service = _load_service(args.service)
     server = Server(service, framer=args.framer)
+    ssl_context = _server_tls(args)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            host, port = await nursery.start(server.serve_tcp, args.port, args.host)
+            host, port = await nursery.start(
+                partial(server.serve_tcp, args.port, args.host, ssl_context=ssl_context)
+            )
             shown = f"[{host}]" if ":" in host else host
             print(f"listening on {shown}:{port} ({type(service).__name__}, framer {server._framer.name})", flush=True)
             async for signum in signals:
@@ -148,6 +157,32 @@ async def _serve(args: argparse.Namespace) -> int:
                 await server.shutdown(args.grace)
                 break
     return 0
+
+
+def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """TLS for ``trpc call``: on with --tls-ca or --tls (system CAs); a client certificate for
+    mutual TLS with --tls-cert/--tls-key."""
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return None
+    context = ssl.create_default_context(cafile=args.tls_ca)
+    if args.tls_cert:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    return context
+
+
+def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """TLS for ``trpc serve``: --tls-cert/--tls-key; --tls-client-ca requires client certificates
+    signed by that CA (mutual TLS)."""
+    if not args.tls_cert:
+        if args.tls_client_ca:
+            raise SystemExit("trpc: --tls-client-ca needs --tls-cert (and --tls-key)")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_ca:
+        context.load_verify_locations(args.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -166,6 +201,10 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("-m", "--metadata", action="append", default=[], metavar="KEY=VALUE",
                       help="request metadata (repeatable)")
     call.add_argument("--json", action="store_true", help="print text responses as JSON strings too")
+    call.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
+    call.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting this CA bundle")
+    call.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
+    call.add_argument("--tls-key", metavar="PEM", help="its private key (if not in --tls-cert)")
     call.add_argument("--stdin", action="store_true",
                       help="send each line of standard input as a request message (streaming methods)")
 
@@ -173,6 +212,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("service", metavar="MODULE:SERVICE")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
+    serve.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
+    serve.add_argument("--tls-key", metavar="PEM", help="its private key (if not in --tls-cert)")
+    serve.add_argument("--tls-client-ca", metavar="PEM",
+                       help="require client certificates signed by this CA (mutual TLS)")
     serve.add_argument("--grace", type=float, default=10.0,
                        help="on SIGINT/SIGTERM, seconds running calls get to finish (default 10)")
     return parser
