@@ -131,7 +131,7 @@ def main() -> None:
         print(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "sizes": sizes,
                           "results": summary, "client_cpu_us_per_msg": cpu}))
         return
-    print(f"\nstreaming, client and server in separate processes, loopback")
+    print("\nstreaming, client and server in separate processes, loopback")
     print(f"{machine()}; {time.strftime('%Y-%m-%d')}; median of {args.repeat}\n")
     print(f"{'workload':<16}{'unit':>8}{'c':>12}{'python':>12}{'c/python':>10}"
           f"{'cpu us/msg c':>15}{'python':>9}{'py/c':>7}")

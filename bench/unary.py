@@ -136,7 +136,7 @@ def main() -> None:
     if args.json:
         print(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "results": summary}))
         return
-    print(f"\nunary greet('Ada'), client and server in separate processes, loopback")
+    print("\nunary greet('Ada'), client and server in separate processes, loopback")
     print(f"{machine()}; {time.strftime('%Y-%m-%d')}; median of {args.repeat} x {args.duration:g} s\n")
     print(f"{'framer':<8}{'in flight':>10}{'calls/s':>12}{'p50 us':>10}{'p99 us':>10}")
     for framer in FRAMERS:

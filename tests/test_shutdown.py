@@ -12,7 +12,6 @@ import trio
 import trpc
 from trpc import RpcError, Status
 
-from .services import Svc
 
 
 async def run_server(service, task_status=trio.TASK_STATUS_IGNORED):

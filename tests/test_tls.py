@@ -5,7 +5,6 @@ from __future__ import annotations
 import ssl
 
 import pytest
-import trio
 import trustme
 
 import trpc

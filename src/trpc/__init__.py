@@ -83,4 +83,4 @@ for _name in __all__:
             pass
 del _name, _obj
 
-from . import interceptors  # noqa: E402  (the ready-made ones; imports the names above)
+from . import interceptors  # noqa: E402, F401  (the ready-made ones; imports the names above)
