@@ -547,3 +547,22 @@ def test_hand_parsed_headers_agree_with_cbor2(method, timeout, noise):
     assert _parse_simple_headers(payload[:-1]) is None
     assert _parse_simple_headers(cbor2.dumps({1: method, 3: {}})) is None
     assert _parse_simple_headers(cbor2.dumps({2: 5, 1: method})) is None
+
+
+def test_a_large_byte_string_arrives_as_its_own_frame_and_is_not_copied(framer_cls):
+    """[head, body] goes out as two frames (head with MORE); the receiver hands the message on
+    as [head, body], and decoding returns the body object itself."""
+    from trpc._codec import decode, decode_arguments, encode, encode_arguments
+
+    pair = Pair(framer_cls)
+    sid = pair.client.open_call("echo")
+    blob = bytes(range(256)) * 1024  # 256 KiB
+    pair.client.send_message(sid, encode_arguments((blob,), {}))
+    pair.client.send_message(sid, encode(blob))
+    (args, value) = messages(pair.exchange()["server"])
+    assert type(args) is list and type(value) is list
+    assert decode_arguments(args) == ([blob], {})
+    decoded = decode(value)
+    assert decoded == blob and decoded is value[1]
+    # A head that does not describe the body is decoded the long way, correctly.
+    assert decode([b"\x82\x01", cbor2.dumps(b"x" * 70000)]) == [1, b"x" * 70000]

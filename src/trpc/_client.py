@@ -702,14 +702,16 @@ class ClientStream:
         payload = inbox.popleft()
         # Credit goes back in batches (the core grants only half-windows anyway), and at once
         # when the queue runs dry, so the server never waits on a reader that is waiting too.
-        self._unacked += len(payload)
+        self._unacked += len(payload) if type(payload) is bytes else message_size(payload)
         if (self._unacked >= _ACK_BATCH or not inbox) and call.status is None:
             self._client._consumed(call, self._unacked)
             self._unacked = 0
-        try:
-            return _loads(payload)
-        except Exception:
-            return decode(payload, what="response message")  # raises the RpcError
+        if type(payload) is bytes:
+            try:
+                return _loads(payload)
+            except Exception:
+                pass
+        return decode(payload, what="response message")  # parts, or raises the RpcError
 
     async def _wait(self, call: _ClientCall) -> None:
         inbox = call.inbox

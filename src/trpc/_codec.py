@@ -49,8 +49,13 @@ def encode(value: Any) -> bytes | list:
     return _dumps(value)
 
 
-def decode(payload: bytes, *, what: str = "message", status: Status = Status.INTERNAL) -> Any:
-    """Decode one message; a malformed one raises RpcError(status)."""
+def decode(payload: bytes | list, *, what: str = "message", status: Status = Status.INTERNAL) -> Any:
+    """Decode one message (bytes, or ``[head, body]``); a malformed one raises RpcError(status)."""
+    if type(payload) is list:
+        head, body = payload
+        if head == _bytes_head(len(body)):
+            return body  # a large byte string that arrived as its own frame: no copy
+        payload = head + body
     try:
         return _loads(payload)
     except Exception as exc:  # cbor2 raises a handful of types on hostile input
@@ -69,8 +74,12 @@ def encode_arguments(args: tuple, kwargs: dict) -> bytes | list:
     return _dumps([args])
 
 
-def decode_arguments(payload: bytes) -> tuple[list, dict]:
+def decode_arguments(payload: bytes | list) -> tuple[list, dict]:
     """Decode call arguments; anything but ``[array]`` / ``[array, map]`` is INVALID_ARGUMENT."""
+    if type(payload) is list:
+        head, body = payload
+        if head == b"\x81\x81" + _bytes_head(len(body)):
+            return [body], {}  # [[bytes]] whose bytes came as a frame of their own
     value = decode(payload, what="request", status=Status.INVALID_ARGUMENT)
     if type(value) is list:
         if len(value) == 1 and type(value[0]) is list:

@@ -78,6 +78,9 @@ class MessagesReceived(Event):
     ``payloads`` holds each message's encoded bytes (reassembled if it spanned several DATA
     frames): all the consecutive messages one ``receive_data`` call found for the stream, so
     that a stream of small messages costs one event per received chunk, not one per message.
+    A message that came as a small head frame then a large body frame is the list
+    ``[head, body]`` rather than their concatenation (``trpc._codec.decode`` takes either;
+    ``message_size`` gives its length).
     The receiver must call ``Connection.consumed(stream_id, nbytes)`` as its application takes
     them, or the peer's send credit for the stream runs out.
     """

@@ -218,6 +218,13 @@ _END_STREAM = Flags.END_STREAM.value
 _MORE = Flags.MORE.value
 
 
+#: A received message that arrives as a head of at most _HEAD_PART bytes and a body of at least
+#: _BODY_PART bytes is handed on as [head, body] instead of being joined: a large byte string and
+#: its CBOR head (9 bytes at most; 7 for call arguments), sent as two frames by send_message.
+_HEAD_PART = 16
+_BODY_PART = 64 * 1024
+
+
 def message_size(payload: bytes | list) -> int:
     """The size of an encoded message given as bytes or as a list of parts."""
     if type(payload) is list:
@@ -588,9 +595,9 @@ class Connection:
     def send_message(self, stream_id: int, payload: bytes | list, *, end_stream: bool = False) -> bool:
         """Queue one message on a stream; returns True if all of it was framed.
 
-        ``payload`` is the encoded message: bytes, or a list of bytes-like parts whose
-        concatenation it is (a large byte string and its CBOR head, which then go out without
-        being copied into one buffer).
+        ``payload`` is the encoded message: bytes, or ``[head, body]`` whose concatenation it
+        is (a large byte string and its CBOR head: they go out without being copied into one
+        buffer, as two frames).
 
         False means part of it waits for credit from the peer: the caller should wait for a
         :class:`SendCreditAvailable` event for this stream (``send_buffered()`` tells how much)
@@ -618,10 +625,17 @@ class Connection:
             if not self._client:
                 stream.response_started = True
             out = self._out
-            out.append(_pack_header(size, _DATA, 0, stream_id))
             if parts:
-                out.extend(payload)
+                # A message given as [head, body] (a large byte string and its CBOR head) goes
+                # as two frames, the head with MORE, so that the receiver gets the body as a
+                # frame of its own and can use it as the decoded value without copying it.
+                head, body = payload
+                out.append(_pack_header(len(head), _DATA, _MORE, stream_id))
+                out.append(head)
+                out.append(_pack_header(len(body), _DATA, 0, stream_id))
+                out.append(body)
             else:
+                out.append(_pack_header(size, _DATA, 0, stream_id))
                 out.append(payload)
             return True
         if parts:
@@ -1034,19 +1048,26 @@ class Connection:
                     return
                 self._maybe_grant(stream)
                 return
+            total = size
             if stream.recv_parts is not None:
-                stream.recv_parts.append(payload)
+                parts = stream.recv_parts
+                parts.append(payload)
                 total = stream.recv_partial + size
-                payload = b"".join(stream.recv_parts)
                 stream.recv_parts = None
                 stream.recv_partial = 0
                 if total > self.max_message_size:
                     self._message_too_large(stream, events)
                     return
+                if len(parts) == 2 and len(parts[0]) <= _HEAD_PART and size >= _BODY_PART:
+                    # A small head then a large body (see send_message): the message stays
+                    # [head, body], so that the body need not be copied (see _codec.decode).
+                    payload = parts
+                else:
+                    payload = b"".join(parts)
             elif size > self.max_message_size:
                 self._message_too_large(stream, events)
                 return
-            stream.recv_held += len(payload)
+            stream.recv_held += total
             events.append(MessagesReceived(stream_id=stream.id, payloads=[payload]))
         elif flags != _END_STREAM:
             raise RemoteProtocolError("an empty DATA frame must carry END_STREAM (and only it)")

@@ -154,7 +154,7 @@ class _RequestStream:
             await _checkpoint()
         payload = inbox.popleft()
         # Credit back in batches, and at once when the queue runs dry (see the client's).
-        self._unacked += len(payload)
+        self._unacked += len(payload) if type(payload) is bytes else message_size(payload)
         if self._unacked >= _ACK_BATCH or not inbox:
             self._connection.consumed(call.id, self._unacked)
             self._unacked = 0
