@@ -52,7 +52,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import selectors
 import statistics
 import subprocess
@@ -61,6 +60,7 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+from _machine import machine  # noqa: E402  (bench/ is the script's directory)
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
@@ -122,22 +122,6 @@ TARGET_SYSTEMS = ("trpc-c", "trpc-py")
 
 
 # ------------------------------------------------------------------------------ environment
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (
-        f"{model}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()},"
-        f" {platform.system()} {platform.release()}"
-    )
 
 
 def source_revision() -> str:

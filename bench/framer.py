@@ -45,8 +45,6 @@ import ctypes
 import datetime
 import gc
 import json
-import os
-import platform
 import resource
 import statistics
 import struct
@@ -56,6 +54,7 @@ import time
 from trpc._errors import FrameTooLargeError
 from trpc._framer import FRAMERS, c_framer_error
 from trpc._framer_py import DEFAULT_MAX_FRAME_SIZE, HEADER
+from _machine import machine  # noqa: E402  (bench/ is the script's directory)
 
 PAYLOAD_SIZES = (16, 256, 4096, 65536, 1 << 20)
 GROUPED_SIZES = (16, 256)
@@ -212,22 +211,6 @@ def paired_ratio(runs: dict[str, list[float]], a: str, b: str) -> str:
     if a not in runs or b not in runs:
         return "-"
     return f"{statistics.median(x / y for x, y in zip(runs[a], runs[b])):.2f}x"
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (
-        f"{model}, {os.cpu_count()} cores, {platform.python_implementation()}"
-        f" {platform.python_version()}, {platform.system()} {platform.release()}"
-    )
 
 
 def main(argv: list[str] | None = None) -> None:

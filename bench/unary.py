@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,21 +27,9 @@ import time
 import trio
 
 import trpc
+from _machine import machine  # noqa: E402  (bench/ is the script's directory)
 
 FRAMERS = ("c", "python")
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def start_server(framer: str) -> tuple[subprocess.Popen, str]:
