@@ -47,43 +47,36 @@ async def server_stream(client, n: int) -> tuple[float, float]:
     return n / elapsed, cpu / n * 1e6
 
 
-async def bidi_echo(client, n: int) -> tuple[float, float]:
+async def _echo(client, message, n: int) -> tuple[int, int, float, float]:
+    """Send ``message`` n times on one echo stream from a task while receiving the echoes;
+    returns (messages received, bytes-like length received, seconds, CPU seconds)."""
     started, cpu = time.perf_counter(), time.process_time()
+    count = total = 0
     async with client.echo.open() as stream:
 
         async def sender():
-            message = {"i": 0}
             for _ in range(n):
                 await stream.send(message)
             await stream.done_sending()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender)
-            count = 0
-            async for _ in stream:
+            async for echoed in stream:
                 count += 1
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+                if type(echoed) is bytes:
+                    total += len(echoed)
+    return count, total, time.perf_counter() - started, time.process_time() - cpu
+
+
+async def bidi_echo(client, n: int) -> tuple[float, float]:
+    count, _, elapsed, cpu = await _echo(client, {"i": 0}, n)
     assert count == n
     return n / elapsed, cpu / n * 1e6
 
 
 async def echo_1mib(client, n: int) -> tuple[float, float]:
-    payload = bytes(1 << 20)
-    started, cpu = time.perf_counter(), time.process_time()
-    async with client.echo.open() as stream:
-
-        async def sender():
-            for _ in range(n):
-                await stream.send(payload)
-            await stream.done_sending()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sender)
-            total = 0
-            async for message in stream:
-                total += len(message)
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    assert total == n << 20
+    count, total, elapsed, cpu = await _echo(client, bytes(1 << 20), n)
+    assert count == n and total == n << 20
     return total / elapsed / 1e6, cpu / n * 1e6
 
 

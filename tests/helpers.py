@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import struct
+from contextlib import asynccontextmanager
 
 import cbor2
+
+import trpc
 
 from trpc._events import MessagesReceived, PrefaceReceived
 from trpc._protocol import PREFACE, PREFACE_MAGIC, Connection
@@ -80,3 +83,15 @@ def messages(events, stream_id: int | None = None) -> list[bytes]:
         if isinstance(event, MessagesReceived) and stream_id in (None, event.stream_id)
         for payload in event.payloads
     ]
+
+
+@asynccontextmanager
+async def serve_and_connect(nursery, service, **server_options):
+    """Serve ``service`` on a free loopback port in ``nursery``; yield a client connected to it
+    over real TCP, with ``client.service`` and ``client.server`` set for the test."""
+    server = trpc.Server(service, **server_options)
+    address = await nursery.start(server.serve_tcp, 0)
+    async with trpc.open_client(address) as client:
+        client.service = service
+        client.server = server
+        yield client

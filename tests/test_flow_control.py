@@ -11,6 +11,8 @@ import trio
 import trpc
 from trpc._protocol import DEFAULT_STREAM_WINDOW
 
+from .helpers import serve_and_connect
+
 BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "bench")
 
 
@@ -38,11 +40,7 @@ class Blobs(trpc.Service):
 
 @pytest.fixture
 async def blob_client(nursery):
-    service = Blobs()
-    server = trpc.Server(service)
-    address = await nursery.start(server.serve_tcp, 0)
-    async with trpc.open_client(address) as client:
-        client.service = service
+    async with serve_and_connect(nursery, Blobs()) as client:
         yield client
 
 

@@ -8,6 +8,8 @@ import trio
 import trpc
 from trpc import RpcError, Status
 
+from .helpers import serve_and_connect
+
 
 class Streams(trpc.Service):
     def __init__(self) -> None:
@@ -56,12 +58,7 @@ class Streams(trpc.Service):
 
 @pytest.fixture
 async def streams(nursery):
-    service = Streams()
-    server = trpc.Server(service)
-    address = await nursery.start(server.serve_tcp, 0)
-    async with trpc.open_client(address) as client:
-        client.service = service
-        client.server = server
+    async with serve_and_connect(nursery, Streams()) as client:
         yield client
 
 
