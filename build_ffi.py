@@ -1,11 +1,16 @@
-"""Build script for ``trpc._framer_cffi``, the compiled frame scanner (cffi, out-of-line API mode).
+"""Build script for trpc's C modules.
 
-The C interface is written once, in ``csrc/framer.h``: the text between its ``BEGIN CDEF`` and
-``END CDEF`` markers is the cdef, and the C source is ``csrc/framer.c``.  The module is compiled
-with the package version (``TRPC_VERSION``), which ``trpc._framer_c`` checks on import.
+- ``trpc._framer_cffi``, the frame scanner (cffi, out-of-line API mode).  The C interface is
+  written once, in ``csrc/framer.h``: the text between its ``BEGIN CDEF`` and ``END CDEF``
+  markers is the cdef, and the C source is ``csrc/framer.c``.
+- ``trpc._cbor_c``, the CBOR encoder for plain values (``csrc/cbor.c``), a CPython extension:
+  :func:`cbor_extension` describes it.
 
-Used by setup.py (``cffi_modules=["build_ffi.py:ffibuilder"]``); ``python build_ffi.py`` builds
-the module into ``src/trpc/`` for development.
+Both are compiled with the package version (``TRPC_VERSION``), which ``trpc._framer_c`` and
+``trpc._codec`` check on import.
+
+Used by setup.py (``cffi_modules=["build_ffi.py:ffibuilder"]``, ``ext_modules=[cbor_extension()]``);
+``python build_ffi.py`` builds both modules into ``src/trpc/`` for development.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ import os
 import re
 
 from cffi import FFI
+from setuptools import Extension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEADER = os.path.join("csrc", "framer.h")
 SOURCE = os.path.join("csrc", "framer.c")
+CBOR_SOURCE = os.path.join("csrc", "cbor.c")
+CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-O2"]
 
 
 def read_cdef() -> str:
@@ -56,9 +64,19 @@ def make_builder(root: str = "") -> FFI:
         depends=[os.path.join(root, HEADER), os.path.join(root, "build_ffi.py")],
         # json.dumps gives a valid C string literal for any printable version string.
         define_macros=[("TRPC_VERSION", json.dumps(read_version()))],
-        extra_compile_args=["-std=c99", "-Wall", "-Wextra", "-O2"],
+        extra_compile_args=CFLAGS,
     )
     return builder
+
+
+def cbor_extension(root: str = "") -> Extension:
+    """The CBOR encoder module; paths relative to ``root``."""
+    return Extension(
+        "trpc._cbor_c",
+        sources=[os.path.join(root, CBOR_SOURCE)],
+        define_macros=[("TRPC_VERSION", json.dumps(read_version()))],
+        extra_compile_args=CFLAGS,
+    )
 
 
 ffibuilder = make_builder()
@@ -70,3 +88,14 @@ if __name__ == "__main__":
 
     built = make_builder(HERE).compile(tmpdir=os.path.join(HERE, "build", "cffi"), verbose=True)
     shutil.copy(built, os.path.join(HERE, "src", "trpc"))
+
+    # The CPython extension, through setuptools' own build_ext, in place.
+    from setuptools import Distribution
+    from setuptools.command.build_ext import build_ext
+
+    dist = Distribution({"ext_modules": [cbor_extension(HERE)], "package_dir": {"": "src"}})
+    command = build_ext(dist)
+    command.inplace = True
+    command.build_temp = os.path.join(HERE, "build", "ext")
+    command.ensure_finalized()
+    command.run()

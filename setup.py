@@ -1,15 +1,18 @@
-"""What pyproject.toml cannot express: the compiled framer, and making it optional.
+"""What pyproject.toml cannot express: the compiled parts, and making them optional.
 
-``cffi_modules`` builds ``trpc._framer_cffi`` from ``build_ffi.py``.  The C framer is only an
-optimisation (``trpc._framer`` falls back to the pure-Python twin, with a warning), so by default
-a failed compilation prints a warning and the package installs without it.  With the environment
+Two C modules: ``cffi_modules`` builds the frame scanner ``trpc._framer_cffi`` from
+``build_ffi.py``, and ``ext_modules`` the CBOR encoder ``trpc._cbor_c`` (``csrc/cbor.c``, a
+plain CPython extension: it walks Python objects, which cffi cannot do).  Both are only
+optimisations (``trpc._framer`` falls back to the pure-Python twin, with a warning;
+``trpc._codec`` to cbor2 alone), so by default a failed compilation prints a warning and the
+package installs without them.  With the environment
 variable ``TRPC_REQUIRE_C=1`` (CI, benchmarks, packagers) a failed compilation fails the install.
 """
 
 import os
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.errors import CCompilerError, ExecError, PlatformError
 
@@ -41,10 +44,11 @@ class optional_build_ext(build_ext):
         self._failed.update([ext.name] if ext else [e.name for e in self.extensions])
         bar = "*" * 78
         print(
-            f"\n{bar}\nWARNING: trpc's C framer could not be built:\n  {exc}\n"
-            "trpc is installed without it and uses its pure-Python framer: it works, but\n"
-            "scans frames about half as fast.  For the C framer, install a C compiler and the\n"
-            "Python headers, then reinstall.  TRPC_REQUIRE_C=1 makes this failure fatal.\n"
+            f"\n{bar}\nWARNING: a C module of trpc could not be built:\n  {exc}\n"
+            "trpc is installed without it and uses pure Python (its framer twin, cbor2 alone):\n"
+            "it works, but frames and encodes more slowly.  For the C modules, install a C\n"
+            "compiler and the Python headers, then reinstall.  "
+            "TRPC_REQUIRE_C=1 makes this failure fatal.\n"
             f"{bar}\n",
             file=sys.stderr,
             flush=True,
@@ -70,7 +74,11 @@ class optional_build_ext(build_ext):
             self.extensions = extensions
 
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from build_ffi import cbor_extension  # noqa: E402  (needs the path above)
+
 setup(
     cffi_modules=["build_ffi.py:ffibuilder"],
+    ext_modules=[cbor_extension()],
     cmdclass={"build_ext": optional_build_ext},
 )

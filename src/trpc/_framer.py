@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 
+from . import _codec
 from ._framer_py import PyFramer
 
 __all__ = ["FRAMERS", "c_framer_error", "default_framer_name", "get_framer"]
@@ -49,27 +50,43 @@ def get_framer(name: str | None = None) -> type:
 
     Returns:
         The class.  If the C framer is asked for but unavailable, :class:`PyFramer`, and a
-        warning is logged on the ``"trpc"`` logger (once per process).
+        warning is logged on the ``"trpc"`` logger (once per process; the same warning names
+        the C codec if it is missing too, see ``_codec``).
 
     Raises:
         ValueError: for an unknown name.
         ImportError: if the C framer is asked for, unavailable, and ``TRPC_REQUIRE_C=1``.
     """
-    global _warned
     if name is None:
         name = default_framer_name()
     if name not in _NAMES:
         raise ValueError(f"unknown framer {name!r}: expected 'c' or 'python'")
     if name in FRAMERS:
+        if _codec.c_codec_error and not _warned:
+            _warn_once(framer_missing=False)
         return FRAMERS[name]
     if os.environ.get("TRPC_REQUIRE_C") == "1":
         raise ImportError(f"TRPC_REQUIRE_C=1 but the C framer is unavailable: {c_framer_error}")
-    if not _warned:
-        _warned = True
-        logging.getLogger("trpc").warning(
-            "trpc is using its pure-Python framer, which scans bulk traffic about half as fast,"
-            " because the C framer is unavailable: %s. Set TRPC_FRAMER=python to choose it"
-            " silently.",
-            c_framer_error,
-        )
+    _warn_once(framer_missing=True)
     return PyFramer
+
+
+def _warn_once(*, framer_missing: bool) -> None:
+    """Say, once per process, which C modules trpc runs without (one message for both)."""
+    global _warned
+    c_codec_error = _codec.c_codec_error
+    if _warned or not (framer_missing or c_codec_error):
+        return
+    _warned = True
+    missing = []
+    if framer_missing:
+        missing.append(
+            "its pure-Python framer, which scans bulk traffic about half as fast, because the C"
+            f" framer is unavailable ({c_framer_error}); set TRPC_FRAMER=python to choose it silently"
+        )
+    if c_codec_error:
+        missing.append(
+            "cbor2 alone to encode and decode, several times slower on small values, because the C codec"
+            f" is unavailable ({c_codec_error})"
+        )
+    logging.getLogger("trpc").warning("trpc is using %s.", "; and ".join(missing))

@@ -41,6 +41,7 @@ from typing import Any, Callable
 import cbor2
 
 from . import _framer
+from ._codec import _dumps
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
     CallCancelled,
@@ -58,7 +59,7 @@ from ._events import (
     StreamEnded,
 )
 from ._framer_py import DEFAULT_MAX_FRAME_SIZE, HEADER, MAX_FRAME_SIZE_LIMIT, MIN_FRAME_SIZE_LIMIT
-from ._messages import decode_tag, encode_default
+from ._messages import decode_tag
 from ._status import Status
 
 __all__ = [
@@ -504,7 +505,7 @@ class Connection:
 
     def _headers_payload(self, method: str, timeout: float | None, metadata: dict | None) -> bytes:
         """The client's HEADERS map, ``{1: method, 2: timeout_us, 3: metadata}``, encoded by
-        hand around a per-method cache (cbor2 for the metadata), since one goes with every call."""
+        hand around a per-method cache (the codec for the timeout and metadata), since one goes with every call."""
         head = self._method_heads.get(method)
         if head is None:
             if not isinstance(method, str):
@@ -517,9 +518,9 @@ class Connection:
         else:
             parts = [b"", head]
             if timeout is not None:
-                parts += (b"\x02", cbor2.dumps(max(0, int(timeout * 1_000_000))))
+                parts += (b"\x02", _dumps(max(0, int(timeout * 1_000_000))))
             if metadata:
-                parts += (b"\x03", cbor2.dumps(_validate_metadata(metadata, remote=False)))
+                parts += (b"\x03", _dumps(_validate_metadata(metadata, remote=False)))
             parts[0] = bytes([0xA0 + len(parts) // 2])  # a map of 1 to 3 pairs
             payload = b"".join(parts)
         if len(payload) > MAX_HEADERS_SIZE or len(payload) > self._peer_max_frame:
@@ -530,7 +531,7 @@ class Connection:
         return payload
 
     def _control_payload(self, fields: dict) -> bytes:
-        payload = cbor2.dumps(fields, default=encode_default)
+        payload = _dumps(fields)
         if len(payload) > MAX_HEADERS_SIZE or len(payload) > self._peer_max_frame:
             raise LocalProtocolError(
                 f"control payload of {len(payload)} bytes exceeds the limit "
