@@ -3,13 +3,14 @@
 - ``trpc._framer_cffi``, the frame scanner (cffi, out-of-line API mode).  The C interface is
   written once, in ``csrc/framer.h``: the text between its ``BEGIN CDEF`` and ``END CDEF``
   markers is the cdef, and the C source is ``csrc/framer.c``.
-- ``trpc._cbor_c``, the CBOR encoder for plain values (``csrc/cbor.c``), a CPython extension:
-  :func:`cbor_extension` describes it.
+- ``trpc._speedups``, a CPython extension (it builds and walks Python objects, which cffi
+  cannot): the CBOR codec for plain values (``csrc/cbor.c``) and the DATA-run framer
+  (``csrc/speedups.c``).  :func:`speedups_extension` describes it.
 
 Both are compiled with the package version (``TRPC_VERSION``), which ``trpc._framer_c`` and
-``trpc._codec`` check on import.
+``trpc._speedups_loader`` check on import.
 
-Used by setup.py (``cffi_modules=["build_ffi.py:ffibuilder"]``, ``ext_modules=[cbor_extension()]``);
+Used by setup.py (``cffi_modules=["build_ffi.py:ffibuilder"]``, ``ext_modules=[speedups_extension()]``);
 ``python build_ffi.py`` builds both modules into ``src/trpc/`` for development.
 """
 
@@ -26,7 +27,8 @@ from setuptools import Extension
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEADER = os.path.join("csrc", "framer.h")
 SOURCE = os.path.join("csrc", "framer.c")
-CBOR_SOURCE = os.path.join("csrc", "cbor.c")
+SPEEDUPS_SOURCES = [os.path.join("csrc", "speedups.c"), os.path.join("csrc", "cbor.c")]
+SPEEDUPS_HEADER = os.path.join("csrc", "speedups.h")
 CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-O2"]
 
 
@@ -69,11 +71,13 @@ def make_builder(root: str = "") -> FFI:
     return builder
 
 
-def cbor_extension(root: str = "") -> Extension:
-    """The CBOR encoder module; paths relative to ``root``."""
+def speedups_extension(root: str = "") -> Extension:
+    """The ``trpc._speedups`` module; paths relative to ``root``."""
     return Extension(
-        "trpc._cbor_c",
-        sources=[os.path.join(root, CBOR_SOURCE)],
+        "trpc._speedups",
+        sources=[os.path.join(root, source) for source in SPEEDUPS_SOURCES],
+        include_dirs=[os.path.join(root, "csrc")],
+        depends=[os.path.join(root, SPEEDUPS_HEADER)],
         define_macros=[("TRPC_VERSION", json.dumps(read_version()))],
         extra_compile_args=CFLAGS,
     )
@@ -93,7 +97,7 @@ if __name__ == "__main__":
     from setuptools import Distribution
     from setuptools.command.build_ext import build_ext
 
-    dist = Distribution({"ext_modules": [cbor_extension(HERE)], "package_dir": {"": "src"}})
+    dist = Distribution({"ext_modules": [speedups_extension(HERE)], "package_dir": {"": "src"}})
     command = build_ext(dist)
     command.inplace = True
     command.build_temp = os.path.join(HERE, "build", "ext")

@@ -1,10 +1,10 @@
 """What pyproject.toml cannot express: the compiled parts, and making them optional.
 
 Two C modules: ``cffi_modules`` builds the frame scanner ``trpc._framer_cffi`` from
-``build_ffi.py``, and ``ext_modules`` the CBOR encoder ``trpc._cbor_c`` (``csrc/cbor.c``, a
-plain CPython extension: it walks Python objects, which cffi cannot do).  Both are only
-optimisations (``trpc._framer`` falls back to the pure-Python twin, with a warning;
-``trpc._codec`` to cbor2 alone), so by default a failed compilation prints a warning and the
+``build_ffi.py``, and ``ext_modules`` the CPython extension ``trpc._speedups`` (the CBOR codec
+for plain values and the DATA-run framer; it builds and walks Python objects, which cffi cannot
+do).  Both are only optimisations (``trpc._framer`` falls back to the pure-Python twin, and
+the codec and protocol to pure Python and cbor2, with one warning), so by default a failed compilation prints a warning and the
 package installs without them.  With the environment
 variable ``TRPC_REQUIRE_C=1`` (CI, benchmarks, packagers) a failed compilation fails the install.
 """
@@ -75,10 +75,10 @@ class optional_build_ext(build_ext):
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from build_ffi import cbor_extension  # noqa: E402  (needs the path above)
+from build_ffi import speedups_extension  # noqa: E402  (needs the path above)
 
 setup(
     cffi_modules=["build_ffi.py:ffibuilder"],
-    ext_modules=[cbor_extension()],
+    ext_modules=[speedups_extension()],
     cmdclass={"build_ext": optional_build_ext},
 )

@@ -1,5 +1,6 @@
 /*
- * trpc._cbor_c: CBOR encoding and decoding of plain Python values, in front of cbor2.
+ * CBOR encoding and decoding of plain Python values, in front of cbor2 (part of trpc._speedups,
+ * whose module is defined in speedups.c).
  *
  * Theory of operation.  cbor2 is trpc's codec: it knows every CBOR type, the message hooks
  * (tag 27) and all the error cases.  But it is slow on what trpc sends most, small plain
@@ -44,8 +45,8 @@
  * (hypothesis over nested values, and the edge values of every head size) and equal decodings of
  * valid, mutated and random payloads.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "speedups.h"
+
 #include <stdint.h>
 #include <string.h>
 
@@ -496,35 +497,12 @@ static PyObject *bind(PyMethodDef *def, PyObject *fallback) {
     return PyCFunction_New(def, fallback);
 }
 
-static PyObject *make_encoder(PyObject *module, PyObject *fallback) {
+PyObject *trpc_make_encoder(PyObject *module, PyObject *fallback) {
     (void)module;
     return bind(&encode_def, fallback);
 }
 
-static PyObject *make_decoder(PyObject *module, PyObject *fallback) {
+PyObject *trpc_make_decoder(PyObject *module, PyObject *fallback) {
     (void)module;
     return bind(&decode_def, fallback);
-}
-
-static PyMethodDef module_methods[] = {
-    {"make_decoder", make_decoder, METH_O,
-     "make_decoder(fallback) -> loads: a CBOR decoder for plain payloads that calls "
-     "fallback(payload) for any other payload (cbor2.loads with trpc's hooks)."},
-    {"make_encoder", make_encoder, METH_O,
-     "make_encoder(fallback) -> dumps: a CBOR encoder for plain values that calls "
-     "fallback(value) for any other value (cbor2.dumps with trpc's hooks)."},
-    {NULL, NULL, 0, NULL}};
-
-static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "trpc._cbor_c",
-    "CBOR encoding and decoding of plain Python values in C, in front of cbor2 (see csrc/cbor.c).", -1,
-    module_methods, NULL, NULL, NULL, NULL};
-
-PyMODINIT_FUNC PyInit__cbor_c(void) {
-    PyObject *module = PyModule_Create(&module_def);
-    if (module != NULL && PyModule_AddStringConstant(module, "__version__", TRPC_VERSION) < 0) {
-        Py_DECREF(module);
-        return NULL;
-    }
-    return module;
 }

@@ -17,15 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trpc
-from trpc import _codec
+from trpc import _cext, _codec
 from trpc._messages import decode_tag, encode_default
 
 cbor2_dumps = partial(cbor2.dumps, default=encode_default)
 cbor2_loads = partial(cbor2.loads, tag_hook=decode_tag)
 
 needs_c = pytest.mark.skipif(
-    _codec.c_codec_error is not None and os.environ.get("TRPC_REQUIRE_C") != "1",
-    reason=f"the C codec is unavailable: {_codec.c_codec_error}",
+    _cext.speedups_error is not None and os.environ.get("TRPC_REQUIRE_C") != "1",
+    reason=f"the codec is unavailable: {_cext.speedups_error}",
 )
 
 
@@ -48,22 +48,22 @@ def probe(make, cbor2_function):
 
 @pytest.fixture
 def dumps():
-    from trpc import _cbor_c
+    from trpc import _speedups
 
-    return probe(_cbor_c.make_encoder, cbor2_dumps)
+    return probe(_speedups.make_encoder, cbor2_dumps)
 
 
 @pytest.fixture
 def loads():
-    from trpc import _cbor_c
+    from trpc import _speedups
 
-    return probe(_cbor_c.make_decoder, cbor2_loads)
+    return probe(_speedups.make_decoder, cbor2_loads)
 
 
 def test_the_codec_uses_the_c_modules_when_they_are_built():
     if os.environ.get("TRPC_REQUIRE_C") == "1":
-        assert _codec.c_codec_error is None
-    if _codec.c_codec_error is None:
+        assert _cext.speedups_error is None
+    if _cext.speedups_error is None:
         assert type(_codec._dumps).__name__ == "builtin_function_or_method"
         assert type(_codec._loads).__name__ == "builtin_function_or_method"
 
@@ -184,12 +184,12 @@ def test_deep_or_cyclic_values_reach_cbor2(dumps):
 
 
 def test_make_encoder_wants_a_callable():
-    if _codec.c_codec_error is not None:
-        pytest.skip("the C codec is unavailable")
-    from trpc import _cbor_c
+    if _cext.speedups_error is not None:
+        pytest.skip("the codec is unavailable")
+    from trpc import _speedups
 
     with pytest.raises(TypeError):
-        _cbor_c.make_encoder(42)
+        _speedups.make_encoder(42)
 
 
 plain = st.recursive(
@@ -233,7 +233,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_without_the_c_codec_cbor2_does_the_work_and_one_warning_says_so():
     code = (
         "import sys, logging; logging.basicConfig()\n"
-        "sys.modules['trpc._cbor_c'] = None\n"
+        "sys.modules['trpc._speedups'] = None\n"
         "{block}"
         "from trpc import _codec, _framer\n"
         "print(_codec._dumps({{'i': 1}}).hex(), _codec._loads(bytes.fromhex('a1616901')),"
@@ -242,24 +242,24 @@ def test_without_the_c_codec_cbor2_does_the_work_and_one_warning_says_so():
     codec_only = run_python(code.format(block=""))
     assert codec_only.stdout.split()[:3] == ["a1616901", "{'i':", "1}"], codec_only
     assert codec_only.stderr.count("WARNING:trpc:") == 1, codec_only.stderr
-    assert "C codec is unavailable" in codec_only.stderr
+    assert "codec is unavailable" in codec_only.stderr
 
     both = run_python(code.format(block="sys.modules['trpc._framer_cffi'] = None\n"))
     assert both.stdout.split() == ["a1616901", "{'i':", "1}", "python", "python"], both
     assert both.stderr.count("WARNING:trpc:") == 1, both.stderr
-    assert "C codec is unavailable" in both.stderr and "C framer is unavailable" in both.stderr
+    assert "codec is unavailable" in both.stderr and "C framer is unavailable" in both.stderr
 
     required = run_python(code.format(block=""), TRPC_REQUIRE_C="1")
-    assert required.returncode != 0 and "_cbor_c" in required.stderr, required
+    assert required.returncode != 0 and "_speedups" in required.stderr, required
 
 
 @needs_c
 def test_a_codec_built_for_another_version_is_not_used():
     result = run_python(
         "import sys, trpc._version as v; v.__version__ = '0.0.0+other'\n"
-        "sys.modules.pop('trpc._codec')\n"
-        "import importlib; _codec = importlib.import_module('trpc._codec')\n"
-        "print('fallback:', _codec.c_codec_error)\n"
+        "sys.modules.pop('trpc._cext')\n"
+        "import importlib; _cext = importlib.import_module('trpc._cext')\n"
+        "print('fallback:', _cext.speedups_error)\n"
     )
     assert "fallback:" in result.stdout and "0.0.0+other" in result.stdout, result
 

@@ -15,6 +15,7 @@ class Streams(trpc.Service):
     def __init__(self) -> None:
         self.closed = trio.Event()
         self.produced = 0
+        self.acks, self.acked = trio.open_memory_channel(0)
 
     @trpc.server_stream
     async def count(self, n: int, fail_at: int | None = None):
@@ -32,6 +33,18 @@ class Streams(trpc.Service):
                 await trio.sleep(0)
         finally:
             self.closed.set()
+
+    @trpc.server_stream
+    async def on_request(self, n: int):
+        """Yields 0..n-1, each only once the client has acknowledged the one before (by a call
+        to ack): a message held back until the next one is produced would deadlock."""
+        for i in range(n):
+            yield i
+            await self.acked.receive()
+
+    @trpc.unary
+    async def ack(self) -> None:
+        await self.acks.send(None)
 
     @trpc.client_stream
     async def total(self, numbers):
@@ -70,6 +83,17 @@ async def agen(items):
 async def test_server_streaming(streams):
     assert [i async for i in streams.count(5)] == [0, 1, 2, 3, 4]
     assert [i async for i in streams.count(0)] == []
+
+
+async def test_each_message_leaves_without_waiting_for_the_next(streams):
+    """Small messages are framed in batches; a handler that blocks after a yield must not
+    keep that message back (the writer frames the batch when the handler blocks)."""
+    received = []
+    with trio.fail_after(10):
+        async for i in streams.on_request(300):  # more than one batch's worth
+            received.append(i)
+            await streams.ack()
+    assert received == list(range(300))
 
 
 async def test_error_mid_stream_comes_after_the_messages_already_sent(streams):

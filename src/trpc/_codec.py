@@ -6,11 +6,11 @@ classes (``trpc.message``) are CBOR tag 27 around ``[name, {field number: value}
 there are any, a map of the keyword arguments); results and streamed items travel as themselves.
 ``docs/PROTOCOL.md`` gives the full mapping.
 
-Encoding and decoding go through ``trpc._cbor_c`` (``csrc/cbor.c``) when it is built: it writes
+Encoding and decoding go through ``trpc._speedups`` (``csrc/cbor.c``) when it is built: it writes
 plain values (None, bool, int, float, str, bytes, list, tuple, dict) to the same bytes as cbor2
 and reads plain payloads to the same values, five to fifteen times faster, and hands anything
 else (messages, tags, malformed input) to cbor2.  Without it (no C compiler at install),
-cbor2 does all of it; with ``TRPC_REQUIRE_C=1`` a missing module is an ImportError.
+cbor2 does all of it (see ``_cext``).
 
 Decoding failures become :class:`~trpc.RpcError` with INVALID_ARGUMENT on the server (the
 client sent something undecodable) and INTERNAL on the client; they never take a connection down.
@@ -20,15 +20,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import os
 from functools import partial
 
 import cbor2
 
 from ._errors import RpcError
 from ._messages import decode_tag, encode_default
+from ._cext import speedups
 from ._status import Status
-from ._version import __version__
 
 __all__ = ["encode", "decode", "encode_arguments", "decode_arguments"]
 
@@ -36,23 +35,13 @@ __all__ = ["encode", "decode", "encode_arguments", "decode_arguments"]
 _cbor2_dumps = partial(cbor2.dumps, default=encode_default)
 _cbor2_loads = partial(cbor2.loads, tag_hook=decode_tag)
 
-#: Why the C codec is unavailable, or None if it is in use.
-c_codec_error: str | None = None
-try:
-    from . import _cbor_c
-
-    if _cbor_c.__version__ != __version__:
-        raise ImportError(f"trpc._cbor_c was built for trpc {_cbor_c.__version__}, not {__version__}")
-except ImportError as exc:
-    if os.environ.get("TRPC_REQUIRE_C") == "1":
-        raise
-    c_codec_error = str(exc)
+if speedups is None:
     _dumps, _loads = _cbor2_dumps, _cbor2_loads
 else:
     #: One value as CBOR bytes (never the [head, body] form): the C encoder, cbor2 behind it.
-    _dumps = _cbor_c.make_encoder(_cbor2_dumps)
+    _dumps = speedups.make_encoder(_cbor2_dumps)
     #: One payload (bytes) decoded; raises what cbor2 raises on a malformed one.
-    _loads = _cbor_c.make_decoder(_cbor2_loads)
+    _loads = speedups.make_decoder(_cbor2_loads)
 _EMPTY_ARGS = _dumps([[]])
 #: Byte strings at least this long are encoded here rather than by cbor2, whose encoder takes
 #: about 1.3 ms per MiB for them; here it is one copy (header + bytes).  64 KiB: below it the

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 
-from . import _codec
+from . import _cext
 from ._framer_py import PyFramer
 
 __all__ = ["FRAMERS", "c_framer_error", "default_framer_name", "get_framer"]
@@ -51,7 +51,7 @@ def get_framer(name: str | None = None) -> type:
     Returns:
         The class.  If the C framer is asked for but unavailable, :class:`PyFramer`, and a
         warning is logged on the ``"trpc"`` logger (once per process; the same warning names
-        the C codec if it is missing too, see ``_codec``).
+        the C codec if it is missing too, see ``_cext``).
 
     Raises:
         ValueError: for an unknown name.
@@ -62,7 +62,7 @@ def get_framer(name: str | None = None) -> type:
     if name not in _NAMES:
         raise ValueError(f"unknown framer {name!r}: expected 'c' or 'python'")
     if name in FRAMERS:
-        if _codec.c_codec_error and not _warned:
+        if _cext.speedups_error and not _warned:
             _warn_once(framer_missing=False)
         return FRAMERS[name]
     if os.environ.get("TRPC_REQUIRE_C") == "1":
@@ -74,8 +74,8 @@ def get_framer(name: str | None = None) -> type:
 def _warn_once(*, framer_missing: bool) -> None:
     """Say, once per process, which C modules trpc runs without (one message for both)."""
     global _warned
-    c_codec_error = _codec.c_codec_error
-    if _warned or not (framer_missing or c_codec_error):
+    speedups_error = _cext.speedups_error
+    if _warned or not (framer_missing or speedups_error):
         return
     _warned = True
     missing = []
@@ -84,9 +84,9 @@ def _warn_once(*, framer_missing: bool) -> None:
             "its pure-Python framer, which scans bulk traffic about half as fast, because the C"
             f" framer is unavailable ({c_framer_error}); set TRPC_FRAMER=python to choose it silently"
         )
-    if c_codec_error:
+    if speedups_error:
         missing.append(
-            "cbor2 alone to encode and decode, several times slower on small values, because the C codec"
-            f" is unavailable ({c_codec_error})"
+            "cbor2 alone to encode and decode, several times slower on small values, because its C"
+            f" codec is unavailable ({speedups_error})"
         )
     logging.getLogger("trpc").warning("trpc is using %s.", "; and ".join(missing))

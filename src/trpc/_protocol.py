@@ -11,6 +11,8 @@ does no I/O and knows nothing of Trio or sockets:
 - The ``open_call`` / ``send_message`` / ``send_trailers`` / ``cancel`` / ... methods turn the
   caller's intentions into frames, appended to an outgoing buffer that ``data_to_send()`` drains.
   Many intentions between two drains leave in one write: that is how the Trio layer coalesces.
+  A sender of many small messages queues them on a *batch* (``open_batch``: a list it appends
+  to), framed together when output is drained (``frame_run``, in C when it is built).
 
 Each endpoint starts by sending a fixed-size *preface* (magic, version, and its receive limits);
 after it, everything is frames (``docs/PROTOCOL.md`` has the byte layout).  Calls live on
@@ -41,6 +43,7 @@ from typing import Any, Callable
 import cbor2
 
 from . import _framer
+from ._cext import speedups
 from ._codec import _dumps
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
@@ -215,6 +218,31 @@ _pack_header = HEADER.pack
 _DATA = FrameType.DATA.value
 #: TRAILERS for a plain OK, ``{1: 0}``: most calls end with exactly these bytes.
 _OK_TRAILERS = cbor2.dumps({_T_STATUS: 0})
+
+
+def _frame_run_py(payloads: list, stream_id: int, credit: int, max_size: int) -> tuple[bytes, int, int]:
+    """The first payloads whose total fits in ``credit``, as DATA frames of ``stream_id`` in one
+    buffer: ``(frames, how many payloads, their total size)``.  Every payload must be bytes of
+    1 to ``max_size`` bytes.  The pure-Python twin of ``frame_run`` in ``csrc/speedups.c``."""
+    parts = []
+    count = total = 0
+    fits = True
+    for index, payload in enumerate(payloads):
+        if type(payload) is not bytes:
+            raise TypeError(f"frame_run: payload {index} is {type(payload).__name__}, not bytes")
+        size = len(payload)
+        if not 0 < size <= max_size:
+            raise ValueError(f"frame_run: payload {index} is {size} bytes, not 1 to {max_size}")
+        if fits and total + size <= credit:
+            total += size
+            count += 1
+            parts += (_pack_header(size, _DATA, 0, stream_id), payload)
+        else:
+            fits = False
+    return b"".join(parts), count, total
+
+
+_frame_run = _frame_run_py if speedups is None else speedups.frame_run
 _END_STREAM = Flags.END_STREAM.value
 _MORE = Flags.MORE.value
 
@@ -279,6 +307,7 @@ class _Stream:
         "state",
         "send_window",
         "pending",
+        "batch",
         "response_started",
         "recv_parts",
         "recv_partial",
@@ -293,6 +322,8 @@ class _Stream:
         #: Outgoing items waiting for credit: [memoryview, flags] for data, bytes for a frame
         #: (TRAILERS) that must follow the data.
         self.pending: deque | None = None
+        #: Small messages queued by open_batch()'s caller, not yet framed (None: no batch).
+        self.batch: list[bytes] | None = None
         #: Response headers or a response message went by: headers may no longer be sent.
         self.response_started = False
         #: Chunks of a message still arriving (MORE flag), and their total size.
@@ -385,6 +416,8 @@ class Connection:
         #: The largest message send_message's fast path may put in one frame (the smaller of
         #: the peer's frame and message limits).
         self._peer_fast_limit = 0
+        #: Streams with a batch (open_batch), framed whenever output is collected.
+        self._batching: dict[int, _Stream] = {}
         #: Connection credit the peer still holds for sending to us, and credit earned back
         #: but not yet announced (announced in batches of half the window).
         self._recv_granted = connection_window
@@ -474,6 +507,8 @@ class Connection:
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call, as one bytes object."""
+        if self._batching:
+            self._flush_batches()
         out = self._out
         if not out:
             return b""
@@ -490,13 +525,99 @@ class Connection:
         """Everything queued for the peer since the last call, as a list of bytes-like parts
         (large messages are parts of their own: an I/O layer can send them without copying
         them into one buffer with the rest)."""
+        if self._batching:
+            self._flush_batches()
         out = self._out
         self._out = []
         return out
 
     @property
     def has_data_to_send(self) -> bool:
-        return bool(self._out)
+        return bool(self._out) or any(stream.batch for stream in self._batching.values())
+
+    # ------------------------------------------------------------------ batches
+    def open_batch(self, stream_id: int) -> list:
+        """A list on which to queue this stream's small messages with ``list.append``: no call
+        into the protocol per message, for a sender of many small messages (a streaming
+        handler).  Returns the same list while the stream lives.
+
+        Each item must be one encoded message, bytes of 1 to :attr:`batch_limit` bytes.  The
+        batch is framed, in order, as the stream's next output: when output is collected
+        (``data_to_send``, ``data_to_send_list``), at :meth:`flush_batch`, and before
+        anything else this stream sends (a message through ``send_message``, the end of the
+        stream, trailers).  Credit applies as in ``send_message``: what does not fit waits for
+        credit, and ``flush_batch`` tells.  A batch holds what its caller put there since the
+        last flush, so the caller bounds it (the server flushes every ``_BATCH_MESSAGES``
+        messages of at most ``_BATCH_MESSAGE_SIZE`` bytes).  A stream cancelled or reset drops
+        its batch.
+        """
+        stream = self._local_stream(stream_id)
+        if stream.state not in self._send_data_states:
+            raise LocalProtocolError(
+                f"stream {stream_id} cannot send messages in state {stream.state.value} ({self.role.value})"
+            )
+        if stream.batch is None:
+            stream.batch = []
+            self._batching[stream_id] = stream
+        return stream.batch
+
+    @property
+    def batch_limit(self) -> int:
+        """The largest message a batch may hold: one frame, within the peer's limits (0 until
+        the peer's preface has arrived)."""
+        return self._peer_fast_limit
+
+    def flush_batch(self, stream_id: int) -> bool:
+        """Frame the stream's batch now.  Returns True if all of the stream's output is framed,
+        False if some waits for credit (wait for :class:`SendCreditAvailable`, as after
+        ``send_message``).  True for a stream that has ended (its batch was dropped)."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return True
+        if stream.batch:
+            self._flush_batch(stream)
+        return not stream.pending
+
+    def _flush_batches(self) -> None:
+        for stream in self._batching.values():
+            if stream.batch:
+                self._flush_batch(stream)
+
+    def _flush_batch(self, stream: _Stream) -> None:
+        batch = stream.batch
+        if stream.state not in self._send_data_states:
+            raise LocalProtocolError(f"stream {stream.id}: a batch left after the stream stopped sending messages")
+        if not self._client:
+            stream.response_started = True
+        rest = batch
+        if stream.pending is None:
+            # What the credit covers, framed in one buffer (in C when it is built).
+            try:
+                frames, count, size = _frame_run(
+                    batch, stream.id, min(stream.send_window, self._send_window), self._peer_fast_limit
+                )
+            except (TypeError, ValueError) as exc:
+                batch.clear()
+                raise LocalProtocolError(f"stream {stream.id}: bad message in a batch: {exc}") from None
+            if count:
+                stream.send_window -= size
+                self._send_window -= size
+                self._out.append(frames)
+            if count == len(batch):
+                batch.clear()
+                return
+            rest = batch[count:]
+        else:
+            for payload in batch:  # checked as _frame_run would
+                if type(payload) is not bytes or not 0 < len(payload) <= self._peer_fast_limit:
+                    batch.clear()
+                    raise LocalProtocolError(f"stream {stream.id}: bad message in a batch")
+        # The rest waits for credit, behind anything already waiting.
+        if stream.pending is None:
+            stream.pending = deque()
+        stream.pending.extend([memoryview(payload), 0] for payload in rest)
+        batch.clear()
+        self._flush_stream(stream)
 
     def _frame(self, ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> None:
         self._out.append(_pack_header(len(payload), ftype, flags, stream_id))
@@ -556,6 +677,11 @@ class Connection:
         return stream
 
     def _forget(self, stream: _Stream) -> None:
+        if stream.batch is not None:
+            # Only reached with the batch framed (every way out of a stream frames it first)
+            # or dropped with the stream (cancelled): either way it holds nothing to send.
+            stream.batch.clear()
+            self._batching.pop(stream.id, None)
         if stream.pending:
             return  # its last frames still wait for credit; forgotten when they leave
         self._streams.pop(stream.id, None)
@@ -609,6 +735,8 @@ class Connection:
         stream = self._streams.get(stream_id)
         if stream is None:
             raise LocalProtocolError(f"stream {stream_id} is closed or does not exist")
+        if stream.batch:
+            self._flush_batch(stream)
         parts = type(payload) is list
         size = message_size(payload) if parts else len(payload)
         if (
@@ -676,6 +804,8 @@ class Connection:
     def end_stream(self, stream_id: int) -> None:
         """Half-close (client): no more messages on this stream."""
         stream = self._local_stream(stream_id)
+        if stream.batch:
+            self._flush_batch(stream)
         self._transition(stream, _In.SEND_END_STREAM)
         if stream.pending:
             stream.pending.append([memoryview(b""), _END_STREAM])
@@ -726,6 +856,8 @@ class Connection:
         if self._client:
             raise LocalProtocolError("only the server sends response headers")
         stream = self._local_stream(stream_id)
+        if stream.batch:
+            self._flush_batch(stream)
         if stream.response_started:
             raise LocalProtocolError("response headers go once, before any response message")
         self._transition(stream, _In.SEND_HEADERS)
@@ -745,6 +877,8 @@ class Connection:
         if self._client:
             raise LocalProtocolError("only the server sends trailers")
         stream = self._local_stream(stream_id)
+        if stream.batch:
+            self._flush_batch(stream)
         self._transition(stream, _In.SEND_TRAILERS)
         if status == 0 and not message and details is None and not metadata:
             payload = _OK_TRAILERS  # the common case, encoded once

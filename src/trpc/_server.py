@@ -72,9 +72,18 @@ DEFAULT_PORT = 50051
 #: How long a TLS client may take to complete its handshake before the server drops it, so that
 #: connections that never speak cannot pile up.
 TLS_HANDSHAKE_TIMEOUT = 10.0
-#: A streaming handler yields to the scheduler after this many messages even when it never
-#: blocks, so the writer can put a batch on the wire and other calls get their turn.  A power
-#: of two (the loop tests it with a mask).
+#: A streaming handler's small messages go on the stream's batch (Connection.open_batch): a
+#: list append per message, framed together.  After this many messages the handler frames its
+#: batch, waits if credit ran out, and yields to the scheduler even when it never blocks, so
+#: the writer can put the batch on the wire and other calls get their turn.  A power of two
+#: (the loop tests it with a mask).
+_BATCH_MESSAGES = 128
+#: Messages up to this size go on the batch; larger ones through send_message, one call each
+#: (next to their size, the call no longer matters).  With _BATCH_MESSAGES, this bounds what a
+#: batch holds beyond the credit checks to 128 KiB per stream.
+_BATCH_MESSAGE_SIZE = 1024
+#: A handler reading the client's messages yields to the scheduler after this many even when
+#: they are all there already, so that other calls get their turn.
 _YIELD_EVERY = 128
 #: Bytes of request messages a handler takes before their credit goes back (see the client).
 _ACK_BATCH = 16384
@@ -336,14 +345,17 @@ class _ServerConnection(TrioConnection):
         except TypeError as exc:  # raised before the body runs: the arguments do not bind
             raise RpcError(Status.INVALID_ARGUMENT, f"{info.name}: {exc}") from None
         if info.cardinality.server_streams:
-            # The per-message loop, kept tight: encode, check the size, queue, wake the writer
-            # (it runs when this task next yields); the slow cases (no credit, call ended) go
-            # through _send.
+            # The per-message loop, kept tight: encode, append to the stream's batch, and every
+            # _BATCH_MESSAGES frame the batch, wait for credit if it ran out, and yield.  The
+            # first message of a batch wakes the writer: it frames the batch whenever this task
+            # blocks (in the generator or here), so no message waits for the next one.
             conn = self.conn
+            stream_id = call.id
+            batch = [] if call.finished else conn.open_batch(stream_id)
+            small = min(_BATCH_MESSAGE_SIZE, conn.batch_limit)
             send_message = conn.send_message
             unpark_writer = self._writer_wakeup.unpark
             limit = conn.peer_max_message_size
-            stream_id = call.id
             count = 0
             async with aclosing(target) as items:
                 async for item in items:
@@ -351,18 +363,34 @@ class _ServerConnection(TrioConnection):
                         payload = _dumps(item) if type(item) is not bytes else encode(item)
                     except Exception as exc:
                         raise RpcError(Status.INTERNAL, f"{info.name}: cannot encode a response: {exc}") from None
-                    if call.finished or (
-                        len(payload) > limit if type(payload) is bytes else message_size(payload) > limit
-                    ):
-                        await self._send(call, self._encode(call, item))
-                    elif not send_message(stream_id, payload):
+                    if type(payload) is bytes and len(payload) <= small:
+                        if not batch:
+                            unpark_writer()
+                        batch.append(payload)
+                        count += 1
+                        if count & (_BATCH_MESSAGES - 1):
+                            continue
+                    elif call.finished or message_size(payload) > limit:
+                        await self._send(call, self._encode(call, item))  # raises, or drops it
+                        continue
+                    else:
+                        # A larger message: on its own (send_message frames the batch first).
+                        if not send_message(stream_id, payload):
+                            unpark_writer()
+                            while conn.send_buffered(stream_id) and not call.finished:
+                                await call.credit_wakeup.park()
+                        unpark_writer()
+                        count += 1
+                        if count & (_BATCH_MESSAGES - 1):
+                            continue
+                    if call.finished:  # the client has gone: nothing more will be sent
+                        batch.clear()
+                    elif not conn.flush_batch(stream_id):
                         unpark_writer()
                         while conn.send_buffered(stream_id) and not call.finished:
                             await call.credit_wakeup.park()
                     unpark_writer()
-                    count += 1
-                    if not count & (_YIELD_EVERY - 1):
-                        await _checkpoint()
+                    await _checkpoint()
             return None
         result = await target
         if not call.finished:

@@ -1,0 +1,33 @@
+"""Loading ``trpc._speedups``, trpc's CPython extension (``csrc/speedups.c``, ``csrc/cbor.c``).
+
+It holds the CBOR codec for plain values (used by ``_codec``) and the DATA-run framer (used by
+``_protocol``).  Like the C framer it is an optimisation with a pure-Python equivalent, so a
+missing module (no C compiler at install) means the slower path and one warning (given by
+``_framer.get_framer``, which names every missing C module at once); with ``TRPC_REQUIRE_C=1``
+it is an ImportError.  A module built for another trpc version is refused.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._version import __version__
+
+__all__ = ["speedups", "speedups_error"]
+
+#: The extension module, or None.
+speedups = None
+#: Why it is unavailable, or None if it is loaded.
+speedups_error: str | None = None
+
+try:
+    from . import _speedups
+
+    if _speedups.__version__ != __version__:
+        raise ImportError(f"trpc._speedups was built for trpc {_speedups.__version__}, not {__version__}")
+except ImportError as exc:
+    if os.environ.get("TRPC_REQUIRE_C") == "1":
+        raise
+    speedups_error = str(exc)
+else:
+    speedups = _speedups
