@@ -7,7 +7,9 @@
     python bench/compare.py --systems trpc-c,grpc-aio --workloads w1,w3 --repeat 5
 
 Four workloads, the same for every system, CBOR payloads everywhere (the gRPC peers use generic
-handlers or a CBOR codec, no protobuf), so the serializer is the same for all:
+handlers or a CBOR codec, no protobuf), and the serializer is the same for all: trpc's CBOR
+codec (cbor2 behind a C fast path for plain values), which every peer imports
+(``bench/peers/_common.py``), so the figures compare the frameworks, not their serializers:
 
 - W1 unary latency: ``{"name": "Ada"}`` -> ``{"message": "Hello Ada"}``, one call in flight:
   calls/s, p50 and p99 latency.

@@ -275,11 +275,29 @@ static int put_value(buffer *b, PyObject *value, int depth) {
 }
 
 /* The encoder: a builtin function whose `self` is the fallback callable (see make_encoder). */
+/* A string longer than the stack buffer, alone: written straight into the result (one
+ * allocation, one copy), rather than grown on the heap and copied out. */
+static PyObject *encode_long_string(unsigned char major, const char *data, Py_ssize_t size) {
+    unsigned char head_bytes[9];
+    buffer head = {head_bytes, 0, sizeof head_bytes, 0};
+    PyObject *result;
+    put_head(&head, major, (unsigned long long)size); /* fits: a head is at most 9 bytes */
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)head.len + size);
+    if (result != NULL) {
+        memcpy(PyBytes_AS_STRING(result), head_bytes, head.len);
+        memcpy(PyBytes_AS_STRING(result) + head.len, data, (size_t)size);
+    }
+    return result;
+}
+
 static PyObject *encode(PyObject *fallback, PyObject *value) {
     unsigned char stack[STACK_BYTES];
     buffer b = {stack, 0, STACK_BYTES, 0};
     PyObject *result = NULL;
-    int rc = put_value(&b, value, 0);
+    int rc;
+    if (Py_TYPE(value) == &PyBytes_Type && PyBytes_GET_SIZE(value) > STACK_BYTES)
+        return encode_long_string(0x40, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+    rc = put_value(&b, value, 0);
     if (rc == OK)
         result = PyBytes_FromStringAndSize((const char *)b.data, (Py_ssize_t)b.len);
     if (b.on_heap)

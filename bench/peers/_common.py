@@ -9,7 +9,9 @@ A peer is a script with two commands:
   connects once, warms up, measures one workload and prints ONE JSON line on stdout:
   ``{"ok": true, ...figures...}`` or ``{"ok": false, "error": "..."}`` (exit status 1).
 
-The four workloads (the same for every system; CBOR payloads everywhere):
+The four workloads (the same for every system; CBOR payloads everywhere, and the same CBOR
+codec everywhere: :data:`cbor_dumps` and :data:`cbor_loads`, trpc's, which is cbor2 with a C fast
+path for plain values, so that the comparison measures the frameworks, not their serializers):
 
 - ``w1``: unary ``{"name": "Ada"}`` -> ``{"message": "Hello Ada"}``, one call in flight, for
   ``--duration`` seconds: calls/s, p50 and p99 latency.
@@ -32,6 +34,11 @@ import sys
 import time
 import traceback
 from typing import Any, Callable
+
+# The one CBOR codec of every peer (see the module docstring): trpc's own (cbor2 behind a C fast
+# path for plain values), given to the gRPC peers as their (de)serializers.
+from trpc._codec import _dumps as cbor_dumps  # noqa: F401  (used by the peers)
+from trpc._codec import _loads as cbor_loads  # noqa: F401
 
 GREET_REQUEST = {"name": "Ada"}
 GREET_REPLY = {"message": "Hello Ada"}

@@ -4,8 +4,8 @@
     grpc_aio_peer.py client HOST:PORT w1|w2|w3|w4 [...]
 
 No protoc: the server registers generic handlers (``grpc.method_handlers_generic_handler``) whose
-(de)serializers are cbor2's ``dumps``/``loads``; the client makes multi-callables on the channel
-with the same functions.  Handlers are ``async def`` functions and an async generator.  Both sides
+(de)serializers are the common CBOR codec (``_common.cbor_dumps`` / ``cbor_loads``); the client
+makes multi-callables on the channel with the same functions.  Handlers are ``async def`` functions and an async generator.  Both sides
 raise the message size limits to 8 MiB.  W2 runs 64 asyncio tasks on one channel.
 """
 
@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import sys
 
-import cbor2
 import grpc
 
 import _common
@@ -41,7 +40,7 @@ async def echo(data, context):
 
 
 def handlers() -> grpc.GenericRpcHandler:
-    kwargs = dict(request_deserializer=cbor2.loads, response_serializer=cbor2.dumps)
+    kwargs = dict(request_deserializer=_common.cbor_loads, response_serializer=_common.cbor_dumps)
     return grpc.method_handlers_generic_handler(
         _common.GRPC_SERVICE,
         {
@@ -63,7 +62,7 @@ async def serve() -> None:
 
 class Ops:
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        kwargs = dict(request_serializer=cbor2.dumps, response_deserializer=cbor2.loads)
+        kwargs = dict(request_serializer=_common.cbor_dumps, response_deserializer=_common.cbor_loads)
         self.greet = channel.unary_unary(_common.GREET_PATH, **kwargs)
         self.echo = channel.unary_unary(_common.ECHO_PATH, **kwargs)
         self._count = channel.unary_stream(_common.COUNT_PATH, **kwargs)

@@ -3,9 +3,9 @@
     grpc_sync_peer.py serve [--workers N]
     grpc_sync_peer.py client HOST:PORT w1|w2|w3|w4 [...]
 
-No protoc: generic handlers (``grpc.method_handlers_generic_handler``) with cbor2's ``dumps`` /
-``loads`` as (de)serializers, served by ``grpc.server`` on a ``ThreadPoolExecutor`` (16 workers
-by default); the client makes multi-callables on one channel.  Both sides raise the message size
+No protoc: generic handlers (``grpc.method_handlers_generic_handler``) with the common CBOR
+codec (``_common.cbor_dumps`` / ``cbor_loads``) as (de)serializers, served by ``grpc.server`` on a
+``ThreadPoolExecutor`` (16 workers by default); the client makes multi-callables on one channel.  Both sides raise the message size
 limits to 8 MiB.
 
 W2 (64 in flight on ONE channel) uses futures, not threads: the main thread starts calls with
@@ -22,7 +22,6 @@ import threading
 from concurrent import futures
 from functools import partial
 
-import cbor2
 import grpc
 
 import _common
@@ -48,7 +47,7 @@ def echo(data, context):
 
 
 def handlers() -> grpc.GenericRpcHandler:
-    kwargs = dict(request_deserializer=cbor2.loads, response_serializer=cbor2.dumps)
+    kwargs = dict(request_deserializer=_common.cbor_loads, response_serializer=_common.cbor_dumps)
     return grpc.method_handlers_generic_handler(
         _common.GRPC_SERVICE,
         {
@@ -132,7 +131,7 @@ def _stream(call, n: int, cap: float) -> tuple[int, bool, float]:
 def measure(args: argparse.Namespace) -> dict:
     with grpc.insecure_channel(args.address, options=OPTIONS) as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
-        kwargs = dict(request_serializer=cbor2.dumps, response_deserializer=cbor2.loads)
+        kwargs = dict(request_serializer=_common.cbor_dumps, response_deserializer=_common.cbor_loads)
         greet_call = channel.unary_unary(_common.GREET_PATH, **kwargs)
         echo_call = channel.unary_unary(_common.ECHO_PATH, **kwargs)
         count_call = channel.unary_stream(_common.COUNT_PATH, **kwargs)

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import sys
 
-import cbor2
 from grpclib.client import Channel, UnaryStreamMethod, UnaryUnaryMethod
 from grpclib.const import Cardinality, Handler
 from grpclib.encoding.base import CodecBase
@@ -30,10 +29,10 @@ class CBORCodec(CodecBase):
     __content_subtype__ = "cbor"
 
     def encode(self, message, message_type) -> bytes:
-        return cbor2.dumps(message)
+        return _common.cbor_dumps(message)
 
     def decode(self, data: bytes, message_type):
-        return cbor2.loads(data)
+        return _common.cbor_loads(data)
 
 
 class Bench:

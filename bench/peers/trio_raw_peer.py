@@ -28,7 +28,6 @@ import struct
 import sys
 from collections import deque
 
-import cbor2
 import trio
 
 import _common
@@ -38,8 +37,8 @@ HEADER_SIZE = HEADER.size
 READ_SIZE = 65536
 #: A streaming sender waits while more than this is queued for the writer.
 HIGH_WATER = 65536
-_dumps = cbor2.dumps
-_loads = cbor2.loads
+_dumps = _common.cbor_dumps
+_loads = _common.cbor_loads
 _pack = HEADER.pack
 _unpack_from = HEADER.unpack_from
 
