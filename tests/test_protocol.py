@@ -566,3 +566,36 @@ def test_a_large_byte_string_arrives_as_its_own_frame_and_is_not_copied(framer_c
     assert decoded == blob and decoded is value[1]
     # A head that does not describe the body is decoded the long way, correctly.
     assert decode([b"\x82\x01", cbor2.dumps(b"x" * 70000)]) == [1, b"x" * 70000]
+
+
+def test_a_large_byte_string_ending_the_stream_is_not_copied_either(framer_cls):
+    """A unary call's request half-closes the stream with its one message: [head, body] still
+    goes as two frames, END_STREAM on the body, and arrives as [head, body]."""
+    from trpc._codec import decode_arguments, encode_arguments
+
+    pair = Pair(framer_cls)
+    sid = pair.client.open_call("echo")
+    blob = bytes(range(256)) * 1024
+    assert pair.client.send_message(sid, encode_arguments((blob,), {}), end_stream=True)
+    events = pair.exchange()["server"]
+    (args,) = messages(events)
+    assert type(args) is list and decode_arguments(args) == ([blob], {})
+    assert any(isinstance(e, StreamEnded) for e in events)
+
+
+def test_a_large_byte_string_waiting_for_credit_arrives_whole(framer_cls):
+    """Head and body wait for credit as two pieces of one message; they arrive as it."""
+    from trpc._codec import decode_arguments, encode_arguments
+
+    pair = Pair(framer_cls, server_options={"stream_window": 100_000, "max_frame_size": 1 << 14})
+    sid = pair.client.open_call("echo")
+    blob = bytes(range(256)) * 1024  # 256 KiB: more than the window
+    assert pair.client.send_message(sid, encode_arguments((blob,), {}), end_stream=True) is False
+    received = []
+    for _ in range(20):
+        events = pair.exchange()["server"]
+        for payload in messages(events):
+            received.append(payload)
+            pair.server.consumed(sid, len(payload) if type(payload) is bytes else sum(map(len, payload)))
+    assert [decode_arguments(payload) for payload in received] == [([blob], {})]
+    assert pair.client.send_buffered(sid) == 0

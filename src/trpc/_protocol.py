@@ -767,8 +767,6 @@ class Connection:
                 out.append(_pack_header(size, _DATA, 0, stream_id))
                 out.append(payload)
             return True
-        if parts:
-            payload = b"".join(payload)  # the general path below wants one buffer
         if size == 0:
             raise LocalProtocolError("a message is at least one byte long")
         if size > self.peer_max_message_size:
@@ -788,16 +786,29 @@ class Connection:
             and size <= self._send_window
             and size <= self._peer_max_frame
         ):
-            # The fast path: the whole message in one frame.
+            # The fast path: the whole message in one frame (or, given as [head, body], in
+            # two: the head with MORE, as in the first fast path).
             stream.send_window -= size
             self._send_window -= size
             out = self._out
-            out.append(_pack_header(size, _DATA, flags, stream_id))
-            out.append(payload)
+            if parts:
+                head, body = payload
+                out += (_pack_header(len(head), _DATA, _MORE, stream_id), head)
+                out += (_pack_header(len(body), _DATA, flags, stream_id), body)
+            else:
+                out.append(_pack_header(size, _DATA, flags, stream_id))
+                out.append(payload)
             return True
         if stream.pending is None:
             stream.pending = deque()
-        stream.pending.append([memoryview(payload), flags])
+        if parts:
+            # The head and the body wait as two pieces of one message (the head's frames
+            # carry MORE), so the body is not copied to join them.
+            head, body = payload
+            stream.pending.append([memoryview(head), _MORE])
+            stream.pending.append([memoryview(body), flags])
+        else:
+            stream.pending.append([memoryview(payload), flags])
         self._flush_stream(stream)
         return not stream.pending
 
