@@ -59,6 +59,26 @@ async def test_a_stalled_stream_does_not_stall_the_others(blob_client):
             assert blob_client.service.sent["A"] <= DEFAULT_STREAM_WINDOW // (64 * 1024) + 2
 
 
+async def test_a_stalled_stream_of_small_messages_holds_the_producer_at_its_window(blob_client):
+    """Small messages go through the stream's batch (see _server._BATCH_MESSAGES): the producer
+    still stops near the stream window when the reader stalls, and what waits unsent on the
+    server stays within one batch; another stream on the connection still completes."""
+    from trpc._server import _BATCH_MESSAGES
+
+    size = 100  # bytes: batched (a CBOR head of 2 bytes more)
+    with trio.fail_after(30):
+        async with blob_client.blobs("A", 10**7, size) as a:
+            assert len(await a.receive()) == size
+            received = 0
+            async for blob in blob_client.blobs("B", 50_000, size):
+                received += len(blob)
+            assert received == 50_000 * size
+            await trio.sleep(0.2)  # let A's producer run into its window
+            window_messages = DEFAULT_STREAM_WINDOW // (size + 2)
+            sent = blob_client.service.sent["A"]
+            assert window_messages <= sent <= window_messages + 2 * _BATCH_MESSAGES, sent
+
+
 async def test_bidi_both_sides_sending_at_full_speed_do_not_deadlock(blob_client):
     """The server sends 32 MiB before it reads; the client sends 32 MiB (from another task)
     while it reads: both directions far beyond the windows, and nothing deadlocks."""
