@@ -76,10 +76,14 @@ async def test_bad_target_is_a_usage_error():
     assert result.returncode == 2 and b"HOST:PORT" in result.stderr
 
 
-async def test_version_names_the_framer(framer):
+async def test_version_names_the_framer_and_the_codec(framer):
+    from trpc import _cext
+
     result = await run_cli("--version")
     assert result.returncode == 0
-    assert result.stdout.decode().startswith(f"trpc {trpc.__version__} (framer: {framer}")
+    text = result.stdout.decode()
+    assert text.startswith(f"trpc {trpc.__version__} (framer: {framer}")
+    assert ("codec: C" if _cext.speedups_error is None else "codec: cbor2") in text
 
 
 async def test_serve_then_call(nursery):

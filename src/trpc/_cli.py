@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import trio
 
-from . import _framer
+from . import _cext, _framer
 from ._client import open_client, parse_target
 from ._errors import RpcError, TrpcError
 from ._server import DEFAULT_HOST, DEFAULT_PORT, Server
@@ -76,8 +76,14 @@ def _parse_metadata(items: Sequence[str]) -> dict[str, str]:
 def _version_text() -> str:
     name = _framer.default_framer_name()
     if name == "c" and "c" not in _framer.FRAMERS:
-        return f"trpc {__version__} (framer: python; the C framer is unavailable: {_framer.c_framer_error})"
-    return f"trpc {__version__} (framer: {name})"
+        framer = f"framer: python; the C framer is unavailable: {_framer.c_framer_error}"
+    else:
+        framer = f"framer: {name}"
+    if _cext.speedups_error is None:
+        codec = "codec: C, cbor2 behind it"
+    else:
+        codec = f"codec: cbor2; the C codec is unavailable: {_cext.speedups_error}"
+    return f"trpc {__version__} ({framer}; {codec})"
 
 
 async def _call(args: argparse.Namespace) -> int:
