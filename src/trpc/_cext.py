@@ -9,6 +9,7 @@ it is an ImportError.  A module built for another trpc version is refused.
 
 from __future__ import annotations
 
+import importlib
 import os
 
 from ._version import __version__
@@ -21,8 +22,16 @@ speedups = None
 speedups_error: str | None = None
 
 try:
-    from . import _speedups
-
+    try:
+        # (Not ``from . import``: inside the package's own import, that hides a missing module
+        # behind a message about circular imports.)
+        _speedups = importlib.import_module(f"{__package__}._speedups")
+    except ImportError as exc:
+        raise ImportError(
+            f"trpc's compiled extension (trpc._speedups) cannot be imported ({exc}); reinstall trpc"
+            " from source with a C compiler available (TRPC_REQUIRE_C=1 makes a failed build fail"
+            " the install)"
+        ) from exc
     if _speedups.__version__ != __version__:
         raise ImportError(f"trpc._speedups was built for trpc {_speedups.__version__}, not {__version__}")
 except ImportError as exc:
