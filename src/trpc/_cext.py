@@ -5,6 +5,10 @@ It holds the CBOR codec for plain values (used by ``_codec``) and the DATA-run f
 missing module (no C compiler at install) means the slower path and one warning (given by
 ``_framer.get_framer``, which names every missing C module at once); with ``TRPC_REQUIRE_C=1``
 it is an ImportError.  A module built for another trpc version is refused.
+
+``TRPC_SPEEDUPS=0`` leaves the module unloaded on purpose, silently: the whole package then runs
+its pure-Python equivalents (cbor2 alone, the Python DATA-run framer), as without a compiler.
+The tests use it to run the call suites on that path too.
 """
 
 from __future__ import annotations
@@ -14,29 +18,39 @@ import os
 
 from ._version import __version__
 
-__all__ = ["speedups", "speedups_error"]
+__all__ = ["speedups", "speedups_disabled", "speedups_error"]
 
-#: The extension module, or None.
-speedups = None
-#: Why it is unavailable, or None if it is loaded.
-speedups_error: str | None = None
 
-try:
+def _load():
+    """The extension module; ImportError (with how to get it) if it is missing or stale."""
     try:
         # (Not ``from . import``: inside the package's own import, that hides a missing module
         # behind a message about circular imports.)
-        _speedups = importlib.import_module(f"{__package__}._speedups")
+        module = importlib.import_module(f"{__package__}._speedups")
     except ImportError as exc:
         raise ImportError(
             f"trpc's compiled extension (trpc._speedups) cannot be imported ({exc}); reinstall trpc"
             " from source with a C compiler available (TRPC_REQUIRE_C=1 makes a failed build fail"
             " the install)"
         ) from exc
-    if _speedups.__version__ != __version__:
-        raise ImportError(f"trpc._speedups was built for trpc {_speedups.__version__}, not {__version__}")
-except ImportError as exc:
-    if os.environ.get("TRPC_REQUIRE_C") == "1":
-        raise
-    speedups_error = str(exc)
+    if module.__version__ != __version__:
+        raise ImportError(f"trpc._speedups was built for trpc {module.__version__}, not {__version__}")
+    return module
+
+
+#: The extension module, or None.
+speedups = None
+#: Why it is unavailable, or None if it is loaded.
+speedups_error: str | None = None
+#: True if TRPC_SPEEDUPS=0 asked for the pure-Python path (nothing to warn about).
+speedups_disabled = os.environ.get("TRPC_SPEEDUPS", "").strip() == "0"
+
+if speedups_disabled:
+    speedups_error = "disabled by TRPC_SPEEDUPS=0"
 else:
-    speedups = _speedups
+    try:
+        speedups = _load()
+    except ImportError as exc:
+        if os.environ.get("TRPC_REQUIRE_C") == "1":
+            raise
+        speedups_error = str(exc)

@@ -62,7 +62,7 @@ def get_framer(name: str | None = None) -> type:
     if name not in _NAMES:
         raise ValueError(f"unknown framer {name!r}: expected 'c' or 'python'")
     if name in FRAMERS:
-        if _cext.speedups_error and not _warned:
+        if _cext.speedups_error and not _cext.speedups_disabled and not _warned:
             _warn_once(framer_missing=False)
         return FRAMERS[name]
     if os.environ.get("TRPC_REQUIRE_C") == "1":
@@ -74,7 +74,7 @@ def get_framer(name: str | None = None) -> type:
 def _warn_once(*, framer_missing: bool) -> None:
     """Say, once per process, which C modules trpc runs without (one message for both)."""
     global _warned
-    speedups_error = _cext.speedups_error
+    speedups_error = None if _cext.speedups_disabled else _cext.speedups_error
     if _warned or not (framer_missing or speedups_error):
         return
     _warned = True
@@ -87,6 +87,6 @@ def _warn_once(*, framer_missing: bool) -> None:
     if speedups_error:
         missing.append(
             "cbor2 alone to encode and decode, several times slower on small values, because its C"
-            f" codec is unavailable ({speedups_error})"
+            f" codec is unavailable ({speedups_error}); set TRPC_SPEEDUPS=0 to choose it silently"
         )
     logging.getLogger("trpc").warning("trpc is using %s.", "; and ".join(missing))
