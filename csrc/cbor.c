@@ -35,9 +35,10 @@
  * strings, false, true, null, and 16-, 32- and 64-bit floats.  On anything else (tags,
  * including trpc's messages and bignums; indefinite lengths; undefined and simple values;
  * other map keys; malformed or truncated input; nesting deeper than MAX_DEPTH; bytes after the
- * item) it drops what it built and hands the whole payload to the fallback (cbor2.loads with
- * trpc's tag hook), which decodes it or raises the error cbor2 would raise.  So the result is
- * always exactly cbor2's.  Every length is checked against the bytes that remain before
+ * item) it drops what it built and hands the whole payload to the fallback (cbor2's decoder
+ * with trpc's tag hook, which also refuses bytes after the item: a message is exactly one data
+ * item), which decodes it or raises cbor2's error.  So the result is always exactly the
+ * fallback's.  Every length is checked against the bytes that remain before
  * anything is allocated for it (an array of n items needs at least n bytes, a map 2n), so a
  * hostile length costs nothing.
  *
@@ -494,7 +495,7 @@ static PyObject *decode(PyObject *fallback, PyObject *payload) {
     rc = get_value(&r, 0, &value);
     if (rc == OK && r.p == r.end)
         return value;
-    if (rc == OK) /* bytes after the item: cbor2's business */
+    if (rc == OK) /* bytes after the item: the fallback says what is wrong */
         Py_DECREF(value);
     else if (rc == ERROR)
         return NULL;

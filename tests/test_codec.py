@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 import trpc
 from trpc import _cext, _codec
-from trpc._messages import decode_tag, encode_default
+from trpc._messages import encode_default
 
 cbor2_dumps = partial(cbor2.dumps, default=encode_default)
-cbor2_loads = partial(cbor2.loads, tag_hook=decode_tag)
+cbor2_loads = _codec._cbor2_loads  # cbor2's decoder, refusing bytes after the item
 
 needs_c = pytest.mark.skipif(
     _cext.speedups_error is not None and os.environ.get("TRPC_REQUIRE_C") != "1",
@@ -310,7 +310,7 @@ def test_decoding_plain_values_never_needs_cbor2(loads):
     "payload",
     [
         b"",  # nothing
-        b"\x01\x02",  # bytes after the item (cbor2 ignores them)
+        b"\x01\x02",  # bytes after the item (refused: cbor2.loads alone would ignore them)
         b"\x1c",  # reserved additional info
         b"\x19\x01",  # truncated head
         b"\x5a\xff\xff\xff\xff",  # a 4 GiB byte string in 5 bytes
@@ -341,6 +341,14 @@ def test_decoding_anything_unusual_gives_what_cbor2_gives(loads, payload):
 
 
 @needs_c
+def test_bytes_after_the_item_are_refused(loads):
+    for payload in (b"\x01\x02", cbor2.dumps({"i": 1}) + b"\x00", _codec._dumps(Point(x=1, y=2)) + b"\xf6"):
+        with pytest.raises(cbor2.CBORDecodeError, match="after the data item"):
+            loads(payload)
+        with pytest.raises(trpc.RpcError):
+            _codec.decode(payload)
+
+
 def test_a_message_decodes_through_the_tag_hook(loads):
     value = {"points": [Point(x=1, y=2)]}
     payload = _codec._dumps(value)

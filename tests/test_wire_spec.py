@@ -169,8 +169,9 @@ async def test_unknown_method_is_unimplemented(server):
     cbor2.dumps([["x"], {"a": 1}, 3]),       # three elements
     bytes.fromhex("ff"),                     # not CBOR at all ("do not decode")
     bytes.fromhex("82 81"),                  # truncated CBOR
+    encode_args(["Ada"]) + b"\x00",          # one data item, then more (a message is exactly one)
 ], ids=["too-many", "bad-keyword", "missing", "not-array", "three-elements", "not-cbor",
-        "truncated"])
+        "truncated", "bytes-after-the-item"])
 async def test_bad_arguments_are_invalid_argument(server, raw):
     with trio.fail_after(T):
         async with connect(server.address) as conn:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import io
 from functools import partial
 
 import cbor2
@@ -33,7 +34,18 @@ __all__ = ["encode", "decode", "encode_arguments", "decode_arguments"]
 
 # Message classes (trpc.message) travel as CBOR tag 27; the hooks cost nothing for other values.
 _cbor2_dumps = partial(cbor2.dumps, default=encode_default)
-_cbor2_loads = partial(cbor2.loads, tag_hook=decode_tag)
+
+
+def _cbor2_loads(payload: bytes) -> Any:
+    """One CBOR data item and nothing after it, through cbor2 with trpc's tag hook (a message
+    is exactly one data item; cbor2.loads would ignore bytes after it)."""
+    fp = io.BytesIO(payload)
+    value = cbor2.CBORDecoder(fp, tag_hook=decode_tag).decode()
+    extra = len(fp.getbuffer()) - fp.tell()
+    if extra:
+        raise cbor2.CBORDecodeError(f"{extra} bytes after the data item")
+    return value
+
 
 if speedups is None:
     _dumps, _loads = _cbor2_dumps, _cbor2_loads

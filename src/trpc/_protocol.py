@@ -44,7 +44,7 @@ import cbor2
 
 from . import _framer
 from ._cext import speedups
-from ._codec import _dumps
+from ._codec import _dumps, _loads
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
     CallCancelled,
@@ -62,7 +62,6 @@ from ._events import (
     StreamEnded,
 )
 from ._framer_py import DEFAULT_MAX_FRAME_SIZE, HEADER, MAX_FRAME_SIZE_LIMIT, MIN_FRAME_SIZE_LIMIT
-from ._messages import decode_tag
 from ._status import Status
 
 __all__ = [
@@ -1241,7 +1240,7 @@ class Connection:
         if len(payload) > MAX_HEADERS_SIZE:
             raise RemoteProtocolError(f"{kind} payload of {len(payload)} bytes exceeds {MAX_HEADERS_SIZE}")
         try:
-            fields = cbor2.loads(payload, tag_hook=decode_tag)
+            fields = _loads(payload)
         except Exception as exc:  # cbor2 raises several types for malformed input
             raise RemoteProtocolError(f"{kind} payload is not valid CBOR: {exc}") from None
         if not isinstance(fields, dict):
