@@ -110,6 +110,26 @@ def test_a_cancelled_stream_drops_its_batch(framer_cls, frame_run):
     assert pair.server.data_to_send() == b""
 
 
+def test_after_the_trailers_a_batch_is_dropped_even_while_output_waits_for_credit(framer_cls, frame_run):
+    """Trailers queued behind output that waits for credit: the stream lives on until that
+    output leaves, but it sends no more messages; what a handler still appends to its old batch
+    list is never framed, and collecting output does not fail."""
+    pair, sid = streaming_pair(framer_cls, stream_window=1024)
+    batch = pair.server.open_batch(sid)
+    batch += [b"\x01" * 600, b"\x02" * 600]  # 1200 bytes: 176 wait for credit
+    pair.server.send_trailers(sid, _protocol.Status.OK)
+    batch.append(b"\x03")  # a handler that has not noticed yet
+    received, ended = [], False
+    for _ in range(10):
+        events = pair.exchange()["client"]
+        for payload in messages(events, sid):
+            pair.client.consumed(sid, len(payload))
+            received.append(payload)
+        ended = ended or any(isinstance(e, CallEnded) for e in events)
+    assert received == [b"\x01" * 600, b"\x02" * 600] and ended
+    assert pair.server.flush_batch(sid) is True
+
+
 @pytest.mark.parametrize("bad", [b"", "text", bytearray(b"x")])
 def test_a_bad_item_is_a_local_protocol_error(framer_cls, frame_run, bad):
     pair, sid = streaming_pair(framer_cls)

@@ -675,12 +675,17 @@ class Connection:
             raise LocalProtocolError(f"stream {stream_id} is closed or does not exist")
         return stream
 
-    def _forget(self, stream: _Stream) -> None:
+    def _drop_batch(self, stream: _Stream) -> None:
+        """The stream sends no more messages: empty its batch and stop framing it.  Reached
+        with the batch framed (every way out of a stream's sending frames it first) or dropped
+        with the stream (cancelled); whatever is appended to the list later is never sent."""
         if stream.batch is not None:
-            # Only reached with the batch framed (every way out of a stream frames it first)
-            # or dropped with the stream (cancelled): either way it holds nothing to send.
             stream.batch.clear()
+            stream.batch = None
             self._batching.pop(stream.id, None)
+
+    def _forget(self, stream: _Stream) -> None:
+        self._drop_batch(stream)
         if stream.pending:
             return  # its last frames still wait for credit; forgotten when they leave
         self._streams.pop(stream.id, None)
@@ -817,6 +822,7 @@ class Connection:
         if stream.batch:
             self._flush_batch(stream)
         self._transition(stream, _In.SEND_END_STREAM)
+        self._drop_batch(stream)
         if stream.pending:
             stream.pending.append([memoryview(b""), _END_STREAM])
         else:
@@ -890,6 +896,7 @@ class Connection:
         if stream.batch:
             self._flush_batch(stream)
         self._transition(stream, _In.SEND_TRAILERS)
+        self._drop_batch(stream)
         if status == 0 and not message and details is None and not metadata:
             payload = _OK_TRAILERS  # the common case, encoded once
         else:
