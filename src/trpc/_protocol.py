@@ -578,7 +578,8 @@ class Connection:
         return not stream.pending
 
     def _flush_batches(self) -> None:
-        for stream in self._batching.values():
+        # Over a copy: framing may end a stream's sending, which unregisters its batch.
+        for stream in list(self._batching.values()):
             if stream.batch:
                 self._flush_batch(stream)
 
