@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 from contextlib import asynccontextmanager
 
 import cbor2
@@ -95,3 +98,13 @@ async def serve_and_connect(nursery, service, **server_options):
         client.service = service
         client.server = server
         yield client
+
+
+def run_python(args: list[str] | str, *, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    """Python in a fresh process (``args``: the code for ``-c``, or a list of arguments), with
+    no ``TRPC_*`` variable of ours but those in ``env``; output captured as text."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TRPC_")}
+    argv = ["-c", args] if isinstance(args, str) else args
+    return subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, env={**clean, **env}, timeout=timeout
+    )

@@ -6,8 +6,6 @@ from __future__ import annotations
 import enum
 import math
 import os
-import subprocess
-import sys
 from collections import OrderedDict
 from functools import partial
 
@@ -19,6 +17,8 @@ from hypothesis import strategies as st
 import trpc
 from trpc import _cext, _codec
 from trpc._messages import encode_default
+
+from .helpers import run_python
 
 cbor2_dumps = partial(cbor2.dumps, default=encode_default)
 cbor2_loads = _codec._cbor2_loads  # cbor2's decoder, refusing bytes after the item
@@ -220,14 +220,6 @@ def test_round_trip(value):
     decoded = _codec.decode(_codec._dumps(value))
     # CBOR has no tuple: arrays come back as lists.
     assert cbor2.dumps(decoded) == cbor2.dumps(value)
-
-
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    """``code`` in a fresh interpreter, with no TRPC_* variables but ``env``."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("TRPC_")}
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env}, timeout=60
-    )
 
 
 def test_without_the_c_codec_cbor2_does_the_work_and_one_warning_says_so():

@@ -5,10 +5,7 @@ stream, split and error."""
 from __future__ import annotations
 
 import logging
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,6 +24,8 @@ from trpc._framer_py import (
     PyFramer,
     keep_piece,
 )
+
+from .helpers import run_python
 
 SMALL_MAX = MIN_FRAME_SIZE_LIMIT  # the smallest limit keeps boundary payloads small
 
@@ -932,13 +931,6 @@ def test_fallback_without_c(monkeypatch, caplog):
     with pytest.raises(ImportError, match="_framer_cffi"):
         _framer.get_framer("c")
     assert _framer.get_framer("python") is PyFramer
-
-
-def run_python(code: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRPC_")}
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
-    )
 
 
 def test_version_mismatch_refuses_to_load(framer_name):

@@ -589,33 +589,25 @@ class Connection:
             raise LocalProtocolError(f"stream {stream.id}: a batch left after the stream stopped sending messages")
         if not self._client:
             stream.response_started = True
-        rest = batch
-        if stream.pending is None:
-            # What the credit covers, framed in one buffer (in C when it is built).
-            try:
-                frames, count, size = _frame_run(
-                    batch, stream.id, min(stream.send_window, self._send_window), self._peer_fast_limit
-                )
-            except (TypeError, ValueError) as exc:
-                batch.clear()
-                raise LocalProtocolError(f"stream {stream.id}: bad message in a batch: {exc}") from None
-            if count:
-                stream.send_window -= size
-                self._send_window -= size
-                self._out.append(frames)
-            if count == len(batch):
-                batch.clear()
-                return
-            rest = batch[count:]
-        else:
-            for payload in batch:  # checked as _frame_run would
-                if type(payload) is not bytes or not 0 < len(payload) <= self._peer_fast_limit:
-                    batch.clear()
-                    raise LocalProtocolError(f"stream {stream.id}: bad message in a batch")
+        # What the credit covers (nothing while older output waits for credit), framed in one
+        # buffer, in C when it is built; frame_run also checks every item.
+        credit = min(stream.send_window, self._send_window) if stream.pending is None else 0
+        try:
+            frames, count, size = _frame_run(batch, stream.id, credit, self._peer_fast_limit)
+        except (TypeError, ValueError) as exc:
+            batch.clear()
+            raise LocalProtocolError(f"stream {stream.id}: bad message in a batch: {exc}") from None
+        if count:
+            stream.send_window -= size
+            self._send_window -= size
+            self._out.append(frames)
+        if count == len(batch):
+            batch.clear()
+            return
         # The rest waits for credit, behind anything already waiting.
         if stream.pending is None:
             stream.pending = deque()
-        stream.pending.extend([memoryview(payload), 0] for payload in rest)
+        stream.pending.extend([memoryview(payload), 0] for payload in batch[count:])
         batch.clear()
         self._flush_stream(stream)
 

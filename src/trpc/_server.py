@@ -326,8 +326,15 @@ class _ServerConnection(TrioConnection):
             return
         self._writer_wakeup.unpark()
         if not conn.send_message(call.id, payload):
-            while conn.send_buffered(call.id) and not call.finished:
-                await call.credit_wakeup.park()
+            await self._wait_for_credit(call)
+
+    async def _wait_for_credit(self, call: _ServerCall) -> None:
+        """After a send that left output waiting for credit: wake the writer, and wait until the
+        client's credit has let all of this call's output go (or the call has ended)."""
+        self._writer_wakeup.unpark()
+        conn = self.conn
+        while conn.send_buffered(call.id) and not call.finished:
+            await call.credit_wakeup.park()
 
     async def _invoke(self, call: _ServerCall, payload: bytes | None) -> Any:
         """Decode the arguments, run the handler and send what it produces.
@@ -376,9 +383,7 @@ class _ServerConnection(TrioConnection):
                     else:
                         # A larger message: on its own (send_message frames the batch first).
                         if not send_message(stream_id, payload):
-                            unpark_writer()
-                            while conn.send_buffered(stream_id) and not call.finished:
-                                await call.credit_wakeup.park()
+                            await self._wait_for_credit(call)
                         unpark_writer()
                         count += 1
                         if count & (_BATCH_MESSAGES - 1):
@@ -386,9 +391,7 @@ class _ServerConnection(TrioConnection):
                     if call.finished:  # the client has gone: nothing more will be sent
                         batch.clear()
                     elif not conn.flush_batch(stream_id):
-                        unpark_writer()
-                        while conn.send_buffered(stream_id) and not call.finished:
-                            await call.credit_wakeup.park()
+                        await self._wait_for_credit(call)
                     unpark_writer()
                     await _checkpoint()
             return None
@@ -396,9 +399,7 @@ class _ServerConnection(TrioConnection):
         if not call.finished:
             payload = self._encode(call, result)
             if not self.conn.send_message(call.id, payload):  # rare: waits for credit
-                self.wake_writer()
-                while self.conn.send_buffered(call.id) and not call.finished:
-                    await call.credit_wakeup.park()
+                await self._wait_for_credit(call)
         return result
 
     async def _run(self, call: _ServerCall, payload: bytes | None) -> None:
