@@ -38,6 +38,14 @@ class Probe(trpc.Service):
     async def wait(self) -> None:
         await self.release.wait()
 
+    @trpc.unary
+    async def stubborn(self) -> str:
+        """Swallows its cancellation (bad manners, but handlers do it) and returns."""
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            return "swallowed"
+
 
 async def test_each_call_has_a_context_of_its_own_even_in_a_reused_task(nursery):
     async with serve_and_connect(nursery, Probe()) as client:
@@ -79,3 +87,17 @@ async def test_a_deadline_or_cancellation_does_not_follow_a_task_to_its_next_cal
         assert info.value.status is Status.DEADLINE_EXCEEDED
         assert await client.deadline() == float("inf")
         assert client.server.running_calls == 0
+
+
+async def test_a_handler_that_swallows_its_cancellation_leaves_no_cancellation_behind(nursery):
+    async with serve_and_connect(nursery, Probe()) as client:
+        with trio.fail_after(30):  # (its deadline travels too: the checks below allow for it)
+            for _ in range(3):
+                with pytest.raises(RpcError) as info:
+                    await client.stubborn.with_options(timeout=0.05)()
+                assert info.value.status is Status.DEADLINE_EXCEEDED  # the client's own deadline
+                # The next calls, likely in the same task, are neither cancelled nor limited
+                # by what the stubborn call left.
+                assert await client.deadline() > 20
+                seen, _, own = await client.tag("next")
+                assert seen is None and own == "next"

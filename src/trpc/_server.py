@@ -18,9 +18,11 @@ Handler tasks are reused: starting a Trio task costs several times what waking a
 does, so a task whose call is over waits (up to ``_IDLE_WORKERS`` per connection) for the
 connection's next call.  Each call still runs in a fresh copy of the context its task started
 with (``_in_context`` drives the handler's coroutine one step at a time inside that copy), so
-context variables never carry over from one call to the next, and in a cancel scope of its own.
-What a handler can tell apart is only ``trio.lowlevel.current_task()``, which may be the task
-of an earlier call.
+context variables never carry over from one call to the next.  The cancel scope is shared by
+a task's run of calls, since entering and leaving one costs about as much as the rest of a
+small call's handling: a call's deadline is set on it while the call runs, and a cancellation
+ends the run, so the next call starts in a fresh scope (``_work``).  What a handler can tell
+apart is only ``trio.lowlevel.current_task()``, which may be the task of an earlier call.
 
 The handler's result (or each streamed item) is encoded and queued on the connection together
 with the trailers, so a unary reply is one write.  Exceptions become statuses: ``RpcError`` as
@@ -130,6 +132,7 @@ class _ServerCall:
         "handler",
         "context",
         "scope",
+        "cancel_requested",
         "inbox",
         "ended",
         "started",
@@ -143,7 +146,10 @@ class _ServerCall:
         self.info = info
         self.handler = handler
         self.context = context
-        self.scope = trio.CancelScope(deadline=context.deadline)
+        #: The cancel scope the handler runs in once its task has it (see _work); until then
+        #: a cancellation is only recorded (cancel_requested), and applied when it starts.
+        self.scope: trio.CancelScope | None = None
+        self.cancel_requested = False
         self.inbox: deque[bytes] = deque()
         self.ended = False  # the client sent END_STREAM
         self.started = False  # the handler task exists
@@ -183,6 +189,13 @@ def _in_context(context: contextvars.Context, coro: Any) -> Any:
             send = yield message
         except BaseException as exc:  # Trio throws in: pass it to the call
             send, throw = None, exc
+
+
+def _cancel_handler(call: _ServerCall) -> None:
+    """Cancel a call's handler: its scope now if it is running, else as soon as it starts."""
+    call.cancel_requested = True
+    if call.scope is not None:
+        call.scope.cancel()
 
 
 class _RequestStream:
@@ -300,7 +313,7 @@ class _ServerConnection(TrioConnection):
             "trpc: %s from %s cancelled by the client: %s%s",
             call.info.name, self.peer, event.reason.name, f" ({event.message})" if event.message else "",
         )
-        call.scope.cancel()
+        _cancel_handler(call)
         call.inbox_wakeup.unpark()
         call.credit_wakeup.unpark()
 
@@ -318,7 +331,7 @@ class _ServerConnection(TrioConnection):
         for call in calls:
             call.finished = True
             call.context._cancel(Status.UNAVAILABLE, reason)
-            call.scope.cancel()
+            _cancel_handler(call)
             call.inbox_wakeup.unpark()
             call.credit_wakeup.unpark()
 
@@ -340,29 +353,62 @@ class _ServerConnection(TrioConnection):
         else:
             self.nursery.start_soon(self._work, call, payload)
 
-    async def _work(self, call: _ServerCall, payload: bytes | None) -> None:
+    async def _work(self, call: _ServerCall | None, payload: bytes | None) -> None:
         """A handler task: runs ``call``, then, while fewer than _IDLE_WORKERS wait, waits for
-        the next call of this connection and runs it.  Every call runs in a fresh copy of the
-        context this task started with, so context variables set by one call are never seen
-        by the next, exactly as with a task per call."""
+        the next call of this connection and runs it.
+
+        Every call runs in a fresh copy of the context this task started with, so context
+        variables set by one call are never seen by the next, exactly as with a task per call.
+        One cancel scope serves a run of calls (entering and leaving a Trio scope cost ~5 us a
+        call): a call with a deadline sets it on the scope while it runs, and a cancellation
+        (the deadline, the client's CANCEL, an abort, a lost connection) unwinds its call to
+        the scope, which ends the run; the next call gets a fresh scope.
+        """
         base = contextvars.copy_context()
         worker: _Worker | None = None
+        ran: _ServerCall | None = None
+        while call is not None:
+            with trio.CancelScope() as scope:
+                while call is not None:
+                    ran, call.scope = call, scope
+                    if call.cancel_requested:  # cancelled before it started
+                        scope.cancel()
+                    deadline = call.context.deadline
+                    if deadline != math.inf:
+                        scope.deadline = deadline
+                    await _in_context(base.copy(), self._run(call, payload))
+                    ran.scope = call = payload = None  # hold nothing of it while waiting
+                    if scope.cancel_called:
+                        break  # the handler returned although cancelled: the scope is spent
+                    if deadline != math.inf:
+                        scope.deadline = math.inf
+                    call, payload, worker = await self._next_call(worker)
+            if scope.cancel_called:
+                if ran is not None:
+                    ran.scope = None
+                    if scope.cancelled_caught and not ran.finished:
+                        # Our scope fired for the deadline (a client CANCEL, an abort or a lost
+                        # connection marks the call finished before it cancels).
+                        self._finish(ran, Status.DEADLINE_EXCEEDED, f"{ran.info.name}: deadline exceeded")
+                    ran = None
+                call, payload, worker = await self._next_call(worker)
+
+    async def _next_call(self, worker: _Worker | None) -> tuple:
+        """Wait for this connection's next call, unless enough tasks wait already; returns
+        ``(call, payload, worker)``, with call None when this task should end."""
         idle = self._idle_workers
+        if len(idle) >= _IDLE_WORKERS:
+            return None, None, worker
+        if worker is None:
+            worker = _Worker()
+        idle.append(worker)
         try:
-            while True:
-                await _in_context(base.copy(), self._run(call, payload))
-                call = payload = None  # hold nothing of a finished call while waiting
-                if len(idle) >= _IDLE_WORKERS:
-                    return
-                if worker is None:
-                    worker = _Worker()
-                idle.append(worker)
-                await worker.wakeup.park()
-                call, payload = worker.job
-                worker.job = None
-        finally:
-            if worker is not None and worker in idle:
-                idle.remove(worker)
+            await worker.wakeup.park()
+        except BaseException:  # cancelled while waiting (the connection is closing): no job came
+            idle.remove(worker)
+            raise
+        (call, payload), worker.job = worker.job, None
+        return call, payload, worker
 
     def _finish(self, call: _ServerCall, status: Status, message: str = "", details: Any = None) -> None:
         """Send the trailers (once) and forget the call."""
@@ -379,7 +425,7 @@ class _ServerConnection(TrioConnection):
     def _abort(self, call: _ServerCall, status: Status, message: str) -> None:
         """End a call from outside its task: trailers now, then cancel the handler."""
         self._finish(call, status, message)
-        call.scope.cancel()
+        _cancel_handler(call)
 
     def _encode(self, call: _ServerCall, value: Any) -> bytes | list:
         """A response value as message bytes, within the client's announced size limit."""
@@ -486,16 +532,13 @@ class _ServerConnection(TrioConnection):
         info = call.info
         status, message, details = Status.OK, "", None
         try:
-            with call.scope:
-                interceptors = self.server._interceptors
-                if interceptors:
-                    await run_chain(interceptors, call.context, partial(self._invoke, call, payload))
-                else:
-                    await self._invoke(call, payload)
-            if call.scope.cancelled_caught and not call.finished:
-                # Our own scope fired: the deadline passed (a client CANCEL marks the call
-                # finished before it cancels the scope, so it never reaches here).
-                status, message = Status.DEADLINE_EXCEEDED, f"{info.name}: deadline exceeded"
+            # In the cancel scope _work runs it in: a cancellation ends this coroutine with
+            # Cancelled, and _work (where the scope catches it) ends the call.
+            interceptors = self.server._interceptors
+            if interceptors:
+                await run_chain(interceptors, call.context, partial(self._invoke, call, payload))
+            else:
+                await self._invoke(call, payload)
         except RpcError as exc:
             status, message, details = exc.status, exc.message, exc.details
             if exc.trailers:
