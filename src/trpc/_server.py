@@ -10,7 +10,7 @@ Per connection, a :class:`_ServerConnection` (a :class:`~trpc._transport.TrioCon
 frames and dispatches events.  A call whose client sends one message (unary, server-streaming)
 gets its task only once that message has arrived, with the bytes handed straight to it; a call
 whose client streams gets its task at once and pulls messages from a per-call queue.  Every
-handler runs inside its own cancel scope carrying the caller's deadline (measured on this
+handler runs inside a cancel scope carrying the caller's deadline (measured on this
 process's clock, from when the call arrived), so a CANCEL frame, a passed deadline or a lost
 connection cancels the handler and, through Trio's scopes, every outgoing call it has in flight.
 
