@@ -99,8 +99,9 @@ _BATCH_MESSAGE_SIZE = 1024
 _YIELD_EVERY = 128
 #: Handler tasks a connection keeps waiting for its next call once their call is over (a call
 #: that finds none starts a task of its own).  Starting a Trio task costs several times what
-#: handing a call to a waiting one does; 64 covers a client with 64 calls in flight, at a few KB
-#: of memory each.
+#: handing a call to a waiting one does; 64 covers a client with 64 calls in flight.  A waiting
+#: task holds about 5.5 KB (tracemalloc), so a connection that once ran 64 calls at a time
+#: keeps about 350 KB until it closes.
 _IDLE_WORKERS = 64
 #: Bytes of request messages a handler takes before their credit goes back (see the client).
 _ACK_BATCH = 16384
