@@ -599,3 +599,19 @@ def test_a_large_byte_string_waiting_for_credit_arrives_whole(framer_cls):
             pair.server.consumed(sid, len(payload) if type(payload) is bytes else sum(map(len, payload)))
     assert [decode_arguments(payload) for payload in received] == [([blob], {})]
     assert pair.client.send_buffered(sid) == 0
+
+
+@pytest.mark.parametrize("size", [1, 100, 1024, 1025, 5000])
+def test_open_unary_call_is_open_call_then_send_message_with_end_stream(framer_cls, size):
+    """The one-step path for a call's single request message gives the same bytes, states and
+    answer as the two steps, within the credit (one frame) and beyond it (the general path)."""
+    message = bytes([0x59, size >> 8 & 0xFF, size & 0xFF]) + b"x" * size  # a CBOR byte string
+    options = {"stream_window": 1024 + 3}
+    one, two = Pair(framer_cls, server_options=options), Pair(framer_cls, server_options=options)
+    sid1, sent1 = one.client.open_unary_call("m", message, timeout=1.5, metadata={"k": "v"})
+    sid2 = two.client.open_call("m", timeout=1.5, metadata={"k": "v"})
+    sent2 = two.client.send_message(sid2, message, end_stream=True)
+    assert (sid1, sent1) == (sid2, sent2) and sent1 == (len(message) <= 1024 + 3)
+    assert one.client.stream_state(sid1) is two.client.stream_state(sid2) is StreamState.HALF_CLOSED_LOCAL
+    assert one.client.send_buffered(sid1) == two.client.send_buffered(sid2)
+    assert one.client.data_to_send() == two.client.data_to_send()

@@ -97,10 +97,14 @@ def parse_target(target: str) -> tuple[str, int]:
 class _ClientCall:
     """Client-side state of one call; filled in by the reader, read by the caller's task."""
 
-    __slots__ = ("id", "inbox", "status", "message", "details", "trailers", "headers", "wakeup", "credit_wakeup")
+    __slots__ = (
+        "id", "inbox", "status", "message", "details", "trailers", "headers", "wakeup", "credit_wakeup", "unsent"
+    )
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
+        #: Part of the request went unframed for lack of credit (see Client._open).
+        self.unsent = False
         self.inbox: deque[bytes] = deque()
         self.status: Status | None = None
         self.message = ""
@@ -244,21 +248,31 @@ class Client:
         return self._connection.conn.framer_name
 
     # ------------------------------------------------------------------ plumbing
-    def _open(self, name: str, metadata: dict, deadline: float, end_stream: bool = False) -> _ClientCall:
+    def _open(
+        self, name: str, metadata: dict, deadline: float, end_stream: bool = False, message: Any = None
+    ) -> _ClientCall:
+        """Open a call; with ``message``, also send it as the call's one request message and
+        half-close (``call.sent`` says whether all of it is framed or some waits for credit)."""
         connection = self._connection
         if connection.broken is not None:
             raise connection.unavailable()
         if self._closing:
             raise RpcError(Status.UNAVAILABLE, "the client is closed")
         timeout = None if deadline == math.inf else max(0.0, deadline - _current_time())
+        sent = True
         try:
-            stream_id = connection.conn.open_call(name, metadata=metadata, timeout=timeout, end_stream=end_stream)
+            if message is None:
+                stream_id = connection.conn.open_call(name, metadata=metadata, timeout=timeout, end_stream=end_stream)
+            else:
+                stream_id, sent = connection.conn.open_unary_call(name, message, metadata=metadata, timeout=timeout)
         except LocalProtocolError as exc:
             if connection.conn.accepting_calls:
                 raise RpcError(Status.INVALID_ARGUMENT, str(exc)) from None
             raise RpcError(Status.UNAVAILABLE, str(exc)) from None
         call = _ClientCall(stream_id)
         connection.calls[stream_id] = call
+        if not sent:
+            call.unsent = True
         return call
 
     async def _wait_for_slot(self) -> None:
@@ -325,12 +339,12 @@ class Client:
             await trio.lowlevel.checkpoint()  # no time left: the caller's scope cancels us here
         if self._connection.conn.open_streams >= self._connection.conn.peer_max_concurrent_streams:
             await self._wait_for_slot()
-        call = self._open(name, metadata, deadline)
+        call = self._open(name, metadata, deadline, message=payload)
         if record is not None:
             record._result = call
         connection = self._connection
         try:
-            if not connection.conn.send_message(call.id, payload, end_stream=True):
+            if call.unsent:  # part of the request waits for credit
                 connection.wake_writer()
                 while call.status is None and connection.conn.send_buffered(call.id):
                     await call.credit_wakeup.park()

@@ -716,6 +716,32 @@ class Connection:
         self._frame(FrameType.HEADERS, _END_STREAM if end_stream else 0, stream_id, payload)
         return stream_id
 
+    def open_unary_call(
+        self,
+        method: str,
+        message: bytes | list,
+        *,
+        metadata: dict[str, str | bytes] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, bool]:
+        """Open a call and send its one request message, half-closing the stream (client; a
+        unary or server-streaming call): HEADERS, then the message with END_STREAM.  Returns
+        ``(stream_id, sent)``, ``sent`` as ``send_message`` returns it.  The same as
+        ``open_call`` then ``send_message(..., end_stream=True)``, in one step for the common
+        case (a message that fits one frame and the credit), since one happens per call."""
+        stream_id = self.open_call(method, metadata=metadata, timeout=timeout)
+        stream = self._streams[stream_id]
+        size = len(message) if type(message) is bytes else 0
+        if 0 < size <= stream.send_window and size <= self._send_window and size <= self._peer_fast_limit:
+            # A new stream: OPEN, nothing pending; SEND_DATA then SEND_END_STREAM lead to
+            # HALF_CLOSED_LOCAL (the table's client rows).
+            stream.send_window -= size
+            self._send_window -= size
+            stream.state = StreamState.HALF_CLOSED_LOCAL
+            self._out += (_pack_header(size, _DATA, _END_STREAM, stream_id), message)
+            return stream_id, True
+        return stream_id, self.send_message(stream_id, message, end_stream=True)
+
     def send_message(self, stream_id: int, payload: bytes | list, *, end_stream: bool = False) -> bool:
         """Queue one message on a stream; returns True if all of it was framed.
 
