@@ -101,3 +101,26 @@ async def test_a_handler_that_swallows_its_cancellation_leaves_no_cancellation_b
                 assert await client.deadline() > 20
                 seen, _, own = await client.tag("next")
                 assert seen is None and own == "next"
+
+
+async def test_a_call_handed_to_a_task_as_its_connection_closes_is_not_lost(nursery):
+    """The race at a connection's end: the waiting task's cancellation is delivered, and
+    before that task runs, the reader hands it one more call.  The call is ended (not left
+    counted as running, which would hold up a graceful shutdown) and nothing else breaks."""
+    from trpc._context import CallContext
+    from trpc._server import _ServerCall
+
+    async with serve_and_connect(nursery, Probe()) as client:
+        await client.tag("a call, so that a task waits")
+        server = client.server
+        (connection,) = server._connections
+        assert connection._idle_workers
+        handler, info = server._methods["tag"]
+        context = CallContext("tag", connection.peer, {}, float("inf"), info.cardinality)
+        call = _ServerCall(999, handler, info, context)
+        connection.nursery.cancel_scope.cancel()  # the waiting task's cancellation...
+        connection._start(call, b"\x81\x81\x61x")  # ...and, in the same step, one more call
+        with trio.fail_after(5):
+            while server.connections:
+                await trio.sleep(0.01)
+        assert call.finished and server.running_calls == 0

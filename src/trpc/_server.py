@@ -405,8 +405,15 @@ class _ServerConnection(TrioConnection):
         idle.append(worker)
         try:
             await worker.wakeup.park()
-        except BaseException:  # cancelled while waiting (the connection is closing): no job came
-            idle.remove(worker)
+        except BaseException:  # cancelled while waiting: the connection is closing
+            if worker in idle:
+                idle.remove(worker)
+            elif worker.job is not None:
+                # _start handed us a call in the moment between the cancellation and this
+                # task running: it will not run, so end it here rather than lose it.
+                call, worker.job = worker.job[0], None
+                self._finish(call, Status.UNAVAILABLE, "the connection is closing")
+                self.server._call_ended()
             raise
         (call, payload), worker.job = worker.job, None
         return call, payload, worker
@@ -552,10 +559,7 @@ class _ServerConnection(TrioConnection):
             status = Status.INTERNAL
             message = f"{info.name} failed with {type(exc).__name__}; see the server log"
         finally:
-            server = self.server
-            server._running -= 1
-            if not server._running and server._idle is not None:
-                server._idle.set()
+            self.server._call_ended()
         self._finish(call, status, message, details)
 
 
@@ -615,6 +619,12 @@ class Server:
     def running_calls(self) -> int:
         """Handlers running right now, across all connections."""
         return self._running
+
+    def _call_ended(self) -> None:
+        """A call counted by _start is over (its handler returned, or it never ran)."""
+        self._running -= 1
+        if not self._running and self._idle is not None:
+            self._idle.set()
 
     @property
     def connections(self) -> int:
