@@ -9,6 +9,7 @@ import sys
 from contextlib import asynccontextmanager
 
 import cbor2
+import trio
 
 import trpc
 
@@ -108,3 +109,14 @@ def run_python(args: list[str] | str, *, timeout: float = 60, **env: str) -> sub
     return subprocess.run(
         [sys.executable, *argv], capture_output=True, text=True, env={**clean, **env}, timeout=timeout
     )
+
+
+async def listening_address(process) -> str:
+    """The HOST:PORT a ``trpc serve`` child process prints on its first line of output
+    (``listening on HOST:PORT``), read within 30 s."""
+    line = b""
+    with trio.fail_after(30):
+        while not line.endswith(b"\n"):
+            line += await process.stdout.receive_some(1)
+    assert line.startswith(b"listening on "), line
+    return line.split()[2].decode()

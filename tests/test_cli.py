@@ -9,6 +9,8 @@ import trio
 
 import trpc
 
+from .helpers import listening_address
+
 
 async def run_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     with trio.fail_after(60):
@@ -95,12 +97,8 @@ async def test_serve_then_call(nursery):
         )
     )
     try:
-        line = b""
-        with trio.fail_after(30):
-            while not line.endswith(b"\n"):
-                line += await process.stdout.receive_some(1)
-        assert line.startswith(b"listening on 127.0.0.1:")
-        address = line.split()[2].decode()
+        address = await listening_address(process)
+        assert address.startswith("127.0.0.1:")
         result = await run_cli("call", address, "greet", "Ada")
         assert (result.returncode, result.stdout) == (0, b"Hello Ada\n")
     finally:
@@ -144,11 +142,7 @@ async def test_tls_serve_and_call_with_client_certificates(tmp_path, nursery):
         )
     )
     try:
-        line = b""
-        with trio.fail_after(30):
-            while not line.endswith(b"\n"):
-                line += await process.stdout.receive_some(1)
-        address = line.split()[2].decode()
+        address = await listening_address(process)
         ok = await run_cli("call", address, "greet", "Ada", "--tls-ca", str(paths["ca"]),
                            "--tls-cert", str(paths["client"]))
         assert (ok.returncode, ok.stdout) == (0, b"Hello Ada\n")

@@ -12,6 +12,8 @@ import trio
 import trpc
 from trpc import RpcError, Status
 
+from .helpers import listening_address
+
 
 
 async def run_server(service, task_status=trio.TASK_STATUS_IGNORED):
@@ -77,11 +79,7 @@ async def test_trpc_serve_shuts_down_on_sigterm():
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:
-        line = b""
-        with trio.fail_after(30):
-            while not line.endswith(b"\n"):
-                line += await process.stdout.receive_some(1)
-        address = line.split()[2].decode()
+        address = await listening_address(process)
         async with trpc.open_client(address) as client:
             async with trio.open_nursery() as nursery:
                 result = []
