@@ -7,7 +7,9 @@ does no I/O and knows nothing of Trio or sockets:
 
 - ``receive_data(data)`` takes bytes read from the peer (``b""`` for end of file), splits them into
   frames with a framer (C or pure Python, same interface), checks every frame against the rules
-  and returns a list of :mod:`events <trpc._events>`.
+  and returns a list of :mod:`events <trpc._events>`.  With ``max_frames`` it processes only
+  that many of them now and keeps the rest, unprocessed, for ``process_backlog()``: an
+  application can act on the first calls of a large chunk before the later ones start.
 - The ``open_call`` / ``send_message`` / ``send_trailers`` / ``cancel`` / ... methods turn the
   caller's intentions into frames, appended to an outgoing buffer that ``data_to_send()`` drains.
   Many intentions between two drains leave in one write: that is how the Trio layer coalesces.
@@ -424,6 +426,10 @@ class Connection:
         self._goaway_sent = False
         self.goaway_received: GoAwayReceived | None = None
         self._closed = False
+        #: Frames received but not processed yet (``receive_data(..., max_frames=N)``), in
+        #: order, as ``Framer.feed_grouped`` gives them.  At most one received chunk's frames
+        #: if the caller takes them all before it reads again, as the Trio layer does.
+        self._backlog: list = []
         #: Streams whose queued output waits for connection credit, in arrival order.
         self._blocked: dict[int, None] = {}
 
@@ -992,12 +998,19 @@ class Connection:
         self._frame(FrameType.GOAWAY, 0, 0, cbor2.dumps(fields))
 
     # ------------------------------------------------------------------ input
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes, *, max_frames: int | None = None) -> list[Event]:
         """Process bytes received from the peer; ``b""`` means the peer closed its side.
 
         Returns the events, in order.  Raises :class:`RemoteProtocolError` (or a subclass) if
         the peer broke the protocol: a GOAWAY saying why is then queued, the connection is dead,
         and ``exc.events`` holds the events of the frames that came before the bad one.
+
+        ``max_frames`` bounds how many of the received frames are processed now (a run of
+        consecutive plain DATA frames on one stream counts as one; 0 processes none; the end
+        of file processes them all).  The others wait, unprocessed, in the *backlog* (:attr:`backlog` says how many) until
+        :meth:`process_backlog` takes them; new data is processed after them.  A frame in the
+        backlog has changed nothing yet, so the connection's state matches the events returned
+        so far, and the application may act on them (reply, cancel, open calls) first.
         """
         events: list[Event] = []
         try:
@@ -1013,23 +1026,63 @@ class Connection:
                 if not data:
                     return events
             elif not data:
+                backlog, self._backlog = self._backlog, []
+                self._process_frames(backlog, events)
                 self._framer.close()
                 events.append(ConnectionClosed())
                 return events
+            backlog, self._backlog = self._backlog, []
             try:
                 groups = self._framer.feed_grouped(data)
             except RemoteProtocolError as exc:
+                self._process_frames(backlog, events)
                 self._process_frames(getattr(exc, "frames", ()), events)
                 raise
+            if backlog:
+                groups = backlog + groups
+            if max_frames is not None and max_frames < len(groups):
+                self._backlog = groups[max_frames:]
+                groups = groups[:max_frames]
             self._process_frames(groups, events)
         except RemoteProtocolError as exc:
-            exc.events = events
-            if not self._closed:
-                self._closed = True
-                self._goaway_sent = False
-                self.goaway(exc.error_code, f"protocol error: {exc}")
+            self._failed(exc, events)
             raise
         return events
+
+    @property
+    def backlog(self) -> int:
+        """How many received frames wait to be processed (see ``receive_data``)."""
+        return len(self._backlog)
+
+    def process_backlog(self, max_frames: int | None = None) -> list[Event]:
+        """Process the next ``max_frames`` frames of the backlog (all of them by default) and
+        return their events; errors as in ``receive_data``."""
+        groups = self._backlog
+        if not groups:
+            return []
+        if max_frames is not None and max_frames < len(groups):
+            self._backlog = groups[max_frames:]
+            groups = groups[:max_frames]
+        else:
+            self._backlog = []
+        events: list[Event] = []
+        try:
+            if self._closed:
+                raise RemoteProtocolError("the connection has already failed")
+            self._process_frames(groups, events)
+        except RemoteProtocolError as exc:
+            self._failed(exc, events)
+            raise
+        return events
+
+    def _failed(self, exc: RemoteProtocolError, events: list[Event]) -> None:
+        """The peer broke the protocol: queue a GOAWAY saying why; the connection is dead."""
+        exc.events = events
+        self._backlog = []
+        if not self._closed:
+            self._closed = True
+            self._goaway_sent = False
+            self.goaway(exc.error_code, f"protocol error: {exc}")
 
     def _receive_preface(self, data: bytes, events: list[Event]) -> bytes:
         buf = self._preface_buf + bytes(data)
