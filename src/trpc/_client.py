@@ -335,7 +335,7 @@ class Client:
                 raise RpcError(Status.DEADLINE_EXCEEDED, f"{name}: deadline exceeded ({timeout} s)")
         self._check_size(payload)
         deadline = _current_effective_deadline()
-        if deadline <= _current_time():
+        if deadline != math.inf and deadline <= _current_time():
             await trio.lowlevel.checkpoint()  # no time left: the caller's scope cancels us here
         if self._connection.conn.open_streams >= self._connection.conn.peer_max_concurrent_streams:
             await self._wait_for_slot()

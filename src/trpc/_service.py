@@ -38,13 +38,13 @@ class Cardinality(enum.Enum):
     #: Any number of messages each way, both directions independent.
     BIDI_STREAM = (True, True)
 
-    @property
-    def client_streams(self) -> bool:
-        return self.value[0]
-
-    @property
-    def server_streams(self) -> bool:
-        return self.value[1]
+    def __init__(self, client_streams: bool, server_streams: bool) -> None:
+        # Plain attributes, not properties over ``value``: the server reads them several times
+        # per call, and an enum's ``value`` is itself a Python-level property.
+        #: The client may send any number of request messages.
+        self.client_streams = client_streams
+        #: The server may send any number of response messages.
+        self.server_streams = server_streams
 
 
 _ATTR = "__trpc_method__"
