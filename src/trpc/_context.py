@@ -30,7 +30,8 @@ class CallContext:
             server interceptors may change it before the handler sees it.
         deadline: the call's deadline on this process's Trio clock (``math.inf`` for none).
         cardinality: the method's :class:`~trpc.Cardinality`.
-        start_time: ``trio.current_time()`` when the call arrived.
+        start_time: ``trio.current_time()`` when the call arrived (when the bytes that opened
+            it were received).
         cancel_reason: ``None`` while the call runs; once it is being cancelled, why:
             CANCELLED (the caller's scope was cancelled), DEADLINE_EXCEEDED (the caller's
             deadline, or the call's own deadline here, passed), UNAVAILABLE (the client or its
@@ -53,13 +54,21 @@ class CallContext:
         "_trailing_metadata",
     )
 
-    def __init__(self, method: str, peer: str, metadata: dict, deadline: float, cardinality: Any = None) -> None:
+    def __init__(
+        self,
+        method: str,
+        peer: str,
+        metadata: dict,
+        deadline: float,
+        cardinality: Any = None,
+        start_time: float | None = None,
+    ) -> None:
         self.method = method
         self.peer = peer
         self.metadata = metadata
         self.deadline = deadline
         self.cardinality = cardinality
-        self.start_time = trio.current_time()
+        self.start_time = trio.current_time() if start_time is None else start_time
         self._connection: Any = None
         self._stream_id = 0
         self._cancel_reason: Status | None = None

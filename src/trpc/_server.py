@@ -265,8 +265,9 @@ class _ServerConnection(TrioConnection):
         if event.timeout is not None and event.timeout <= 0:
             self._refuse(event.stream_id, Status.DEADLINE_EXCEEDED, f"{info.name}: no time left on arrival")
             return
-        deadline = math.inf if event.timeout is None else trio.current_time() + event.timeout
-        context = CallContext(event.method, self.peer, event.metadata, deadline, info.cardinality)
+        arrived = self.received_at
+        deadline = math.inf if event.timeout is None else arrived + event.timeout
+        context = CallContext(event.method, self.peer, event.metadata, deadline, info.cardinality, arrived)
         context._connection = self
         context._stream_id = event.stream_id
         call = _ServerCall(event.stream_id, handler, info, context)
@@ -379,7 +380,9 @@ class _ServerConnection(TrioConnection):
                         scope.deadline = deadline
                     await _in_context(base.copy(), self._run(call, payload))
                     ran.scope = call = payload = None  # hold nothing of it while waiting
-                    if scope.cancel_called:
+                    # Only _cancel_handler (which sets cancel_requested) and a deadline can
+                    # cancel the scope; without either, skip cancel_called (it reads the clock).
+                    if (ran.cancel_requested or deadline != math.inf) and scope.cancel_called:
                         break  # the handler returned although cancelled: the scope is spent
                     if deadline != math.inf:
                         scope.deadline = math.inf

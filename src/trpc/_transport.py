@@ -68,6 +68,7 @@ _TURN_MAX = 128
 _SEND_BIG = 65536
 
 _checkpoint = trio.lowlevel.checkpoint
+_current_time = trio.current_time
 _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
 _read = os.read
@@ -156,6 +157,9 @@ class TrioConnection(abc.ABC):
         self.broken: str | None = None
         self.closed = trio.Event()
         self._reader_scope = trio.CancelScope()
+        #: ``trio.current_time()`` when the reader last received bytes: when the calls and
+        #: messages it is handing on arrived (read once per chunk, not once per call).
+        self.received_at = 0.0
         #: The Trio socket under a plain TCP stream (POSIX), which the reader, the writer and
         #: send_soon use directly (see _receive); None for other streams (TLS, in-memory).
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) and _POSIX else None
@@ -270,6 +274,7 @@ class TrioConnection(abc.ABC):
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                         self._fail(f"receiving failed: {exc or type(exc).__name__}")
                         return
+                    self.received_at = _current_time()
                     try:
                         # Parse the chunk, then process its frames in turns (see _TURN_*).
                         for event in conn.receive_data(data, max_frames=0):
