@@ -185,61 +185,49 @@ def count_trailers(data: bytes) -> int:
     return count
 
 
-async def raw_client(stream: trio.abc.Stream) -> Connection:
-    """A client protocol core on ``stream``, past the preface exchange."""
+async def greet_in_one_chunk(nursery, calls: int) -> tuple[Greeter, list, dict]:
+    """Serve a Greeter over an in-memory stream; send ``calls`` unary requests to it in one
+    chunk (from a raw client core) and read every reply.  Returns the service, each write of the
+    server after its preface as (handlers started by then, TRAILERS in it), and the replies."""
+    service = Greeter()
+    server = trpc.Server(service)
+    client_side, server_side = trio.testing.memory_stream_pair()
+    recorder = _Recorder(server_side, service.started)
+    nursery.start_soon(server.serve_stream, recorder, "test")
+
     client = Connection("client")
     client.initiate()
-    await stream.send_all(client.data_to_send())
+    await client_side.send_all(client.data_to_send())
+    replies: dict[int, str] = {}
     with trio.fail_after(5):
         while client.peer_preface is None:
-            client.receive_data(await stream.receive_some())
-    return client
+            client.receive_data(await client_side.receive_some())
+        for i in range(calls):
+            client.open_unary_call("greet", cbor2.dumps([[f"n{i}"]]))
+        await client_side.send_all(client.data_to_send())  # one chunk: two frames per call
+        while len(replies) < calls:
+            for event in client.receive_data(await client_side.receive_some()):
+                if isinstance(event, MessagesReceived):
+                    replies[event.stream_id] = cbor2.loads(event.payloads[0])
+    writes = [(started, count_trailers(data)) for started, data in recorder.writes if data[:4] != b"TRPC"]
+    return service, writes, replies
 
 
 async def test_the_first_turns_replies_leave_before_the_later_calls_start(nursery):
     """64 unary requests in one chunk: the server answers the first half before it starts the
     second, so a client can work on those answers while the server works on the rest."""
-    service = Greeter()
-    server = trpc.Server(service)
-    client_side, server_side = trio.testing.memory_stream_pair()
-    recorder = _Recorder(server_side, service.started)
-    nursery.start_soon(server.serve_stream, recorder, "test")
-
-    client = await raw_client(client_side)
-    for i in range(64):
-        client.open_unary_call("greet", cbor2.dumps([[f"n{i}"]]))
-    await client_side.send_all(client.data_to_send())  # one chunk: 128 frames
-
-    replies: dict[int, str] = {}
-    with trio.fail_after(5):
-        while len(replies) < 64:
-            for event in client.receive_data(await client_side.receive_some()):
-                if isinstance(event, MessagesReceived):
-                    replies[event.stream_id] = cbor2.loads(event.payloads[0])
+    service, writes, replies = await greet_in_one_chunk(nursery, 64)
     assert sorted(replies.values()) == sorted(f"Hello n{i}" for i in range(64))
-
-    reply_writes = [(started, count_trailers(data)) for started, data in recorder.writes if data[:4] != b"TRPC"]
-    assert sum(count for _, count in reply_writes) == 64
+    assert sum(count for _, count in writes) == 64
     # Two turns of 64 frames (32 calls each); the first turn's 32 replies were written when
     # exactly those 32 handlers had run, the others not yet started.
-    assert reply_writes[0] == (32, 32)
+    assert writes[0] == (32, 32)
     # ... and those were the chunk's first 32 calls (handlers run concurrently, in any order).
     assert set(service.started[:32]) == {f"n{i}" for i in range(32)}
 
 
 async def test_a_small_chunk_is_taken_in_one_turn(nursery):
-    service = Greeter()
-    server = trpc.Server(service)
-    client_side, server_side = trio.testing.memory_stream_pair()
-    recorder = _Recorder(server_side, service.started)
-    nursery.start_soon(server.serve_stream, recorder, "test")
-    client = await raw_client(client_side)
-    for i in range(7):  # 14 frames: under two turns' minimum
-        client.open_unary_call("greet", cbor2.dumps([[f"n{i}"]]))
-    await client_side.send_all(client.data_to_send())
-    with trio.fail_after(5):
-        got = 0
-        while got < 7:
-            got += types(client.receive_data(await client_side.receive_some())).count(MessagesReceived)
-    reply_writes = [(started, count_trailers(data)) for started, data in recorder.writes if data[:4] != b"TRPC"]
-    assert reply_writes == [(7, 7)]
+    # 7 calls, 14 frames: under two turns' minimum (8 frames each).
+    _, writes, replies = await greet_in_one_chunk(nursery, 7)
+    assert len(replies) == 7
+    assert writes == [(7, 7)]
