@@ -1007,10 +1007,13 @@ class Connection:
 
         ``max_frames`` bounds how many of the received frames are processed now (a run of
         consecutive plain DATA frames on one stream counts as one; 0 processes none; the end
-        of file processes them all).  The others wait, unprocessed, in the *backlog* (:attr:`backlog` says how many) until
-        :meth:`process_backlog` takes them; new data is processed after them.  A frame in the
-        backlog has changed nothing yet, so the connection's state matches the events returned
-        so far, and the application may act on them (reply, cancel, open calls) first.
+        of file, and a framing error, process them all).  The others wait, unprocessed, in the
+        *backlog* (:attr:`backlog` says how many) until :meth:`process_backlog` takes them; new
+        data is processed after them.  A frame in the backlog has changed nothing yet, so the
+        connection's state matches the events returned so far, and the application may act on
+        them (reply, cancel, open calls) first.  The backlog holds what was received and not
+        yet taken: a caller that takes it all before it reads again (as the Trio layer does)
+        bounds it by one read.
         """
         events: list[Event] = []
         try:
