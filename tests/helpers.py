@@ -19,6 +19,11 @@ from trpc._protocol import PREFACE, PREFACE_MAGIC, Connection
 HEADER = struct.Struct(">IBBI")
 
 
+def types(events) -> list:
+    """The events' classes, in order."""
+    return [type(event) for event in events]
+
+
 def frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return HEADER.pack(len(payload), ftype, flags, stream_id) + payload
 

@@ -33,11 +33,7 @@ from trpc._protocol import (
     _In,
 )
 
-from .helpers import Pair, frame, headers, messages, preface
-
-
-def types(events):
-    return [type(e) for e in events]
+from .helpers import Pair, frame, headers, messages, preface, types
 
 
 # ---------------------------------------------------------------------------------- basics

@@ -1029,24 +1029,18 @@ class Connection:
                 if not data:
                     return events
             elif not data:
-                backlog, self._backlog = self._backlog, []
-                self._process_frames(backlog, events)
+                self._take_backlog(None, events)
                 self._framer.close()
                 events.append(ConnectionClosed())
                 return events
-            backlog, self._backlog = self._backlog, []
             try:
                 groups = self._framer.feed_grouped(data)
             except RemoteProtocolError as exc:
-                self._process_frames(backlog, events)
+                self._take_backlog(None, events)
                 self._process_frames(getattr(exc, "frames", ()), events)
                 raise
-            if backlog:
-                groups = backlog + groups
-            if max_frames is not None and max_frames < len(groups):
-                self._backlog = groups[max_frames:]
-                groups = groups[:max_frames]
-            self._process_frames(groups, events)
+            self._backlog = self._backlog + groups if self._backlog else groups
+            self._take_backlog(max_frames, events)
         except RemoteProtocolError as exc:
             self._failed(exc, events)
             raise
@@ -1060,23 +1054,29 @@ class Connection:
     def process_backlog(self, max_frames: int | None = None) -> list[Event]:
         """Process the next ``max_frames`` frames of the backlog (all of them by default) and
         return their events; errors as in ``receive_data``."""
-        groups = self._backlog
-        if not groups:
+        if not self._backlog:
             return []
-        if max_frames is not None and max_frames < len(groups):
-            self._backlog = groups[max_frames:]
-            groups = groups[:max_frames]
-        else:
-            self._backlog = []
         events: list[Event] = []
         try:
             if self._closed:
                 raise RemoteProtocolError("the connection has already failed")
-            self._process_frames(groups, events)
+            self._take_backlog(max_frames, events)
         except RemoteProtocolError as exc:
             self._failed(exc, events)
             raise
         return events
+
+    def _take_backlog(self, max_frames: int | None, events: list[Event]) -> None:
+        """Process the backlog's first ``max_frames`` frames (all for None; none for 0)."""
+        groups = self._backlog
+        if max_frames is None or max_frames >= len(groups):
+            self._backlog = []
+        elif max_frames:
+            self._backlog = groups[max_frames:]
+            groups = groups[:max_frames]
+        else:
+            return  # the Trio reader's parse-only call: no copy of the list
+        self._process_frames(groups, events)
 
     def _failed(self, exc: RemoteProtocolError, events: list[Event]) -> None:
         """The peer broke the protocol: queue a GOAWAY saying why; the connection is dead."""
