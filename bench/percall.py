@@ -34,7 +34,7 @@ import trio.socket
 
 import trpc
 from trpc._framer_c import CFramer
-from trpc._protocol import PREFACE, PREFACE_MAGIC
+from trpc.wire import PREFACE, PREFACE_MAGIC
 from trpc.examples.greeter import Greeter
 
 from _machine import machine

@@ -14,7 +14,7 @@ import trio
 import trpc
 
 from trpc._events import MessagesReceived, PrefaceReceived
-from trpc._protocol import PREFACE, PREFACE_MAGIC, Connection
+from trpc.wire import PREFACE, PREFACE_MAGIC, Connection
 
 HEADER = struct.Struct(">IBBI")
 

@@ -10,9 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trpc import LocalProtocolError
-from trpc import _cext, _protocol
+from trpc import Status, _cext
+from trpc.wire import _connection as _protocol
 from trpc._events import CallEnded, SendCreditAvailable
-from trpc._protocol import _frame_run_py
+from trpc.wire._connection import _frame_run_py
 
 from .helpers import Pair, messages
 
@@ -57,7 +58,7 @@ def test_what_else_the_stream_sends_goes_after_its_batch(framer_cls, frame_run):
     batch += [b"\x01", b"\x02"]
     pair.server.send_message(sid, b"\x03")  # send_message frames the batch first
     batch.append(b"\x04")
-    pair.server.send_trailers(sid, _protocol.Status.OK)  # and so do the trailers
+    pair.server.send_trailers(sid, Status.OK)  # and so do the trailers
     events = pair.exchange()
     assert messages(events["client"], sid) == [b"\x01", b"\x02", b"\x03", b"\x04"]
     assert isinstance(events["client"][-1], CallEnded)
@@ -117,7 +118,7 @@ def test_after_the_trailers_a_batch_is_dropped_even_while_output_waits_for_credi
     pair, sid = streaming_pair(framer_cls, stream_window=1024)
     batch = pair.server.open_batch(sid)
     batch += [b"\x01" * 600, b"\x02" * 600]  # 1200 bytes: 176 wait for credit
-    pair.server.send_trailers(sid, _protocol.Status.OK)
+    pair.server.send_trailers(sid, Status.OK)
     batch.append(b"\x03")  # a handler that has not noticed yet
     received, ended = [], False
     for _ in range(10):
@@ -152,7 +153,7 @@ def test_no_batch_on_a_stream_that_cannot_send(framer_cls):
     pair, sid = streaming_pair(framer_cls)
     with pytest.raises(LocalProtocolError):
         pair.client.open_batch(sid)  # the client half-closed it
-    pair.server.send_trailers(sid, _protocol.Status.OK)
+    pair.server.send_trailers(sid, Status.OK)
     with pytest.raises(LocalProtocolError):
         pair.server.open_batch(sid)  # ended
 

@@ -121,7 +121,7 @@ async def raw_client(service, nursery):
     import trio.testing
 
     import trpc
-    from trpc._protocol import Connection
+    from trpc.wire import Connection
 
     server = trpc.Server(service)
     client_stream, server_stream = trio.testing.memory_stream_pair()

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 import trpc
-from trpc._protocol import DEFAULT_STREAM_WINDOW
+from trpc.wire import DEFAULT_STREAM_WINDOW
 
 from .helpers import serve_and_connect
 

@@ -9,7 +9,7 @@ import trio
 
 import trpc
 from trpc import Status
-from trpc._protocol import PREFACE, FrameType
+from trpc.wire import PREFACE, FrameType
 from trpc._transport import WRITE_HIGH_WATER
 
 from .helpers import frame, headers, preface

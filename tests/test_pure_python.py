@@ -39,7 +39,7 @@ def test_the_call_suites_pass_without_the_extension(framer_name):
 def test_speedups_disabled_is_silent_and_pure_python():
     result = run_python(
         "import logging; logging.basicConfig()\n"
-        "from trpc import _cext, _codec, _framer, _protocol\n"
+        "from trpc import _cext, _codec, _framer\nfrom trpc.wire import _connection as _protocol\n"
         "_framer.get_framer()\n"
         "print(_cext.speedups, _codec._dumps.func.__name__, _protocol._frame_run.__name__)\n",
         TRPC_SPEEDUPS="0",

@@ -21,7 +21,7 @@ import trpc
 from trpc import Status
 from trpc._errors import RemoteProtocolError
 from trpc._events import CallOpened, ConnectionClosed, MessagesReceived, StreamEnded
-from trpc._protocol import Connection, FrameType
+from trpc.wire import Connection, FrameType
 
 from . import wire_spec_client as w
 from .helpers import Pair, frame, headers, types

@@ -1,7 +1,7 @@
 """Loading ``trpc._speedups``, trpc's CPython extension (``csrc/speedups.c``, ``csrc/cbor.c``).
 
 It holds the CBOR codec for plain values (used by ``_codec``) and the DATA-run framer (used by
-``_protocol``).  Like the C framer it is an optimisation with a pure-Python equivalent, so a
+``trpc.wire``).  Like the C framer it is an optimisation with a pure-Python equivalent, so a
 missing module (no C compiler at install) means the slower path and one warning (given by
 ``_framer.get_framer``, which names every missing C module at once); with ``TRPC_REQUIRE_C=1``
 it is an ImportError.  A module built for another trpc version is refused.

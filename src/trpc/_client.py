@@ -50,7 +50,7 @@ from ._events import (
 from ._framer import get_framer
 from ._interceptors import CallDetails, run_chain
 from ._framer_py import DEFAULT_MAX_FRAME_SIZE
-from ._protocol import (
+from .wire import (
     DEFAULT_CONNECTION_WINDOW,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_STREAM_WINDOW,

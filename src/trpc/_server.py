@@ -58,7 +58,7 @@ from ._events import (
     SendCreditAvailable,
     StreamEnded,
 )
-from ._protocol import (
+from .wire import (
     DEFAULT_CONNECTION_WINDOW,
     DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_MESSAGE_SIZE,

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A :class:`TrioConnection` drives a sans-IO :class:`~trpc._protocol.Connection` over any Trio
+A :class:`TrioConnection` drives a sans-IO :class:`~trpc.wire.Connection` over any Trio
 ``Stream`` (TCP, TLS, in-memory).  Exactly two tasks touch the stream:
 
 - the **reader** receives chunks, feeds them to the protocol core and hands the resulting events
@@ -32,7 +32,7 @@ from typing import Any
 import trio
 
 from ._errors import RemoteProtocolError
-from ._protocol import Connection
+from .wire import Connection
 
 __all__ = ["TrioConnection", "Parker", "RECEIVE_SIZE", "WRITE_HIGH_WATER"]
 

@@ -1,0 +1,251 @@
+"""The control payloads: HEADERS, TRAILERS, CANCEL and GOAWAY maps, encoded and decoded.
+
+Each is a CBOR map with small integer keys (docs/PROTOCOL.md sections 4, 6, 7, 9).  Encoders
+raise :class:`LocalProtocolError` for what the local application got wrong; decoders raise
+:class:`RemoteProtocolError` for what the peer got wrong, and ignore keys they do not know.
+Two shapes come with nearly every call and are written and read by hand, without cbor2: the
+client's HEADERS ``{1: method}`` / ``{1: method, 2: timeout_us}``, and the OK trailers ``{1: 0}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cbor2
+
+from .._codec import _dumps, _loads
+from .._errors import LocalProtocolError, RemoteProtocolError
+from .._status import Status
+from ._frames import MAX_HEADERS_SIZE
+
+__all__ = [
+    "OK_TRAILERS",
+    "RequestHeadersEncoder",
+    "encode_cancel",
+    "encode_goaway",
+    "encode_response_headers",
+    "encode_trailers",
+    "parse_cancel",
+    "parse_goaway",
+    "parse_request_headers",
+    "parse_response_headers",
+    "parse_simple_headers",
+    "parse_trailers",
+    "validate_metadata",
+]
+
+# CBOR map keys of the control payloads (small integers: compact, and new keys can be added
+# without breaking old readers, which ignore keys they do not know).
+_H_METHOD, _H_TIMEOUT, _H_METADATA = 1, 2, 3
+_T_STATUS, _T_MESSAGE, _T_DETAILS, _T_METADATA = 1, 2, 3, 4
+_C_REASON, _C_MESSAGE = 1, 2
+_G_LAST_STREAM, _G_STATUS, _G_MESSAGE = 1, 2, 3
+
+#: TRAILERS for a plain OK, ``{1: 0}``: most calls end with exactly these bytes.
+OK_TRAILERS = cbor2.dumps({_T_STATUS: 0})
+#: Methods whose encoded name a client connection keeps (a bound, for clients that make up
+#: method names); 1024 covers any real service.
+_METHOD_CACHE_SIZE = 1024
+#: Longest GOAWAY message sent: it is a diagnostic, not a channel for data.
+_GOAWAY_MESSAGE_LIMIT = 1024
+
+
+def validate_metadata(metadata: Any, *, remote: bool) -> dict:
+    """``metadata`` if it is a map of text keys to text or bytes values ({} for None)."""
+    error = RemoteProtocolError if remote else LocalProtocolError
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise error(f"metadata must be a map, not {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise error(f"metadata keys must be text, not {type(key).__name__}")
+        if not isinstance(value, (str, bytes)):
+            raise error(f"metadata value for {key!r} must be text or bytes")
+    return metadata
+
+
+def _check_size(what: str, payload: bytes, limit: int) -> bytes:
+    if len(payload) > limit:
+        raise LocalProtocolError(f"{what} of {len(payload)} bytes exceed the limit ({limit}); metadata is too large")
+    return payload
+
+
+def _control_limit(peer_max_frame: int) -> int:
+    return min(MAX_HEADERS_SIZE, peer_max_frame)
+
+
+# ------------------------------------------------------------------------- encoding
+class RequestHeadersEncoder:
+    """The client's HEADERS map, ``{1: method, 2: timeout_us, 3: metadata}``, encoded by hand
+    around a per-method cache of the encoded ``1: method`` pair (one goes with every call)."""
+
+    __slots__ = ("_heads",)
+
+    def __init__(self) -> None:
+        self._heads: dict[str, bytes] = {}
+
+    def encode(self, method: str, timeout: float | None, metadata: dict | None, peer_max_frame: int) -> bytes:
+        head = self._heads.get(method)
+        if head is None:
+            if not isinstance(method, str):
+                raise LocalProtocolError(f"a method name is text, not {type(method).__name__}")
+            head = b"\x01" + cbor2.dumps(method)
+            if len(self._heads) < _METHOD_CACHE_SIZE:
+                self._heads[method] = head
+        if timeout is None and not metadata:
+            payload = b"\xa1" + head
+        else:
+            parts = [b"", head]
+            if timeout is not None:
+                parts += (b"\x02", _dumps(max(0, int(timeout * 1_000_000))))
+            if metadata:
+                parts += (b"\x03", _dumps(validate_metadata(metadata, remote=False)))
+            parts[0] = bytes([0xA0 + len(parts) // 2])  # a map of 1 to 3 pairs
+            payload = b"".join(parts)
+        return _check_size("HEADERS", payload, _control_limit(peer_max_frame))
+
+
+def encode_response_headers(metadata: dict | None, peer_max_frame: int) -> bytes:
+    fields = {_H_METADATA: validate_metadata(metadata, remote=False)} if metadata else {}
+    return _check_size("response HEADERS", _dumps(fields), _control_limit(peer_max_frame))
+
+
+def encode_trailers(status: Status, message: str, details: Any, metadata: dict | None, peer_max_frame: int) -> bytes:
+    """The TRAILERS map.  Never fails: when the details or metadata cannot be sent, the
+    trailers say INTERNAL and why, since the status must reach the caller."""
+    if status == 0 and not message and details is None and not metadata:
+        return OK_TRAILERS  # the common case, encoded once
+    fields: dict[int, Any] = {_T_STATUS: int(status)}
+    if message:
+        fields[_T_MESSAGE] = message
+    if details is not None:
+        fields[_T_DETAILS] = details
+    try:
+        if metadata:
+            fields[_T_METADATA] = validate_metadata(metadata, remote=False)
+        return _check_size("TRAILERS", _dumps(fields), _control_limit(peer_max_frame))
+    except (LocalProtocolError, cbor2.CBOREncodeError) as exc:
+        return cbor2.dumps({_T_STATUS: int(Status.INTERNAL), _T_MESSAGE: f"trailers could not be sent: {exc}"})
+
+
+def encode_cancel(reason: Status, message: str, peer_max_frame: int) -> bytes:
+    fields: dict[int, Any] = {_C_REASON: int(reason)}
+    if message:
+        fields[_C_MESSAGE] = message
+    return _check_size("CANCEL", _dumps(fields), _control_limit(peer_max_frame))
+
+
+def encode_goaway(last_stream_id: int, status: Status, message: str) -> bytes:
+    fields: dict[int, Any] = {_G_LAST_STREAM: last_stream_id, _G_STATUS: int(status)}
+    if message:
+        fields[_G_MESSAGE] = message[:_GOAWAY_MESSAGE_LIMIT]
+    return cbor2.dumps(fields)
+
+
+# ------------------------------------------------------------------------- decoding
+def _decode_map(kind: str, payload: bytes) -> dict:
+    if len(payload) > MAX_HEADERS_SIZE:
+        raise RemoteProtocolError(f"{kind} payload of {len(payload)} bytes exceeds {MAX_HEADERS_SIZE}")
+    try:
+        fields = _loads(payload)
+    except Exception as exc:  # cbor2 raises several types for malformed input
+        raise RemoteProtocolError(f"{kind} payload is not valid CBOR: {exc}") from None
+    if not isinstance(fields, dict):
+        raise RemoteProtocolError(f"{kind} payload must be a CBOR map")
+    return fields
+
+
+def parse_simple_headers(payload: bytes) -> tuple[str, int | None] | None:
+    """Decode a HEADERS map of the two shapes trpc's client sends without metadata,
+    ``{1: method}`` and ``{1: method, 2: timeout_us}``, by hand (the method name up to 255
+    UTF-8 bytes, the timeout any unsigned integer); None for anything else, which then goes
+    through cbor2 and the full checks."""
+    if len(payload) < 3 or payload[1] != 1:
+        return None
+    pairs = payload[0]
+    if pairs != 0xA1 and pairs != 0xA2:
+        return None
+    head = payload[2]
+    if 0x60 <= head <= 0x77:
+        start, end = 3, 3 + head - 0x60
+    elif head == 0x78 and len(payload) > 3:
+        start, end = 4, 4 + payload[3]
+    else:
+        return None
+    try:
+        method = payload[start:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if pairs == 0xA1:
+        return (method, None) if end == len(payload) else None
+    if len(payload) < end + 2 or payload[end] != 2:
+        return None
+    head = payload[end + 1]
+    if head <= 0x17:
+        size, timeout_us = 0, head
+    elif 0x18 <= head <= 0x1B:
+        size = 1 << (head - 0x18)
+        timeout_us = int.from_bytes(payload[end + 2 : end + 2 + size], "big")
+    else:
+        return None
+    if end + 2 + size != len(payload):
+        return None
+    return method, timeout_us
+
+
+def parse_request_headers(payload: bytes) -> tuple[str, int | None, dict]:
+    """A client's HEADERS: ``(method, timeout_us or None, metadata)``."""
+    simple = parse_simple_headers(payload)
+    if simple is not None:
+        return simple[0], simple[1], {}
+    fields = _decode_map("HEADERS", payload)
+    metadata = validate_metadata(fields.get(_H_METADATA), remote=True)
+    method = fields.get(_H_METHOD)
+    if not isinstance(method, str):
+        raise RemoteProtocolError("HEADERS frame without a method name")
+    timeout_us = fields.get(_H_TIMEOUT)
+    if timeout_us is not None and (not isinstance(timeout_us, int) or timeout_us < 0):
+        raise RemoteProtocolError("the timeout must be a non-negative integer (microseconds)")
+    return method, timeout_us, metadata
+
+
+def parse_response_headers(payload: bytes) -> dict:
+    """A server's response HEADERS: the metadata."""
+    return validate_metadata(_decode_map("HEADERS", payload).get(_H_METADATA), remote=True)
+
+
+def parse_trailers(payload: bytes) -> tuple[Status, str, Any, dict]:
+    """TRAILERS: ``(status, message, details, metadata)``."""
+    if payload == OK_TRAILERS:
+        return Status.OK, "", None, {}
+    fields = _decode_map("TRAILERS", payload)
+    code = fields.get(_T_STATUS)
+    if not isinstance(code, int):
+        raise RemoteProtocolError("TRAILERS without a status code")
+    message = fields.get(_T_MESSAGE, "")
+    if not isinstance(message, str):
+        raise RemoteProtocolError("the status message must be text")
+    metadata = validate_metadata(fields.get(_T_METADATA), remote=True)
+    return Status.from_wire(code), message, fields.get(_T_DETAILS), metadata
+
+
+def parse_cancel(payload: bytes) -> tuple[Status, str]:
+    """CANCEL: ``(reason, message)``."""
+    fields = _decode_map("CANCEL", payload)
+    reason = fields.get(_C_REASON, Status.CANCELLED)
+    message = fields.get(_C_MESSAGE, "")
+    if not isinstance(reason, int) or not isinstance(message, str):
+        raise RemoteProtocolError("malformed CANCEL payload")
+    return Status.from_wire(reason), message
+
+
+def parse_goaway(payload: bytes) -> tuple[int, Status, str]:
+    """GOAWAY: ``(last_stream_id, status, message)``."""
+    fields = _decode_map("GOAWAY", payload)
+    last = fields.get(_G_LAST_STREAM, 0)
+    code = fields.get(_G_STATUS, 0)
+    message = fields.get(_G_MESSAGE, "")
+    if not isinstance(last, int) or not isinstance(code, int) or not isinstance(message, str):
+        raise RemoteProtocolError("malformed GOAWAY payload")
+    return last, Status.from_wire(code), message

@@ -1,0 +1,93 @@
+"""Frames, flags, the preface and the protocol's limits (docs/PROTOCOL.md sections 2, 3, 10).
+
+Every frame is a 10-byte header (length, type, flags, stream id) and a payload; the framers
+(``trpc._framer``) find frames in received bytes, and ``pack_header`` writes a header.  Flags
+are one enum per frame type that has any, so that a PING's ACK prints as ACK, not as the
+END_STREAM bit it shares with DATA.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+from .._framer_py import DEFAULT_MAX_FRAME_SIZE, HEADER, MAX_FRAME_SIZE_LIMIT, MIN_FRAME_SIZE_LIMIT
+
+__all__ = [
+    "FrameType",
+    "Flags",
+    "PingFlags",
+    "PREFACE",
+    "PREFACE_MAGIC",
+    "PROTOCOL_VERSION",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_CONCURRENT_STREAMS",
+    "MAX_HEADERS_SIZE",
+    "MAX_WINDOW",
+    "MAX_STREAM_ID",
+    "MIN_FRAME_SIZE_LIMIT",
+    "MAX_FRAME_SIZE_LIMIT",
+    "pack_header",
+]
+
+
+class FrameType(enum.IntEnum):
+    """The frame types of protocol version 1.  Any other type is a protocol error."""
+
+    DATA = 0x0
+    HEADERS = 0x1
+    TRAILERS = 0x2
+    CANCEL = 0x3
+    WINDOW_UPDATE = 0x4
+    PING = 0x5
+    GOAWAY = 0x6
+
+
+class Flags(enum.IntFlag):
+    """Flags of DATA and HEADERS frames."""
+
+    NONE = 0
+    #: DATA, HEADERS (client): the sender sends nothing more on this stream.
+    END_STREAM = 0x1
+    #: DATA: the message continues in the next DATA frame of this stream.
+    MORE = 0x2
+
+
+class PingFlags(enum.IntFlag):
+    """Flags of PING frames."""
+
+    NONE = 0
+    #: This PING answers one received.
+    ACK = 0x1
+
+
+#: Every header is packed here: length, type, flags, stream id.
+pack_header = HEADER.pack
+
+# --- The preface -------------------------------------------------------------------------------
+PREFACE_MAGIC = b"TRPC"
+#: (major, minor).  Peers with another major version cannot talk; minor versions only add
+#: optional things that an older peer can ignore.
+PROTOCOL_VERSION = (1, 0)
+#: magic, major, minor, reserved flags, max frame size, max message size, stream window,
+#: connection window, max concurrent streams.  28 bytes, big-endian.
+PREFACE = struct.Struct(">4sBBHIIIII")
+
+# --- Limits (each endpoint announces its own in its preface) -----------------------------------
+#: Largest message (one encoded CBOR item) accepted.  4 MiB, as in gRPC: large enough for
+#: ordinary payloads, small enough that one call cannot make a server buffer much.  Checked as
+#: DATA arrives, before the rest of an oversized message is buffered.
+DEFAULT_MAX_MESSAGE_SIZE = 4 << 20
+#: Calls one client may have running at once on one connection, announced in the server's
+#: preface: trpc's client queues further calls until one ends; a client that opens more anyway
+#: has them refused with RESOURCE_EXHAUSTED.  So a flood of streams costs the server a bounded
+#: amount of memory (streams x (stream window + max message size) at the very most).
+DEFAULT_MAX_CONCURRENT_STREAMS = 100
+#: Largest HEADERS / TRAILERS / CANCEL / GOAWAY payload (the CBOR map with method, metadata,
+#: status...).  64 KiB: metadata is for small things; bulk belongs in messages.
+MAX_HEADERS_SIZE = 64 << 10
+#: Largest credit a window may reach, and largest announced limit: a 31-bit count, as in HTTP/2.
+MAX_WINDOW = (1 << 31) - 1
+#: Stream ids are 32-bit; when they run out the client opens a new connection.
+MAX_STREAM_ID = (1 << 32) - 1

@@ -1,0 +1,219 @@
+"""Streams: the state table, and the registry of live streams that is its only user.
+
+Theory of operation
+-------------------
+A stream's state changes only in :meth:`Streams.step`, which looks ``(state, input)`` up in
+the role's rows of ``TRANSITIONS``; a pair missing from the table is a protocol error, local
+(``SEND_*``: the application asked for something the protocol forbids) or remote (``RECV_*``:
+the peer broke the rules).  Fast paths elsewhere may *check* what the table allows (through
+:meth:`Streams.allows`), never write a state themselves.
+
+A stream is born IDLE and stepped at once: the client's ``SEND_HEADERS`` opens it on the
+client, the server's ``RECV_HEADERS`` on the server.  When it reaches CLOSED it leaves the
+registry; a frame later for an id at or below ``last_id`` is for a closed stream (dropped, as
+docs/PROTOCOL.md section 7 says), above it for a stream never opened (a protocol error).
+
+CLOSING is the server's state between its TRAILERS and the moment they actually leave: trailers
+wait behind response DATA that waits for the client's credit.  For the client the call is still
+open, so what the client may send then (DATA, END_STREAM, CANCEL) is legal and must not fail the
+connection: DATA is dropped, a CANCEL drops the waiting output and closes the stream, and
+``DRAINED`` closes it once the output has left.
+
+Besides the state, one more fact changes with the table: whether the response has started
+(server: it sent HEADERS or DATA; client: it received them).  Response HEADERS are allowed only
+before it; :meth:`Streams.step` keeps it, for the same inputs.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .._errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = ["Role", "StreamState", "StreamInput", "TRANSITIONS", "Stream", "Streams"]
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+    # Members are singletons compared by identity; hashing them by identity too keeps the
+    # table lookups (several per message) cheap.
+    __hash__ = object.__hash__
+
+
+class StreamState(enum.Enum):
+    #: Created, not yet stepped (never seen outside Streams.open).
+    IDLE = "idle"
+    OPEN = "open"
+    #: We sent END_STREAM (client): only the server's direction is still open.
+    HALF_CLOSED_LOCAL = "half-closed (local)"
+    #: The peer sent END_STREAM (server): only our direction is still open.
+    HALF_CLOSED_REMOTE = "half-closed (remote)"
+    #: (server) TRAILERS queued behind DATA still waiting for credit.
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+    __hash__ = object.__hash__
+
+
+class StreamInput(enum.Enum):
+    """What is sent or received on a stream, and the two things the connection decides."""
+
+    SEND_HEADERS = enum.auto()
+    SEND_DATA = enum.auto()
+    SEND_END_STREAM = enum.auto()
+    SEND_TRAILERS = enum.auto()
+    #: (server) TRAILERS that must wait behind DATA short of credit.
+    QUEUE_TRAILERS = enum.auto()
+    #: (server) the last waiting output of a CLOSING stream left.
+    DRAINED = enum.auto()
+    SEND_CANCEL = enum.auto()
+    RECV_HEADERS = enum.auto()
+    RECV_DATA = enum.auto()
+    RECV_END_STREAM = enum.auto()
+    RECV_TRAILERS = enum.auto()
+    RECV_CANCEL = enum.auto()
+    #: (client) the server's GOAWAY says it never processed the call.
+    REFUSED = enum.auto()
+
+    __hash__ = object.__hash__
+
+
+_S = StreamState
+_I = StreamInput
+_C, _SV = Role.CLIENT, Role.SERVER
+#: (role, state, input) -> new state.  Anything not listed is a protocol error.
+TRANSITIONS: dict[tuple[Role, StreamState, StreamInput], StreamState] = {
+    # client: opens, sends, half-closes, cancels; receives response headers, data, trailers
+    (_C, _S.IDLE, _I.SEND_HEADERS): _S.OPEN,
+    (_C, _S.OPEN, _I.SEND_DATA): _S.OPEN,
+    (_C, _S.OPEN, _I.SEND_END_STREAM): _S.HALF_CLOSED_LOCAL,
+    (_C, _S.OPEN, _I.SEND_CANCEL): _S.CLOSED,
+    (_C, _S.OPEN, _I.RECV_HEADERS): _S.OPEN,
+    (_C, _S.OPEN, _I.RECV_DATA): _S.OPEN,
+    (_C, _S.OPEN, _I.RECV_TRAILERS): _S.CLOSED,
+    (_C, _S.OPEN, _I.REFUSED): _S.CLOSED,
+    (_C, _S.HALF_CLOSED_LOCAL, _I.SEND_CANCEL): _S.CLOSED,
+    (_C, _S.HALF_CLOSED_LOCAL, _I.RECV_HEADERS): _S.HALF_CLOSED_LOCAL,
+    (_C, _S.HALF_CLOSED_LOCAL, _I.RECV_DATA): _S.HALF_CLOSED_LOCAL,
+    (_C, _S.HALF_CLOSED_LOCAL, _I.RECV_TRAILERS): _S.CLOSED,
+    (_C, _S.HALF_CLOSED_LOCAL, _I.REFUSED): _S.CLOSED,
+    # server: receives the call, its data, the half-close, a cancel; answers, ends with trailers
+    (_SV, _S.IDLE, _I.RECV_HEADERS): _S.OPEN,
+    (_SV, _S.OPEN, _I.RECV_DATA): _S.OPEN,
+    (_SV, _S.OPEN, _I.RECV_END_STREAM): _S.HALF_CLOSED_REMOTE,
+    (_SV, _S.OPEN, _I.RECV_CANCEL): _S.CLOSED,
+    (_SV, _S.OPEN, _I.SEND_HEADERS): _S.OPEN,
+    (_SV, _S.OPEN, _I.SEND_DATA): _S.OPEN,
+    (_SV, _S.OPEN, _I.SEND_TRAILERS): _S.CLOSED,
+    (_SV, _S.OPEN, _I.QUEUE_TRAILERS): _S.CLOSING,
+    (_SV, _S.HALF_CLOSED_REMOTE, _I.RECV_CANCEL): _S.CLOSED,
+    (_SV, _S.HALF_CLOSED_REMOTE, _I.SEND_HEADERS): _S.HALF_CLOSED_REMOTE,
+    (_SV, _S.HALF_CLOSED_REMOTE, _I.SEND_DATA): _S.HALF_CLOSED_REMOTE,
+    (_SV, _S.HALF_CLOSED_REMOTE, _I.SEND_TRAILERS): _S.CLOSED,
+    (_SV, _S.HALF_CLOSED_REMOTE, _I.QUEUE_TRAILERS): _S.CLOSING,
+    # the client does not know yet that the call is over: what it may send stays legal
+    (_SV, _S.CLOSING, _I.RECV_DATA): _S.CLOSING,
+    (_SV, _S.CLOSING, _I.RECV_END_STREAM): _S.CLOSING,
+    (_SV, _S.CLOSING, _I.RECV_CANCEL): _S.CLOSED,
+    (_SV, _S.CLOSING, _I.DRAINED): _S.CLOSED,
+}
+
+#: Inputs that start the response (see the module's docstring): HEADERS only before it.
+_RESPONSE_HEADERS = {Role.CLIENT: _I.RECV_HEADERS, Role.SERVER: _I.SEND_HEADERS}
+_RESPONSE_DATA = {Role.CLIENT: _I.RECV_DATA, Role.SERVER: _I.SEND_DATA}
+
+
+class Stream:
+    """Per-stream bookkeeping.  Plain slots: one is created per call.
+
+    ``state`` and ``response_started`` are written by :class:`Streams` alone; the credit
+    fields by the flow-control ledger (``trpc.wire._flow``) alone."""
+
+    __slots__ = (
+        "id",
+        "state",
+        "response_started",
+        "send_window",
+        "recv_granted",
+        "recv_held",
+        "recv_partial",
+        "pending",
+        "batch",
+        "recv_parts",
+    )
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.state = StreamState.IDLE
+        self.response_started = False
+        #: Credit: what we may still send on it; what the peer may still send us; bytes of
+        #: complete messages handed out but not consumed; bytes of the message still arriving.
+        self.send_window = 0
+        self.recv_granted = 0
+        self.recv_held = 0
+        self.recv_partial = 0
+        #: Outgoing items waiting for credit: [memoryview, flags] for data, bytes for a frame
+        #: (TRAILERS) that must follow the data.  None when nothing waits.
+        self.pending = None
+        #: Small messages queued by open_batch()'s caller, not yet framed (None: no batch).
+        self.batch: list[bytes] | None = None
+        #: Chunks of a message still arriving (MORE flag).
+        self.recv_parts: list[bytes] | None = None
+
+
+class Streams:
+    """The live streams of one endpoint, and the table that moves them."""
+
+    __slots__ = ("role", "live", "last_id", "_next", "_headers_input", "_data_input")
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+        #: Streams not yet CLOSED, by id.
+        self.live: dict[int, Stream] = {}
+        #: The highest stream id opened so far: lower ids not in ``live`` are closed.
+        self.last_id = 0
+        self._next = {(state, inp): new for (r, state, inp), new in TRANSITIONS.items() if r is role}
+        self._headers_input = _RESPONSE_HEADERS[role]
+        self._data_input = _RESPONSE_DATA[role]
+
+    def allows(self, state: StreamState, inp: StreamInput) -> bool:
+        """Whether the table has a row for ``(state, inp)`` in this role."""
+        return (state, inp) in self._next
+
+    def next_states(self, inp: StreamInput) -> dict[StreamState, StreamState]:
+        """state -> new state, for every state the table lets ``inp`` happen in (for fast
+        paths that check many streams against one input)."""
+        return {state: new for (state, i), new in self._next.items() if i is inp}
+
+    def open(self, stream_id: int, inp: StreamInput) -> Stream:
+        """A new stream with a higher id than any before, stepped with ``inp`` and registered."""
+        stream = Stream(stream_id)
+        self.step(stream, inp)
+        self.last_id = stream_id
+        self.live[stream_id] = stream
+        return stream
+
+    def step(self, stream: Stream, inp: StreamInput) -> StreamState:
+        """Move ``stream`` by ``inp``; returns the new state.  A stream that reaches CLOSED
+        leaves the registry.  Raises LocalProtocolError / RemoteProtocolError for a pair the
+        table does not have (the stream is then unchanged)."""
+        new = self._next.get((stream.state, inp))
+        if new is None:
+            raise self._refused(stream, inp, "is not allowed")
+        if inp is self._data_input:
+            stream.response_started = True
+        elif inp is self._headers_input:
+            if stream.response_started:
+                raise self._refused(stream, inp, "is not allowed after the response started")
+            stream.response_started = True
+        if new is not stream.state:
+            stream.state = new
+            if new is StreamState.CLOSED:
+                del self.live[stream.id]
+        return new
+
+    def _refused(self, stream: Stream, inp: StreamInput, what: str) -> Exception:
+        error = LocalProtocolError if inp.name.startswith(("SEND", "QUEUE")) else RemoteProtocolError
+        return error(f"{inp.name} {what} on stream {stream.id} in state {stream.state.value} ({self.role.value})")
