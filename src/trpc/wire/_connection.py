@@ -92,7 +92,20 @@ _DATA = FrameType.DATA.value
 _END_STREAM = Flags.END_STREAM.value
 _MORE = Flags.MORE.value
 _ACK = PingFlags.ACK.value
-_I = StreamInput
+# The inputs, as module globals (cheaper than an enum attribute on the hot paths).
+_DRAINED = StreamInput.DRAINED
+_QUEUE_TRAILERS = StreamInput.QUEUE_TRAILERS
+_RECV_CANCEL = StreamInput.RECV_CANCEL
+_RECV_DATA = StreamInput.RECV_DATA
+_RECV_END_STREAM = StreamInput.RECV_END_STREAM
+_RECV_HEADERS = StreamInput.RECV_HEADERS
+_RECV_TRAILERS = StreamInput.RECV_TRAILERS
+_REFUSED = StreamInput.REFUSED
+_SEND_CANCEL = StreamInput.SEND_CANCEL
+_SEND_DATA = StreamInput.SEND_DATA
+_SEND_END_STREAM = StreamInput.SEND_END_STREAM
+_SEND_HEADERS = StreamInput.SEND_HEADERS
+_SEND_TRAILERS = StreamInput.SEND_TRAILERS
 _CLOSED = StreamState.CLOSED
 _CLOSING = StreamState.CLOSING
 
@@ -154,6 +167,10 @@ class ConnectionState(enum.Enum):
 
 
 _L = ConnectionState
+_OPEN = ConnectionState.OPEN
+_FAILED = ConnectionState.FAILED
+#: States in which we have sent GOAWAY: a server refuses calls that cross it.
+_GOAWAY_SENT = frozenset((ConnectionState.GOAWAY_SENT, ConnectionState.GOAWAY_BOTH))
 #: (state, what happened) -> new state.  "send_goaway" in a state where we already sent one is
 #: not in the table: goaway() is then a no-op.  Nothing leaves FAILED.
 _LIFECYCLE: dict[tuple[ConnectionState, str], ConnectionState] = {
@@ -215,7 +232,9 @@ class Connection:
         self.connection_window = connection_window
         self.max_concurrent_streams = max_concurrent_streams
         self._framer = (framer or _framer.get_framer())(max_frame_size)
-        self._streams = Streams(self.role)
+        self._streams = Streams(self.role, self._closed_stream)
+        self._step = self._streams.step
+        self._live = self._streams.live
         self._ledger = Ledger(stream_window, connection_window)
         self._headers = _control.RequestHeadersEncoder()
         self.state = ConnectionState.OPEN
@@ -246,13 +265,16 @@ class Connection:
         # What the table allows, looked up once for the fast paths (they still step streams
         # through the table; these sets only let them skip the checks the table would fail).
         streams = self._streams
-        data_states = streams.next_states(_I.RECV_DATA)
+        data_states = streams.next_states(_RECV_DATA)
         #: States in which a received whole message is handed on (CLOSING drops them).
         self._deliver_states = frozenset(s for s, new in data_states.items() if new is s and s is not _CLOSING)
         #: States in which a DATA frame with END_STREAM delivers its message and half-closes
         #: (the server: a request's one message; empty for the client).
-        end_states = streams.next_states(_I.RECV_END_STREAM)
+        end_states = streams.next_states(_RECV_END_STREAM)
         self._deliver_end_states = frozenset(s for s in self._deliver_states if s in end_states)
+        #: States SEND_DATA leaves as they are: in them, a client's message (or a server's once
+        #: its response has started, SEND_DATA's only other effect) needs no step.
+        self._send_data_loops = frozenset(s for s, new in streams.next_states(_SEND_DATA).items() if new is s)
         self._handlers: dict[int, Callable[[int, int, bytes, list], None]] = {
             FrameType.HEADERS: self._recv_headers,
             FrameType.TRAILERS: self._recv_trailers,
@@ -279,12 +301,12 @@ class Connection:
 
     def stream_state(self, stream_id: int) -> StreamState:
         """The state of a stream; CLOSED for one that ended (or never existed)."""
-        stream = self._streams.live.get(stream_id)
+        stream = self._live.get(stream_id)
         return stream.state if stream is not None else _CLOSED
 
     def send_buffered(self, stream_id: int) -> int:
         """How many bytes of this stream's messages are waiting for credit (0 if none)."""
-        stream = self._streams.live.get(stream_id)
+        stream = self._live.get(stream_id)
         if stream is None or not stream.pending:
             return 0
         return sum(len(item[0]) for item in stream.pending if type(item) is list)
@@ -292,7 +314,7 @@ class Connection:
     @property
     def accepting_calls(self) -> bool:
         """False once either side has sent GOAWAY or the connection has ended."""
-        return self.state is ConnectionState.OPEN
+        return self.state is _OPEN
 
     @property
     def output_size(self) -> int:
@@ -361,16 +383,17 @@ class Connection:
             self._out.append(payload)
 
     # ------------------------------------------------------------------ streams
-    def _step(self, stream: Stream, inp: StreamInput) -> None:
-        """Move a stream through the table; a stream that closes drops what it still had
+    def _closed_stream(self, stream: Stream) -> None:
+        """A stream reached CLOSED (``Streams.step`` calls this): it drops what it still had
         queued (its output, its batch, its place among the blocked)."""
-        if self._streams.step(stream, inp) is _CLOSED:
-            stream.pending = None
+        stream.pending = None
+        if self._blocked:
             self._blocked.pop(stream.id, None)
+        if stream.batch is not None:
             self._drop_batch(stream)
 
     def _local_stream(self, stream_id: int) -> Stream:
-        stream = self._streams.live.get(stream_id)
+        stream = self._live.get(stream_id)
         if stream is None:
             raise LocalProtocolError(f"stream {stream_id} is closed or does not exist")
         return stream
@@ -399,7 +422,7 @@ class Connection:
         last flush, so the caller bounds it.  A stream cancelled or reset drops its batch.
         """
         stream = self._local_stream(stream_id)
-        if not self._streams.allows(stream.state, _I.SEND_DATA):
+        if not self._streams.allows(stream.state, _SEND_DATA):
             raise LocalProtocolError(
                 f"stream {stream_id} cannot send messages in state {stream.state.value} ({self.role.value})"
             )
@@ -418,7 +441,7 @@ class Connection:
         """Frame the stream's batch now.  Returns True if all of the stream's output is framed,
         False if some waits for credit (wait for :class:`SendCreditAvailable`, as after
         ``send_message``).  True for a stream that has ended (its batch was dropped)."""
-        stream = self._streams.live.get(stream_id)
+        stream = self._live.get(stream_id)
         if stream is None:
             return True
         if stream.batch:
@@ -434,7 +457,7 @@ class Connection:
     def _flush_batch(self, stream: Stream) -> None:
         batch = stream.batch
         try:
-            self._step(stream, _I.SEND_DATA)
+            self._step(stream, _SEND_DATA)
         except LocalProtocolError:
             batch.clear()
             raise LocalProtocolError(f"stream {stream.id}: a batch left after the stream stopped sending messages") from None
@@ -474,7 +497,7 @@ class Connection:
         """
         if not self._client:
             raise LocalProtocolError("only the client opens calls")
-        if self.state is not ConnectionState.OPEN:
+        if self.state is not _OPEN:
             raise LocalProtocolError("the connection is going away; it accepts no new calls")
         streams = self._streams
         if len(streams.live) >= self.peer_max_concurrent_streams:
@@ -486,10 +509,10 @@ class Connection:
             raise LocalProtocolError("stream ids are exhausted; open a new connection")
         stream_id = streams.last_id + 1
         payload = self._headers.encode(method, timeout, metadata, self._peer_max_frame)
-        stream = streams.open(stream_id, _I.SEND_HEADERS)
-        self._ledger.open(stream)
+        ledger = self._ledger
+        stream = streams.open(stream_id, _SEND_HEADERS, ledger.peer_stream_window, ledger.stream_window)
         if end_stream:
-            self._step(stream, _I.SEND_END_STREAM)
+            self._step(stream, _SEND_END_STREAM)
         self._out += (pack_header(len(payload), FrameType.HEADERS, _END_STREAM if end_stream else 0, stream_id), payload)
         return stream_id
 
@@ -522,7 +545,7 @@ class Connection:
 
         ``end_stream=True`` (client only) half-closes the stream after this message.
         """
-        stream = self._streams.live.get(stream_id)
+        stream = self._live.get(stream_id)
         if stream is None:
             raise LocalProtocolError(f"stream {stream_id} is closed or does not exist")
         if stream.batch:
@@ -535,14 +558,14 @@ class Connection:
             raise LocalProtocolError(
                 f"message of {size} bytes exceeds the peer's limit of {self.peer_max_message_size}"
             )
-        self._step(stream, _I.SEND_DATA)
+        if stream.state not in self._send_data_loops or not (self._client or stream.response_started):
+            self._step(stream, _SEND_DATA)
         flags = 0
         if end_stream:
-            self._step(stream, _I.SEND_END_STREAM)
+            self._step(stream, _SEND_END_STREAM)
             flags = _END_STREAM
-        if stream.pending is None and size <= self._peer_max_frame and size <= self._ledger.room(stream):
+        if stream.pending is None and size <= self._peer_max_frame and self._ledger.try_spend(stream, size):
             # The whole message in one frame (or, given as [head, body], in two).
-            self._ledger.spend(stream, size)
             if parts:
                 head, body = payload
                 self._out += (
@@ -571,7 +594,7 @@ class Connection:
         stream = self._local_stream(stream_id)
         if stream.batch:
             self._flush_batch(stream)
-        self._step(stream, _I.SEND_END_STREAM)
+        self._step(stream, _SEND_END_STREAM)
         self._drop_batch(stream)
         if stream.pending:
             stream.pending.append([memoryview(b""), _END_STREAM])
@@ -612,7 +635,7 @@ class Connection:
                 pending.popleft()
         stream.pending = None
         if stream.state is _CLOSING:
-            self._step(stream, _I.DRAINED)
+            self._step(stream, _DRAINED)
 
     def send_headers(self, stream_id: int, metadata: dict[str, str | bytes] | None = None) -> None:
         """Send response headers (server), at most once, before any message."""
@@ -622,7 +645,7 @@ class Connection:
         if stream.batch:
             self._flush_batch(stream)
         payload = _control.encode_response_headers(metadata, self._peer_max_frame)
-        self._step(stream, _I.SEND_HEADERS)
+        self._step(stream, _SEND_HEADERS)
         self._frame(FrameType.HEADERS, 0, stream_id, payload)
 
     def send_trailers(
@@ -643,29 +666,29 @@ class Connection:
         payload = _control.encode_trailers(status, message, details, metadata, self._peer_max_frame)
         frame = pack_header(len(payload), FrameType.TRAILERS, 0, stream_id) + payload
         if stream.pending:
-            self._step(stream, _I.QUEUE_TRAILERS)
+            self._step(stream, _QUEUE_TRAILERS)
             self._drop_batch(stream)
             stream.recv_parts = None  # what the client still sends is dropped from now on
             self._ledger.drop_partial(stream)
             stream.pending.append(frame)
         else:
-            self._step(stream, _I.SEND_TRAILERS)
+            self._step(stream, _SEND_TRAILERS)
             self._out.append(frame)
 
     def cancel(self, stream_id: int, reason: Status = Status.CANCELLED, message: str = "") -> None:
         """Cancel a call (client); queued output of the stream is dropped.  No-op if it ended."""
         if not self._client:
             raise LocalProtocolError("only the client cancels; a server ends a call with trailers")
-        stream = self._streams.live.get(stream_id)
+        stream = self._live.get(stream_id)
         if stream is None:
             return
         payload = _control.encode_cancel(reason, message, self._peer_max_frame)
-        self._step(stream, _I.SEND_CANCEL)
+        self._step(stream, _SEND_CANCEL)
         self._frame(FrameType.CANCEL, 0, stream_id, payload)
 
     def consumed(self, stream_id: int, size: int) -> None:
         """The application took a message of ``size`` bytes from this stream: return credit."""
-        stream = self._streams.live.get(stream_id)
+        stream = self._live.get(stream_id)
         if stream is None:
             return
         grant = self._ledger.consumed(stream, size)
@@ -704,7 +727,7 @@ class Connection:
         """
         events: list[Event] = []
         try:
-            if self.state is ConnectionState.FAILED:
+            if self.state is _FAILED:
                 raise RemoteProtocolError("the connection has already failed")
             if self.peer_preface is None:
                 if not data:
@@ -747,7 +770,7 @@ class Connection:
             return []
         events: list[Event] = []
         try:
-            if self.state is ConnectionState.FAILED:
+            if self.state is _FAILED:
                 raise RemoteProtocolError("the connection has already failed")
             self._take_backlog(max_frames, events)
         except RemoteProtocolError as exc:
@@ -771,7 +794,7 @@ class Connection:
         """The peer broke the protocol: queue a GOAWAY saying why; the connection is dead."""
         exc.events = events
         self._backlog = []
-        if self.state is not ConnectionState.FAILED:
+        if self.state is not _FAILED:
             self._move("error")
             message = f"protocol error: {exc}"
             self._frame(FrameType.GOAWAY, 0, 0, _control.encode_goaway(self._streams.last_id, exc.error_code, message))
@@ -826,7 +849,8 @@ class Connection:
         """Process what ``Framer.feed_grouped`` returned: frames, with each run of
         consecutive flag-less DATA frames on one stream given as one entry."""
         live = self._streams.live
-        step = self._streams.step
+        step = self._step
+        client = self._client
         handlers = self._handlers
         deliver_states = self._deliver_states
         deliver_end_states = self._deliver_end_states
@@ -852,7 +876,8 @@ class Connection:
                         size = sum(map(len, payloads))
                         fits = all(payloads) and max(map(len, payloads)) <= max_message
                     if fits and size <= stream.recv_granted and received + size <= ledger.recv_credit:
-                        step(stream, _I.RECV_DATA)
+                        if client and not stream.response_started:
+                            step(stream, _RECV_DATA)  # its one effect here (the states are loops)
                         ledger.deliver(stream, size)
                         received += size
                         if stream is batch_stream:
@@ -877,7 +902,7 @@ class Connection:
                         # only the half-close moves the stream.
                         ledger.deliver(stream, size)
                         received += size
-                        step(stream, _I.RECV_END_STREAM)
+                        step(stream, _RECV_END_STREAM)
                         events.append(MessagesReceived(stream_id=stream_id, payloads=payloads))
                         events.append(StreamEnded(stream_id=stream_id))
                         continue
@@ -916,18 +941,18 @@ class Connection:
                 raise RemoteProtocolError("a DATA frame cannot both continue a message and end the stream")
         elif not size:
             raise RemoteProtocolError("an empty DATA frame must carry END_STREAM (and only it)")
-        stream = self._streams.live.get(stream_id)
+        stream = self._live.get(stream_id)
         if stream is None or stream.state is _CLOSING:
             if stream_id == 0 or stream_id > self._streams.last_id:
                 raise RemoteProtocolError(f"DATA frame for stream {stream_id}, which was never opened")
             # A stream that closed (or whose trailers wait to leave) while the peer was still
             # sending: drop the bytes, but give back their connection credit, which it spent.
             if stream is not None:
-                self._step(stream, _I.RECV_DATA if not flags & _END_STREAM else _I.RECV_END_STREAM)
+                self._step(stream, _RECV_DATA if not flags & _END_STREAM else _RECV_END_STREAM)
             self._take_connection_credit(size)
             return
         if size:
-            self._step(stream, _I.RECV_DATA)
+            self._step(stream, _RECV_DATA)
             self._ledger.receive(stream, size)
             self._take_connection_credit(size)
             if flags & _MORE:
@@ -965,7 +990,7 @@ class Connection:
         elif stream.recv_parts is not None:
             raise RemoteProtocolError("END_STREAM in the middle of a message")
         if flags & _END_STREAM:
-            self._step(stream, _I.RECV_END_STREAM)
+            self._step(stream, _RECV_END_STREAM)
             events.append(StreamEnded(stream_id=stream_id))
 
     def _message_too_large(self, stream: Stream, events: list[Event]) -> None:
@@ -986,7 +1011,7 @@ class Connection:
             raise RemoteProtocolError(f"{kind} frame with unknown flags 0x{flags:02x}")
         if stream_id == 0:
             raise RemoteProtocolError(f"{kind} frame on stream 0")
-        stream = self._streams.live.get(stream_id)
+        stream = self._live.get(stream_id)
         if stream is None and stream_id > self._streams.last_id:
             raise RemoteProtocolError(f"{kind} frame for stream {stream_id}, which was never opened")
         return stream
@@ -1006,7 +1031,7 @@ class Connection:
         stream = self._recv_stream("HEADERS", stream_id, 0)
         if stream is None:
             return
-        self._step(stream, _I.RECV_HEADERS)  # at most once, before any message (the table)
+        self._step(stream, _RECV_HEADERS)  # at most once, before any message (the table)
         events.append(HeadersReceived(stream_id=stream_id, metadata=metadata))
 
     def _open_remote_call(
@@ -1018,12 +1043,12 @@ class Connection:
             raise RemoteProtocolError(
                 f"HEADERS frame reuses stream id {stream_id} (ids must increase; last was {streams.last_id})"
             )
-        stream = streams.open(stream_id, _I.RECV_HEADERS)
-        self._ledger.open(stream)
+        ledger = self._ledger
+        stream = streams.open(stream_id, _RECV_HEADERS, ledger.peer_stream_window, ledger.stream_window)
         end = bool(flags & _END_STREAM)
         if end:
-            self._step(stream, _I.RECV_END_STREAM)
-        if self.state in (ConnectionState.GOAWAY_SENT, ConnectionState.GOAWAY_BOTH):
+            self._step(stream, _RECV_END_STREAM)
+        if self.state in _GOAWAY_SENT:
             self.send_trailers(stream_id, Status.UNAVAILABLE, "the server is shutting down")
             return
         if len(streams.live) > self.max_concurrent_streams:
@@ -1052,7 +1077,7 @@ class Connection:
             return
         if stream.recv_parts is not None:
             raise RemoteProtocolError("TRAILERS in the middle of a message")
-        self._step(stream, _I.RECV_TRAILERS)  # the call is over: nothing more of ours goes out
+        self._step(stream, _RECV_TRAILERS)  # the call is over: nothing more of ours goes out
         events.append(CallEnded(stream_id=stream_id, status=status, message=message, details=details, metadata=metadata))
 
     def _recv_cancel(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
@@ -1063,7 +1088,7 @@ class Connection:
         if stream is None:
             return
         ended = stream.state is _CLOSING  # our trailers were queued: the call was already over
-        self._step(stream, _I.RECV_CANCEL)
+        self._step(stream, _RECV_CANCEL)
         if not ended:
             events.append(CallCancelled(stream_id=stream_id, reason=reason, message=message))
 
@@ -1118,7 +1143,7 @@ class Connection:
         if self._client:
             # Calls the server never saw were not processed: fail them now, safe to retry.
             for stream in [stream for sid, stream in self._streams.live.items() if sid > last]:
-                self._step(stream, _I.REFUSED)
+                self._step(stream, _REFUSED)
                 events.append(
                     CallEnded(
                         stream_id=stream.id,

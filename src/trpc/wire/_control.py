@@ -65,14 +65,12 @@ def validate_metadata(metadata: Any, *, remote: bool) -> dict:
     return metadata
 
 
-def _check_size(what: str, payload: bytes, limit: int) -> bytes:
-    if len(payload) > limit:
+def _check_size(what: str, payload: bytes, peer_max_frame: int) -> bytes:
+    """``payload`` if it fits a control frame: MAX_HEADERS_SIZE, and the peer's frame size."""
+    if len(payload) > MAX_HEADERS_SIZE or len(payload) > peer_max_frame:
+        limit = min(MAX_HEADERS_SIZE, peer_max_frame)
         raise LocalProtocolError(f"{what} of {len(payload)} bytes exceed the limit ({limit}); metadata is too large")
     return payload
-
-
-def _control_limit(peer_max_frame: int) -> int:
-    return min(MAX_HEADERS_SIZE, peer_max_frame)
 
 
 # ------------------------------------------------------------------------- encoding
@@ -103,12 +101,12 @@ class RequestHeadersEncoder:
                 parts += (b"\x03", _dumps(validate_metadata(metadata, remote=False)))
             parts[0] = bytes([0xA0 + len(parts) // 2])  # a map of 1 to 3 pairs
             payload = b"".join(parts)
-        return _check_size("HEADERS", payload, _control_limit(peer_max_frame))
+        return _check_size("HEADERS", payload, peer_max_frame)
 
 
 def encode_response_headers(metadata: dict | None, peer_max_frame: int) -> bytes:
     fields = {_H_METADATA: validate_metadata(metadata, remote=False)} if metadata else {}
-    return _check_size("response HEADERS", _dumps(fields), _control_limit(peer_max_frame))
+    return _check_size("response HEADERS", _dumps(fields), peer_max_frame)
 
 
 def encode_trailers(status: Status, message: str, details: Any, metadata: dict | None, peer_max_frame: int) -> bytes:
@@ -124,7 +122,7 @@ def encode_trailers(status: Status, message: str, details: Any, metadata: dict |
     try:
         if metadata:
             fields[_T_METADATA] = validate_metadata(metadata, remote=False)
-        return _check_size("TRAILERS", _dumps(fields), _control_limit(peer_max_frame))
+        return _check_size("TRAILERS", _dumps(fields), peer_max_frame)
     except (LocalProtocolError, cbor2.CBOREncodeError) as exc:
         return cbor2.dumps({_T_STATUS: int(Status.INTERNAL), _T_MESSAGE: f"trailers could not be sent: {exc}"})
 
@@ -133,7 +131,7 @@ def encode_cancel(reason: Status, message: str, peer_max_frame: int) -> bytes:
     fields: dict[int, Any] = {_C_REASON: int(reason)}
     if message:
         fields[_C_MESSAGE] = message
-    return _check_size("CANCEL", _dumps(fields), _control_limit(peer_max_frame))
+    return _check_size("CANCEL", _dumps(fields), peer_max_frame)
 
 
 def encode_goaway(last_stream_id: int, status: Status, message: str) -> bytes:

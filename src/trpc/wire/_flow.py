@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 Credit is counted in DATA payload bytes (docs/PROTOCOL.md section 8).  :class:`Ledger` is the
 only writer of every credit figure: the connection's (here) and each stream's (the credit slots
-of :class:`~trpc.wire._streams.Stream`).  The connection asks it what fits, tells it what it
+of :class:`~trpc.wire._streams.Stream`, which a new stream gets from ``peer_stream_window`` and
+``stream_window``).  The connection asks it what fits, tells it what it
 framed or received, and sends the WINDOW_UPDATE increments it returns.
 
 Sending: a DATA payload may go out only within ``room(stream)``, the smaller of the stream's and
@@ -69,11 +70,6 @@ class Ledger:
         self._unannounced = 0
 
     # ------------------------------------------------------------------ streams
-    def open(self, stream: Stream) -> None:
-        """A new stream starts with both initial windows."""
-        stream.send_window = self.peer_stream_window
-        stream.recv_granted = self.stream_window
-
     def peer_windows(self, stream_window: int, connection_window: int, streams) -> None:
         """The peer's preface arrived: its initial windows apply, to the streams already open
         too (they had no credit yet)."""
@@ -92,6 +88,14 @@ class Ledger:
         """``size`` bytes of DATA were framed on ``stream`` (within ``room``)."""
         stream.send_window -= size
         self.send_credit -= size
+
+    def try_spend(self, stream: Stream, size: int) -> bool:
+        """Spend ``size`` bytes of credit on ``stream`` if both windows have them."""
+        if size <= stream.send_window and size <= self.send_credit:
+            stream.send_window -= size
+            self.send_credit -= size
+            return True
+        return False
 
     def credit_stream(self, stream: Stream, increment: int) -> None:
         """A WINDOW_UPDATE for ``stream``."""

@@ -27,6 +27,7 @@ before it; :meth:`Streams.step` keeps it, for the same inputs.
 from __future__ import annotations
 
 import enum
+from typing import Callable
 
 from .._errors import LocalProtocolError, RemoteProtocolError
 
@@ -123,13 +124,15 @@ TRANSITIONS: dict[tuple[Role, StreamState, StreamInput], StreamState] = {
 #: Inputs that start the response (see the module's docstring): HEADERS only before it.
 _RESPONSE_HEADERS = {Role.CLIENT: _I.RECV_HEADERS, Role.SERVER: _I.SEND_HEADERS}
 _RESPONSE_DATA = {Role.CLIENT: _I.RECV_DATA, Role.SERVER: _I.SEND_DATA}
+_CLOSED = StreamState.CLOSED
 
 
 class Stream:
     """Per-stream bookkeeping.  Plain slots: one is created per call.
 
     ``state`` and ``response_started`` are written by :class:`Streams` alone; the credit
-    fields by the flow-control ledger (``trpc.wire._flow``) alone."""
+    fields start at the initial windows and change in the flow-control ledger
+    (``trpc.wire._flow``) alone."""
 
     __slots__ = (
         "id",
@@ -144,14 +147,15 @@ class Stream:
         "recv_parts",
     )
 
-    def __init__(self, stream_id: int) -> None:
+    def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
         self.id = stream_id
         self.state = StreamState.IDLE
         self.response_started = False
-        #: Credit: what we may still send on it; what the peer may still send us; bytes of
-        #: complete messages handed out but not consumed; bytes of the message still arriving.
-        self.send_window = 0
-        self.recv_granted = 0
+        #: Credit: what we may still send on it; what the peer may still send us (born with
+        #: the initial windows the ledger gives); bytes of complete messages handed out but
+        #: not consumed; bytes of the message still arriving.
+        self.send_window = send_window
+        self.recv_granted = recv_window
         self.recv_held = 0
         self.recv_partial = 0
         #: Outgoing items waiting for credit: [memoryview, flags] for data, bytes for a frame
@@ -166,31 +170,43 @@ class Stream:
 class Streams:
     """The live streams of one endpoint, and the table that moves them."""
 
-    __slots__ = ("role", "live", "last_id", "_next", "_headers_input", "_data_input")
+    __slots__ = ("role", "live", "last_id", "_next", "_headers_input", "_data_input", "_response", "_on_closed")
 
-    def __init__(self, role: Role) -> None:
+    def __init__(self, role: Role, on_closed: Callable[[Stream], None]) -> None:
         self.role = role
+        #: Called with each stream that reaches CLOSED, once it has left the registry (the
+        #: connection drops what the stream still had queued).
+        self._on_closed = on_closed
         #: Streams not yet CLOSED, by id.
         self.live: dict[int, Stream] = {}
         #: The highest stream id opened so far: lower ids not in ``live`` are closed.
         self.last_id = 0
-        self._next = {(state, inp): new for (r, state, inp), new in TRANSITIONS.items() if r is role}
+        #: input -> {state: new state}: this role's rows, looked up without building a key.
+        self._next: dict[StreamInput, dict[StreamState, StreamState]] = {inp: {} for inp in StreamInput}
+        for (r, state, inp), new in TRANSITIONS.items():
+            if r is role:
+                self._next[inp][state] = new
         self._headers_input = _RESPONSE_HEADERS[role]
         self._data_input = _RESPONSE_DATA[role]
+        self._response = frozenset((self._headers_input, self._data_input))
 
     def allows(self, state: StreamState, inp: StreamInput) -> bool:
         """Whether the table has a row for ``(state, inp)`` in this role."""
-        return (state, inp) in self._next
+        return state in self._next[inp]
 
     def next_states(self, inp: StreamInput) -> dict[StreamState, StreamState]:
         """state -> new state, for every state the table lets ``inp`` happen in (for fast
         paths that check many streams against one input)."""
-        return {state: new for (state, i), new in self._next.items() if i is inp}
+        return dict(self._next[inp])
 
-    def open(self, stream_id: int, inp: StreamInput) -> Stream:
-        """A new stream with a higher id than any before, stepped with ``inp`` and registered."""
-        stream = Stream(stream_id)
-        self.step(stream, inp)
+    def open(self, stream_id: int, inp: StreamInput, send_window: int, recv_window: int) -> Stream:
+        """A new stream with a higher id than any before and the initial windows given,
+        stepped out of IDLE by ``inp`` and registered."""
+        stream = Stream(stream_id, send_window, recv_window)
+        new = self._next[inp].get(StreamState.IDLE)
+        if new is None:
+            raise self._refused(stream, inp, "does not open a stream")
+        stream.state = new  # never CLOSED, nor a response input: the rest of step() is moot
         self.last_id = stream_id
         self.live[stream_id] = stream
         return stream
@@ -199,19 +215,19 @@ class Streams:
         """Move ``stream`` by ``inp``; returns the new state.  A stream that reaches CLOSED
         leaves the registry.  Raises LocalProtocolError / RemoteProtocolError for a pair the
         table does not have (the stream is then unchanged)."""
-        new = self._next.get((stream.state, inp))
+        state = stream.state
+        new = self._next[inp].get(state)
         if new is None:
             raise self._refused(stream, inp, "is not allowed")
-        if inp is self._data_input:
-            stream.response_started = True
-        elif inp is self._headers_input:
-            if stream.response_started:
+        if inp in self._response:
+            if inp is self._headers_input and stream.response_started:
                 raise self._refused(stream, inp, "is not allowed after the response started")
             stream.response_started = True
-        if new is not stream.state:
+        if new is not state:
             stream.state = new
-            if new is StreamState.CLOSED:
+            if new is _CLOSED:
                 del self.live[stream.id]
+                self._on_closed(stream)
         return new
 
     def _refused(self, stream: Stream, inp: StreamInput, what: str) -> Exception:
