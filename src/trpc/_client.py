@@ -35,7 +35,7 @@ import trio
 
 from ._codec import _loads, decode, encode, encode_arguments
 from ._context import _current_or_none
-from ._errors import LocalProtocolError, RpcError
+from ._errors import LocalProtocolError, MessageTooLargeError, RpcError
 from ._events import (
     CallEnded,
     ConnectionClosed,
@@ -117,6 +117,10 @@ class _ClientCall:
     def error(self) -> RpcError:
         return RpcError(self.status, self.message, self.details, trailers=self.trailers)
 
+    def ended(self) -> bool:
+        """The call has a status (the server's, or the one it was ended with here)."""
+        return self.status is not None
+
 
 class _ClientConnection(TrioConnection):
     def __init__(self, stream: trio.abc.Stream, conn: Connection, peer: str) -> None:
@@ -192,6 +196,12 @@ def _ignore(event: Any) -> None:
     pass
 
 
+def _too_large(exc: MessageTooLargeError) -> RpcError:
+    return RpcError(
+        Status.RESOURCE_EXHAUSTED, f"request message of {exc.size} bytes exceeds the server's limit of {exc.limit}"
+    )
+
+
 def _cancel_reason(deadline: float) -> tuple[Status, str]:
     """Why the current task's call is being cancelled, for the CANCEL frame."""
     if deadline != math.inf and _current_time() >= deadline:
@@ -241,7 +251,7 @@ class Client:
     @property
     def calls_in_flight(self) -> int:
         """Calls on this connection that have not ended yet."""
-        return len(self._connection.calls)
+        return self._connection.conn.open_streams
 
     @property
     def framer_name(self) -> str:
@@ -262,9 +272,11 @@ class Client:
         sent = True
         try:
             if message is None:
-                stream_id = connection.conn.open_call(name, metadata=metadata, timeout=timeout, end_stream=end_stream)
+                stream_id = connection.open_call(name, metadata, timeout, end_stream)
             else:
-                stream_id, sent = connection.conn.open_unary_call(name, message, metadata=metadata, timeout=timeout)
+                stream_id, sent = connection.open_unary_call(name, message, metadata, timeout)
+        except MessageTooLargeError as exc:
+            raise _too_large(exc) from None
         except LocalProtocolError as exc:
             if connection.conn.accepting_calls:
                 raise RpcError(Status.INVALID_ARGUMENT, str(exc)) from None
@@ -279,40 +291,32 @@ class Client:
         """Wait while the server's limit on concurrent calls is reached (no-op otherwise)."""
         connection = self._connection
         conn = connection.conn
-        while conn.open_streams >= conn.peer_max_concurrent_streams and connection.broken is None:
+        while not conn.can_open_call and connection.broken is None and conn.accepting_calls:
             await connection.slot_waiters.park()
-
-    def _check_size(self, payload: bytes) -> None:
-        limit = self._connection.conn.peer_max_message_size
-        size = message_size(payload)
-        if size > limit:
-            raise RpcError(
-                Status.RESOURCE_EXHAUSTED,
-                f"request message of {size} bytes exceeds the server's limit of {limit}",
-            )
 
     async def _send(self, call: _ClientCall, payload: bytes, end_stream: bool = False) -> bool:
         """Queue a message; wait while it waits for credit.  False if the call already ended."""
-        connection = self._connection
         if call.status is not None:
             return False
-        self._check_size(payload)
-        if not connection.conn.send_message(call.id, payload, end_stream=end_stream):
-            connection.wake_writer()
-            while call.status is None and connection.conn.send_buffered(call.id):
-                await call.credit_wakeup.park()
-        connection.wake_writer()
+        connection = self._connection
+        try:
+            sent = connection.send_message(call.id, payload, end_stream)
+        except MessageTooLargeError as exc:
+            raise _too_large(exc) from None
+        if not sent:
+            await connection.wait_for_credit(call.id, call.credit_wakeup, call.ended)
         return True
 
     def _cancel(self, call: _ClientCall, reason: Status, message: str) -> None:
+        """End a call from this side: it reports ``reason`` as its status (what the caller
+        sees it end with), and the server is told why."""
         connection = self._connection
         connection.calls.pop(call.id, None)
         if call.status is None:
-            call.status = Status.CANCELLED
+            call.status = reason
             call.message = message
             if connection.broken is None:
-                connection.conn.cancel(call.id, reason, message)
-                connection.wake_writer()
+                connection.cancel(call.id, reason, message)
                 if connection.slot_waiters:
                     connection.slot_waiters.unpark()
 
@@ -320,10 +324,7 @@ class Client:
         self._connection.calls.pop(call.id, None)
 
     def _consumed(self, call: _ClientCall, size: int) -> None:
-        conn = self._connection.conn
-        conn.consumed(call.id, size)
-        if conn.has_data_to_send:
-            self._connection.wake_writer()
+        self._connection.consumed(call.id, size)
 
     async def _unary(
         self, name: str, payload: bytes, timeout: float | None, metadata: dict, record: Any = None
@@ -333,22 +334,18 @@ class Client:
                 return await self._unary(name, payload, None, metadata, record)
             if scope.cancelled_caught:
                 raise RpcError(Status.DEADLINE_EXCEEDED, f"{name}: deadline exceeded ({timeout} s)")
-        self._check_size(payload)
         deadline = _current_effective_deadline()
         if deadline != math.inf and deadline <= _current_time():
             await trio.lowlevel.checkpoint()  # no time left: the caller's scope cancels us here
-        if self._connection.conn.open_streams >= self._connection.conn.peer_max_concurrent_streams:
+        connection = self._connection
+        if not connection.conn.can_open_call:
             await self._wait_for_slot()
         call = self._open(name, metadata, deadline, message=payload)
         if record is not None:
             record._result = call
-        connection = self._connection
         try:
             if call.unsent:  # part of the request waits for credit
-                connection.wake_writer()
-                while call.status is None and connection.conn.send_buffered(call.id):
-                    await call.credit_wakeup.park()
-            connection.send_soon(len(connection.calls) == 1)
+                await connection.wait_for_credit(call.id, call.credit_wakeup, call.ended)
             wakeup = call.wakeup
             while call.status is None:
                 await wakeup.park()
@@ -377,11 +374,10 @@ class Client:
             if connection.broken is None:
                 for call in list(connection.calls.values()):
                     self._cancel(call, Status.UNAVAILABLE, "the client is shutting down")
-                    call.status = Status.UNAVAILABLE
                     call.message = "the client was closed"
                     call.wakeup.unpark()
                     call.credit_wakeup.unpark()
-                connection.conn.goaway(Status.OK, "client closing")
+                connection.goaway(Status.OK, "client closing")
                 with trio.move_on_after(_CLOSE_GRACE):
                     await connection.flush()
             connection.connection_lost("the client was closed")
@@ -687,8 +683,7 @@ class ClientStream:
         call = self._call
         connection = self._client._connection
         if call.status is None and connection.broken is None:
-            connection.conn.end_stream(call.id)
-            connection.wake_writer()
+            connection.end_stream(call.id)
         await trio.lowlevel.checkpoint()
 
     # ----------------------------------------------------------- receiving

@@ -29,6 +29,7 @@ __all__ = [
     "RpcError",
     "ProtocolError",
     "LocalProtocolError",
+    "MessageTooLargeError",
     "RemoteProtocolError",
     "FrameTooLargeError",
     "TruncatedFrameError",
@@ -76,14 +77,41 @@ class RpcError(TrpcError):
 
 
 class ProtocolError(TrpcError):
-    """The rules of the wire protocol (docs/PROTOCOL.md) were broken."""
+    """The rules of the wire protocol (docs/PROTOCOL.md) were broken.
 
-    #: The GOAWAY error code that reports this error to the peer.
+    Attributes:
+        error_code: the status a GOAWAY reports this error with (by default the class's).
+        events: (raised by ``Connection.receive_data``) the events of the frames received
+            before the bad one, which the application should still handle.
+        frames: (raised by a framer) the frames complete before the bad one.
+    """
+
+    #: The GOAWAY error code of this class's errors, unless the constructor says otherwise.
     error_code = Status.INTERNAL
+
+    def __init__(self, message: str, *, error_code: Status | None = None, events: list | None = None,
+                 frames: list | None = None) -> None:
+        super().__init__(message)
+        if error_code is not None:
+            self.error_code = error_code
+        self.events = [] if events is None else events
+        self.frames = [] if frames is None else frames
 
 
 class LocalProtocolError(ProtocolError):
     """Local code asked the protocol core for something the protocol forbids."""
+
+
+class MessageTooLargeError(LocalProtocolError):
+    """A message to send is larger than the peer accepts (its preface's max message size).
+
+    The call layer reports it as RESOURCE_EXHAUSTED for that call; the connection is fine.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of {size} bytes exceeds the peer's limit of {limit}")
+        self.size = size
+        self.limit = limit
 
 
 class RemoteProtocolError(ProtocolError):

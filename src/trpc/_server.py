@@ -45,7 +45,7 @@ import trio
 
 from ._codec import _dumps, decode, decode_arguments, encode
 from ._context import CallContext, _current
-from ._errors import LocalProtocolError, RpcError
+from ._errors import LocalProtocolError, MessageTooLargeError, RpcError
 from ._events import (
     CallCancelled,
     CallOpened,
@@ -157,6 +157,9 @@ class _ServerCall:
         self.finished = False  # the stream is closed: nothing more may be sent on it
         self.inbox_wakeup = Parker()
         self.credit_wakeup = Parker()
+
+    def is_finished(self) -> bool:
+        return self.finished
 
 
 class _Worker:
@@ -282,7 +285,7 @@ class _ServerConnection(TrioConnection):
         """End a call that never got a task."""
         if self.conn.stream_state(stream_id) is StreamState.CLOSED:
             return  # the client cancelled it in the same batch of frames
-        self.conn.send_trailers(stream_id, status, message)
+        self.send_trailers(stream_id, status, message)
 
     def _on_message(self, event: MessagesReceived) -> None:
         call = self.calls.get(event.stream_id)
@@ -338,12 +341,6 @@ class _ServerConnection(TrioConnection):
             call.credit_wakeup.unpark()
 
     # ------------------------------------------------------------------ calls
-    def consumed(self, stream_id: int, size: int) -> None:
-        conn = self.conn
-        conn.consumed(stream_id, size)
-        if conn.has_data_to_send:
-            self.wake_writer()
-
     def _start(self, call: _ServerCall, payload: bytes | None) -> None:
         call.started = True
         self.server._running += 1
@@ -428,10 +425,9 @@ class _ServerConnection(TrioConnection):
         call.finished = True
         self.calls.pop(call.id, None)
         try:
-            self.conn.send_trailers(call.id, status, message, details, call.context._trailing_metadata)
+            self.send_trailers(call.id, status, message, details, call.context._trailing_metadata)
         except LocalProtocolError:  # the stream ended under us (connection failed)
             return
-        self.send_soon(not self.calls)
 
     def _abort(self, call: _ServerCall, status: Status, message: str) -> None:
         """End a call from outside its task: trailers now, then cancel the handler."""
@@ -439,38 +435,35 @@ class _ServerConnection(TrioConnection):
         _cancel_handler(call)
 
     def _encode(self, call: _ServerCall, value: Any) -> bytes | list:
-        """A response value as message bytes, within the client's announced size limit."""
+        """A response value as message bytes."""
         try:
-            payload = encode(value)
+            return encode(value)
         except Exception as exc:
             raise RpcError(Status.INTERNAL, f"{call.info.name}: cannot encode the response: {exc}") from None
-        limit = self.conn.peer_max_message_size
-        size = message_size(payload)
-        if size > limit:
+
+    def _queue(self, call: _ServerCall, payload: bytes | list) -> bool:
+        """Queue one response message on the wire connection (False: some waits for credit);
+        one the client would refuse ends the call with RESOURCE_EXHAUSTED.  The writer is
+        not woken: the caller sends the message with the next thing it queues (a unary
+        reply's trailers), or wakes it (``_send``, ``wait_for_credit``)."""
+        try:
+            return self.conn.send_message(call.id, payload)
+        except MessageTooLargeError as exc:
             raise RpcError(
                 Status.RESOURCE_EXHAUSTED,
-                f"{call.info.name}: response message of {size} bytes exceeds the client's limit of {limit}",
-            )
-        return payload
+                f"{call.info.name}: response message of {exc.size} bytes exceeds the client's limit of {exc.limit}",
+            ) from None
 
-    async def _send(self, call: _ServerCall, payload: bytes) -> None:
-        """Queue one response message, waiting for credit if the client is slow."""
-        conn = self.conn
+    async def _send(self, call: _ServerCall, payload: bytes | list) -> None:
+        """Send one response message, waiting for credit if the client is slow."""
         if call.finished:
             # The call ended while the handler was still producing (cancelled by the client).
             await _checkpoint()
             return
-        self._writer_wakeup.unpark()
-        if not conn.send_message(call.id, payload):
-            await self._wait_for_credit(call)
-
-    async def _wait_for_credit(self, call: _ServerCall) -> None:
-        """After a send that left output waiting for credit: wake the writer, and wait until the
-        client's credit has let all of this call's output go (or the call has ended)."""
-        self._writer_wakeup.unpark()
-        conn = self.conn
-        while conn.send_buffered(call.id) and not call.finished:
-            await call.credit_wakeup.park()
+        if self._queue(call, payload):
+            self.wake_writer()
+        else:
+            await self.wait_for_credit(call.id, call.credit_wakeup, call.is_finished)
 
     async def _invoke(self, call: _ServerCall, payload: bytes | None) -> Any:
         """Decode the arguments, run the handler and send what it produces.
@@ -494,11 +487,9 @@ class _ServerConnection(TrioConnection):
             # blocks (in the generator or here), so no message waits for the next one.
             conn = self.conn
             stream_id = call.id
-            batch = [] if call.finished else conn.open_batch(stream_id)
+            batch = [] if call.finished else self.open_batch(stream_id)
             small = min(_BATCH_MESSAGE_SIZE, conn.batch_limit)
-            send_message = conn.send_message
-            unpark_writer = self._writer_wakeup.unpark
-            limit = conn.peer_max_message_size
+            unpark_writer = self.wake_writer
             count = 0
             async with aclosing(target) as items:
                 async for item in items:
@@ -513,29 +504,24 @@ class _ServerConnection(TrioConnection):
                         count += 1
                         if count & (_BATCH_MESSAGES - 1):
                             continue
-                    elif call.finished or message_size(payload) > limit:
-                        await self._send(call, self._encode(call, item))  # raises, or drops it
-                        continue
                     else:
-                        # A larger message: on its own (send_message frames the batch first).
-                        if not send_message(stream_id, payload):
-                            await self._wait_for_credit(call)
-                        unpark_writer()
+                        # A larger message: on its own (send_message frames the batch first;
+                        # _send drops it if the client has gone).
+                        await self._send(call, payload)
                         count += 1
                         if count & (_BATCH_MESSAGES - 1):
                             continue
                     if call.finished:  # the client has gone: nothing more will be sent
                         batch.clear()
                     elif not conn.flush_batch(stream_id):
-                        await self._wait_for_credit(call)
+                        await self.wait_for_credit(stream_id, call.credit_wakeup, call.is_finished)
                     unpark_writer()
                     await _checkpoint()
             return None
         result = await target
-        if not call.finished:
-            payload = self._encode(call, result)
-            if not self.conn.send_message(call.id, payload):  # rare: waits for credit
-                await self._wait_for_credit(call)
+        # The reply's message leaves with its trailers (_finish), in one write.
+        if not call.finished and not self._queue(call, self._encode(call, result)):
+            await self.wait_for_credit(call.id, call.credit_wakeup, call.is_finished)  # rare
         return result
 
     async def _run(self, call: _ServerCall, payload: bytes | None) -> None:
@@ -723,8 +709,7 @@ class Server:
         for scope in list(self._listening):
             scope.cancel()
         for connection in list(self._connections):
-            connection.conn.goaway(Status.OK, "the server is shutting down")
-            connection.wake_writer()
+            connection.goaway(Status.OK, "the server is shutting down")
         if self._running:
             self._idle = trio.Event()
             with trio.move_on_after(grace):

@@ -14,6 +14,14 @@ A :class:`TrioConnection` drives a sans-IO :class:`~trpc.wire.Connection` over a
   one ``send_all``.  Any task may queue frames (queuing is synchronous, so frames can never be
   torn or interleaved); a burst of calls or messages therefore leaves in few system calls.
 
+The call layer (client and server) queues output only through the methods of this class
+(``open_call``, ``send_message``, ``send_trailers``, ``cancel``, ...): each one queues on the
+sans-IO connection and makes sure the bytes will leave (it wakes the writer, or writes a lone
+call's bytes at once), so no caller has to remember a wake-up.  The one exception is a batch
+(``open_batch``), a list its owner appends to without a call per message: the owner wakes the
+writer when it starts a batch (``wake_writer``).  The wire connection underneath may be any
+object with the methods of :class:`trpc._events.WireConnection`.
+
 If the writer falls behind (the peer reads slowly), the reader stops reading until the output
 drains, so a peer cannot make us buffer without bound by sending requests (or pings) and never
 reading the answers.
@@ -164,22 +172,88 @@ class TrioConnection(abc.ABC):
         #: send_soon use directly (see _receive); None for other streams (TLS, in-memory).
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) and _POSIX else None
 
-    # ----------------------------------------------------------- writing
-    def wake_writer(self) -> None:
-        """Call after queuing output on ``conn``."""
+    # ----------------------------------------------------------- queuing output
+    def open_call(self, method: str, metadata: dict | None, timeout: float | None, end_stream: bool = False) -> int:
+        """Open a call (client); see ``Connection.open_call``."""
+        stream_id = self.conn.open_call(method, metadata=metadata, timeout=timeout, end_stream=end_stream)
+        self._writer_wakeup.unpark()
+        return stream_id
+
+    def open_unary_call(self, method: str, message: Any, metadata: dict | None, timeout: float | None) -> tuple[int, bool]:
+        """Open a call with its one request message (client), sent at once if it is the only
+        call in flight (see ``_send_soon``); see ``Connection.open_unary_call``."""
+        result = self.conn.open_unary_call(method, message, metadata=metadata, timeout=timeout)
+        self._send_soon()
+        return result
+
+    def send_message(self, stream_id: int, payload: Any, end_stream: bool = False) -> bool:
+        """Queue a message; False if some waits for credit (see ``Connection.send_message``)."""
+        sent = self.conn.send_message(stream_id, payload, end_stream=end_stream)
+        self._writer_wakeup.unpark()
+        return sent
+
+    def end_stream(self, stream_id: int) -> None:
+        """Half-close (client)."""
+        self.conn.end_stream(stream_id)
         self._writer_wakeup.unpark()
 
-    def send_soon(self, alone: bool) -> None:
-        """Call after queuing the output of one call (a request, a reply).
+    def send_headers(self, stream_id: int, metadata: dict | None) -> None:
+        """Response headers (server)."""
+        self.conn.send_headers(stream_id, metadata)
+        self._writer_wakeup.unpark()
 
-        When that call is ``alone`` on the connection (no other call in flight, so nothing
-        else will join its frames in the next write) and the writer is idle, the bytes are
-        written right here with one non-blocking system call, saving the hop to the writer
-        task: that is most of a lone call's latency.  Under load, and for streams other than
-        plain TCP, the writer coalesces as usual.  Whatever the socket does not take at once
-        is left, in order, for the writer.
+    def send_trailers(self, stream_id: int, status: Any, message: str = "", details: Any = None,
+                      metadata: dict | None = None) -> None:
+        """End a call with its status (server), sent at once if it was the only call running."""
+        self.conn.send_trailers(stream_id, status, message, details, metadata)
+        self._send_soon()
+
+    def cancel(self, stream_id: int, reason: Any, message: str) -> None:
+        """Cancel a call (client); a no-op for a call that has ended."""
+        self.conn.cancel(stream_id, reason, message)
+        self._writer_wakeup.unpark()
+
+    def consumed(self, stream_id: int, size: int) -> None:
+        """The application took ``size`` bytes of messages: return credit when due."""
+        conn = self.conn
+        conn.consumed(stream_id, size)
+        if conn.has_data_to_send:
+            self._writer_wakeup.unpark()
+
+    def goaway(self, status: Any, message: str) -> None:
+        """Say we are going away (once)."""
+        self.conn.goaway(status, message)
+        self._writer_wakeup.unpark()
+
+    def open_batch(self, stream_id: int) -> list:
+        """A stream's batch (see ``Connection.open_batch``).  Its owner appends to it and
+        calls ``wake_writer`` when a batch starts, so the writer frames it when it runs."""
+        return self.conn.open_batch(stream_id)
+
+    def wake_writer(self) -> None:
+        """Let the writer send what is queued (for a batch's owner, and for the preface)."""
+        self._writer_wakeup.unpark()
+
+    async def wait_for_credit(self, stream_id: int, wakeup: Parker, ended: Any) -> None:
+        """After a send that left output waiting for credit: wait until the peer's credit has
+        let all of this stream's messages go, or ``ended()`` says the call is over (its owner
+        unparks ``wakeup`` on SendCreditAvailable and when the call ends)."""
+        self._writer_wakeup.unpark()
+        conn = self.conn
+        while conn.send_buffered(stream_id) and not ended():
+            await wakeup.park()
+
+    def _send_soon(self) -> None:
+        """After queuing the output of one call (a request, a reply).
+
+        When that call is alone on the connection (no other call in flight, so nothing else
+        will join its frames in the next write) and the writer is idle, the bytes are written
+        right here with one non-blocking system call, saving the hop to the writer task: that
+        is most of a lone call's latency.  Under load, and for streams other than plain TCP,
+        the writer coalesces as usual.  Whatever the socket does not take at once is left, in
+        order, for the writer.
         """
-        if alone and self._socket is not None and not self._writing and self.broken is None:
+        if self._socket is not None and not self._writing and self.broken is None and self.conn.open_streams <= 1:
             data = self.conn.data_to_send()
             try:
                 sent = _write(self._socket.fileno(), data)
@@ -309,8 +383,7 @@ class TrioConnection(abc.ABC):
                         return
                     if conn.has_data_to_send:
                         self.wake_writer()
-                        out = conn._out
-                        if self._writing and len(out) > 64 and sum(map(len, out)) > conn.peer_connection_window + WRITE_HIGH_WATER:
+                        if self._writing and conn.output_size > conn.peer_connection_window + WRITE_HIGH_WATER:
                             await self._drained.wait()
         finally:
             self.closed.set()

@@ -49,7 +49,7 @@ from typing import Any, Callable
 
 from .. import _framer
 from .._cext import speedups
-from .._errors import LocalProtocolError, RemoteProtocolError
+from .._errors import LocalProtocolError, MessageTooLargeError, RemoteProtocolError
 from .._events import (
     CallCancelled,
     CallEnded,
@@ -312,6 +312,12 @@ class Connection:
         return sum(len(item[0]) for item in stream.pending if type(item) is list)
 
     @property
+    def can_open_call(self) -> bool:
+        """(client) Whether a call may be opened now within the server's limit on concurrent
+        calls (``open_call`` refuses one beyond it); False until the server's preface says."""
+        return len(self._live) < self.peer_max_concurrent_streams
+
+    @property
     def accepting_calls(self) -> bool:
         """False once either side has sent GOAWAY or the connection has ended."""
         return self.state is _OPEN
@@ -500,7 +506,7 @@ class Connection:
         if self.state is not _OPEN:
             raise LocalProtocolError("the connection is going away; it accepts no new calls")
         streams = self._streams
-        if len(streams.live) >= self.peer_max_concurrent_streams:
+        if not self.can_open_call:
             raise LocalProtocolError(
                 f"the server runs at most {self.peer_max_concurrent_streams} calls at once on a connection;"
                 " wait for one to end"
@@ -527,7 +533,9 @@ class Connection:
         """Open a call and send its one request message, half-closing the stream (client; a
         unary or server-streaming call): ``open_call`` then ``send_message(...,
         end_stream=True)``.  Returns ``(stream_id, sent)``, ``sent`` as ``send_message``
-        returns it."""
+        returns it.  A message the peer would refuse raises MessageTooLargeError before the
+        call is opened."""
+        self._check_message_size(message_size(message))
         stream_id = self.open_call(method, metadata=metadata, timeout=timeout)
         return stream_id, self.send_message(stream_id, message, end_stream=True)
 
@@ -552,12 +560,7 @@ class Connection:
             self._flush_batch(stream)
         parts = type(payload) is list
         size = message_size(payload) if parts else len(payload)
-        if size == 0:
-            raise LocalProtocolError("a message is at least one byte long")
-        if size > self.peer_max_message_size:
-            raise LocalProtocolError(
-                f"message of {size} bytes exceeds the peer's limit of {self.peer_max_message_size}"
-            )
+        self._check_message_size(size)
         if stream.state not in self._send_data_loops or not (self._client or stream.response_started):
             self._step(stream, _SEND_DATA)
         flags = 0
@@ -588,6 +591,13 @@ class Connection:
             pending.append([memoryview(payload), flags])
         self._flush_stream(stream)
         return not stream.pending
+
+    def _check_message_size(self, size: int) -> None:
+        """A message of ``size`` bytes may be sent (the one place that checks it)."""
+        if size > self.peer_max_message_size:
+            raise MessageTooLargeError(size, self.peer_max_message_size)
+        if size == 0:
+            raise LocalProtocolError("a message is at least one byte long")
 
     def end_stream(self, stream_id: int) -> None:
         """Half-close (client): no more messages on this stream."""
@@ -749,7 +759,7 @@ class Connection:
                 groups = self._framer.feed_grouped(data)
             except RemoteProtocolError as exc:
                 self._take_backlog(None, events)
-                self._process_frames(getattr(exc, "frames", ()), events)
+                self._process_frames(exc.frames, events)
                 raise
             self._backlog = self._backlog + groups if self._backlog else groups
             self._take_backlog(max_frames, events)
@@ -792,7 +802,7 @@ class Connection:
 
     def _failed(self, exc: RemoteProtocolError, events: list[Event]) -> None:
         """The peer broke the protocol: queue a GOAWAY saying why; the connection is dead."""
-        exc.events = events
+        exc.events.extend(events)
         self._backlog = []
         if self.state is not _FAILED:
             self._move("error")
@@ -811,12 +821,11 @@ class Connection:
         (_magic, major, minor, _flags, max_frame, max_message, stream_window, conn_window,
          max_streams) = PREFACE.unpack_from(buf)
         if major != PROTOCOL_VERSION[0]:
-            error = RemoteProtocolError(
+            raise RemoteProtocolError(
                 f"the peer speaks trpc protocol {major}.{minor}; this side speaks "
-                f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}"
+                f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}",
+                error_code=Status.UNIMPLEMENTED,
             )
-            error.error_code = Status.UNIMPLEMENTED
-            raise error
         if not MIN_FRAME_SIZE_LIMIT <= max_frame <= MAX_FRAME_SIZE_LIMIT:
             raise RemoteProtocolError(f"the peer's max frame size {max_frame} is out of range")
         for name, value in (("max message size", max_message), ("stream window", stream_window),

@@ -42,9 +42,9 @@ DEFAULT_CONNECTION_WINDOW = 16 << 20
 
 
 def _overdrawn(what: str, size: int, credit: int) -> RemoteProtocolError:
-    error = RemoteProtocolError(f"the peer sent {size} bytes {what} with only {credit} bytes of credit")
-    error.error_code = Status.RESOURCE_EXHAUSTED
-    return error
+    return RemoteProtocolError(
+        f"the peer sent {size} bytes {what} with only {credit} bytes of credit", error_code=Status.RESOURCE_EXHAUSTED
+    )
 
 
 class Ledger:
