@@ -151,7 +151,7 @@ async def test_cancel_after_the_server_deadline_queued_trailers_behind_a_unary_r
     import cbor2
 
     from trpc._events import CallEnded, GoAwayReceived, MessagesReceived
-    from trpc._protocol import Connection
+    from trpc.wire import Connection
 
     caplog.set_level(logging.WARNING, logger="trpc")
     service = Races()

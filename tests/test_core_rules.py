@@ -18,13 +18,14 @@ from trpc._events import (
     PrefaceReceived,
     StreamEnded,
 )
-from trpc._protocol import (
+from trpc.wire import (
     DEFAULT_CONNECTION_WINDOW,
     DEFAULT_STREAM_WINDOW,
     PREFACE,
     Connection,
     Flags,
     FrameType,
+    PingFlags,
     StreamState,
 )
 
@@ -42,14 +43,13 @@ def credit(conn: Connection, stream_id: int | None = None) -> tuple[int, int] | 
     peer, and the credit it believes its peer holds for sending to it; for the connection, or
     for one stream (None if ``conn`` no longer knows the stream).
 
-    PRIVATE STATE, read here and nowhere else in this file: ``Connection._send_window``,
-    ``Connection._recv_granted``, ``Connection._streams[id].send_window`` and
-    ``.recv_granted``.  The public API says only whether output waits (``send_buffered``,
-    ``SendCreditAvailable``), not how much credit is left; a refactor of the core updates
-    this one function."""
+    PRIVATE STATE, read here and nowhere else in this file: the connection's credit ledger
+    (``Connection._ledger``) and its live streams (``Connection._streams.live``).  The public
+    API says only whether output waits (``send_buffered``, ``SendCreditAvailable``), not how
+    much credit is left; a refactor of the core updates this one function."""
     if stream_id is None:
-        return conn._send_window, conn._recv_granted
-    stream = conn._streams.get(stream_id)
+        return conn._ledger.send_credit, conn._ledger.recv_credit
+    stream = conn._streams.live.get(stream_id)
     return None if stream is None else (stream.send_window, stream.recv_granted)
 
 
@@ -613,7 +613,8 @@ def test_a_half_close_behind_data_waiting_for_credit_is_not_lost(framer_cls, how
 def test_the_ping_ack_flag_prints_as_ack():
     """ACK (PING) and END_STREAM (DATA, HEADERS) share bit 0x1 on the wire, but they are
     different flags: a PING ACK printed in a log or a repr must read ACK, not END_STREAM."""
-    assert Flags.ACK.name == "ACK"
-    assert "ACK" in repr(Flags.ACK) and "END_STREAM" not in repr(Flags.ACK)
+    assert PingFlags.ACK.name == "ACK"
+    assert "ACK" in repr(PingFlags.ACK) and "END_STREAM" not in repr(PingFlags.ACK)
     assert Flags.END_STREAM.name == "END_STREAM"
-    assert Flags.ACK.value == Flags.END_STREAM.value == 0x1  # the wire value is unchanged
+    assert not hasattr(Flags, "ACK")  # no alias: DATA and HEADERS have no ACK
+    assert PingFlags.ACK.value == Flags.END_STREAM.value == 0x1  # the wire value is unchanged

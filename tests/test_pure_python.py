@@ -23,6 +23,7 @@ SUITES = [
     "test_channel.py",
     "test_wire_spec.py",
     "test_hostile.py",
+    "test_cancel_races.py",
 ]
 
 
