@@ -642,3 +642,18 @@ def test_open_unary_call_is_open_call_then_send_message_with_end_stream(framer_c
     assert one.client.stream_state(sid1) is two.client.stream_state(sid2) is StreamState.HALF_CLOSED_LOCAL
     assert one.client.send_buffered(sid1) == two.client.send_buffered(sid2)
     assert one.client.data_to_send() == two.client.data_to_send()
+
+
+def test_the_wire_connection_offers_every_method_the_call_layer_uses(framer_cls):
+    """trpc.wire.Connection is a WireConnection: the boundary a second wire implements too,
+    with the same parameter names."""
+    import inspect
+
+    from trpc._events import WireConnection
+
+    conn = Connection("client", framer=framer_cls)
+    assert isinstance(conn, WireConnection)
+    for name, member in vars(WireConnection).items():
+        if callable(member) and not name.startswith("_"):
+            expected = list(inspect.signature(member).parameters)
+            assert list(inspect.signature(getattr(Connection, name)).parameters) == expected, name

@@ -115,8 +115,7 @@ class CallContext:
         connection = self._connection
         if connection is None:
             raise LocalProtocolError("this call has no connection to send headers on")
-        connection.conn.send_headers(self._stream_id, metadata)
-        connection.wake_writer()
+        connection.send_headers(self._stream_id, metadata)
 
     def set_trailers(self, metadata: dict[str, str | bytes]) -> None:
         """Add trailing metadata, sent with the call's status."""

@@ -40,7 +40,7 @@ from typing import Any
 import trio
 
 from ._errors import RemoteProtocolError
-from .wire import Connection
+from ._events import WireConnection
 
 __all__ = ["TrioConnection", "Parker", "RECEIVE_SIZE", "WRITE_HIGH_WATER"]
 
@@ -151,9 +151,10 @@ def _coalesce(parts: list) -> list:
 
 
 class TrioConnection(abc.ABC):
-    """Runs a protocol :class:`Connection` over a Trio stream.  Subclasses handle the events."""
+    """Runs a sans-IO wire connection (a :class:`~trpc._events.WireConnection`) over a Trio
+    stream.  Subclasses handle the events."""
 
-    def __init__(self, stream: trio.abc.Stream, conn: Connection, peer: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, conn: WireConnection, peer: str) -> None:
         self.stream = stream
         self.conn = conn
         self.peer = peer
