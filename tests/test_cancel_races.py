@@ -21,7 +21,6 @@ import trio.testing
 import trpc
 from trpc import RpcError, Status
 
-from .helpers import serve_and_connect
 from .services import Svc
 
 #: Larger than the default stream window (2 MiB): the response cannot leave in one go, so the

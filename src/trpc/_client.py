@@ -38,14 +38,10 @@ from ._context import _current_or_none
 from ._errors import LocalProtocolError, MessageTooLargeError, RpcError
 from ._events import (
     CallEnded,
-    ConnectionClosed,
     GoAwayReceived,
     HeadersReceived,
     MessagesReceived,
-    PingAcknowledged,
-    PingReceived,
     PrefaceReceived,
-    SendCreditAvailable,
 )
 from ._framer import get_framer
 from ._interceptors import CallDetails, run_chain
@@ -125,24 +121,17 @@ class _ClientCall:
 class _ClientConnection(TrioConnection):
     def __init__(self, stream: trio.abc.Stream, conn: Connection, peer: str) -> None:
         super().__init__(stream, conn, peer)
-        self.calls: dict[int, _ClientCall] = {}
+        self.calls: dict[int, _ClientCall]
         self.ready = trio.Event()
         #: Calls waiting for the server's concurrent-call limit to let them start.
         self.slot_waiters = trio.lowlevel.ParkingLot()
-        self._dispatch = {
+        self._dispatch.update({
             MessagesReceived: self._on_message,
             CallEnded: self._on_call_ended,
             HeadersReceived: self._on_headers,
-            SendCreditAvailable: self._on_credit,
             PrefaceReceived: self._on_preface,
             GoAwayReceived: self._on_goaway,
-            PingReceived: _ignore,
-            PingAcknowledged: _ignore,
-            ConnectionClosed: _ignore,
-        }
-
-    def handle_event(self, event: Any) -> None:
-        self._dispatch[type(event)](event)
+        })
 
     def _on_message(self, event: MessagesReceived) -> None:
         call = self.calls.get(event.stream_id)
@@ -167,11 +156,6 @@ class _ClientConnection(TrioConnection):
         if call is not None:
             call.headers = event.metadata
 
-    def _on_credit(self, event: SendCreditAvailable) -> None:
-        call = self.calls.get(event.stream_id)
-        if call is not None:
-            call.credit_wakeup.unpark()
-
     def _on_preface(self, event: PrefaceReceived) -> None:
         self.ready.set()
 
@@ -190,10 +174,6 @@ class _ClientConnection(TrioConnection):
 
     def unavailable(self) -> RpcError:
         return RpcError(Status.UNAVAILABLE, f"connection to {self.peer} is closed: {self.broken}")
-
-
-def _ignore(event: Any) -> None:
-    pass
 
 
 def _too_large(exc: MessageTooLargeError) -> RpcError:

@@ -49,13 +49,8 @@ from ._errors import LocalProtocolError, MessageTooLargeError, RpcError
 from ._events import (
     CallCancelled,
     CallOpened,
-    ConnectionClosed,
     GoAwayReceived,
     MessagesReceived,
-    PingAcknowledged,
-    PingReceived,
-    PrefaceReceived,
-    SendCreditAvailable,
     StreamEnded,
 )
 from .wire import (
@@ -239,24 +234,16 @@ class _ServerConnection(TrioConnection):
     def __init__(self, server: "Server", stream: trio.abc.Stream, conn: Connection, peer: str) -> None:
         super().__init__(stream, conn, peer)
         self.server = server
-        self.calls: dict[int, _ServerCall] = {}
+        self.calls: dict[int, _ServerCall]
         self.nursery: trio.Nursery | None = None
         self._idle_workers: list[_Worker] = []
-        self._dispatch = {
+        self._dispatch.update({
             CallOpened: self._on_call_opened,
             MessagesReceived: self._on_message,
             StreamEnded: self._on_stream_ended,
             CallCancelled: self._on_call_cancelled,
-            SendCreditAvailable: self._on_credit,
-            PrefaceReceived: _ignore,
-            PingReceived: _ignore,
-            PingAcknowledged: _ignore,
             GoAwayReceived: self._on_goaway,
-            ConnectionClosed: _ignore,
-        }
-
-    def handle_event(self, event: Any) -> None:
-        self._dispatch[type(event)](event)
+        })
 
     # ------------------------------------------------------------------ events
     def _on_call_opened(self, event: CallOpened) -> None:
@@ -321,11 +308,6 @@ class _ServerConnection(TrioConnection):
         _cancel_handler(call)
         call.inbox_wakeup.unpark()
         call.credit_wakeup.unpark()
-
-    def _on_credit(self, event: SendCreditAvailable) -> None:
-        call = self.calls.get(event.stream_id)
-        if call is not None:
-            call.credit_wakeup.unpark()
 
     def _on_goaway(self, event: GoAwayReceived) -> None:
         logger.debug("trpc: client %s is going away: %s", self.peer, event.message)
@@ -550,10 +532,6 @@ class _ServerConnection(TrioConnection):
         finally:
             self.server._call_ended()
         self._finish(call, status, message, details)
-
-
-def _ignore(event: Any) -> None:
-    pass
 
 
 class Server:

@@ -32,7 +32,6 @@ reason into UNAVAILABLE for every call still running on the connection.
 
 from __future__ import annotations
 
-import abc
 import logging
 import os
 from typing import Any
@@ -40,7 +39,15 @@ from typing import Any
 import trio
 
 from ._errors import RemoteProtocolError
-from ._events import WireConnection
+from ._events import (
+    ConnectionClosed,
+    GoAwayReceived,
+    PingAcknowledged,
+    PingReceived,
+    PrefaceReceived,
+    SendCreditAvailable,
+    WireConnection,
+)
 
 __all__ = ["TrioConnection", "Parker", "RECEIVE_SIZE", "WRITE_HIGH_WATER"]
 
@@ -150,7 +157,11 @@ def _coalesce(parts: list) -> list:
     return buffers
 
 
-class TrioConnection(abc.ABC):
+def _ignore(event: Any) -> None:
+    pass
+
+
+class TrioConnection:
     """Runs a sans-IO wire connection (a :class:`~trpc._events.WireConnection`) over a Trio
     stream.  Subclasses handle the events."""
 
@@ -172,6 +183,19 @@ class TrioConnection(abc.ABC):
         #: The Trio socket under a plain TCP stream (POSIX), which the reader, the writer and
         #: send_soon use directly (see _receive); None for other streams (TLS, in-memory).
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) and _POSIX else None
+        #: The call layer's calls by stream id: its objects (queues, wake-ups), which the events
+        #: of a stream reach.  Whether a stream is open, and how many are, the wire connection
+        #: says; a call leaves this registry when the call layer is done with it.
+        self.calls: dict[int, Any] = {}
+        #: Event class -> handler, for handle_event; subclasses add theirs.
+        self._dispatch: dict[type, Any] = {
+            SendCreditAvailable: self._on_credit,
+            PrefaceReceived: _ignore,
+            PingReceived: _ignore,
+            PingAcknowledged: _ignore,
+            GoAwayReceived: _ignore,
+            ConnectionClosed: _ignore,
+        }
 
     # ----------------------------------------------------------- queuing output
     def open_call(self, method: str, metadata: dict | None, timeout: float | None, end_stream: bool = False) -> int:
@@ -404,9 +428,14 @@ class TrioConnection(abc.ABC):
     def connection_lost(self, reason: str) -> None:
         """The byte stream is dead: subclasses end everything still running on it."""
 
-    @abc.abstractmethod
     def handle_event(self, event: Any) -> None:
         """React to one protocol event (called by the reader, synchronously)."""
+        self._dispatch[type(event)](event)
+
+    def _on_credit(self, event: SendCreditAvailable) -> None:
+        call = self.calls.get(event.stream_id)
+        if call is not None:
+            call.credit_wakeup.unpark()
 
     async def close_stream(self) -> None:
         """Close the byte stream now (abruptly for the peer if output was still queued)."""
