@@ -8,8 +8,9 @@ from __future__ import annotations
 import cbor2
 import pytest
 
-from trpc import RemoteProtocolError, Status
+from trpc import LocalProtocolError, RemoteProtocolError, Status
 from trpc._events import (
+    ConnectionClosed,
     CallCancelled,
     CallEnded,
     CallOpened,
@@ -23,6 +24,7 @@ from trpc.wire import (
     DEFAULT_STREAM_WINDOW,
     PREFACE,
     Connection,
+    ConnectionState,
     Flags,
     FrameType,
     PingFlags,
@@ -51,6 +53,13 @@ def credit(conn: Connection, stream_id: int | None = None) -> tuple[int, int] | 
         return conn._ledger.send_credit, conn._ledger.recv_credit
     stream = conn._streams.live.get(stream_id)
     return None if stream is None else (stream.send_window, stream.recv_granted)
+
+
+def held(conn: Connection, stream_id: int) -> tuple[int, int]:
+    """``(bytes of complete messages not consumed, bytes of the message still arriving)`` on a
+    stream: PRIVATE STATE like ``credit``'s (the stream's slots the ledger writes)."""
+    stream = conn._streams.live[stream_id]
+    return stream.recv_held, stream.recv_partial
 
 
 def assert_credit_agrees(pair: Pair, stream_ids=()) -> None:
@@ -618,3 +627,153 @@ def test_the_ping_ack_flag_prints_as_ack():
     assert Flags.END_STREAM.name == "END_STREAM"
     assert not hasattr(Flags, "ACK")  # no alias: DATA and HEADERS have no ACK
     assert PingFlags.ACK.value == Flags.END_STREAM.value == 0x1  # the wire value is unchanged
+
+
+# ================================================================== edges the sampler found
+@pytest.mark.parametrize("body", [(64 << 10) - 1, 64 << 10])
+def test_a_head_and_body_are_kept_apart_from_64_kib_of_body_exactly(framer_cls, body):
+    """A message sent as [head, body] arrives as [head, body] when the body is 64 KiB or more
+    (so it need not be copied), joined when it is smaller."""
+    pair = Pair(framer_cls)
+    sid = pair.client.open_call("m")
+    head, payload = b"\x5a" + body.to_bytes(4, "big"), b"x" * body
+    pair.client.send_message(sid, [head, payload])
+    (message,) = messages(pair.exchange()["server"])
+    if body >= 64 << 10:
+        assert message == [head, payload]
+    else:
+        assert message == head + payload
+
+
+@pytest.mark.parametrize("size, ok", [(16383, False), (16384, True), ((1 << 24) - 1, True), (1 << 24, False)])
+def test_the_max_frame_size_setting_is_checked_at_both_ends_of_its_range(framer_cls, size, ok):
+    if ok:
+        assert Connection("server", framer=framer_cls, max_frame_size=size).max_frame_size == size
+    else:
+        with pytest.raises(ValueError):
+            Connection("server", framer=framer_cls, max_frame_size=size)
+
+
+def test_requeued_output_goes_before_anything_queued_since(framer_cls):
+    pair = Pair(framer_cls)
+    pair.client.ping(b"AAAAAAAA")
+    pair.client.ping(b"BBBBBBBB")
+    pair.client.requeue(b"unsent")
+    assert pair.client.data_to_send() == b"unsent" + PING.replace(b"12345678", b"AAAAAAAA") + PING.replace(
+        b"12345678", b"BBBBBBBB"
+    )
+
+
+def test_response_headers_after_a_batched_message_are_refused(framer_cls):
+    """A message on the batch is the response's start, framed or not: headers may not follow."""
+    pair = Pair(framer_cls)
+    sid = pair.client.open_call("m", end_stream=True)
+    pair.exchange()
+    pair.server.open_batch(sid).append(b"\x01")
+    with pytest.raises(LocalProtocolError):
+        pair.server.send_headers(sid, {"k": "v"})
+    pair.server.send_trailers(sid, Status.OK)
+    events = pair.exchange()["client"]
+    assert messages(events) == [b"\x01"] and not any(type(e).__name__ == "HeadersReceived" for e in events)
+
+
+@pytest.mark.parametrize("after_preface", [False, True])
+def test_end_of_file_ends_the_connection_for_new_calls(framer_cls, after_preface):
+    client = Connection("client", framer=framer_cls)
+    client.initiate()
+    if after_preface:
+        client.receive_data(preface())
+    assert types(client.receive_data(b"")) == [ConnectionClosed]
+    assert client.state is ConnectionState.CLOSED and not client.accepting_calls
+    with pytest.raises(LocalProtocolError):
+        client.open_call("m")
+
+
+def test_the_default_preface_is_the_one_protocol_md_shows(framer_cls):
+    """trpc's defaults, byte for byte as docs/PROTOCOL.md section 2 gives them."""
+    conn = Connection("server", framer=framer_cls)
+    conn.initiate()
+    example = "54 52 50 43 01 00 00 00 00 20 00 00 00 40 00 00 00 20 00 00 01 00 00 00 00 00 00 64"
+    assert conn.data_to_send() == bytes.fromhex(example)
+
+
+def test_a_preface_of_ones_is_in_range(framer_cls):
+    """1 is the smallest legal value of every preface limit but the frame size: a peer that
+    announces it is served (one call at a time, one byte of credit at a time)."""
+    client = Connection("client", framer=framer_cls)
+    client.initiate()
+    events = client.receive_data(
+        preface(max_message=1, stream_window=1, connection_window=1, max_streams=1)
+    )
+    assert types(events) == [PrefaceReceived]
+    assert client.peer_max_message_size == 1 and client.peer_max_concurrent_streams == 1
+    assert client.peer_connection_window == 1
+    sid = client.open_call("m")
+    assert client.send_message(sid, b"\x01") and not client.can_open_call
+
+
+def test_a_unary_request_beyond_connection_credit_is_refused_before_it_is_handed_on(framer_cls):
+    """A request's one message with END_STREAM (the server's fast path) larger than the
+    connection credit fails the connection, and its message is not among the events kept."""
+    pair = Pair(framer_cls, server_options={"connection_window": 1024})
+    data = frame(FrameType.HEADERS, 0, 1, cbor2.dumps({1: "m"}))
+    data += frame(FrameType.DATA, END_STREAM, 1, message(1, 1025))
+    events = assert_fails(framer_cls, pair.server, data, Status.RESOURCE_EXHAUSTED)
+    assert types(events) == [CallOpened]
+
+
+def test_a_response_over_the_clients_limit_ends_that_call_with_resource_exhausted(framer_cls):
+    pair = Pair(framer_cls, client_options={"max_message_size": 2048})
+    big, small = pair.client.open_call("m", end_stream=True), pair.client.open_call("m", end_stream=True)
+    pair.exchange()
+    pair.server.peer_max_message_size = 1 << 20  # pretend the server ignored the client's limit
+    pair.server.send_message(big, b"\x01" * 3000)
+    pair.server.send_message(small, b"\x02" * 100)
+    pair.server.send_trailers(small, Status.OK)
+    events = pair.exchange()
+    ended = [(e.stream_id, e.status) for e in events["client"] if isinstance(e, CallEnded)]
+    assert ended == [(big, Status.RESOURCE_EXHAUSTED), (small, Status.OK)]
+    cancelled = [(e.stream_id, e.reason) for e in events["server"] if isinstance(e, CallCancelled)]
+    assert cancelled == [(big, Status.RESOURCE_EXHAUSTED)]
+    assert pair.client.open_streams == pair.server.open_streams == 0
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_trailers_carry_every_status_without_a_message(framer_cls, status):
+    pair = Pair(framer_cls)
+    sid = pair.client.open_call("m", end_stream=True)
+    pair.exchange()
+    pair.server.send_trailers(sid, status)
+    (ended,) = [e for e in pair.exchange()["client"] if isinstance(e, CallEnded)]
+    assert (ended.status, ended.message, ended.details, ended.metadata) == (status, "", None, {})
+
+
+@pytest.mark.parametrize(
+    "payload", [b"\xa1\x01\x78", b"\xa1\x01", b"\xa2\x01\x61m\x02", b"\xa2\x01\x61m\x02\x1c", b"\xa1\x01\x62m"]
+)
+def test_truncated_or_odd_request_headers_are_protocol_errors_not_crashes(framer_cls, payload):
+    pair = Pair(framer_cls)
+    assert_fails(framer_cls, pair.server, frame(FrameType.HEADERS, 0, 1, payload), Status.INTERNAL)
+
+
+@pytest.mark.parametrize("fields", [{1: 1, 2: 5}, {1: "x"}, {1: 1.5, 2: "m"}, {2: b"m"}])
+def test_a_malformed_cancel_is_a_protocol_error(framer_cls, fields):
+    pair = Pair(framer_cls)
+    pair.client.open_call("m")
+    pair.exchange()
+    assert_fails(framer_cls, pair.server, frame(FrameType.CANCEL, 0, 1, cbor2.dumps(fields)), Status.INTERNAL)
+
+
+def test_a_message_split_over_frames_gives_all_its_credit_back_once_consumed(framer_cls):
+    """After a message of several MORE frames is complete and consumed, the receiver holds
+    nothing, and both sides agree on the credit."""
+    window = 64 << 10
+    pair = Pair(framer_cls, server_options={"stream_window": window, "max_frame_size": 1 << 14})
+    sid = pair.client.open_call("m")
+    for n in range(3):
+        pair.client.send_message(sid, message(n, 50_000))  # 4 frames each
+        (payload,) = messages(pair.exchange()["server"])
+        pair.server.consumed(sid, len(payload))
+        pair.exchange()
+        assert credit(pair.server, sid) == credit(pair.client, sid)[::-1]
+        assert held(pair.server, sid) == (0, 0)

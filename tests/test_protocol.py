@@ -657,3 +657,51 @@ def test_the_wire_connection_offers_every_method_the_call_layer_uses(framer_cls)
         if callable(member) and not name.startswith("_"):
             expected = list(inspect.signature(member).parameters)
             assert list(inspect.signature(getattr(Connection, name)).parameters) == expected, name
+
+
+# ------------------------------------------------------------ one writer per fact, checked
+#: attribute -> the (module, function) pairs allowed to assign it anywhere in src/trpc.
+_WRITERS = {
+    # a stream's state: the table's functions (and the constructor's IDLE)
+    "state": {("wire/_streams.py", "__init__"), ("wire/_streams.py", "open"), ("wire/_streams.py", "step"),
+              # the connection's lifecycle: its own table
+              ("wire/_connection.py", "__init__"), ("wire/_connection.py", "_move")},
+    "response_started": {("wire/_streams.py", "__init__"), ("wire/_streams.py", "step")},
+}
+#: Credit, written by the ledger alone (a stream is born with the initial windows).
+for _name in ("send_window", "recv_granted", "recv_held", "recv_partial", "send_credit", "recv_credit",
+              "_unannounced", "peer_stream_window"):
+    _WRITERS[_name] = {("wire/_streams.py", "__init__")} | {("wire/_flow.py", f) for f in (
+        "__init__", "peer_windows", "spend", "try_spend", "credit_stream", "credit_connection", "receive",
+        "deliver", "hold", "partial", "drop_partial", "receive_connection", "consumed", "stream_grant")}
+
+
+def test_only_the_table_and_the_ledger_write_state_and_credit():
+    """Every assignment to a stream's state or to any credit figure, anywhere in trpc, is in
+    the stream table's functions or the flow-control ledger (an AST scan of the source)."""
+    import ast
+    import pathlib
+
+    import trpc
+
+    root = pathlib.Path(trpc.__file__).parent
+    found: dict[str, set] = {name: set() for name in _WRITERS}
+    for path in root.rglob("*.py"):
+        module = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_text())
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                targets = []
+                if isinstance(node, ast.Assign):
+                    targets = node.targets
+                elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                    targets = [node.target]
+                for target in targets:
+                    for sub in ast.walk(target):
+                        if isinstance(sub, ast.Attribute) and sub.attr in found:
+                            found[sub.attr].add((module, function.name))
+    for name, writers in found.items():
+        assert writers <= _WRITERS[name], (name, writers - _WRITERS[name])
+    assert found["state"] and found["send_window"] and found["recv_credit"]  # the scan sees them
