@@ -107,6 +107,9 @@ _SEND_END_STREAM = StreamInput.SEND_END_STREAM
 _SEND_HEADERS = StreamInput.SEND_HEADERS
 _SEND_TRAILERS = StreamInput.SEND_TRAILERS
 _CLOSED = StreamState.CLOSED
+_OK = Status.OK
+_OK_TRAILERS = _control.OK_TRAILERS
+_parse_simple_headers = _control.parse_simple_headers
 _CLOSING = StreamState.CLOSING
 
 
@@ -535,7 +538,9 @@ class Connection:
         end_stream=True)``.  Returns ``(stream_id, sent)``, ``sent`` as ``send_message``
         returns it.  A message the peer would refuse raises MessageTooLargeError before the
         call is opened."""
-        self._check_message_size(message_size(message))
+        size = len(message) if type(message) is bytes else message_size(message)
+        if not 0 < size <= self.peer_max_message_size:
+            self._check_message_size(size)  # raises
         stream_id = self.open_call(method, metadata=metadata, timeout=timeout)
         return stream_id, self.send_message(stream_id, message, end_stream=True)
 
@@ -560,7 +565,8 @@ class Connection:
             self._flush_batch(stream)
         parts = type(payload) is list
         size = message_size(payload) if parts else len(payload)
-        self._check_message_size(size)
+        if not 0 < size <= self.peer_max_message_size:
+            self._check_message_size(size)  # raises
         if stream.state not in self._send_data_loops or not (self._client or stream.response_started):
             self._step(stream, _SEND_DATA)
         flags = 0
@@ -670,10 +676,15 @@ class Connection:
         credit (the stream is CLOSING until they leave)."""
         if self._client:
             raise LocalProtocolError("only the server sends trailers")
-        stream = self._local_stream(stream_id)
+        stream = self._live.get(stream_id)
+        if stream is None:
+            raise LocalProtocolError(f"stream {stream_id} is closed or does not exist")
         if stream.batch:
             self._flush_batch(stream)
-        payload = _control.encode_trailers(status, message, details, metadata, self._peer_max_frame)
+        if status == 0 and not message and details is None and not metadata:
+            payload = _OK_TRAILERS  # most calls end so: encoded once
+        else:
+            payload = _control.encode_trailers(status, message, details, metadata, self._peer_max_frame)
         frame = pack_header(len(payload), FrameType.TRAILERS, 0, stream_id) + payload
         if stream.pending:
             self._step(stream, _QUEUE_TRAILERS)
@@ -1031,8 +1042,12 @@ class Connection:
         if flags & ~_END_STREAM:
             raise RemoteProtocolError(f"HEADERS frame with unknown flags 0x{flags:02x}")
         if not self._client:
-            method, timeout_us, metadata = _control.parse_request_headers(payload)
-            self._open_remote_call(flags, stream_id, method, timeout_us, metadata, events)
+            simple = _parse_simple_headers(payload)
+            if simple is not None:  # the common shapes, without cbor2 (see the function)
+                self._open_remote_call(flags, stream_id, simple[0], simple[1], {}, events)
+            else:
+                method, timeout_us, metadata = _control.parse_request_headers(payload)
+                self._open_remote_call(flags, stream_id, method, timeout_us, metadata, events)
             return
         if flags:
             raise RemoteProtocolError("response HEADERS cannot carry END_STREAM")
@@ -1081,13 +1096,17 @@ class Connection:
         if not self._client:
             raise RemoteProtocolError("a client cannot send TRAILERS")
         stream = self._recv_stream("TRAILERS", stream_id, flags)
-        status, message, details, metadata = _control.parse_trailers(payload)
+        if payload == _OK_TRAILERS:  # most calls end so: nothing to decode
+            ended = CallEnded(stream_id=stream_id, status=_OK)
+        else:
+            status, message, details, metadata = _control.parse_trailers(payload)
+            ended = CallEnded(stream_id=stream_id, status=status, message=message, details=details, metadata=metadata)
         if stream is None:
             return
         if stream.recv_parts is not None:
             raise RemoteProtocolError("TRAILERS in the middle of a message")
         self._step(stream, _RECV_TRAILERS)  # the call is over: nothing more of ours goes out
-        events.append(CallEnded(stream_id=stream_id, status=status, message=message, details=details, metadata=metadata))
+        events.append(ended)
 
     def _recv_cancel(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if self._client:

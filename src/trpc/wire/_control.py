@@ -101,7 +101,9 @@ class RequestHeadersEncoder:
                 parts += (b"\x03", _dumps(validate_metadata(metadata, remote=False)))
             parts[0] = bytes([0xA0 + len(parts) // 2])  # a map of 1 to 3 pairs
             payload = b"".join(parts)
-        return _check_size("HEADERS", payload, peer_max_frame)
+        if len(payload) > MAX_HEADERS_SIZE or len(payload) > peer_max_frame:
+            _check_size("HEADERS", payload, peer_max_frame)  # raises
+        return payload
 
 
 def encode_response_headers(metadata: dict | None, peer_max_frame: int) -> bytes:
@@ -111,9 +113,8 @@ def encode_response_headers(metadata: dict | None, peer_max_frame: int) -> bytes
 
 def encode_trailers(status: Status, message: str, details: Any, metadata: dict | None, peer_max_frame: int) -> bytes:
     """The TRAILERS map.  Never fails: when the details or metadata cannot be sent, the
-    trailers say INTERNAL and why, since the status must reach the caller."""
-    if status == 0 and not message and details is None and not metadata:
-        return OK_TRAILERS  # the common case, encoded once
+    trailers say INTERNAL and why, since the status must reach the caller.  (A plain OK is
+    ``OK_TRAILERS``, which the connection sends without calling this.)"""
     fields: dict[int, Any] = {_T_STATUS: int(status)}
     if message:
         fields[_T_MESSAGE] = message
@@ -193,10 +194,8 @@ def parse_simple_headers(payload: bytes) -> tuple[str, int | None] | None:
 
 
 def parse_request_headers(payload: bytes) -> tuple[str, int | None, dict]:
-    """A client's HEADERS: ``(method, timeout_us or None, metadata)``."""
-    simple = parse_simple_headers(payload)
-    if simple is not None:
-        return simple[0], simple[1], {}
+    """A client's HEADERS: ``(method, timeout_us or None, metadata)``.  (The connection tries
+    ``parse_simple_headers`` first.)"""
     fields = _decode_map("HEADERS", payload)
     metadata = validate_metadata(fields.get(_H_METADATA), remote=True)
     method = fields.get(_H_METHOD)
@@ -214,9 +213,8 @@ def parse_response_headers(payload: bytes) -> dict:
 
 
 def parse_trailers(payload: bytes) -> tuple[Status, str, Any, dict]:
-    """TRAILERS: ``(status, message, details, metadata)``."""
-    if payload == OK_TRAILERS:
-        return Status.OK, "", None, {}
+    """TRAILERS: ``(status, message, details, metadata)``.  (``OK_TRAILERS``, the common
+    case, the connection recognises without calling this.)"""
     fields = _decode_map("TRAILERS", payload)
     code = fields.get(_T_STATUS)
     if not isinstance(code, int):

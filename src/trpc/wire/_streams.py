@@ -174,8 +174,8 @@ class Streams:
 
     def __init__(self, role: Role, on_closed: Callable[[Stream], None]) -> None:
         self.role = role
-        #: Called with each stream that reaches CLOSED, once it has left the registry (the
-        #: connection drops what the stream still had queued).
+        #: Called with each stream that reaches CLOSED with output still queued (waiting for
+        #: credit, or on its batch), once it has left the registry: the connection drops it.
         self._on_closed = on_closed
         #: Streams not yet CLOSED, by id.
         self.live: dict[int, Stream] = {}
@@ -227,7 +227,8 @@ class Streams:
             stream.state = new
             if new is _CLOSED:
                 del self.live[stream.id]
-                self._on_closed(stream)
+                if stream.pending is not None or stream.batch is not None:
+                    self._on_closed(stream)
         return new
 
     def _refused(self, stream: Stream, inp: StreamInput, what: str) -> Exception:
