@@ -749,7 +749,9 @@ def test_trailers_carry_every_status_without_a_message(framer_cls, status):
 
 
 @pytest.mark.parametrize(
-    "payload", [b"\xa1\x01\x78", b"\xa1\x01", b"\xa2\x01\x61m\x02", b"\xa2\x01\x61m\x02\x1c", b"\xa1\x01\x62m"]
+    "payload",
+    [b"\xa1\x01\x78", b"\xa1\x01", b"\xa2\x01\x61m\x02", b"\xa2\x01\x61m\x02\x1c", b"\xa1\x01\x62m",
+     b"\xa1\x01\x62\xff\xfe", b"\xa2\x01\x62\xc3\x28\x02\x00"],
 )
 def test_truncated_or_odd_request_headers_are_protocol_errors_not_crashes(framer_cls, payload):
     pair = Pair(framer_cls)
@@ -773,7 +775,73 @@ def test_a_message_split_over_frames_gives_all_its_credit_back_once_consumed(fra
     for n in range(3):
         pair.client.send_message(sid, message(n, 50_000))  # 4 frames each
         (payload,) = messages(pair.exchange()["server"])
+        assert payload == message(n, 50_000)
         pair.server.consumed(sid, len(payload))
         pair.exchange()
         assert credit(pair.server, sid) == credit(pair.client, sid)[::-1]
         assert held(pair.server, sid) == (0, 0)
+
+
+def test_goaway_is_said_once(framer_cls):
+    pair = Pair(framer_cls)
+    pair.server.goaway(Status.OK, "bye")
+    pair.server.goaway(Status.OK, "bye again")
+    assert len(goaways(framer_cls, pair.server.data_to_send())) == 1
+    assert pair.server.state is ConnectionState.GOAWAY_SENT
+    (event,) = pair.server.receive_data(frame(FrameType.GOAWAY, 0, 0, cbor2.dumps({1: 0, 3: "done"})))
+    assert pair.server.goaway_received is event and event.message == "done"
+    assert pair.server.state is ConnectionState.GOAWAY_BOTH
+    pair.server.goaway(Status.OK, "and again")
+    assert pair.server.data_to_send() == b""
+
+
+def test_output_collected_as_a_list_frames_the_batches_too(framer_cls):
+    """data_to_send_list (the Trio writer's) frames what waits on batches, as data_to_send does."""
+    pair = Pair(framer_cls)
+    sid = pair.client.open_call("m", end_stream=True)
+    pair.exchange()
+    batch = pair.server.open_batch(sid)
+    batch += [b"\x01", b"\x02"]
+    assert pair.server.has_data_to_send
+    parts = pair.server.data_to_send_list()
+    assert messages(pair.client.receive_data(b"".join(parts))) == [b"\x01", b"\x02"]
+    assert not pair.server.has_data_to_send and pair.server.data_to_send_list() == []
+
+
+def test_a_message_sent_while_another_waits_for_credit_goes_after_it(framer_cls):
+    pair = Pair(framer_cls, server_options={"stream_window": 1024})
+    sid = pair.client.open_call("m")
+    assert not pair.client.send_message(sid, message(1, 3000))  # waits for credit
+    assert not pair.client.send_message(sid, message(2, 10))  # fits, but must wait its turn
+    received = []
+    for _ in range(20):
+        events = pair.exchange()["server"]
+        for payload in messages(events):
+            received.append(payload)
+            pair.server.consumed(sid, len(payload))
+        if len(received) == 2:
+            break
+    assert received == [message(1, 3000), message(2, 10)]
+
+
+@pytest.mark.parametrize("flags", [0, END_STREAM])
+def test_headers_again_on_a_live_stream_is_a_protocol_error(framer_cls, flags):
+    pair = Pair(framer_cls)
+    sid = pair.client.open_call("m")
+    pair.exchange()
+    again = frame(FrameType.HEADERS, flags, sid, cbor2.dumps({1: "m"}))
+    assert_fails(framer_cls, pair.server, again, Status.INTERNAL)
+
+
+@pytest.mark.parametrize("consumed, granted", [(512, 512), (511, 0)])
+def test_stream_credit_goes_back_in_half_windows(framer_cls, consumed, granted):
+    """PROTOCOL.md section 8, trpc's policy: stream credit returns once at least half the
+    window can be given back, and not before."""
+    pair = Pair(framer_cls, server_options={"stream_window": 1024})
+    sid = pair.client.open_call("m")
+    pair.client.send_message(sid, message(1, 1024))
+    pair.exchange()
+    before = credit(pair.client, sid)[0]
+    pair.server.consumed(sid, consumed)
+    pair.exchange()
+    assert credit(pair.client, sid)[0] - before == granted
