@@ -670,7 +670,7 @@ _WRITERS = {
 }
 #: Credit, written by the ledger alone (a stream is born with the initial windows).
 for _name in ("send_window", "recv_granted", "recv_held", "recv_partial", "send_credit", "recv_credit",
-              "_unannounced", "peer_stream_window"):
+              "_unannounced", "peer_stream_window", "incomplete"):
     _WRITERS[_name] = {("wire/_streams.py", "__init__")} | {("wire/_flow.py", f) for f in (
         "__init__", "peer_windows", "spend", "try_spend", "credit_stream", "credit_connection", "receive",
         "deliver", "hold", "partial", "drop_partial", "receive_connection", "consumed", "stream_grant")}

@@ -147,7 +147,12 @@ def _load_service(spec: str) -> Any:
 
 async def _serve(args: argparse.Namespace) -> int:
     service = _load_service(args.service)
-    server = Server(service, framer=args.framer)
+    server = Server(
+        service,
+        framer=args.framer,
+        max_concurrent_calls=args.max_concurrent_calls,
+        max_incomplete_bytes=args.max_incomplete_bytes,
+    )
     ssl_context = _server_tls(args)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -222,6 +227,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", metavar="PEM", help="its private key (if not in --tls-cert)")
     serve.add_argument("--tls-client-ca", metavar="PEM",
                        help="require client certificates signed by this CA (mutual TLS)")
+    serve.add_argument("--max-concurrent-calls", type=int, default=None, metavar="N",
+                       help="calls the server runs at once, all connections together (default 4096)")
+    serve.add_argument("--max-incomplete-bytes", type=int, default=None, metavar="BYTES",
+                       help="bytes of request messages still arriving one connection may hold (default 32 MiB)")
     serve.add_argument("--grace", type=float, default=10.0,
                        help="on SIGINT/SIGTERM, seconds running calls get to finish (default 10)")
     return parser

@@ -285,6 +285,8 @@ class Client:
             raise _too_large(exc) from None
         if not sent:
             await connection.wait_for_credit(call.id, call.credit_wakeup, call.ended)
+        if connection._stalled:
+            await connection.wait_for_room()
         return True
 
     def _cancel(self, call: _ClientCall, reason: Status, message: str) -> None:
@@ -776,6 +778,7 @@ async def open_client(
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     stream_window: int = DEFAULT_STREAM_WINDOW,
     connection_window: int = DEFAULT_CONNECTION_WINDOW,
+    max_incomplete_bytes: int | None = None,
     interceptors: Sequence[Any] = (),
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
@@ -790,6 +793,8 @@ async def open_client(
         connect_timeout: limit for connecting and receiving the server's preface.
         framer: ``"c"`` or ``"python"``; default ``TRPC_FRAMER`` or C when available.
         max_message_size: largest response message accepted (RESOURCE_EXHAUSTED beyond).
+        max_incomplete_bytes: bytes of response messages still arriving the server may make
+            this client hold (see ``trpc.wire.DEFAULT_MAX_INCOMPLETE_BYTES``).
         interceptors: :class:`~trpc.ClientInterceptor` objects wrapped around every call, the
             first one outermost.
         ssl_context: connect with TLS using this client-side ``ssl.SSLContext`` (load a client
@@ -807,6 +812,7 @@ async def open_client(
         max_frame_size=max_frame_size,
         stream_window=stream_window,
         connection_window=connection_window,
+        max_incomplete_bytes=max_incomplete_bytes,
     )
     stream, peer = await _connect(target, connect_timeout, ssl_context, server_hostname)
     conn.initiate()

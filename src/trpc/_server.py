@@ -68,7 +68,7 @@ from ._service import MethodInfo, collect_methods
 from ._status import Status
 from ._transport import Parker, TrioConnection
 
-__all__ = ["Server", "serve", "DEFAULT_HOST", "DEFAULT_PORT"]
+__all__ = ["Server", "serve", "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_CONCURRENT_CALLS"]
 
 logger = logging.getLogger("trpc")
 
@@ -98,6 +98,12 @@ _YIELD_EVERY = 128
 #: task holds about 5.5 KB (tracemalloc), so a connection that once ran 64 calls at a time
 #: keeps about 350 KB until it closes.
 _IDLE_WORKERS = 64
+#: Calls the whole server runs at once, all connections together (``max_concurrent_calls``);
+#: beyond, a call is refused at once with RESOURCE_EXHAUSTED, so a flood of connections x
+#: streams cannot make the server start handlers without bound.  4096: far more calls than one
+#: Python process serves with low latency; each costs a task (a few KB) plus what its client may
+#: send it unasked, at most its stream window (2 MiB by default).
+DEFAULT_MAX_CONCURRENT_CALLS = 4096
 #: Bytes of request messages a handler takes before their credit goes back (see the client).
 _ACK_BATCH = 16384
 _checkpoint = trio.lowlevel.checkpoint
@@ -255,6 +261,14 @@ class _ServerConnection(TrioConnection):
         if event.timeout is not None and event.timeout <= 0:
             self._refuse(event.stream_id, Status.DEADLINE_EXCEEDED, f"{info.name}: no time left on arrival")
             return
+        server = self.server
+        if server._open_calls >= server.max_concurrent_calls:
+            self._refuse(
+                event.stream_id,
+                Status.RESOURCE_EXHAUSTED,
+                f"the server runs at most {server.max_concurrent_calls} calls at once; try again later",
+            )
+            return
         arrived = self.received_at
         deadline = math.inf if event.timeout is None else arrived + event.timeout
         context = CallContext(event.method, self.peer, event.metadata, deadline, info.cardinality, arrived)
@@ -263,6 +277,7 @@ class _ServerConnection(TrioConnection):
         call = _ServerCall(event.stream_id, handler, info, context)
         call.ended = event.end_stream
         self.calls[event.stream_id] = call
+        server._open_calls += 1
         if info.cardinality.client_streams:
             self._start(call, None)
         elif event.end_stream:
@@ -296,7 +311,7 @@ class _ServerConnection(TrioConnection):
             call.inbox_wakeup.unpark()
 
     def _on_call_cancelled(self, event: CallCancelled) -> None:
-        call = self.calls.pop(event.stream_id, None)
+        call = self._forget(event.stream_id)
         if call is None:
             return
         call.finished = True  # the stream is closed (trailers, if any, were queued by the core)
@@ -315,6 +330,7 @@ class _ServerConnection(TrioConnection):
     def connection_lost(self, reason: str) -> None:
         calls = list(self.calls.values())
         self.calls.clear()
+        self.server._open_calls -= len(calls)
         for call in calls:
             call.finished = True
             call.context._cancel(Status.UNAVAILABLE, reason)
@@ -323,6 +339,13 @@ class _ServerConnection(TrioConnection):
             call.credit_wakeup.unpark()
 
     # ------------------------------------------------------------------ calls
+    def _forget(self, stream_id: int) -> _ServerCall | None:
+        """Take a call out of the registry and the server's count (None if it was not there)."""
+        call = self.calls.pop(stream_id, None)
+        if call is not None:
+            self.server._open_calls -= 1
+        return call
+
     def _start(self, call: _ServerCall, payload: bytes | None) -> None:
         call.started = True
         self.server._running += 1
@@ -405,7 +428,7 @@ class _ServerConnection(TrioConnection):
         if call.finished:
             return
         call.finished = True
-        self.calls.pop(call.id, None)
+        self._forget(call.id)
         try:
             self.send_trailers(call.id, status, message, details, call.context._trailing_metadata)
         except LocalProtocolError:  # the stream ended under us (connection failed)
@@ -446,6 +469,8 @@ class _ServerConnection(TrioConnection):
             self.wake_writer()
         else:
             await self.wait_for_credit(call.id, call.credit_wakeup, call.is_finished)
+        if self._stalled:
+            await self.wait_for_room()
 
     async def _invoke(self, call: _ServerCall, payload: bytes | None) -> Any:
         """Decode the arguments, run the handler and send what it produces.
@@ -498,9 +523,13 @@ class _ServerConnection(TrioConnection):
                     elif not conn.flush_batch(stream_id):
                         await self.wait_for_credit(stream_id, call.credit_wakeup, call.is_finished)
                     unpark_writer()
+                    if self._stalled:
+                        await self.wait_for_room()
                     await _checkpoint()
             return None
         result = await target
+        if self._stalled:
+            await self.wait_for_room()
         # The reply's message leaves with its trailers (_finish), in one write.
         if not call.finished and not self._queue(call, self._encode(call, result)):
             await self.wait_for_credit(call.id, call.credit_wakeup, call.is_finished)  # rare
@@ -541,6 +570,10 @@ class Server:
         *services: the service instances; their method names must not clash.
         max_message_size: largest request message accepted (RESOURCE_EXHAUSTED beyond).
         max_concurrent_streams: calls one connection may have running at once.
+        max_concurrent_calls: calls the whole server runs at once, all connections together;
+            calls beyond get RESOURCE_EXHAUSTED at once (``DEFAULT_MAX_CONCURRENT_CALLS``).
+        max_incomplete_bytes: bytes of request messages still arriving that one connection
+            may make the server hold (see ``trpc.wire.DEFAULT_MAX_INCOMPLETE_BYTES``).
         max_frame_size: largest frame payload accepted.
         stream_window, connection_window: flow-control credit granted to clients.
         framer: ``"c"`` or ``"python"``; default: ``TRPC_FRAMER`` or C when available.
@@ -556,6 +589,8 @@ class Server:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         stream_window: int = DEFAULT_STREAM_WINDOW,
         connection_window: int = DEFAULT_CONNECTION_WINDOW,
+        max_concurrent_calls: int | None = None,
+        max_incomplete_bytes: int | None = None,
         framer: str | None = None,
         interceptors: Sequence[Any] = (),
     ) -> None:
@@ -572,8 +607,17 @@ class Server:
             max_frame_size=max_frame_size,
             stream_window=stream_window,
             connection_window=connection_window,
+            max_incomplete_bytes=max_incomplete_bytes,
         )
         Connection("server", framer=self._framer, **self._connection_options)  # validate now
+        if max_concurrent_calls is None:
+            max_concurrent_calls = DEFAULT_MAX_CONCURRENT_CALLS
+        if max_concurrent_calls < 1:
+            raise ValueError("max_concurrent_calls must be at least 1")
+        self.max_concurrent_calls = max_concurrent_calls
+        #: Calls open on every connection (a task running or about to): what
+        #: max_concurrent_calls bounds.
+        self._open_calls = 0
         self._running = 0
         self._connections: set[_ServerConnection] = set()
         #: The cancel scopes of the listeners of running serve_tcp calls (shutdown closes them).

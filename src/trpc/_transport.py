@@ -24,7 +24,9 @@ object with the methods of :class:`trpc._events.WireConnection`.
 
 If the writer falls behind (the peer reads slowly), the reader stops reading until the output
 drains, so a peer cannot make us buffer without bound by sending requests (or pings) and never
-reading the answers.
+reading the answers.  Producers of messages (handlers, a streaming client) wait likewise
+(``wait_for_room``) while the socket takes nothing and more than ``SEND_HIGH_WATER`` bytes wait
+for it: flow control alone would not stop them, since a peer may grant credit it never reads.
 
 Trio's stream exceptions are caught here, and only here; the client and server turn the
 reason into UNAVAILABLE for every call still running on the connection.
@@ -49,7 +51,7 @@ from ._events import (
     WireConnection,
 )
 
-__all__ = ["TrioConnection", "Parker", "RECEIVE_SIZE", "WRITE_HIGH_WATER"]
+__all__ = ["TrioConnection", "Parker", "RECEIVE_SIZE", "WRITE_HIGH_WATER", "SEND_HIGH_WATER"]
 
 logger = logging.getLogger("trpc")
 
@@ -63,6 +65,13 @@ RECEIVE_SIZE = 65536
 #: connection window plus this margin: 4 MiB, several socket buffers' worth.  (Pausing on
 #: legitimate DATA could deadlock two peers whose writers both wait for the other to read.)
 WRITE_HIGH_WATER = 4 << 20
+#: Bytes queued for a connection's socket, and not taken by it, past which a task that produces
+#: messages waits for the socket to drain (``wait_for_room``), whatever credit the peer granted:
+#: a peer that announces huge windows and never reads cannot make us buffer what we produce.
+#: 4 MiB: several socket buffers' worth, so a reader that is merely slow never makes a producer
+#: wait, and a peer that reads nothing holds at most this much, plus the one message (at most
+#: its max message size) or batch queued before the producer checks.
+SEND_HIGH_WATER = 4 << 20
 
 #: The reader processes a received chunk's frames in *turns*, letting the tasks they woke run
 #: between two turns.  A 64 KiB read can hold hundreds of calls.  Processed in one go, every
@@ -173,6 +182,10 @@ class TrioConnection:
         self._drained = trio.Event()
         self._drained.set()
         self._writing = False
+        #: The writer is waiting for the stream to take bytes (a full socket), and how many
+        #: bytes it holds taken from the queue and not yet written (see wait_for_room).
+        self._stalled = False
+        self._in_writer = 0
         #: Set when the byte stream is known dead; the reason, for errors shown to users.
         self.broken: str | None = None
         self.closed = trio.Event()
@@ -292,7 +305,7 @@ class TrioConnection:
     async def writer(self) -> None:
         """Send queued output until cancelled or the stream breaks."""
         conn = self.conn
-        send_all = self.stream.send_all if self._socket is None else self._send_all
+        send_all = self._send_all_stream if self._socket is None else self._send_all
         wakeup = self._writer_wakeup
         try:
             while True:
@@ -303,16 +316,35 @@ class TrioConnection:
                 self._writing = True
                 self._drained = trio.Event()
                 while parts:
-                    for data in _coalesce(parts):
+                    buffers = _coalesce(parts)
+                    self._in_writer = sum(map(len, buffers))
+                    for data in buffers:
                         await send_all(data)
                     parts = conn.data_to_send_list()
-                self._writing = False
+                self._writing = self._stalled = False
+                self._in_writer = 0
                 self._drained.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(f"sending failed: {exc or type(exc).__name__}")
         finally:
-            self._writing = False
+            self._writing = self._stalled = False
+            self._in_writer = 0
             self._drained.set()
+
+    async def _send_all_stream(self, data: bytes | memoryview) -> None:
+        """``send_all`` of a stream other than plain TCP, counted as stalled while it runs (it
+        may wait for the peer; we cannot tell)."""
+        self._stalled = True
+        await self.stream.send_all(data)
+        self._stalled = False
+
+    async def wait_for_room(self) -> None:
+        """Wait while the socket takes nothing and more than SEND_HIGH_WATER bytes wait for it
+        (see the module's docstring).  Returns at once when the connection is broken; a
+        cancel point only when it waits."""
+        while self._stalled and self.broken is None and self._in_writer + self.conn.output_size > SEND_HIGH_WATER:
+            self._writer_wakeup.unpark()
+            await self._drained.wait()
 
     async def _send_all(self, data: bytes | memoryview) -> None:
         """``SocketStream.send_all`` for the writer, without its layers: the writer is the only
@@ -323,6 +355,7 @@ class TrioConnection:
             try:
                 sent = _write(sock.fileno(), data)
             except BlockingIOError:
+                self._stalled = True
                 await _wait_writable(sock)
                 continue
             if sent == len(data):

@@ -21,6 +21,7 @@ from ._connection import Connection, message_size
 from ._flow import DEFAULT_CONNECTION_WINDOW, DEFAULT_STREAM_WINDOW
 from ._frames import (
     DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_INCOMPLETE_BYTES,
     DEFAULT_MAX_MESSAGE_SIZE,
     MAX_HEADERS_SIZE,
     PREFACE,
@@ -37,6 +38,7 @@ __all__ = [
     "ConnectionState",
     "DEFAULT_CONNECTION_WINDOW",
     "DEFAULT_MAX_CONCURRENT_STREAMS",
+    "DEFAULT_MAX_INCOMPLETE_BYTES",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_STREAM_WINDOW",
     "Flags",

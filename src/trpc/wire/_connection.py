@@ -70,6 +70,7 @@ from . import _control
 from ._flow import DEFAULT_CONNECTION_WINDOW, DEFAULT_STREAM_WINDOW, Ledger
 from ._frames import (
     DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_INCOMPLETE_BYTES,
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
     MAX_FRAME_SIZE_LIMIT,
@@ -201,6 +202,10 @@ class Connection:
         connection_window: credit we grant the peer for the whole connection.
         max_concurrent_streams: (server) calls allowed at once; more are refused with
             RESOURCE_EXHAUSTED.
+        max_incomplete_bytes: bytes of messages still arriving (split over DATA frames) all
+            streams together may hold; the call whose bytes go beyond ends with
+            RESOURCE_EXHAUSTED.  Default: ``DEFAULT_MAX_INCOMPLETE_BYTES``, and never below
+            ``max_message_size``.
 
     Call :meth:`initiate` first; it queues the preface.
     """
@@ -215,6 +220,7 @@ class Connection:
         stream_window: int = DEFAULT_STREAM_WINDOW,
         connection_window: int = DEFAULT_CONNECTION_WINDOW,
         max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
+        max_incomplete_bytes: int | None = None,
     ) -> None:
         self.role = Role(role)
         self._client = self.role is Role.CLIENT
@@ -229,6 +235,11 @@ class Connection:
                 raise ValueError(f"{name} must be in [1024, {MAX_WINDOW}]")
         if max_concurrent_streams < 1:
             raise ValueError("max_concurrent_streams must be at least 1")
+        if max_incomplete_bytes is None:
+            max_incomplete_bytes = max(DEFAULT_MAX_INCOMPLETE_BYTES, max_message_size)
+        elif max_incomplete_bytes < max_message_size:
+            raise ValueError("max_incomplete_bytes must be at least max_message_size (one message must fit)")
+        self.max_incomplete_bytes = max_incomplete_bytes
         self.max_frame_size = max_frame_size
         self.max_message_size = max_message_size
         self.stream_window = stream_window
@@ -394,8 +405,12 @@ class Connection:
     # ------------------------------------------------------------------ streams
     def _closed_stream(self, stream: Stream) -> None:
         """A stream reached CLOSED (``Streams.step`` calls this): it drops what it still had
-        queued (its output, its batch, its place among the blocked)."""
+        queued (its output, its batch, its place among the blocked) and the message it was
+        still receiving."""
         stream.pending = None
+        if stream.recv_partial:
+            stream.recv_parts = None
+            self._ledger.drop_partial(stream)
         if self._blocked:
             self._blocked.pop(stream.id, None)
         if stream.batch is not None:
@@ -983,6 +998,12 @@ class Connection:
                 if self._ledger.partial(stream, size) > self.max_message_size:
                     self._message_too_large(stream, events)
                     return
+                if self._ledger.incomplete > self.max_incomplete_bytes:
+                    self._refuse_message(
+                        stream, events,
+                        f"messages still arriving on this connection exceed {self.max_incomplete_bytes} bytes",
+                    )
+                    return
                 grant = self._ledger.stream_grant(stream)
                 if grant:
                     self._out += (pack_header(4, FrameType.WINDOW_UPDATE, 0, stream_id), grant.to_bytes(4, "big"))
@@ -1015,9 +1036,13 @@ class Connection:
 
     def _message_too_large(self, stream: Stream, events: list[Event]) -> None:
         """A message over our limit: end that call (not the connection) with RESOURCE_EXHAUSTED."""
+        self._refuse_message(stream, events, f"message larger than the limit of {self.max_message_size} bytes")
+
+    def _refuse_message(self, stream: Stream, events: list[Event], text: str) -> None:
+        """A message we will not hold: end that call (not the connection) with
+        RESOURCE_EXHAUSTED, and drop what arrived of it."""
         stream.recv_parts = None
         self._ledger.drop_partial(stream)
-        text = f"message larger than the limit of {self.max_message_size} bytes"
         if self._client:
             self.cancel(stream.id, Status.RESOURCE_EXHAUSTED, "response " + text)
             events.append(CallEnded(stream_id=stream.id, status=Status.RESOURCE_EXHAUSTED, message="response " + text))

@@ -55,11 +55,17 @@ class Ledger:
         connection_window: the credit we grant the peer on the connection.
     """
 
-    __slots__ = ("stream_window", "connection_window", "peer_stream_window", "send_credit", "recv_credit", "_unannounced")
+    __slots__ = (
+        "stream_window", "connection_window", "peer_stream_window", "send_credit", "recv_credit", "_unannounced",
+        "incomplete",
+    )
 
     def __init__(self, stream_window: int, connection_window: int) -> None:
         self.stream_window = stream_window
         self.connection_window = connection_window
+        #: Bytes of messages still arriving (MORE), all streams together: what a peer makes
+        #: us hold that no flow control returns to it until each message completes.
+        self.incomplete = 0
         #: The peer's grants, from its preface: 0 until it arrives (nothing may be sent).
         self.peer_stream_window = 0
         #: Connection credit we hold for sending.
@@ -127,14 +133,19 @@ class Ledger:
     def hold(self, stream: Stream, size: int) -> None:
         """A complete message of ``size`` bytes (already charged) was handed on."""
         stream.recv_held += size
-        stream.recv_partial = 0
+        if stream.recv_partial:
+            self.incomplete -= stream.recv_partial
+            stream.recv_partial = 0
 
     def partial(self, stream: Stream, size: int) -> int:
         """``size`` more bytes of a message still arriving; returns the message's size so far."""
         stream.recv_partial += size
+        self.incomplete += size
         return stream.recv_partial
 
     def drop_partial(self, stream: Stream) -> None:
+        """The message still arriving on ``stream`` will not be handed on (the call ended)."""
+        self.incomplete -= stream.recv_partial
         stream.recv_partial = 0
 
     def receive_connection(self, size: int) -> int:

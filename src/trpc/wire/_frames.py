@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_CONCURRENT_STREAMS",
+    "DEFAULT_MAX_INCOMPLETE_BYTES",
     "MAX_HEADERS_SIZE",
     "MAX_WINDOW",
     "MAX_STREAM_ID",
@@ -84,6 +85,14 @@ DEFAULT_MAX_MESSAGE_SIZE = 4 << 20
 #: has them refused with RESOURCE_EXHAUSTED.  So a flood of streams costs the server a bounded
 #: amount of memory (streams x (stream window + max message size) at the very most).
 DEFAULT_MAX_CONCURRENT_STREAMS = 100
+#: Bytes of incomplete messages (sent over several DATA frames, the last not yet arrived) one
+#: connection may make us hold, all its streams together; the call whose bytes go beyond ends
+#: with RESOURCE_EXHAUSTED.  Flow control cannot bound them (a message larger than the stream
+#: window must be able to complete, so its bytes do not count against it), and without this a
+#: peer could hold streams x max message size (100 x 4 MiB) per connection.  32 MiB: eight
+#: messages of the default 4 MiB arriving at once on one connection; never below the max
+#: message size, so one message can always complete.
+DEFAULT_MAX_INCOMPLETE_BYTES = 32 << 20
 #: Largest HEADERS / TRAILERS / CANCEL / GOAWAY payload (the CBOR map with method, metadata,
 #: status...).  64 KiB: metadata is for small things; bulk belongs in messages.
 MAX_HEADERS_SIZE = 64 << 10

@@ -175,7 +175,8 @@ class Streams:
     def __init__(self, role: Role, on_closed: Callable[[Stream], None]) -> None:
         self.role = role
         #: Called with each stream that reaches CLOSED with output still queued (waiting for
-        #: credit, or on its batch), once it has left the registry: the connection drops it.
+        #: credit, or on its batch) or a message still arriving, once it has left the registry:
+        #: the connection drops them.
         self._on_closed = on_closed
         #: Streams not yet CLOSED, by id.
         self.live: dict[int, Stream] = {}
@@ -227,7 +228,7 @@ class Streams:
             stream.state = new
             if new is _CLOSED:
                 del self.live[stream.id]
-                if stream.pending is not None or stream.batch is not None:
+                if stream.pending is not None or stream.batch is not None or stream.recv_partial:
                     self._on_closed(stream)
         return new
 
