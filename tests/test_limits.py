@@ -195,3 +195,72 @@ async def test_a_peer_that_grants_credit_but_never_reads_cannot_make_the_server_
     with trio.fail_after(5):
         while server._open_calls:
             await trio.sleep(0.01)
+
+
+# ----------------------------------------------------------------------- memory back at close
+@pytest.fixture
+def no_gc():
+    """The garbage collector off: what a closed connection held must be freed by reference
+    counting alone (no reference cycles), so that it goes back at once, not at some later
+    collection."""
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+async def _connections_of(server, count: int) -> list:
+    import weakref
+
+    with trio.fail_after(5):
+        while len(server._connections) < count:
+            await trio.sleep(0.001)
+    return [(weakref.ref(c), weakref.ref(c.conn)) for c in server._connections]
+
+
+async def _all_closed(server) -> None:
+    with trio.fail_after(5):
+        while server._connections:
+            await trio.sleep(0.001)
+    await trio.sleep(0.01)  # let the connection's tasks finish
+
+
+async def test_a_closed_connection_is_freed_without_the_garbage_collector(nursery, no_gc):
+    """Each way a connection can end, with calls of every shape and cancels on it first:
+    once it is closed, nothing of it stays alive (weak references are dead, gc off)."""
+    service = Uploads()
+    server = trpc.Server(service, max_message_size=64 << 10, max_incomplete_bytes=256 << 10, max_frame_size=16 << 10)
+    address = await nursery.start(server.serve_tcp, 0)
+
+    # 1. A client that makes calls of every shape, cancels some, and closes.
+    async with trpc.open_client(address) as client:
+        refs = await _connections_of(server, 1)
+        assert await client.greet("Ada") == "Hello Ada"
+        async with client.flood(10) as stream:
+            await stream.receive()  # then leave: the call is cancelled
+        with trio.move_on_after(0.01):
+            await client.wait()
+        with pytest.raises(RpcError):
+            await client.upload(bytes(100 << 10))
+    await _all_closed(server)
+    assert [r() for pair in refs for r in pair] == [None, None]
+
+    # 2. A hostile peer that never finishes its messages, then closes.
+    raw = await trio.open_tcp_stream(*address)
+    await raw.send_all(preface(max_frame=16 << 10) + b"".join(partial_call(sid, 3) for sid in range(1, 41, 2)))
+    refs = await _connections_of(server, 1)
+    await raw.aclose()
+    await _all_closed(server)
+    assert [r() for pair in refs for r in pair] == [None, None]
+
+    # 3. A peer that breaks the protocol.
+    raw = await trio.open_tcp_stream(*address)
+    await raw.send_all(preface() + frame(0x42, 0, 0))
+    refs = await _connections_of(server, 1)
+    await _all_closed(server)
+    await raw.aclose()
+    assert [r() for pair in refs for r in pair] == [None, None]

@@ -24,6 +24,7 @@ SUITES = [
     "test_wire_spec.py",
     "test_hostile.py",
     "test_cancel_races.py",
+    "test_limits.py",
 ]
 
 

@@ -125,13 +125,6 @@ class _ClientConnection(TrioConnection):
         self.ready = trio.Event()
         #: Calls waiting for the server's concurrent-call limit to let them start.
         self.slot_waiters = trio.lowlevel.ParkingLot()
-        self._dispatch.update({
-            MessagesReceived: self._on_message,
-            CallEnded: self._on_call_ended,
-            HeadersReceived: self._on_headers,
-            PrefaceReceived: self._on_preface,
-            GoAwayReceived: self._on_goaway,
-        })
 
     def _on_message(self, event: MessagesReceived) -> None:
         call = self.calls.get(event.stream_id)
@@ -174,6 +167,16 @@ class _ClientConnection(TrioConnection):
 
     def unavailable(self) -> RpcError:
         return RpcError(Status.UNAVAILABLE, f"connection to {self.peer} is closed: {self.broken}")
+
+
+_ClientConnection._DISPATCH = {
+    **TrioConnection._DISPATCH,
+    MessagesReceived: _ClientConnection._on_message,
+    CallEnded: _ClientConnection._on_call_ended,
+    HeadersReceived: _ClientConnection._on_headers,
+    PrefaceReceived: _ClientConnection._on_preface,
+    GoAwayReceived: _ClientConnection._on_goaway,
+}
 
 
 def _too_large(exc: MessageTooLargeError) -> RpcError:
@@ -351,6 +354,10 @@ class Client:
         if self._closing:
             return
         self._closing = True
+        # The cached methods refer back to this client: drop them, so that no reference cycle
+        # keeps the client (and its connection's buffers) alive until the garbage collector runs.
+        for name in [name for name, value in self.__dict__.items() if type(value) is Method]:
+            del self.__dict__[name]
         connection = self._connection
         with trio.CancelScope(shield=True):
             if connection.broken is None:

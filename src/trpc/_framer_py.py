@@ -306,7 +306,9 @@ class PyFramer:
             raise self._poison(truncated_frame(self.buffered, length), [])
 
     def _poison(self, error: FrameTooLargeError | TruncatedFrameError, frames: list[Frame]):
-        self._error = error
+        # A copy without a traceback: the raised error's traceback holds this framer's frame,
+        # so keeping that one would be a reference cycle (freed only by the garbage collector).
+        self._error = type(error)(*error.args)
         self._pieces = None  # nothing more will be parsed (buffered still counts them)
         error.frames = frames
         return error

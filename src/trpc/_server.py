@@ -187,13 +187,17 @@ def _in_context(context: contextvars.Context, coro: Any) -> Any:
                 message = context.run(coro.send, send)
             else:
                 message = context.run(coro.throw, throw)
-                throw = None
         except StopIteration as stop:
             return stop.value
+        finally:
+            # What was passed in (Trio's outcome, or the exception it threw) may become the
+            # step's exception; its traceback holds this frame, so holding it here too would be
+            # a cycle keeping the call, and its connection, alive until the garbage collector.
+            send = throw = None
         try:
             send = yield message
         except BaseException as exc:  # Trio throws in: pass it to the call
-            send, throw = None, exc
+            throw = exc
 
 
 def _cancel_handler(call: _ServerCall) -> None:
@@ -243,13 +247,6 @@ class _ServerConnection(TrioConnection):
         self.calls: dict[int, _ServerCall]
         self.nursery: trio.Nursery | None = None
         self._idle_workers: list[_Worker] = []
-        self._dispatch.update({
-            CallOpened: self._on_call_opened,
-            MessagesReceived: self._on_message,
-            StreamEnded: self._on_stream_ended,
-            CallCancelled: self._on_call_cancelled,
-            GoAwayReceived: self._on_goaway,
-        })
 
     # ------------------------------------------------------------------ events
     def _on_call_opened(self, event: CallOpened) -> None:
@@ -553,7 +550,7 @@ class _ServerConnection(TrioConnection):
                 call.context.set_trailers(exc.trailers)
         except Exception as exc:
             if call.finished:
-                logger.debug("trpc: %s raised after the call had ended: %r", info.name, exc)
+                logger.debug("trpc: %s raised after the call had ended: %s", info.name, repr(exc))
             else:
                 logger.exception("trpc: handler %s failed (call from %s)", info.name, self.peer)
             status = Status.INTERNAL
@@ -561,6 +558,16 @@ class _ServerConnection(TrioConnection):
         finally:
             self.server._call_ended()
         self._finish(call, status, message, details)
+
+
+_ServerConnection._DISPATCH = {
+    **TrioConnection._DISPATCH,
+    CallOpened: _ServerConnection._on_call_opened,
+    MessagesReceived: _ServerConnection._on_message,
+    StreamEnded: _ServerConnection._on_stream_ended,
+    CallCancelled: _ServerConnection._on_call_cancelled,
+    GoAwayReceived: _ServerConnection._on_goaway,
+}
 
 
 class Server:
@@ -676,7 +683,7 @@ class Server:
             try:
                 await tls.do_handshake()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                logger.info("trpc: TLS handshake with %s failed: %s", peer, exc.__cause__ or exc)
+                logger.info("trpc: TLS handshake with %s failed: %s", peer, str(exc.__cause__ or exc))
                 await trio.aclose_forcefully(stream)
                 return
         if scope.cancelled_caught:

@@ -166,10 +166,6 @@ def _coalesce(parts: list) -> list:
     return buffers
 
 
-def _ignore(event: Any) -> None:
-    pass
-
-
 class TrioConnection:
     """Runs a sans-IO wire connection (a :class:`~trpc._events.WireConnection`) over a Trio
     stream.  Subclasses handle the events."""
@@ -200,15 +196,6 @@ class TrioConnection:
         #: of a stream reach.  Whether a stream is open, and how many are, the wire connection
         #: says; a call leaves this registry when the call layer is done with it.
         self.calls: dict[int, Any] = {}
-        #: Event class -> handler, for handle_event; subclasses add theirs.
-        self._dispatch: dict[type, Any] = {
-            SendCreditAvailable: self._on_credit,
-            PrefaceReceived: _ignore,
-            PingReceived: _ignore,
-            PingAcknowledged: _ignore,
-            GoAwayReceived: _ignore,
-            ConnectionClosed: _ignore,
-        }
 
     # ----------------------------------------------------------- queuing output
     def open_call(self, method: str, metadata: dict | None, timeout: float | None, end_stream: bool = False) -> int:
@@ -430,7 +417,9 @@ class TrioConnection:
                     except RemoteProtocolError as exc:
                         for event in exc.events:
                             handle(event)
-                        logger.warning("trpc: protocol error from %s: %s", self.peer, exc)
+                        # The text, not the exception: a handler that keeps records would keep
+                        # its traceback, and with it this connection.
+                        logger.warning("trpc: protocol error from %s: %s", self.peer, str(exc))
                         # Tell the peer why (the GOAWAY is queued), but do not wait long for it.
                         with trio.move_on_after(1):
                             await self.flush()
@@ -463,12 +452,27 @@ class TrioConnection:
 
     def handle_event(self, event: Any) -> None:
         """React to one protocol event (called by the reader, synchronously)."""
-        self._dispatch[type(event)](event)
+        self._DISPATCH[type(event)](self, event)
 
     def _on_credit(self, event: SendCreditAvailable) -> None:
         call = self.calls.get(event.stream_id)
         if call is not None:
             call.credit_wakeup.unpark()
+
+    def _ignore(self, event: Any) -> None:
+        pass
+
+    #: Event class -> handler, for handle_event: plain functions in a class attribute (a table
+    #: of bound methods would be a reference cycle, keeping a closed connection in memory until
+    #: the garbage collector runs).  Subclasses extend it with theirs.
+    _DISPATCH: dict[type, Any] = {
+        SendCreditAvailable: _on_credit,
+        PrefaceReceived: _ignore,
+        PingReceived: _ignore,
+        PingAcknowledged: _ignore,
+        GoAwayReceived: _ignore,
+        ConnectionClosed: _ignore,
+    }
 
     async def close_stream(self) -> None:
         """Close the byte stream now (abruptly for the peer if output was still queued)."""

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from functools import partial
 from typing import Any, Callable
 
 from .. import _framer
@@ -190,6 +191,22 @@ _LIFECYCLE: dict[tuple[ConnectionState, str], ConnectionState] = {
 }
 
 
+def _drop_queued(ledger: Ledger, blocked: dict, batching: dict, stream: Stream) -> None:
+    """A stream reached CLOSED (``Streams.step`` calls this, bound to one connection's ledger
+    and indexes): it drops what it still had queued (its output, its batch, its place among
+    the blocked) and the message it was still receiving."""
+    stream.pending = None
+    if stream.recv_partial:
+        stream.recv_parts = None
+        ledger.drop_partial(stream)
+    if blocked:
+        blocked.pop(stream.id, None)
+    if stream.batch is not None:
+        stream.batch.clear()
+        stream.batch = None
+        batching.pop(stream.id, None)
+
+
 class Connection:
     """One endpoint of a trpc connection, with no I/O.
 
@@ -246,10 +263,16 @@ class Connection:
         self.connection_window = connection_window
         self.max_concurrent_streams = max_concurrent_streams
         self._framer = (framer or _framer.get_framer())(max_frame_size)
-        self._streams = Streams(self.role, self._closed_stream)
+        self._ledger = Ledger(stream_window, connection_window)
+        #: Streams with a batch (open_batch), framed whenever output is collected.
+        self._batching: dict[int, Stream] = {}
+        #: Streams whose waiting output is short of connection credit, in arrival order.
+        self._blocked: dict[int, None] = {}
+        # What a stream that closes drops is told to the table without a reference back to this
+        # object: no reference cycle keeps a closed connection alive (see _drop_queued).
+        self._streams = Streams(self.role, partial(_drop_queued, self._ledger, self._blocked, self._batching))
         self._step = self._streams.step
         self._live = self._streams.live
-        self._ledger = Ledger(stream_window, connection_window)
         self._headers = _control.RequestHeadersEncoder()
         self.state = ConnectionState.OPEN
 
@@ -266,10 +289,6 @@ class Connection:
         #: The largest message a batch may hold (the smaller of the peer's frame and message
         #: limits).
         self._peer_fast_limit = 0
-        #: Streams with a batch (open_batch), framed whenever output is collected.
-        self._batching: dict[int, Stream] = {}
-        #: Streams whose waiting output is short of connection credit, in arrival order.
-        self._blocked: dict[int, None] = {}
         self.goaway_received: GoAwayReceived | None = None
         #: Frames received but not processed yet (``receive_data(..., max_frames=N)``), in
         #: order, as ``Framer.feed_grouped`` gives them.  At most one received chunk's frames
@@ -289,14 +308,6 @@ class Connection:
         #: States SEND_DATA leaves as they are: in them, a client's message (or a server's once
         #: its response has started, SEND_DATA's only other effect) needs no step.
         self._send_data_loops = frozenset(s for s, new in streams.next_states(_SEND_DATA).items() if new is s)
-        self._handlers: dict[int, Callable[[int, int, bytes, list], None]] = {
-            FrameType.HEADERS: self._recv_headers,
-            FrameType.TRAILERS: self._recv_trailers,
-            FrameType.CANCEL: self._recv_cancel,
-            FrameType.WINDOW_UPDATE: self._recv_window_update,
-            FrameType.PING: self._recv_ping,
-            FrameType.GOAWAY: self._recv_goaway,
-        }
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -403,19 +414,6 @@ class Connection:
             self._out.append(payload)
 
     # ------------------------------------------------------------------ streams
-    def _closed_stream(self, stream: Stream) -> None:
-        """A stream reached CLOSED (``Streams.step`` calls this): it drops what it still had
-        queued (its output, its batch, its place among the blocked) and the message it was
-        still receiving."""
-        stream.pending = None
-        if stream.recv_partial:
-            stream.recv_parts = None
-            self._ledger.drop_partial(stream)
-        if self._blocked:
-            self._blocked.pop(stream.id, None)
-        if stream.batch is not None:
-            self._drop_batch(stream)
-
     def _local_stream(self, stream_id: int) -> Stream:
         stream = self._live.get(stream_id)
         if stream is None:
@@ -886,7 +884,7 @@ class Connection:
         live = self._streams.live
         step = self._step
         client = self._client
-        handlers = self._handlers
+        handlers = _HANDLERS
         deliver_states = self._deliver_states
         deliver_end_states = self._deliver_end_states
         ledger = self._ledger
@@ -954,7 +952,7 @@ class Connection:
                     handler = handlers.get(ftype)
                     if handler is None:
                         raise RemoteProtocolError(f"unknown frame type 0x{ftype:02x}")
-                    handler(flags, stream_id, payload, events)
+                    handler(self, flags, stream_id, payload, events)
         if batch is not None:
             events.append(MessagesReceived(stream_id=batch_stream.id, payloads=batch))
         if received:
@@ -1204,3 +1202,16 @@ class Connection:
                         message=f"the server went away before processing the call: {message or 'GOAWAY'}",
                     )
                 )
+
+
+#: Frame type -> Connection method receiving it (all but DATA), as plain functions: a table of
+#: bound methods on each connection would be a reference cycle, which keeps a closed
+#: connection in memory until the garbage collector runs.
+_HANDLERS: dict[int, Callable[..., None]] = {
+    FrameType.HEADERS: Connection._recv_headers,
+    FrameType.TRAILERS: Connection._recv_trailers,
+    FrameType.CANCEL: Connection._recv_cancel,
+    FrameType.WINDOW_UPDATE: Connection._recv_window_update,
+    FrameType.PING: Connection._recv_ping,
+    FrameType.GOAWAY: Connection._recv_goaway,
+}
