@@ -114,6 +114,12 @@ class Uploads(trpc.Service):
     async def greet(self, name: str) -> str:
         return f"Hello {name}"
 
+    @trpc.client_stream
+    async def hoard(self, items) -> int:
+        """Reads nothing until released: what the client sends waits in the server."""
+        await self.release.wait()
+        return sum([len(item) async for item in items])
+
 
 async def test_a_peer_that_never_finishes_its_messages_is_refused_over_tcp(nursery):
     service = Uploads()
@@ -155,6 +161,31 @@ async def test_the_server_runs_at_most_max_concurrent_calls_across_connections(n
             service.release.set()
         assert await second.greet("again") == "Hello again"
     assert server._open_calls == 0
+
+
+async def test_request_messages_waiting_for_handlers_are_bounded_server_wide(nursery):
+    service = Uploads()
+    server = trpc.Server(service, max_buffered_bytes=1 << 20)
+    address = await nursery.start(server.serve_tcp, 0)
+    async with trpc.open_client(address) as client:
+        async with client.hoard.open() as stream:
+            with pytest.raises(RpcError) as info:
+                for _ in range(30):  # 3 MiB, within the 2 MiB stream window only in part
+                    if not await stream.send(bytes(100_000)):
+                        break
+                await stream.done_sending()
+                await stream.receive_one()
+            assert info.value.status is Status.RESOURCE_EXHAUSTED
+            assert "unread request messages" in info.value.message
+        assert server._buffered == 0
+        assert await client.greet("Ada") == "Hello Ada"  # the server carries on
+        service.release.set()
+        async with client.hoard.open() as stream:  # a handler that reads is never refused
+            for _ in range(30):
+                assert await stream.send(bytes(100_000))
+            await stream.done_sending()
+            assert await stream.receive_one() == 3_000_000
+    assert server._buffered == 0
 
 
 def test_max_concurrent_calls_is_checked():

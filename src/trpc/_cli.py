@@ -152,6 +152,7 @@ async def _serve(args: argparse.Namespace) -> int:
         framer=args.framer,
         max_concurrent_calls=args.max_concurrent_calls,
         max_incomplete_bytes=args.max_incomplete_bytes,
+        max_buffered_bytes=args.max_buffered_bytes,
     )
     ssl_context = _server_tls(args)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -231,6 +232,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="calls the server runs at once, all connections together (default 4096)")
     serve.add_argument("--max-incomplete-bytes", type=int, default=None, metavar="BYTES",
                        help="bytes of request messages still arriving one connection may hold (default 32 MiB)")
+    serve.add_argument("--max-buffered-bytes", type=int, default=None, metavar="BYTES",
+                       help="bytes of request messages waiting for their handlers, whole server (default 512 MiB)")
     serve.add_argument("--grace", type=float, default=10.0,
                        help="on SIGINT/SIGTERM, seconds running calls get to finish (default 10)")
     return parser

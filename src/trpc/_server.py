@@ -68,7 +68,7 @@ from ._service import MethodInfo, collect_methods
 from ._status import Status
 from ._transport import Parker, TrioConnection
 
-__all__ = ["Server", "serve", "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_CONCURRENT_CALLS"]
+__all__ = ["Server", "serve", "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_CONCURRENT_CALLS", "DEFAULT_MAX_BUFFERED_BYTES"]
 
 logger = logging.getLogger("trpc")
 
@@ -104,6 +104,12 @@ _IDLE_WORKERS = 64
 #: Python process serves with low latency; each costs a task (a few KB) plus what its client may
 #: send it unasked, at most its stream window (2 MiB by default).
 DEFAULT_MAX_CONCURRENT_CALLS = 4096
+#: Bytes of request messages received and not yet read by their handlers (client-streaming
+#: calls' queues), all connections together (``max_buffered_bytes``); the call whose messages
+#: would go beyond ends with RESOURCE_EXHAUSTED.  Flow control bounds each call by its stream
+#: window (2 MiB), which 4096 calls could turn into 8 GiB; 512 MiB bounds the whole server far
+#: below that while leaving room for hundreds of busy client streams.
+DEFAULT_MAX_BUFFERED_BYTES = 512 << 20
 #: Bytes of request messages a handler takes before their credit goes back (see the client).
 _ACK_BATCH = 16384
 _checkpoint = trio.lowlevel.checkpoint
@@ -136,6 +142,7 @@ class _ServerCall:
         "scope",
         "cancel_requested",
         "inbox",
+        "buffered",
         "ended",
         "started",
         "finished",
@@ -153,6 +160,8 @@ class _ServerCall:
         self.scope: trio.CancelScope | None = None
         self.cancel_requested = False
         self.inbox: deque[bytes] = deque()
+        #: Bytes of request messages in the inbox (counted in the server's max_buffered_bytes).
+        self.buffered = 0
         self.ended = False  # the client sent END_STREAM
         self.started = False  # the handler task exists
         self.finished = False  # the stream is closed: nothing more may be sent on it
@@ -232,8 +241,11 @@ class _RequestStream:
         if not self._count % _YIELD_EVERY:
             await _checkpoint()
         payload = inbox.popleft()
+        size = len(payload) if type(payload) is bytes else message_size(payload)
+        call.buffered -= size
+        self._connection.server._buffered -= size
         # Credit back in batches, and at once when the queue runs dry (see the client's).
-        self._unacked += len(payload) if type(payload) is bytes else message_size(payload)
+        self._unacked += size
         if self._unacked >= _ACK_BATCH or not inbox:
             self._connection.consumed(call.id, self._unacked)
             self._unacked = 0
@@ -292,7 +304,18 @@ class _ServerConnection(TrioConnection):
             return
         payloads = event.payloads
         if call.info.cardinality.client_streams:
+            size = sum(map(message_size, payloads))
+            server = self.server
+            if server._buffered + size > server.max_buffered_bytes:
+                self._abort(
+                    call,
+                    Status.RESOURCE_EXHAUSTED,
+                    f"the server holds {server.max_buffered_bytes} bytes of unread request messages at most",
+                )
+                return
             call.inbox.extend(payloads)
+            call.buffered += size
+            server._buffered += size
             call.inbox_wakeup.unpark()
             return
         if not call.started:
@@ -326,8 +349,8 @@ class _ServerConnection(TrioConnection):
 
     def connection_lost(self, reason: str) -> None:
         calls = list(self.calls.values())
-        self.calls.clear()
-        self.server._open_calls -= len(calls)
+        for call in calls:
+            self._forget(call.id)
         for call in calls:
             call.finished = True
             call.context._cancel(Status.UNAVAILABLE, reason)
@@ -341,6 +364,8 @@ class _ServerConnection(TrioConnection):
         call = self.calls.pop(stream_id, None)
         if call is not None:
             self.server._open_calls -= 1
+            self.server._buffered -= call.buffered
+            call.buffered = 0
         return call
 
     def _start(self, call: _ServerCall, payload: bytes | None) -> None:
@@ -581,6 +606,8 @@ class Server:
             calls beyond get RESOURCE_EXHAUSTED at once (``DEFAULT_MAX_CONCURRENT_CALLS``).
         max_incomplete_bytes: bytes of request messages still arriving that one connection
             may make the server hold (see ``trpc.wire.DEFAULT_MAX_INCOMPLETE_BYTES``).
+        max_buffered_bytes: bytes of request messages received and not yet read by their
+            handlers, all connections together (``DEFAULT_MAX_BUFFERED_BYTES``).
         max_frame_size: largest frame payload accepted.
         stream_window, connection_window: flow-control credit granted to clients.
         framer: ``"c"`` or ``"python"``; default: ``TRPC_FRAMER`` or C when available.
@@ -598,6 +625,7 @@ class Server:
         connection_window: int = DEFAULT_CONNECTION_WINDOW,
         max_concurrent_calls: int | None = None,
         max_incomplete_bytes: int | None = None,
+        max_buffered_bytes: int | None = None,
         framer: str | None = None,
         interceptors: Sequence[Any] = (),
     ) -> None:
@@ -622,6 +650,9 @@ class Server:
         if max_concurrent_calls < 1:
             raise ValueError("max_concurrent_calls must be at least 1")
         self.max_concurrent_calls = max_concurrent_calls
+        self.max_buffered_bytes = DEFAULT_MAX_BUFFERED_BYTES if max_buffered_bytes is None else max_buffered_bytes
+        #: Bytes in the inboxes of every connection's calls: what max_buffered_bytes bounds.
+        self._buffered = 0
         #: Calls open on every connection (a task running or about to): what
         #: max_concurrent_calls bounds.
         self._open_calls = 0
