@@ -739,7 +739,10 @@ class Connection:
         """Tell the peer we are going away; calls up to the last opened one still complete.
         A no-op once we have said it (or the connection has failed)."""
         if self._move("send_goaway"):
-            self._frame(FrameType.GOAWAY, 0, 0, _control.encode_goaway(self._streams.last_id, status, message))
+            # The last stream we processed or will: a server's, the last call it received; a
+            # client processes no stream the server opens, so 0 (PROTOCOL.md section 9).
+            last = 0 if self._client else self._streams.last_id
+            self._frame(FrameType.GOAWAY, 0, 0, _control.encode_goaway(last, status, message))
 
     # ------------------------------------------------------------------ input
     def receive_data(self, data: bytes, *, max_frames: int | None = None) -> list[Event]:
