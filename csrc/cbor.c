@@ -453,6 +453,11 @@ static int get_value(reader *r, int depth, PyObject **out) {
             Py_INCREF(value);
         } else if (info == 25) {
 #if PY_VERSION_HEX >= 0x030b0000
+            /* A half-precision NaN other than the usual quiet one (7e00, fe00): what becomes of
+             * its payload differs between Python versions (3.11's PyFloat_Unpack2 drops it) and
+             * cbor2 versions (6.x keeps it), so cbor2 decides. */
+            if ((arg & 0x7c00) == 0x7c00 && (arg & 0x3ff) != 0 && (arg & 0x3ff) != 0x200)
+                return FALLBACK;
             unsigned char half[2] = {(unsigned char)(arg >> 8), (unsigned char)arg};
             double number = PyFloat_Unpack2((const char *)half, 0);
             if (number == -1.0 && PyErr_Occurred())
