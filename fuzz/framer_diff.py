@@ -6,7 +6,9 @@ drive them, then the bytes to scan:
 
     byte 0     options: bit 0 a max_frame_size from bytes 1-3 (else the minimum, 16384);
                bit 1 a small ``_large_payload`` (byte 4 + 1, so that ordinary inputs reach the
-               "collect the pieces of a large frame" paths); bit 2 call ``close()`` at the end
+               "collect the pieces of a large frame" paths); bit 2 call ``close()`` at the end;
+               bits 4-7: the bytes are repeated 1 + 9 * (options >> 4) times (up to 136), so
+               that a short input can hold more frames than one C call describes (1024)
     bytes 1-3  max_frame_size, reduced into the legal range [16384, 2**24 - 1]
     byte 4     the small large_payload, minus 1
     byte 5     low 4 bits: how many chunk sizes follow; high 4 bits: which chunks go through
@@ -54,7 +56,7 @@ def plan(data: bytes) -> tuple[int, int, bool, list[tuple[bytes, str]]]:
     sizes = []
     for b in data[SETUP : SETUP + count]:
         sizes.append(b if b < 200 else (b - 200) * 1024)
-    body = data[SETUP + count :]
+    body = data[SETUP + count :] * (1 + 9 * (options >> 4))
     chunks = []
     pos = 0
     for i, size in enumerate(sizes + [len(body)]):

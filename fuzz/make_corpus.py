@@ -58,6 +58,8 @@ def framer_seeds() -> dict[str, bytes]:
         "too-large": seed(5, 0, 0, [12], 0, CALL + HEADER.pack(1 << 20, 0, 0, 9) + b"xx"),
         "truncated": seed(4, 0, 0, [4], 0, CALL[:-3]),
         "runs": seed(0, 0, 0, [], 0, b"".join(frame(0, 0, 5, bytes([i + 1])) for i in range(40))),
+        # 12 frames repeated 136 times: more frames in one chunk than one C call describes.
+        "capacity": seed(0xF4, 0, 0, [], 0, b"".join(frame(0, 0, 5 + (i % 50 == 0), b"\x01") for i in range(12))),
     }
 
 
