@@ -96,6 +96,7 @@ def server_seeds() -> dict[str, bytes]:
         "python-small": bytes([1 | 2 | 4 | 8 | 16, 2 | 8]) + feed(many, 1) + bytes([2, 6, 1]) + b"\x03",
         "held": bytes([8 | 16, 3 | 4]) + feed(FRAMES, 0) + bytes([1, 2, 2 | 4]) + feed(frame(4, 0, 3, b"\x00\x00\x10\x00")),
         "garbage": bytes([16, 0]) + feed(frame(9, 0, 1, b"?") + CALL),
+        "batched": bytes([8 | 16, 1 | 16]) + feed(many, 3) + bytes([1]) + feed(frame(4, 0, 0, b"\x00\x00\x10\x00")) + b"\x03",
     }
 
 

@@ -9,7 +9,8 @@ everything the peer sends is the fuzzer's.  Each input is a small configuration 
                bit 4: end with EOF (b"") if the script did not
     byte 1     how the application answers a call (bits 0-1: at once / at once with a 1-byte
                reply / after its request half-closes / only when the script says), bit 2:
-               send response headers first, bit 3: consume messages only when the script says
+               send response headers first, bit 3: consume messages only when the script says,
+               bit 4: replies go through a batch (``open_batch``, framed by ``frame_run`` in C)
     then ops   op & 3 == 0: feed the next byte's worth of bytes (< 240: that many, else
                (b - 240) * 4 KiB) with max_frames = op >> 2 (63: None, all of them);
                1: process_backlog(op >> 2 or None); 2: the application acts on its
@@ -81,6 +82,7 @@ class App:
         self.answer = policy & 3
         self.headers_first = bool(policy & 4)
         self.consume_later = bool(policy & 8)
+        self.batched = bool(policy & 16)
         self.calls: dict[int, dict] = {}  # the calls we hold: id -> {"ended", "held"}
         # Calls we answered: events of the same receive_data may still follow for them (the
         # connection made them before we answered), and are ignored, as a server does.
@@ -138,7 +140,9 @@ class App:
         self.actions += 1
         if self.headers_first:
             self.conn.send_headers(stream_id, {"x": "y"})
-        if self.answer == 1:
+        if self.answer == 1 and self.batched:
+            self.conn.open_batch(stream_id).extend([b"\xf6", b"\x82\x01\x02", b"\x61a" * 30])
+        elif self.answer == 1:
             self.conn.send_message(stream_id, b"\xf6")
         self.conn.send_trailers(stream_id, trpc.Status.OK)
         del self.calls[stream_id]
