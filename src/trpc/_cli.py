@@ -8,6 +8,8 @@
 - ``trpc serve MODULE:SERVICE [--host H] [--port P] [--grace S]`` imports SERVICE (a Service
   subclass, built with no arguments, or an instance) and serves it; prints ``listening on
   HOST:PORT`` once ready; on SIGINT or SIGTERM it shuts down gracefully (``Server.shutdown``).
+- ``trpc serve --max-connections N --preface-timeout S``: the server's admission limits
+  (``Server(max_connections=..., preface_timeout=...)``).
 - TLS: ``trpc serve --tls-cert PEM [--tls-key PEM] [--tls-client-ca PEM]`` and
   ``trpc call --tls-ca PEM`` (or ``--tls`` for the system's CAs) ``[--tls-cert PEM --tls-key PEM]``.
 - ``trpc --version`` prints the version and the framer in use.
@@ -147,13 +149,7 @@ def _load_service(spec: str) -> Any:
 
 async def _serve(args: argparse.Namespace) -> int:
     service = _load_service(args.service)
-    server = Server(
-        service,
-        framer=args.framer,
-        max_concurrent_calls=args.max_concurrent_calls,
-        max_incomplete_bytes=args.max_incomplete_bytes,
-        max_buffered_bytes=args.max_buffered_bytes,
-    )
+    server = Server(service, framer=args.framer, **_server_limits(args))
     ssl_context = _server_tls(args)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -169,6 +165,16 @@ async def _serve(args: argparse.Namespace) -> int:
                 await server.shutdown(args.grace)
                 break
     return 0
+
+
+#: Server(...) limits that ``trpc serve`` takes as flags (``--max-connections`` and so on).
+_SERVER_LIMITS = ("max_connections", "preface_timeout", "max_concurrent_calls", "max_incomplete_bytes",
+                  "max_buffered_bytes")
+
+
+def _server_limits(args: argparse.Namespace) -> dict[str, Any]:
+    """Server(...) limits given on the command line (the others keep Server's defaults)."""
+    return {name: getattr(args, name) for name in _SERVER_LIMITS if getattr(args, name, None) is not None}
 
 
 def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -234,6 +240,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="bytes of request messages still arriving one connection may hold (default 32 MiB)")
     serve.add_argument("--max-buffered-bytes", type=int, default=None, metavar="BYTES",
                        help="bytes of request messages waiting for their handlers, whole server (default 512 MiB)")
+    serve.add_argument("--max-connections", type=int, default=None, metavar="N",
+                       help="connections open at once; more are closed at once (default: 3/4 of the "
+                            "descriptor limit, ulimit -n)")
+    serve.add_argument("--preface-timeout", type=float, default=None, metavar="S",
+                       help="seconds a new connection has for its TLS handshake and trpc preface (default 10)")
     serve.add_argument("--grace", type=float, default=10.0,
                        help="on SIGINT/SIGTERM, seconds running calls get to finish (default 10)")
     return parser

@@ -43,6 +43,7 @@ from typing import Any, Callable, Sequence
 
 import trio
 
+from ._admission import DEFAULT_PREFACE_TIMEOUT, LogLimiter, default_max_connections
 from ._codec import _dumps, decode, decode_arguments, encode
 from ._context import CallContext, _current
 from ._errors import LocalProtocolError, MessageTooLargeError, RpcError
@@ -51,6 +52,7 @@ from ._events import (
     CallOpened,
     GoAwayReceived,
     MessagesReceived,
+    PrefaceReceived,
     StreamEnded,
 )
 from .wire import (
@@ -66,6 +68,7 @@ from ._framer_py import DEFAULT_MAX_FRAME_SIZE
 from ._interceptors import run_chain
 from ._service import MethodInfo, collect_methods
 from ._status import Status
+from ._tls import send_pending_alert
 from ._transport import Parker, TrioConnection
 
 __all__ = ["Server", "serve", "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_CONCURRENT_CALLS", "DEFAULT_MAX_BUFFERED_BYTES"]
@@ -76,9 +79,9 @@ logger = logging.getLogger("trpc")
 #: network is a decision to make explicitly), on gRPC's customary port.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
-#: How long a TLS client may take to complete its handshake before the server drops it, so that
-#: connections that never speak cannot pile up.
-TLS_HANDSHAKE_TIMEOUT = 10.0
+#: The default time a TLS client has to complete its handshake: the preface timeout, since the
+#: handshake counts within it (see trpc._admission).  Kept under this name for old callers.
+TLS_HANDSHAKE_TIMEOUT = DEFAULT_PREFACE_TIMEOUT
 #: A streaming handler's small messages go on the stream's batch (Connection.open_batch): a
 #: list append per message, framed together.  After this many messages the handler frames its
 #: batch, waits if credit ran out, and yields to the scheduler even when it never blocks, so
@@ -259,6 +262,19 @@ class _ServerConnection(TrioConnection):
         self.calls: dict[int, _ServerCall]
         self.nursery: trio.Nursery | None = None
         self._idle_workers: list[_Worker] = []
+
+    # ------------------------------------------------------------------ admission
+    def expect_preface_by(self, deadline: float) -> None:
+        """Stop reading (so serve_stream closes the connection) if the client's preface has not
+        arrived by ``deadline``: the reader's own scope carries the deadline until then."""
+        self._reader_scope.deadline = deadline
+
+    def _on_preface(self, event: PrefaceReceived) -> None:
+        self._reader_scope.deadline = math.inf
+
+    def preface_timed_out(self) -> bool:
+        """The reader stopped because the preface deadline passed (see expect_preface_by)."""
+        return self.broken is None and self.conn.peer_preface is None and self._reader_scope.cancelled_caught
 
     # ------------------------------------------------------------------ events
     def _on_call_opened(self, event: CallOpened) -> None:
@@ -592,6 +608,7 @@ _ServerConnection._DISPATCH = {
     StreamEnded: _ServerConnection._on_stream_ended,
     CallCancelled: _ServerConnection._on_call_cancelled,
     GoAwayReceived: _ServerConnection._on_goaway,
+    PrefaceReceived: _ServerConnection._on_preface,
 }
 
 
@@ -613,6 +630,11 @@ class Server:
         framer: ``"c"`` or ``"python"``; default: ``TRPC_FRAMER`` or C when available.
         interceptors: :class:`~trpc.ServerInterceptor` objects wrapped around every call, the
             first one outermost.
+        max_connections: connections open at once (from accept, TLS handshakes included); one
+            more is accepted and closed at once.  Default: three quarters of the process's
+            descriptor limit (``trpc._admission.default_max_connections``).
+        preface_timeout: seconds an accepted connection has to finish its TLS handshake (if
+            any) and send the client preface, else it is closed (default 10).
     """
 
     def __init__(
@@ -628,6 +650,8 @@ class Server:
         max_buffered_bytes: int | None = None,
         framer: str | None = None,
         interceptors: Sequence[Any] = (),
+        max_connections: int | None = None,
+        preface_timeout: float = DEFAULT_PREFACE_TIMEOUT,
     ) -> None:
         from ._framer import get_framer
 
@@ -656,6 +680,19 @@ class Server:
         #: Calls open on every connection (a task running or about to): what
         #: max_concurrent_calls bounds.
         self._open_calls = 0
+        if max_connections is None:
+            max_connections = default_max_connections()
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        if not preface_timeout > 0:
+            raise ValueError(f"preface_timeout must be positive, got {preface_timeout}")
+        self.max_connections = max_connections
+        self.preface_timeout = preface_timeout
+        #: Sockets accepted by serve_tcp and not yet closed (trpc connections, and those still
+        #: in their TLS handshake or preface); refused_connections counts those closed at once.
+        self._sockets = 0
+        self.refused_connections = 0
+        self._admission_log = LogLimiter(logger)
         self._running = 0
         self._connections: set[_ServerConnection] = set()
         #: The cancel scopes of the listeners of running serve_tcp calls (shutdown closes them).
@@ -685,7 +722,11 @@ class Server:
         return {name: info for name, (_, info) in self._methods.items()}
 
     async def serve_stream(self, stream: trio.abc.Stream, peer: str | None = None) -> None:
-        """Serve one connection over ``stream`` until the client leaves; closes the stream."""
+        """Serve one connection over ``stream`` until the client leaves; closes the stream.
+        The client's preface must arrive within ``preface_timeout`` seconds."""
+        await self._serve_connection(stream, peer, trio.current_time() + self.preface_timeout)
+
+    async def _serve_connection(self, stream: trio.abc.Stream, peer: str | None, preface_deadline: float) -> None:
         conn = Connection("server", framer=self._framer, **self._connection_options)
         conn.initiate()
         connection = _ServerConnection(self, stream, conn, peer or format_peer(stream))
@@ -696,7 +737,14 @@ class Server:
                 connection.nursery = nursery
                 nursery.start_soon(connection.writer)
                 connection.wake_writer()  # the preface
+                connection.expect_preface_by(preface_deadline)
                 await connection.reader()
+                if connection.preface_timed_out():
+                    self._admission_log.warning(
+                        "preface", "trpc: closed a connection from %s: no trpc preface within %s s",
+                        connection.peer, self.preface_timeout,
+                    )
+                    connection.abort(f"no trpc preface within {self.preface_timeout} s")
                 # The client is gone (or broke the protocol): its calls cannot be answered.
                 connection.connection_lost(connection.broken or "connection closed")
                 with trio.move_on_after(1):
@@ -708,20 +756,23 @@ class Server:
             logger.debug("trpc: connection from %s closed: %s", connection.peer, connection.broken)
 
     async def _serve_tls_connection(self, ssl_context: ssl.SSLContext, stream: trio.SocketStream) -> None:
+        """The TLS handshake, then the connection; both within one preface_timeout."""
         peer = format_peer(stream)
+        deadline = trio.current_time() + self.preface_timeout
         tls = trio.SSLStream(stream, ssl_context, server_side=True)
-        with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT) as scope:
+        with trio.move_on_at(deadline) as scope:
             try:
                 await tls.do_handshake()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                logger.info("trpc: TLS handshake with %s failed: %s", peer, str(exc.__cause__ or exc))
-                await trio.aclose_forcefully(stream)
+                await self._handshake_failed(tls, stream, peer, exc)
                 return
         if scope.cancelled_caught:
-            logger.info("trpc: TLS handshake with %s timed out", peer)
+            self._admission_log.warning(
+                "tls-timeout", "trpc: TLS handshake with %s: not done within %s s", peer, self.preface_timeout
+            )
             await trio.aclose_forcefully(stream)
             return
-        await self.serve_stream(tls, peer)
+        await self._serve_connection(tls, peer, deadline)
 
     async def serve_tcp(
         self,
@@ -742,7 +793,8 @@ class Server:
         """
         listeners = await trio.open_tcp_listeners(port, host=host)
         address = listeners[0].socket.getsockname()[:2]
-        handler = self.serve_stream if ssl_context is None else partial(self._serve_tls_connection, ssl_context)
+        serve = self.serve_stream if ssl_context is None else partial(self._serve_tls_connection, ssl_context)
+        handler = partial(self._admit, serve)
         listen_scope = trio.CancelScope()
 
         async def listen(task_status: trio.TaskStatus[None]) -> None:
@@ -758,6 +810,35 @@ class Server:
             logger.info("trpc: listening on %s:%s", *address)
             task_status.started(address)
         self._listening.discard(listen_scope)
+
+    async def _admit(self, serve: Callable, stream: trio.SocketStream) -> None:
+        """Serve an accepted socket, or close it at once if max_connections are open (see
+        trpc._admission): counted from accept to close, TLS handshakes included."""
+        if self._sockets >= self.max_connections:
+            self.refused_connections += 1
+            self._admission_log.warning(
+                "max-connections", "trpc: refused a connection from %s: %d connections open (max_connections)",
+                format_peer(stream), self._sockets,
+            )
+            await trio.aclose_forcefully(stream)
+            return
+        self._sockets += 1
+        try:
+            await serve(stream)
+        finally:
+            self._sockets -= 1
+
+    async def _handshake_failed(
+        self, tls: trio.SSLStream, stream: trio.SocketStream, peer: str, exc: BaseException
+    ) -> None:
+        """Log a failed TLS handshake (rate-limited, per reason), tell the client why (the
+        alert OpenSSL wrote), and close."""
+        reason = getattr(exc.__cause__, "reason", None) or type(exc.__cause__ or exc).__name__
+        self._admission_log.warning(
+            f"tls:{reason}", "trpc: TLS handshake with %s failed: %s", peer, str(exc.__cause__ or exc)
+        )
+        await send_pending_alert(tls, stream, exc)
+        await trio.aclose_forcefully(stream)
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Stop gracefully: stop listening, send GOAWAY on every connection (calls already
