@@ -55,14 +55,16 @@ from .wire import (
 )
 from ._server import format_peer
 from ._status import Status
-from ._transport import Parker, TrioConnection
+from ._tls import describe_tls_failure
+from ._transport import _SPEAKS_TLS, Parker, TrioConnection
 
 __all__ = ["Client", "ClientStream", "open_client", "parse_target", "DEFAULT_CONNECT_TIMEOUT"]
 
 logger = logging.getLogger("trpc")
 
-#: How long ``open_client`` waits for TCP connect plus the server's preface.  10 s: long enough
-#: for a loaded server, short enough that a black-holed address fails while a person waits.
+#: How long ``open_client`` waits for TCP connect, TLS handshake and the server's preface, all
+#: together.  10 s: long enough for a loaded server, short enough that a black-holed address
+#: fails while a person waits.  A client ``timeout=`` that is shorter bounds them instead.
 DEFAULT_CONNECT_TIMEOUT = 10.0
 #: How long closing a client waits to tell the server (CANCEL/GOAWAY) before it just closes.
 _CLOSE_GRACE = 1.0
@@ -797,7 +799,9 @@ async def open_client(
             in-memory stream pair...).
         timeout: default timeout for every call (seconds); ``None``: only the caller's scopes.
         metadata: sent with every call (per-call metadata is added to it).
-        connect_timeout: limit for connecting and receiving the server's preface.
+        connect_timeout: limit for connecting, the TLS handshake and receiving the server's
+            preface, together (default 10 s); a shorter ``timeout`` bounds them instead, and a
+            caller's own deadline is left to the caller's scope (see ``_ConnectLimit``).
         framer: ``"c"`` or ``"python"``; default ``TRPC_FRAMER`` or C when available.
         max_message_size: largest response message accepted (RESOURCE_EXHAUSTED beyond).
         max_incomplete_bytes: bytes of response messages still arriving the server may make
@@ -821,7 +825,8 @@ async def open_client(
         connection_window=connection_window,
         max_incomplete_bytes=max_incomplete_bytes,
     )
-    stream, peer = await _connect(target, connect_timeout, ssl_context, server_hostname)
+    limit = _ConnectLimit.choose(trio.current_time(), connect_timeout, timeout, _current_effective_deadline())
+    stream, peer = await _connect(target, limit, ssl_context, server_hostname)
     conn.initiate()
     connection = _ClientConnection(stream, conn, peer)
     client = Client(connection, timeout=timeout, metadata=metadata, interceptors=interceptors)
@@ -831,12 +836,18 @@ async def open_client(
         nursery.start_soon(connection.reader)
         connection.wake_writer()
         try:
-            with trio.move_on_after(connect_timeout) as scope:
-                await connection.ready.wait()
+            try:
+                with trio.move_on_at(limit.deadline) as scope:
+                    await connection.ready.wait()
+            except trio.Cancelled:
+                # The caller's scope (its writer is cancelled too): nothing to tell the server.
+                connection.abort("cancelled before the server's preface arrived")
+                raise
             if scope.cancelled_caught:
-                raise RpcError(Status.UNAVAILABLE, f"{peer} did not answer with a trpc preface in {connect_timeout} s")
+                raise RpcError(Status.UNAVAILABLE, f"{peer} did not answer with a trpc preface {limit}")
             if connection.broken is not None:
-                raise RpcError(Status.UNAVAILABLE, f"cannot talk to {peer}: {connection.broken}")
+                hint = " (connect with an ssl_context)" if connection.broken == _SPEAKS_TLS else ""
+                raise RpcError(Status.UNAVAILABLE, f"cannot talk to {peer}: {connection.broken}{hint}")
             yield client
         except BaseException as exc:  # re-raised below, outside the nursery: no ExceptionGroup
             body_error = exc
@@ -860,8 +871,43 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+class _ConnectLimit:
+    """When ``open_client`` gives up connecting (TCP, TLS and the server's preface together),
+    and which setting said so.
+
+    The sooner of ``connect_timeout`` and the client's ``timeout=`` is trpc's own limit, and
+    its passing raises UNAVAILABLE naming it ("did not answer within 3 s (timeout=)"): the
+    server could not be reached, which is what a caller retrying elsewhere wants to know.  A
+    caller's own deadline (a ``move_on_after`` or ``fail_after`` around ``open_client``, a
+    handler's deadline) is left to the caller's scope, which behaves as Trio says for it
+    (``move_on_*`` just cancels); when it comes first, trpc sets no limit of its own, so the
+    caller's scope is the one that fires.
+    """
+
+    __slots__ = ("deadline", "seconds", "setting")
+
+    def __init__(self, deadline: float, seconds: float, setting: str) -> None:
+        self.deadline = deadline
+        self.seconds = seconds
+        self.setting = setting
+
+    @classmethod
+    def choose(
+        cls, now: float, connect_timeout: float, timeout: float | None, caller_deadline: float
+    ) -> "_ConnectLimit":
+        seconds, setting = connect_timeout, "connect_timeout"
+        if timeout is not None and timeout < seconds:
+            seconds, setting = timeout, "timeout"
+        if caller_deadline <= now + seconds:
+            return cls(math.inf, caller_deadline - now, "the caller's deadline")
+        return cls(now + seconds, seconds, setting)
+
+    def __str__(self) -> str:
+        return f"within {self.seconds:g} s ({self.setting}=)"
+
+
 async def _connect(
-    target: Any, connect_timeout: float, ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None
+    target: Any, limit: _ConnectLimit, ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None
 ) -> tuple[trio.abc.Stream, str]:
     if isinstance(target, trio.abc.Stream):
         return target, format_peer(target)
@@ -871,23 +917,23 @@ async def _connect(
         host, port = target
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        with trio.fail_after(connect_timeout):
+        with trio.fail_at(limit.deadline):
             stream = await trio.open_tcp_stream(host, port)
     except trio.TooSlowError:
-        raise RpcError(Status.UNAVAILABLE, f"timed out after {connect_timeout} s connecting to {where}") from None
+        raise RpcError(Status.UNAVAILABLE, f"cannot connect to {where}: no answer {limit}") from None
     except OSError as exc:
         raise RpcError(Status.UNAVAILABLE, f"cannot connect to {where}: {_os_reason(exc)}") from None
     if ssl_context is None:
         return stream, where
     tls = trio.SSLStream(stream, ssl_context, server_hostname=server_hostname or host)
     try:
-        with trio.fail_after(connect_timeout):
+        with trio.fail_at(limit.deadline):
             await tls.do_handshake()
     except trio.TooSlowError:
         await trio.aclose_forcefully(stream)
-        raise RpcError(Status.UNAVAILABLE, f"TLS handshake with {where} timed out") from None
+        raise RpcError(Status.UNAVAILABLE, f"TLS handshake with {where} not done {limit}") from None
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         await trio.aclose_forcefully(stream)
-        reason = exc.__cause__ or exc
+        reason = describe_tls_failure(exc) or exc.__cause__ or exc
         raise RpcError(Status.UNAVAILABLE, f"TLS handshake with {where} failed: {reason}") from None
     return tls, where

@@ -77,7 +77,7 @@ def describe_tls_failure(exc: BaseException) -> str | None:
 
 def is_tls_record(data: bytes) -> bool:
     """``data`` starts like a TLS alert or handshake record."""
-    return len(data) >= 2 and data[0] in _TLS_CONTENT_TYPES and data[1] == 0x03
+    return len(data) >= 1 and data[0] in _TLS_CONTENT_TYPES and (len(data) == 1 or data[1] == 0x03)
 
 
 async def send_pending_alert(tls: trio.SSLStream, transport: trio.abc.Stream, exc: BaseException) -> None:

@@ -41,6 +41,7 @@ from typing import Any
 import trio
 
 from ._errors import RemoteProtocolError
+from ._tls import describe_tls_failure, is_tls_record
 from ._events import (
     ConnectionClosed,
     GoAwayReceived,
@@ -164,6 +165,16 @@ def _coalesce(parts: list) -> list:
     if run:
         buffers.append(b"".join(run))
     return buffers
+
+
+#: Why a plain connection failed when the peer answered with a TLS record.
+_SPEAKS_TLS = "the peer speaks TLS, and this side plain TCP"
+
+
+def _stream_error(exc: BaseException) -> str:
+    """Why a stream failed, in words: a TLS failure described (trio's BrokenResourceError
+    says nothing by itself), else the exception's text or its name."""
+    return describe_tls_failure(exc) or str(exc) or type(exc).__name__
 
 
 class TrioConnection:
@@ -312,7 +323,7 @@ class TrioConnection:
                 self._in_writer = 0
                 self._drained.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._fail(f"sending failed: {exc or type(exc).__name__}")
+            self._fail(f"sending failed: {_stream_error(exc)}")
         finally:
             self._writing = self._stalled = False
             self._in_writer = 0
@@ -391,7 +402,7 @@ class TrioConnection:
                     try:
                         data = await receive_some(RECEIVE_SIZE)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                        self._fail(f"receiving failed: {exc or type(exc).__name__}")
+                        self._fail(f"receiving failed: {_stream_error(exc)}")
                         return
                     self.received_at = _current_time()
                     try:
@@ -423,7 +434,10 @@ class TrioConnection:
                         # Tell the peer why (the GOAWAY is queued), but do not wait long for it.
                         with trio.move_on_after(1):
                             await self.flush()
-                        self._fail(f"protocol error: {exc}")
+                        if conn.peer_preface is None and is_tls_record(data):
+                            self._fail(_SPEAKS_TLS)  # what came instead of a preface: a TLS record
+                        else:
+                            self._fail(f"protocol error: {exc}")
                         return
                     if not data:
                         self._fail("the peer closed the connection")
