@@ -35,7 +35,16 @@ WINDOW_UPDATE frames bring credit (the caller waits for that queue to drain, as
 A server's TRAILERS wait behind that data too (the stream is CLOSING meanwhile).
 
 Frames for a stream that has already closed are dropped (the two sides' views of a stream's end
-race); frames for a stream that never existed are a protocol error.  Fast paths (a run of
+race); frames for a stream that never existed are a protocol error.
+
+Ping policing is a protocol rule (docs/PROTOCOL.md section 9: a peer must know how often it may
+ping), so it lives here, beside the code that answers pings, not in the Trio layer: a side
+built with ``min_ping_interval`` counts a *strike* for each PING that arrives sooner than that
+after the previous one, forgives them when a PING comes in time, and after ``max_ping_strikes``
+strikes in a row treats the next early PING as a protocol error (GOAWAY RESOURCE_EXHAUSTED
+"too many pings", then close).  The core reads no clock: the caller passes the time the bytes
+arrived as ``receive_data(..., now=...)`` (the Trio layer's per-chunk ``received_at``); frames
+processed later from the backlog count as received at that time.  Fast paths (a run of
 whole-message DATA frames found by the framer, a request's one message with END_STREAM, a reply
 that fits its credit) make the same transitions through the same table and ledger, with fewer
 checks repeated per frame.
@@ -72,6 +81,7 @@ from ._flow import DEFAULT_CONNECTION_WINDOW, DEFAULT_STREAM_WINDOW, Ledger
 from ._frames import (
     DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_INCOMPLETE_BYTES,
+    DEFAULT_MAX_PING_STRIKES,
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
     MAX_FRAME_SIZE_LIMIT,
@@ -223,6 +233,11 @@ class Connection:
             streams together may hold; the call whose bytes go beyond ends with
             RESOURCE_EXHAUSTED.  Default: ``DEFAULT_MAX_INCOMPLETE_BYTES``, and never below
             ``max_message_size``.
+        min_ping_interval: seconds the peer must leave between two PINGs (ping policing, see
+            the module's docstring); None (the default): every PING is answered.  Needs
+            ``now`` on ``receive_data``.
+        max_ping_strikes: early PINGs forgiven in a row before the next one ends the
+            connection.
 
     Call :meth:`initiate` first; it queues the preface.
     """
@@ -238,6 +253,8 @@ class Connection:
         connection_window: int = DEFAULT_CONNECTION_WINDOW,
         max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
         max_incomplete_bytes: int | None = None,
+        min_ping_interval: float | None = None,
+        max_ping_strikes: int = DEFAULT_MAX_PING_STRIKES,
     ) -> None:
         self.role = Role(role)
         self._client = self.role is Role.CLIENT
@@ -257,6 +274,10 @@ class Connection:
         elif max_incomplete_bytes < max_message_size:
             raise ValueError("max_incomplete_bytes must be at least max_message_size (one message must fit)")
         self.max_incomplete_bytes = max_incomplete_bytes
+        if min_ping_interval is not None and not min_ping_interval >= 0:
+            raise ValueError("min_ping_interval must be at least 0 (or None: no ping policing)")
+        if max_ping_strikes < 0:
+            raise ValueError("max_ping_strikes must be at least 0")
         self.max_frame_size = max_frame_size
         self.max_message_size = max_message_size
         self.stream_window = stream_window
@@ -294,6 +315,13 @@ class Connection:
         #: order, as ``Framer.feed_grouped`` gives them.  At most one received chunk's frames
         #: if the caller takes them all before it reads again, as the Trio layer does.
         self._backlog: list = []
+        #: Ping policing (see the module's docstring): the rule, the time of the data being
+        #: processed (the caller's ``now``), when the last PING came, early PINGs in a row.
+        self.min_ping_interval = min_ping_interval
+        self.max_ping_strikes = max_ping_strikes
+        self._now = 0.0
+        self._last_ping_at: float | None = None
+        self._ping_strikes = 0
 
         # What the table allows, looked up once for the fast paths (they still step streams
         # through the table; these sets only let them skip the checks the table would fail).
@@ -745,8 +773,11 @@ class Connection:
             self._frame(FrameType.GOAWAY, 0, 0, _control.encode_goaway(last, status, message))
 
     # ------------------------------------------------------------------ input
-    def receive_data(self, data: bytes, *, max_frames: int | None = None) -> list[Event]:
+    def receive_data(self, data: bytes, *, max_frames: int | None = None, now: float | None = None) -> list[Event]:
         """Process bytes received from the peer; ``b""`` means the peer closed its side.
+
+        ``now`` is when the bytes arrived, on any clock in seconds (the core reads none); only
+        ping policing uses it (``min_ping_interval``).
 
         Returns the events, in order.  Raises :class:`RemoteProtocolError` (or a subclass) if
         the peer broke the protocol: a GOAWAY saying why is then queued, the connection is dead,
@@ -763,6 +794,8 @@ class Connection:
         bounds it by one read.
         """
         events: list[Event] = []
+        if now is not None:
+            self._now = now
         try:
             if self.state is _FAILED:
                 raise RemoteProtocolError("the connection has already failed")
@@ -1183,8 +1216,25 @@ class Connection:
         if flags & _ACK:
             events.append(PingAcknowledged(payload=payload))
         else:
+            if self.min_ping_interval is not None:
+                self._police_ping()
             self._frame(FrameType.PING, _ACK, 0, payload)
             events.append(PingReceived(payload=payload))
+
+    def _police_ping(self) -> None:
+        """A PING arrived at ``self._now``: a strike if it is early; too many end the connection."""
+        now, last = self._now, self._last_ping_at
+        self._last_ping_at = now
+        if last is None or now - last >= self.min_ping_interval:
+            self._ping_strikes = 0
+            return
+        self._ping_strikes += 1
+        if self._ping_strikes > self.max_ping_strikes:
+            raise RemoteProtocolError(
+                f"too many pings (more than {self.max_ping_strikes} in a row less than"
+                f" {self.min_ping_interval:g} s apart)",
+                error_code=Status.RESOURCE_EXHAUSTED,
+            )
 
     def _recv_goaway(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if stream_id != 0 or flags:

@@ -24,6 +24,8 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_CONCURRENT_STREAMS",
     "DEFAULT_MAX_INCOMPLETE_BYTES",
+    "DEFAULT_MIN_PING_INTERVAL",
+    "DEFAULT_MAX_PING_STRIKES",
     "MAX_HEADERS_SIZE",
     "MAX_WINDOW",
     "MAX_STREAM_ID",
@@ -93,6 +95,18 @@ DEFAULT_MAX_CONCURRENT_STREAMS = 100
 #: messages of the default 4 MiB arriving at once on one connection; never below the max
 #: message size, so one message can always complete.
 DEFAULT_MAX_INCOMPLETE_BYTES = 32 << 20
+#: Ping policing (docs/PROTOCOL.md section 9), on trpc's server: the least time a client must
+#: leave between two PINGs.  10 s: trpc's client pings at most once per its keepalive time
+#: (15 s by default, and only after 15 s without receiving anything), so it stays clear of this
+#: with 5 s to spare for network delays; a peer pinging in a loop is stopped after a few pings,
+#: where answering every one would let it keep the server busy for free.  (gRPC's server
+#: allows one ping per 5 minutes without calls; trpc's client pings only with calls pending,
+#: so one rule serves both cases.)
+DEFAULT_MIN_PING_INTERVAL = 10.0
+#: Early PINGs forgiven in a row (a PING in time forgives them) before the next one ends the
+#: connection with GOAWAY RESOURCE_EXHAUSTED "too many pings".  2, as gRPC: two pings bunched
+#: by the network are no offence; a loop is caught at its third ping.
+DEFAULT_MAX_PING_STRIKES = 2
 #: Largest HEADERS / TRAILERS / CANCEL / GOAWAY payload (the CBOR map with method, metadata,
 #: status...).  64 KiB: metadata is for small things; bulk belongs in messages.
 MAX_HEADERS_SIZE = 64 << 10
