@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import cbor2
 import pytest
+import trio
+import trio.testing
 
-from trpc import RemoteProtocolError, Status
-from trpc.wire import Connection, FrameType, PingFlags
+import trpc
+from trpc import RemoteProtocolError, RpcError, Status
+from trpc.wire import PREFACE, Connection, FrameType, PingFlags
 
-from .helpers import HEADER, Pair, frame
+from .helpers import HEADER, Pair, frame, headers, preface
 
 
 def _frames(data: bytes) -> list[tuple[int, bytes]]:
@@ -84,3 +87,123 @@ def test_ping_policing_settings_are_checked(framer_cls):
         Connection("server", framer=framer_cls, min_ping_interval=-1)
     with pytest.raises(ValueError):
         Connection("server", framer=framer_cls, max_ping_strikes=-1)
+
+
+# ----------------------------------------------------------------- peers that stop answering
+
+
+async def _stopped_server(stream) -> None:
+    """A server whose process stopped after its preface: it never reads or writes again."""
+    await stream.send_all(preface())
+    await trio.sleep_forever()
+
+
+async def test_a_call_to_a_server_that_stopped_ends_with_unavailable(nursery, autojump_clock):
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(_stopped_server, server_stream)
+    with trio.fail_after(300):  # on the code before keepalive, the call hung for ever
+        async with trpc.open_client(client_stream) as client:
+            start = trio.current_time()
+            with pytest.raises(RpcError) as info:
+                await client.block()  # no deadline
+    assert info.value.status is Status.UNAVAILABLE
+    assert "no keepalive answer in 10 s" in info.value.message
+    # Nothing received for the keepalive time (15 s), then the ping's timeout (10 s).
+    assert trio.current_time() - start == pytest.approx(25, abs=1)
+
+
+async def test_the_client_pings_only_while_calls_are_pending(nursery, autojump_clock):
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(_stopped_server, server_stream)
+    async with trpc.open_client(client_stream) as client:
+        await trio.sleep(600)  # no call: nothing to wait for, no ping, no failure
+        assert client._connection.broken is None
+        assert client._connection.keepalive._count == 0
+
+
+async def test_a_slow_call_on_a_live_server_is_pinged_but_never_failed_nor_policed(memory_client, autojump_clock):
+    with trio.fail_after(1000):
+        assert await memory_client.sleep_then(300, "done") == "done"
+    keepalive = memory_client._connection.keepalive
+    assert keepalive._count >= 300 // 15 - 1  # it did ping, every 15 s; the server answered
+    assert memory_client._connection.broken is None
+
+
+async def _stopped_client(stream, call: bool) -> None:
+    """A client whose process stopped after its preface (and one call)."""
+    await stream.send_all(preface())
+    if call:
+        await stream.send_all(frame(FrameType.HEADERS, 0, 1, headers("block"))
+                              + frame(FrameType.DATA, 1, 1, cbor2.dumps([[]])))
+    await trio.sleep_forever()
+
+
+@pytest.mark.parametrize("call", [True, False], ids=["with a call", "idle"])
+async def test_the_server_drops_a_client_that_stopped(service, nursery, autojump_clock, call):
+    server = trpc.Server(service)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(_stopped_client, client_stream, call)
+    done = trio.Event()
+
+    async def serve():
+        await server.serve_stream(server_stream, "stopped client")
+        done.set()
+
+    nursery.start_soon(serve)
+    start = trio.current_time()
+    with trio.fail_after(600):  # before keepalive, the connection stayed for ever
+        await done.wait()
+    # Nothing received for the server's keepalive time (60 s), then its timeout (20 s).
+    assert trio.current_time() - start == pytest.approx(80, abs=1)
+    assert server.connections == 0
+    if call:
+        assert service.cancel_reasons == [Status.UNAVAILABLE]
+
+
+# ----------------------------------------------------------------- ping policing
+
+
+def _read_frames(data: bytes) -> list[tuple[int, bytes]]:
+    assert data[:4] == b"TRPC"
+    return _frames(data[PREFACE.size :])
+
+
+@pytest.mark.parametrize("pause", [0, 1.0], ids=["back to back", "one a second"])
+async def test_a_client_pinging_in_a_loop_is_told_too_many_pings_and_closed(service, nursery, autojump_clock, pause):
+    server = trpc.Server(service)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.serve_stream, server_stream, "pinger")
+    await client_stream.send_all(preface())
+    received = b""
+    with trio.fail_after(60):  # before policing, every ping was answered for ever
+        async with trio.open_nursery() as pinging:
+
+            async def ping_forever():
+                while True:
+                    try:
+                        await client_stream.send_all(_ping())
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return
+                    await trio.sleep(pause)
+
+            pinging.start_soon(ping_forever)
+            while chunk := await client_stream.receive_some():
+                received += chunk
+            pinging.cancel_scope.cancel()
+    frames = _read_frames(received)
+    (goaway,) = [cbor2.loads(payload) for ftype, payload in frames if ftype == FrameType.GOAWAY]
+    assert goaway[2] == Status.RESOURCE_EXHAUSTED and "too many pings" in goaway[3]
+    assert [ftype for ftype, _ in frames].count(FrameType.PING) == 3  # 2 forgiven + the first
+    assert server.connections == 0
+
+
+async def test_ping_policing_can_be_turned_off(service, nursery, autojump_clock):
+    server = trpc.Server(service, keepalive_min_ping_interval=None)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.serve_stream, server_stream, "pinger")
+    await client_stream.send_all(preface() + _ping() * 100)
+    received = b""
+    with trio.move_on_after(5):
+        while received.count(bytes([FrameType.PING, PingFlags.ACK])) < 100:
+            received += await client_stream.receive_some()
+    assert [ftype for ftype, _ in _read_frames(received)] == [FrameType.PING] * 100

@@ -45,6 +45,7 @@ from ._events import (
 )
 from ._framer import get_framer
 from ._interceptors import CallDetails, run_chain
+from ._keepalive import CLIENT_KEEPALIVE_TIME, CLIENT_KEEPALIVE_TIMEOUT, Keepalive, check_keepalive, set_tcp_keepalive
 from ._framer_py import DEFAULT_MAX_FRAME_SIZE
 from .wire import (
     DEFAULT_CONNECTION_WINDOW,
@@ -791,6 +792,8 @@ async def open_client(
     interceptors: Sequence[Any] = (),
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    keepalive_time: float | None = CLIENT_KEEPALIVE_TIME,
+    keepalive_timeout: float = CLIENT_KEEPALIVE_TIMEOUT,
 ) -> AsyncIterator[Client]:
     """Connect to a trpc server; yields a :class:`Client`.
 
@@ -812,10 +815,16 @@ async def open_client(
             certificate into it for mutual TLS).
         server_hostname: the name to check the server's certificate against (default: the
             host of ``target``).
+        keepalive_time: while calls are pending, ping the server after this many seconds
+            without receiving anything (default 15; ``None``: never).  Keep it above the
+            server's ``keepalive_min_ping_interval`` (10 s by default), or it polices us.
+        keepalive_timeout: fail the connection (its calls end with UNAVAILABLE) when a ping
+            gets no answer in this many seconds (default 10).  See docs/LIMITS.md.
 
     Raises:
         RpcError: UNAVAILABLE if the server cannot be reached or is not a trpc server.
     """
+    check_keepalive(keepalive_time, keepalive_timeout)
     conn = Connection(
         "client",
         framer=get_framer(framer),
@@ -829,11 +838,14 @@ async def open_client(
     stream, peer = await _connect(target, limit, ssl_context, server_hostname)
     conn.initiate()
     connection = _ClientConnection(stream, conn, peer)
+    if keepalive_time is not None:
+        connection.keepalive = Keepalive(keepalive_time, keepalive_timeout, only_with_calls=True)
     client = Client(connection, timeout=timeout, metadata=metadata, interceptors=interceptors)
     body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(connection.writer)
         nursery.start_soon(connection.reader)
+        nursery.start_soon(connection.run_timers)
         connection.wake_writer()
         try:
             try:
@@ -923,6 +935,10 @@ async def _connect(
         raise RpcError(Status.UNAVAILABLE, f"cannot connect to {where}: no answer {limit}") from None
     except OSError as exc:
         raise RpcError(Status.UNAVAILABLE, f"cannot connect to {where}: {_os_reason(exc)}") from None
+    try:
+        set_tcp_keepalive(stream.socket)
+    except OSError:  # the connection is already gone: the preface wait will say so
+        pass
     if ssl_context is None:
         return stream, where
     tls = trio.SSLStream(stream, ssl_context, server_hostname=server_hostname or host)

@@ -59,6 +59,8 @@ from .wire import (
     DEFAULT_CONNECTION_WINDOW,
     DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_PING_STRIKES,
+    DEFAULT_MIN_PING_INTERVAL,
     DEFAULT_STREAM_WINDOW,
     Connection,
     StreamState,
@@ -66,6 +68,7 @@ from .wire import (
 )
 from ._framer_py import DEFAULT_MAX_FRAME_SIZE
 from ._interceptors import run_chain
+from ._keepalive import SERVER_KEEPALIVE_TIME, SERVER_KEEPALIVE_TIMEOUT, Keepalive, check_keepalive, set_tcp_keepalive
 from ._service import MethodInfo, collect_methods
 from ._status import Status
 from ._tls import send_pending_alert
@@ -82,6 +85,11 @@ DEFAULT_PORT = 50051
 #: The default time a TLS client has to complete its handshake: the preface timeout, since the
 #: handshake counts within it (see trpc._admission).  Kept under this name for old callers.
 TLS_HANDSHAKE_TIMEOUT = DEFAULT_PREFACE_TIMEOUT
+#: After ``max_connection_age``, how long the calls already running get to finish before the
+#: connection closes (``max_connection_age_grace``).  10 s, as ``Server.shutdown``'s grace:
+#: ordinary calls finish; a call that streams for ever is ended (UNAVAILABLE) and may be
+#: retried on the client's next connection.
+DEFAULT_MAX_CONNECTION_AGE_GRACE = 10.0
 #: A streaming handler's small messages go on the stream's batch (Connection.open_batch): a
 #: list append per message, framed together.  After this many messages the handler frames its
 #: batch, waits if credit ran out, and yields to the scheduler even when it never blocks, so
@@ -262,6 +270,13 @@ class _ServerConnection(TrioConnection):
         self.calls: dict[int, _ServerCall]
         self.nursery: trio.Nursery | None = None
         self._idle_workers: list[_Worker] = []
+        #: Lifetime limits (see _timers): when the connection started, when it last became
+        #: free of calls, and the end of the age drain (None until the age is reached).
+        self.started_at = self.calls_ended_at = trio.current_time()
+        self._drain_until: float | None = None
+        #: Whether the end of a connection's last call must be timed (an idle or age limit
+        #: is set): off by default, so a call costs nothing for it.
+        self._watch_calls = server._max_connection_idle is not None or server._max_connection_age is not None
 
     # ------------------------------------------------------------------ admission
     def expect_preface_by(self, deadline: float) -> None:
@@ -350,6 +365,8 @@ class _ServerConnection(TrioConnection):
         call = self._forget(event.stream_id)
         if call is None:
             return
+        if self._watch_calls and not self.calls:
+            self._calls_ended()
         call.finished = True  # the stream is closed (trailers, if any, were queued by the core)
         call.context._cancel(event.reason, event.message)
         logger.info(
@@ -362,6 +379,44 @@ class _ServerConnection(TrioConnection):
 
     def _on_goaway(self, event: GoAwayReceived) -> None:
         logger.debug("trpc: client %s is going away: %s", self.peer, event.message)
+
+    # ------------------------------------------------------------------ lifetime
+    def _calls_ended(self) -> None:
+        """The connection's last running call ended (only called when ``_watch_calls``)."""
+        self.calls_ended_at = trio.current_time()
+        if self._drain_until is not None:
+            self.wake_timers()  # draining after the age limit: close now
+
+    def _timers(self, now: float) -> float:
+        """The server's limits on a connection's life (run by the timer task, see
+        ``TrioConnection.run_timers``): ``max_connection_age`` (GOAWAY, then close once the
+        running calls are done or the grace is over) and ``max_connection_idle`` (close once
+        no call has run for that long)."""
+        server = self.server
+        if self._drain_until is not None:
+            if not self.calls or now >= self._drain_until:
+                self.abort(f"the connection reached its maximum age ({server._max_connection_age:g} s)")
+                return math.inf
+            return self._drain_until
+        deadline = math.inf
+        age = server._max_connection_age
+        if age is not None:
+            deadline = self.started_at + age
+            if now >= deadline:
+                self.goaway(Status.OK, f"the connection reached its maximum age ({age:g} s); reconnect")
+                self._drain_until = now + server._max_connection_age_grace
+                return self._timers(now)
+        idle = server._max_connection_idle
+        if idle is not None:
+            if self.calls:
+                deadline = min(deadline, now + idle)  # the earliest the idle time could end
+            elif now >= self.calls_ended_at + idle:
+                self.goaway(Status.OK, f"the connection was idle for {idle:g} s")
+                self.abort(f"idle for {idle:g} s (max_connection_idle)")
+                return math.inf
+            else:
+                deadline = min(deadline, self.calls_ended_at + idle)
+        return deadline
 
     def connection_lost(self, reason: str) -> None:
         calls = list(self.calls.values())
@@ -467,6 +522,8 @@ class _ServerConnection(TrioConnection):
             return
         call.finished = True
         self._forget(call.id)
+        if self._watch_calls and not self.calls:
+            self._calls_ended()
         try:
             self.send_trailers(call.id, status, message, details, call.context._trailing_metadata)
         except LocalProtocolError:  # the stream ended under us (connection failed)
@@ -635,6 +692,21 @@ class Server:
             descriptor limit (``trpc._admission.default_max_connections``).
         preface_timeout: seconds an accepted connection has to finish its TLS handshake (if
             any) and send the client preface, else it is closed (default 10).
+        keepalive_time: ping a client after this many seconds without receiving anything from
+            it (default 60; ``None``: never), to find clients that stopped.
+        keepalive_timeout: close the connection (cancelling its calls) when a ping gets no
+            answer in this many seconds (default 20).
+        keepalive_min_ping_interval: ping policing: seconds a client must leave between two
+            PINGs (default 10; ``None``: answer every ping).  After
+            ``keepalive_max_ping_strikes`` early pings in a row (default 2), the next one ends
+            the connection with GOAWAY RESOURCE_EXHAUSTED "too many pings".
+        max_connection_idle: close a connection on which no call has run for this many
+            seconds (default ``None``: never; idle connections are cheap and clients keep
+            them for their next call).
+        max_connection_age: after this many seconds, send GOAWAY so that the client opens a
+            new connection (default ``None``: never); the calls running then get
+            ``max_connection_age_grace`` seconds (default 10) to finish before it closes.
+        Every limit and why its default: docs/LIMITS.md.
     """
 
     def __init__(
@@ -652,6 +724,13 @@ class Server:
         interceptors: Sequence[Any] = (),
         max_connections: int | None = None,
         preface_timeout: float = DEFAULT_PREFACE_TIMEOUT,
+        keepalive_time: float | None = SERVER_KEEPALIVE_TIME,
+        keepalive_timeout: float = SERVER_KEEPALIVE_TIMEOUT,
+        keepalive_min_ping_interval: float | None = DEFAULT_MIN_PING_INTERVAL,
+        keepalive_max_ping_strikes: int = DEFAULT_MAX_PING_STRIKES,
+        max_connection_idle: float | None = None,
+        max_connection_age: float | None = None,
+        max_connection_age_grace: float = DEFAULT_MAX_CONNECTION_AGE_GRACE,
     ) -> None:
         from ._framer import get_framer
 
@@ -667,6 +746,8 @@ class Server:
             stream_window=stream_window,
             connection_window=connection_window,
             max_incomplete_bytes=max_incomplete_bytes,
+            min_ping_interval=keepalive_min_ping_interval,
+            max_ping_strikes=keepalive_max_ping_strikes,
         )
         Connection("server", framer=self._framer, **self._connection_options)  # validate now
         if max_concurrent_calls is None:
@@ -693,6 +774,8 @@ class Server:
         self._sockets = 0
         self.refused_connections = 0
         self._admission_log = LogLimiter(logger)
+        self._set_lifetimes(keepalive_time, keepalive_timeout, max_connection_idle, max_connection_age,
+                            max_connection_age_grace)
         self._running = 0
         self._connections: set[_ServerConnection] = set()
         #: The cancel scopes of the listeners of running serve_tcp calls (shutdown closes them).
@@ -700,6 +783,21 @@ class Server:
         #: Set when no call runs any more, while a shutdown waits for that.
         self._idle: trio.Event | None = None
         self.shutting_down = False
+
+    def _set_lifetimes(self, keepalive_time: float | None, keepalive_timeout: float, max_idle: float | None,
+                       max_age: float | None, age_grace: float) -> None:
+        """Check and keep the keepalive and connection lifetime settings."""
+        check_keepalive(keepalive_time, keepalive_timeout)
+        for name, value in (("max_connection_idle", max_idle), ("max_connection_age", max_age)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive (or None: no limit)")
+        if not age_grace >= 0:
+            raise ValueError("max_connection_age_grace must be at least 0")
+        self._keepalive_time = keepalive_time
+        self._keepalive_timeout = keepalive_timeout
+        self._max_connection_idle = max_idle
+        self._max_connection_age = max_age
+        self._max_connection_age_grace = age_grace
 
     @property
     def running_calls(self) -> int:
@@ -730,12 +828,15 @@ class Server:
         conn = Connection("server", framer=self._framer, **self._connection_options)
         conn.initiate()
         connection = _ServerConnection(self, stream, conn, peer or format_peer(stream))
+        if self._keepalive_time is not None:
+            connection.keepalive = Keepalive(self._keepalive_time, self._keepalive_timeout, only_with_calls=False)
         self._connections.add(connection)
         logger.debug("trpc: connection from %s", connection.peer)
         try:
             async with trio.open_nursery() as nursery:
                 connection.nursery = nursery
                 nursery.start_soon(connection.writer)
+                nursery.start_soon(connection.run_timers)
                 connection.wake_writer()  # the preface
                 connection.expect_preface_by(preface_deadline)
                 await connection.reader()
@@ -794,7 +895,15 @@ class Server:
         listeners = await trio.open_tcp_listeners(port, host=host)
         address = listeners[0].socket.getsockname()[:2]
         serve = self.serve_stream if ssl_context is None else partial(self._serve_tls_connection, ssl_context)
-        handler = partial(self._admit, serve)
+
+        async def serve_with_keepalive(stream: trio.SocketStream) -> None:
+            try:
+                set_tcp_keepalive(stream.socket)
+            except OSError:  # already reset by the peer: serving it will say so
+                pass
+            await serve(stream)
+
+        handler = partial(self._admit, serve_with_keepalive)
         listen_scope = trio.CancelScope()
 
         async def listen(task_status: trio.TaskStatus[None]) -> None:

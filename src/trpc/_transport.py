@@ -30,11 +30,17 @@ for it: flow control alone would not stop them, since a peer may grant credit it
 
 Trio's stream exceptions are caught here, and only here; the client and server turn the
 reason into UNAVAILABLE for every call still running on the connection.
+
+A third task, the **timer** (``run_timers``), sleeps until the connection's next deadline:
+keepalive pings and their timeouts (:mod:`trpc._keepalive`), and whatever the subclass adds
+(``_timers``: the server's connection age and idle limits).  Nothing per call or per frame:
+the reader's per-chunk ``received_at`` is all keepalive needs.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
@@ -51,6 +57,7 @@ from ._events import (
     SendCreditAvailable,
     WireConnection,
 )
+from ._keepalive import Keepalive
 
 __all__ = ["TrioConnection", "Parker", "RECEIVE_SIZE", "WRITE_HIGH_WATER", "SEND_HIGH_WATER"]
 
@@ -200,6 +207,9 @@ class TrioConnection:
         #: ``trio.current_time()`` when the reader last received bytes: when the calls and
         #: messages it is handing on arrived (read once per chunk, not once per call).
         self.received_at = 0.0
+        #: Keepalive pings (see trpc._keepalive), run by run_timers; None: no pings.
+        self.keepalive: Keepalive | None = None
+        self._timer_wakeup = Parker()
         #: The Trio socket under a plain TCP stream (POSIX), which the reader, the writer and
         #: send_soon use directly (see _receive); None for other streams (TLS, in-memory).
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) and _POSIX else None
@@ -259,6 +269,11 @@ class TrioConnection:
     def goaway(self, status: Any, message: str) -> None:
         """Say we are going away (once)."""
         self.conn.goaway(status, message)
+        self._writer_wakeup.unpark()
+
+    def ping(self, payload: bytes) -> None:
+        """Send a PING (8 bytes); its ACK comes back as PingAcknowledged."""
+        self.conn.ping(payload)
         self._writer_wakeup.unpark()
 
     def open_batch(self, stream_id: int) -> list:
@@ -404,10 +419,10 @@ class TrioConnection:
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                         self._fail(f"receiving failed: {_stream_error(exc)}")
                         return
-                    self.received_at = _current_time()
+                    now = self.received_at = _current_time()
                     try:
                         # Parse the chunk, then process its frames in turns (see _TURN_*).
-                        for event in conn.receive_data(data, max_frames=0):
+                        for event in conn.receive_data(data, max_frames=0, now=now):
                             handle(event)  # the preface, or the end of the connection
                         waiting = conn.backlog
                         if waiting:
@@ -449,6 +464,38 @@ class TrioConnection:
         finally:
             self.closed.set()
 
+    # ----------------------------------------------------------- timers
+    async def run_timers(self) -> None:
+        """The connection's timer task: sleep until the next deadline (keepalive, and the
+        subclass's ``_timers``), act on it, repeat; returns once the connection is broken.
+        Run it beside the reader and the writer."""
+        keepalive = self.keepalive
+        wakeup = self._timer_wakeup
+        # The connection's start counts as activity: idle time runs from here.
+        self.received_at = max(self.received_at, _current_time())
+        while self.broken is None:
+            now = _current_time()
+            deadline = self._timers(now)
+            if keepalive is not None and self.broken is None:
+                deadline = min(deadline, keepalive.step(self, now))
+            if self.broken is not None:
+                return
+            with trio.move_on_at(deadline):
+                await wakeup.park()
+
+    def wake_timers(self) -> None:
+        """Make the timer task look at its deadlines again now (one changed)."""
+        self._timer_wakeup.unpark()
+
+    def _timers(self, now: float) -> float:
+        """The subclass's deadlines: act on those that have passed at ``now``; return the next
+        one (math.inf for none)."""
+        return math.inf
+
+    def _on_ping_ack(self, event: PingAcknowledged) -> None:
+        if self.keepalive is not None:
+            self.keepalive.acknowledged(event.payload)
+
     # ----------------------------------------------------------- ending
     def abort(self, reason: str) -> None:
         """End the connection from this side: stop reading and end what runs on it."""
@@ -483,7 +530,7 @@ class TrioConnection:
         SendCreditAvailable: _on_credit,
         PrefaceReceived: _ignore,
         PingReceived: _ignore,
-        PingAcknowledged: _ignore,
+        PingAcknowledged: _on_ping_ack,
         GoAwayReceived: _ignore,
         ConnectionClosed: _ignore,
     }
