@@ -7,6 +7,8 @@ connection lives and how long it may sit idle.  Time is the point here, so these
 
 from __future__ import annotations
 
+import socket
+
 import cbor2
 import pytest
 import trio
@@ -207,3 +209,109 @@ async def test_ping_policing_can_be_turned_off(service, nursery, autojump_clock)
         while received.count(bytes([FrameType.PING, PingFlags.ACK])) < 100:
             received += await client_stream.receive_some()
     assert [ftype for ftype, _ in _read_frames(received)] == [FrameType.PING] * 100
+
+
+# ----------------------------------------------------------------- TCP keepalive
+
+
+def _tcp_keepalive(sock) -> dict:
+    options = {"SO_KEEPALIVE": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)}
+    for name in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT"):
+        if hasattr(socket, name):
+            options[name] = sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, name))
+    return options
+
+
+async def test_client_and_server_tcp_sockets_have_tcp_keepalive(client, server):
+    assert await client.greet("Ada") == "Hello Ada"
+    (connection,) = server._connections
+    expected = {"SO_KEEPALIVE": 1}
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        expected.update(TCP_KEEPIDLE=60, TCP_KEEPINTVL=10, TCP_KEEPCNT=3)
+    assert _tcp_keepalive(client._connection.stream.socket) == expected
+    assert _tcp_keepalive(connection.stream.socket) == expected
+
+
+# ----------------------------------------------------------------- connection lifetimes
+
+
+@pytest.fixture
+async def lifetime_client(service, nursery, request):
+    """A client joined to a server with the lifetime options the test is parametrized with."""
+    server = trpc.Server(service, **request.param)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.serve_stream, server_stream, "memory")
+    async with trpc.open_client(client_stream) as client:
+        client.server = server
+        yield client
+
+
+@pytest.mark.parametrize("lifetime_client", [dict(max_connection_age=30, max_connection_age_grace=20)], indirect=True)
+async def test_at_its_maximum_age_a_connection_says_goaway_lets_its_calls_finish_and_closes(
+    lifetime_client, autojump_clock
+):
+    client = lifetime_client
+    start = trio.current_time()
+    results = []
+    async with trio.open_nursery() as calls:
+
+        async def long_call():
+            results.append(await client.sleep_then(40, "finished"))
+
+        calls.start_soon(long_call)
+        await trio.sleep(31)  # past the age: the server has said GOAWAY
+        assert client._connection.conn.goaway_received is not None
+        with pytest.raises(RpcError) as info:
+            await client.greet("late")  # no new calls on this connection
+        assert info.value.status is Status.UNAVAILABLE
+    assert results == ["finished"]  # the running call finished within the grace
+    with trio.fail_after(5):
+        await client._connection.closed.wait()  # and then the server closed the connection
+    assert trio.current_time() - start == pytest.approx(40, abs=1)
+    assert client.server.connections == 0
+
+
+@pytest.mark.parametrize("lifetime_client", [dict(max_connection_age=30, max_connection_age_grace=20)], indirect=True)
+async def test_calls_still_running_after_the_age_grace_are_ended(lifetime_client, autojump_clock):
+    client = lifetime_client
+    start = trio.current_time()
+    with trio.fail_after(300), pytest.raises(RpcError) as info:
+        await client.sleep_then(1000, "too late")
+    assert info.value.status is Status.UNAVAILABLE
+    assert trio.current_time() - start == pytest.approx(50, abs=1)  # the age, then the grace
+    assert client.server.connections == 0
+
+
+@pytest.mark.parametrize("lifetime_client", [dict(max_connection_idle=30)], indirect=True)
+async def test_a_connection_without_calls_for_max_connection_idle_is_closed(lifetime_client, autojump_clock):
+    client = lifetime_client
+    assert await client.sleep_then(100, "a long call is not idleness") == "a long call is not idleness"
+    ended = trio.current_time()
+    with trio.fail_after(300):
+        await client._connection.closed.wait()
+    assert trio.current_time() - ended == pytest.approx(30, abs=1)
+    assert client._connection.conn.goaway_received is not None
+    assert client.server.connections == 0
+    with pytest.raises(RpcError) as info:
+        await client.greet("late")
+    assert info.value.status is Status.UNAVAILABLE
+
+
+async def test_without_lifetime_limits_a_quiet_connection_lives_on(memory_client, autojump_clock):
+    await trio.sleep(3600)  # the server's pings find the client alive; nothing closes
+    assert await memory_client.greet("Ada") == "Hello Ada"
+
+
+def test_keepalive_and_lifetime_settings_are_checked(service):
+    for options in (dict(keepalive_time=0), dict(keepalive_timeout=-1), dict(max_connection_idle=0),
+                    dict(max_connection_age=-5), dict(max_connection_age_grace=-1),
+                    dict(keepalive_min_ping_interval=-1), dict(keepalive_max_ping_strikes=-1)):
+        with pytest.raises(ValueError):
+            trpc.Server(service, **options)
+
+
+async def test_client_keepalive_settings_are_checked():
+    for options in (dict(keepalive_time=0), dict(keepalive_timeout=0)):
+        with pytest.raises(ValueError):
+            async with trpc.open_client("127.0.0.1:1", **options):
+                pass
