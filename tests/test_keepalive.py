@@ -103,11 +103,10 @@ async def _stopped_server(stream) -> None:
 async def test_a_call_to_a_server_that_stopped_ends_with_unavailable(nursery, autojump_clock):
     client_stream, server_stream = trio.testing.memory_stream_pair()
     nursery.start_soon(_stopped_server, server_stream)
-    with trio.fail_after(300):  # on the code before keepalive, the call hung for ever
-        async with trpc.open_client(client_stream) as client:
-            start = trio.current_time()
-            with pytest.raises(RpcError) as info:
-                await client.block()  # no deadline
+    async with trpc.open_client(client_stream) as client:
+        start = trio.current_time()
+        with trio.fail_after(300), pytest.raises(RpcError) as info:
+            await client.block()  # no deadline: before keepalive, it waited for ever
     assert info.value.status is Status.UNAVAILABLE
     assert "no keepalive answer in 10 s" in info.value.message
     # Nothing received for the keepalive time (15 s), then the ping's timeout (10 s).
