@@ -314,3 +314,20 @@ async def test_client_keepalive_settings_are_checked():
         with pytest.raises(ValueError):
             async with trpc.open_client("127.0.0.1:1", **options):
                 pass
+
+
+def test_trpc_serve_and_call_take_the_keepalive_and_lifetime_flags():
+    from trpc._cli import _parser, _server_lifetimes
+
+    args = _parser().parse_args(["serve", "m:S", "--keepalive-time", "30", "--keepalive-timeout", "5",
+                                 "--keepalive-min-ping-interval", "0", "--keepalive-max-ping-strikes", "4",
+                                 "--max-connection-idle", "600", "--max-connection-age", "3600",
+                                 "--max-connection-age-grace", "30"])
+    assert _server_lifetimes(args) == dict(
+        keepalive_time=30, keepalive_timeout=5, keepalive_min_ping_interval=None, keepalive_max_ping_strikes=4,
+        max_connection_idle=600, max_connection_age=3600, max_connection_age_grace=30,
+    )
+    defaults = _server_lifetimes(_parser().parse_args(["serve", "m:S"]))
+    assert defaults["keepalive_time"] == 60 and defaults["max_connection_age"] is None
+    args = _parser().parse_args(["call", "h:1", "m", "--keepalive-time", "0", "--keepalive-timeout", "3"])
+    assert (args.keepalive_time, args.keepalive_timeout) == (0, 3)

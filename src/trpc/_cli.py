@@ -12,6 +12,10 @@
   (``Server(max_connections=..., preface_timeout=...)``).
 - TLS: ``trpc serve --tls-cert PEM [--tls-key PEM] [--tls-client-ca PEM]`` and
   ``trpc call --tls-ca PEM`` (or ``--tls`` for the system's CAs) ``[--tls-cert PEM --tls-key PEM]``.
+- Keepalive and connection lifetimes (docs/LIMITS.md): ``trpc serve --keepalive-time S
+  --keepalive-timeout S --keepalive-min-ping-interval S --keepalive-max-ping-strikes N
+  --max-connection-idle S --max-connection-age S --max-connection-age-grace S`` (0 turns off the
+  ones that may be off); ``trpc call --keepalive-time S --keepalive-timeout S``.
 - ``trpc --version`` prints the version and the framer in use.
 
 Errors go to stderr as ``STATUS: message`` with exit status 1; usage errors exit with 2.
@@ -36,7 +40,9 @@ import trio
 from . import _cext, _framer
 from ._client import open_client, parse_target
 from ._errors import RpcError, TrpcError
-from ._server import DEFAULT_HOST, DEFAULT_PORT, Server
+from ._keepalive import CLIENT_KEEPALIVE_TIME, CLIENT_KEEPALIVE_TIMEOUT, SERVER_KEEPALIVE_TIME, SERVER_KEEPALIVE_TIMEOUT
+from ._server import DEFAULT_HOST, DEFAULT_MAX_CONNECTION_AGE_GRACE, DEFAULT_PORT, Server
+from .wire import DEFAULT_MAX_PING_STRIKES, DEFAULT_MIN_PING_INTERVAL
 from ._service import Service
 from ._version import __version__
 
@@ -95,7 +101,8 @@ async def _call(args: argparse.Namespace) -> int:
     deadline = math.inf if args.timeout is None else trio.current_time() + args.timeout
     with trio.CancelScope(deadline=deadline) as scope:
         async with open_client(
-            (host, port), metadata=metadata, framer=args.framer, ssl_context=_client_tls(args)
+            (host, port), metadata=metadata, framer=args.framer, ssl_context=_client_tls(args),
+            keepalive_time=args.keepalive_time or None, keepalive_timeout=args.keepalive_timeout,
         ) as client:
             method = client.method(args.method)
             if args.stdin:
@@ -149,7 +156,7 @@ def _load_service(spec: str) -> Any:
 
 async def _serve(args: argparse.Namespace) -> int:
     service = _load_service(args.service)
-    server = Server(service, framer=args.framer, **_server_limits(args))
+    server = Server(service, framer=args.framer, **_server_limits(args), **_server_lifetimes(args))
     ssl_context = _server_tls(args)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -175,6 +182,19 @@ _SERVER_LIMITS = ("max_connections", "preface_timeout", "max_concurrent_calls", 
 def _server_limits(args: argparse.Namespace) -> dict[str, Any]:
     """Server(...) limits given on the command line (the others keep Server's defaults)."""
     return {name: getattr(args, name) for name in _SERVER_LIMITS if getattr(args, name, None) is not None}
+
+
+def _server_lifetimes(args: argparse.Namespace) -> dict[str, Any]:
+    """Server's keepalive and lifetime options from ``trpc serve``'s flags (0: off)."""
+    return dict(
+        keepalive_time=args.keepalive_time or None,
+        keepalive_timeout=args.keepalive_timeout,
+        keepalive_min_ping_interval=args.keepalive_min_ping_interval or None,
+        keepalive_max_ping_strikes=args.keepalive_max_ping_strikes,
+        max_connection_idle=args.max_connection_idle or None,
+        max_connection_age=args.max_connection_age or None,
+        max_connection_age_grace=args.max_connection_age_grace,
+    )
 
 
 def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -225,6 +245,11 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--tls-key", metavar="PEM", help="its private key (if not in --tls-cert)")
     call.add_argument("--stdin", action="store_true",
                       help="send each line of standard input as a request message (streaming methods)")
+    call.add_argument("--keepalive-time", type=float, default=CLIENT_KEEPALIVE_TIME, metavar="S",
+                      help=f"ping the server after S s without an answer while waiting (default"
+                           f" {CLIENT_KEEPALIVE_TIME:g}; 0: never)")
+    call.add_argument("--keepalive-timeout", type=float, default=CLIENT_KEEPALIVE_TIMEOUT, metavar="S",
+                      help=f"give up on the server when a ping has no answer in S s (default {CLIENT_KEEPALIVE_TIMEOUT:g})")
 
     serve = commands.add_parser("serve", help="serve a trpc.Service over TCP")
     serve.add_argument("service", metavar="MODULE:SERVICE")
@@ -247,6 +272,22 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds a new connection has for its TLS handshake and trpc preface (default 10)")
     serve.add_argument("--grace", type=float, default=10.0,
                        help="on SIGINT/SIGTERM, seconds running calls get to finish (default 10)")
+    serve.add_argument("--keepalive-time", type=float, default=SERVER_KEEPALIVE_TIME, metavar="S",
+                       help=f"ping a client after S s without receiving anything (default {SERVER_KEEPALIVE_TIME:g}; 0: never)")
+    serve.add_argument("--keepalive-timeout", type=float, default=SERVER_KEEPALIVE_TIMEOUT, metavar="S",
+                       help=f"drop a client whose ping has no answer in S s (default {SERVER_KEEPALIVE_TIMEOUT:g})")
+    serve.add_argument("--keepalive-min-ping-interval", type=float, default=DEFAULT_MIN_PING_INTERVAL, metavar="S",
+                       help=f"ping policing: least time between a client's pings (default"
+                            f" {DEFAULT_MIN_PING_INTERVAL:g}; 0: no policing)")
+    serve.add_argument("--keepalive-max-ping-strikes", type=int, default=DEFAULT_MAX_PING_STRIKES, metavar="N",
+                       help=f"early pings forgiven in a row (default {DEFAULT_MAX_PING_STRIKES})")
+    serve.add_argument("--max-connection-idle", type=float, default=0, metavar="S",
+                       help="close a connection without calls for S s (default 0: never)")
+    serve.add_argument("--max-connection-age", type=float, default=0, metavar="S",
+                       help="send GOAWAY to a connection S s old, so that its client reconnects (default 0: never)")
+    serve.add_argument("--max-connection-age-grace", type=float, default=DEFAULT_MAX_CONNECTION_AGE_GRACE,
+                       metavar="S", help=f"after that GOAWAY, seconds running calls get to finish"
+                                         f" (default {DEFAULT_MAX_CONNECTION_AGE_GRACE:g})")
     return parser
 
 
