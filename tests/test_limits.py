@@ -262,7 +262,10 @@ async def _all_closed(server) -> None:
 
 async def test_a_closed_connection_is_freed_without_the_garbage_collector(nursery, no_gc):
     """Each way a connection can end, with calls of every shape and cancels on it first:
-    once it is closed, nothing of it stays alive (weak references are dead, gc off)."""
+    once it is closed, nothing of it stays alive on either side (weak references are dead,
+    gc off)."""
+    import weakref
+
     service = Uploads()
     server = trpc.Server(service, max_message_size=64 << 10, max_incomplete_bytes=256 << 10, max_frame_size=16 << 10)
     address = await nursery.start(server.serve_tcp, 0)
@@ -270,6 +273,7 @@ async def test_a_closed_connection_is_freed_without_the_garbage_collector(nurser
     # 1. A client that makes calls of every shape, cancels some, and closes.
     async with trpc.open_client(address) as client:
         refs = await _connections_of(server, 1)
+        refs.append((weakref.ref(client._connection), weakref.ref(client._connection.conn)))
         assert await client.greet("Ada") == "Hello Ada"
         async with client.flood(10) as stream:
             await stream.receive()  # then leave: the call is cancelled
@@ -278,7 +282,8 @@ async def test_a_closed_connection_is_freed_without_the_garbage_collector(nurser
         with pytest.raises(RpcError):
             await client.upload(bytes(100 << 10))
     await _all_closed(server)
-    assert [r() for pair in refs for r in pair] == [None, None]
+    del client
+    assert [r() for pair in refs for r in pair] == [None, None, None, None]
 
     # 2. A hostile peer that never finishes its messages, then closes.
     raw = await trio.open_tcp_stream(*address)
