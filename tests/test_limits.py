@@ -16,6 +16,7 @@ import socket
 import cbor2
 import pytest
 import trio
+import trio.testing
 
 import trpc
 from trpc import RpcError, Status
@@ -300,3 +301,20 @@ async def test_a_closed_connection_is_freed_without_the_garbage_collector(nurser
     await _all_closed(server)
     await raw.aclose()
     assert [r() for pair in refs for r in pair] == [None, None]
+
+
+async def test_flushing_after_the_writer_has_ended_returns_at_once():
+    """Output queued after the writer task was cancelled: flush returns instead of spinning."""
+    from trpc._server import _ServerConnection
+
+    server = trpc.Server(Uploads())
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    conn = Connection("server")
+    connection = _ServerConnection(server, server_stream, conn, "memory")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.writer)
+        await trio.sleep(0)
+        nursery.cancel_scope.cancel()
+    conn.initiate()  # queued, with no writer left to send it
+    with trio.fail_after(1):
+        await connection.flush()

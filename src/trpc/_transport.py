@@ -200,6 +200,8 @@ class TrioConnection:
         #: bytes it holds taken from the queue and not yet written (see wait_for_room).
         self._stalled = False
         self._in_writer = 0
+        #: The writer task has ended (cancelled, or the stream broke): flush has no one to wait for.
+        self._writer_gone = False
         #: Set when the byte stream is known dead; the reason, for errors shown to users.
         self.broken: str | None = None
         self.closed = trio.Event()
@@ -342,6 +344,7 @@ class TrioConnection:
         finally:
             self._writing = self._stalled = False
             self._in_writer = 0
+            self._writer_gone = True
             self._drained.set()
 
     async def _send_all_stream(self, data: bytes | memoryview) -> None:
@@ -381,8 +384,8 @@ class TrioConnection:
         await trio.lowlevel.checkpoint()
         while self.conn.has_data_to_send or self._writing:
             await self._drained.wait()
-            if self.broken:
-                return
+            if self.broken or self._writer_gone:
+                return  # nothing will send it (the writer was cancelled, or the stream broke)
             if self.conn.has_data_to_send:
                 self.wake_writer()
                 await trio.lowlevel.checkpoint()
