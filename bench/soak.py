@@ -169,8 +169,8 @@ async def hostile(address, name: str, stop_at: float) -> None:
                     await misbehave(stream, name)
                 finally:
                     await trio.aclose_forcefully(stream)
-        except OSError:
-            pass
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the server closed it: what it should do to such a peer
         await trio.sleep(0.5)
 
 
