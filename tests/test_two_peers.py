@@ -53,7 +53,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from hypothesis.stateful import run_state_machine_as_test
 
+from types import SimpleNamespace
+
 from trpc import Status
+from trpc._client import Client, _ClientCall
 from trpc._events import CallCancelled, CallEnded, CallOpened, ConnectionClosed, GoAwayReceived, HeadersReceived
 from trpc._events import MessagesReceived, PingAcknowledged, PingReceived, PrefaceReceived, SendCreditAvailable
 from trpc._events import StreamEnded
@@ -107,6 +110,23 @@ PEER_OPTIONS = st.fixed_dictionaries({
 
 #: What one side's preface announced (section 2), in the order of OPTIONS.
 Limits = namedtuple("Limits", "max_frame max_message stream_window connection_window max_streams")
+
+
+class _CallLayer:
+    """The client's Trio connection, as far as ending a call goes, around the client core:
+    ``Client._cancel`` runs on it unchanged (no Trio needed: nothing waits)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.calls: dict = {}
+        self.broken = None
+        self.slot_waiters = ()  # nobody waits for a call slot here
+
+    def cancel(self, stream_id: int, reason: Status, message: str) -> None:
+        self.conn.cancel(stream_id, reason, message)  # TrioConnection.cancel, less the wake-up
+
+    def wake_writer(self) -> None:  # the client woke its writer by hand before the split
+        pass
 
 
 def fill(tag: list, size: int) -> bytes:
@@ -517,8 +537,13 @@ class TwoPeers(RuleBasedStateMachine):
     @rule(data=st.data(), reason=st.sampled_from(CANCEL_REASONS), message=st.sampled_from(["", "gave up"]))
     @tracked
     def the_client_cancels(self, data, reason, message):
+        """Through the client's call layer (``Client._cancel``, what a caller's deadline or
+        cancel scope runs): the status the call then reports must be the reason the wire
+        carries (so a timeout reads DEADLINE_EXCEEDED, not CANCELLED)."""
         call = self._pick(data, self._calls(lambda c: c.client_open))
-        self.client.cancel(call.sid, reason, message)
+        record = _ClientCall(call.sid)
+        Client._cancel(SimpleNamespace(_connection=_CallLayer(self.client)), record, reason, message)
+        assert (record.status, record.message) == (reason, message), "the call reports another status than it sent"
         call.cancel = (reason, message)
         call.ended = "cancel"
 
