@@ -45,6 +45,7 @@ import os
 import struct
 from collections import Counter, deque, namedtuple
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import cbor2
 import pytest
@@ -52,8 +53,6 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from hypothesis.stateful import run_state_machine_as_test
-
-from types import SimpleNamespace
 
 from trpc import Status
 from trpc._client import Client, _ClientCall
