@@ -845,3 +845,17 @@ def test_stream_credit_goes_back_in_half_windows(framer_cls, consumed, granted):
     pair.server.consumed(sid, consumed)
     pair.exchange()
     assert credit(pair.client, sid)[0] - before == granted
+
+
+def test_a_message_whose_last_frame_goes_over_the_limit_ends_its_call(framer_cls):
+    """The frames with MORE stay within the max message size; the last one goes over: the call
+    ends RESOURCE_EXHAUSTED and nothing of the message is handed on."""
+    pair = Pair(framer_cls, server_options={"max_message_size": 2048})
+    sid = pair.client.open_call("m")
+    pair.exchange()
+    data = frame(FrameType.DATA, MORE, sid, bytes(1500)) + frame(FrameType.DATA, 0, sid, bytes(1000))
+    events = pair.server.receive_data(data)
+    assert [(type(e).__name__, e.reason) for e in events] == [("CallCancelled", Status.RESOURCE_EXHAUSTED)]
+    assert not messages(events)
+    (ended,) = [e for e in pair.exchange()["client"] if isinstance(e, CallEnded)]
+    assert ended.status is Status.RESOURCE_EXHAUSTED
