@@ -859,3 +859,19 @@ def test_a_message_whose_last_frame_goes_over_the_limit_ends_its_call(framer_cls
     assert not messages(events)
     (ended,) = [e for e in pair.exchange()["client"] if isinstance(e, CallEnded)]
     assert ended.status is Status.RESOURCE_EXHAUSTED
+
+
+def test_request_headers_larger_than_the_servers_frame_are_refused_here(framer_cls):
+    """HEADERS must fit the peer's max frame size (16 KiB here) as well as 64 KiB."""
+    pair = Pair(framer_cls, server_options={"max_frame_size": 16 << 10})
+    with pytest.raises(LocalProtocolError, match="metadata is too large"):
+        pair.client.open_call("m", metadata={"big": "x" * (20 << 10)})
+    assert pair.client.open_streams == 0 and pair.client.data_to_send() == b""
+
+
+def test_bad_metadata_in_response_headers_is_the_servers_protocol_error(framer_cls):
+    pair = Pair(framer_cls)
+    sid = pair.client.open_call("m", end_stream=True)
+    pair.exchange()
+    bad = frame(FrameType.HEADERS, 0, sid, cbor2.dumps({3: {"k": 5}}))
+    assert_fails(framer_cls, pair.client, bad, Status.INTERNAL)
