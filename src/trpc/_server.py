@@ -365,8 +365,6 @@ class _ServerConnection(TrioConnection):
         call = self._forget(event.stream_id)
         if call is None:
             return
-        if self._watch_calls and not self.calls:
-            self._calls_ended()
         call.finished = True  # the stream is closed (trailers, if any, were queued by the core)
         call.context._cancel(event.reason, event.message)
         logger.info(
@@ -431,12 +429,15 @@ class _ServerConnection(TrioConnection):
 
     # ------------------------------------------------------------------ calls
     def _forget(self, stream_id: int) -> _ServerCall | None:
-        """Take a call out of the registry and the server's count (None if it was not there)."""
+        """Take a call out of the registry and the server's counts (None if it was not there);
+        the one place a call leaves, so the idle and age limits learn when the last one did."""
         call = self.calls.pop(stream_id, None)
         if call is not None:
             self.server._open_calls -= 1
             self.server._buffered -= call.buffered
             call.buffered = 0
+            if self._watch_calls and not self.calls:
+                self._calls_ended()
         return call
 
     def _start(self, call: _ServerCall, payload: bytes | None) -> None:
@@ -522,8 +523,6 @@ class _ServerConnection(TrioConnection):
             return
         call.finished = True
         self._forget(call.id)
-        if self._watch_calls and not self.calls:
-            self._calls_ended()
         try:
             self.send_trailers(call.id, status, message, details, call.context._trailing_metadata)
         except LocalProtocolError:  # the stream ended under us (connection failed)
