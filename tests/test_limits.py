@@ -189,9 +189,10 @@ async def test_request_messages_waiting_for_handlers_are_bounded_server_wide(nur
     assert server._buffered == 0
 
 
-def test_max_concurrent_calls_is_checked():
-    with pytest.raises(ValueError):
-        trpc.Server(Uploads(), max_concurrent_calls=0)
+@pytest.mark.parametrize("option", ["max_concurrent_calls", "max_buffered_bytes"])
+def test_the_server_wide_limits_are_checked(option):
+    with pytest.raises(ValueError, match=option):
+        trpc.Server(Uploads(), **{option: 0})
 
 
 # ----------------------------------------------------------------------- a peer that never reads

@@ -754,7 +754,11 @@ class Server:
         if max_concurrent_calls < 1:
             raise ValueError("max_concurrent_calls must be at least 1")
         self.max_concurrent_calls = max_concurrent_calls
-        self.max_buffered_bytes = DEFAULT_MAX_BUFFERED_BYTES if max_buffered_bytes is None else max_buffered_bytes
+        if max_buffered_bytes is None:
+            max_buffered_bytes = DEFAULT_MAX_BUFFERED_BYTES
+        if max_buffered_bytes < 1:
+            raise ValueError("max_buffered_bytes must be at least 1")
+        self.max_buffered_bytes = max_buffered_bytes
         #: Bytes in the inboxes of every connection's calls: what max_buffered_bytes bounds.
         self._buffered = 0
         #: Calls open on every connection (a task running or about to): what
