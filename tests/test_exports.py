@@ -19,6 +19,6 @@ def test_public_objects_are_documented_and_live_in_trpc():
 
 
 def test_one_exception_hierarchy():
-    for name in ["RpcError", "ProtocolError", "LocalProtocolError", "RemoteProtocolError",
+    for name in ["ConfigError", "RpcError", "ProtocolError", "LocalProtocolError", "RemoteProtocolError",
                  "FrameTooLargeError", "TruncatedFrameError", "TransportError"]:
         assert issubclass(getattr(trpc, name), trpc.TrpcError)

@@ -18,8 +18,10 @@ wire.  Deadlines and cancellation follow Trio's cancel scopes across the wire.
 
 from ._channel import FramedChannel
 from ._client import Client, ClientStream, Method, open_client
+from ._config import ClientConfig, ConnectionBackoff, MethodConfig, RetryPolicy, RetryThrottling
 from ._context import CallContext, current_call
 from ._errors import (
+    ConfigError,
     FrameTooLargeError,
     LocalProtocolError,
     ProtocolError,
@@ -43,15 +45,21 @@ __all__ = [
     "CallDetails",
     "ClientInterceptor",
     "Client",
+    "ClientConfig",
     "ClientStream",
+    "ConfigError",
+    "ConnectionBackoff",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "FrameTooLargeError",
     "FramedChannel",
     "LocalProtocolError",
     "Method",
+    "MethodConfig",
     "ProtocolError",
     "RemoteProtocolError",
+    "RetryPolicy",
+    "RetryThrottling",
     "RpcError",
     "Server",
     "ServerInterceptor",

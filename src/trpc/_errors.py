@@ -10,6 +10,8 @@ Everything trpc raises on purpose derives from :class:`TrpcError`:
   truncated frames, frames in the wrong state); :class:`LocalProtocolError` when local code asked
   the protocol core for something the rules forbid.  The framer's errors are remote protocol
   errors with their own subclasses so tests (and users) can tell them apart.
+- :class:`ConfigError` means a client configuration (``docs/CONFIG.md``) broke its rules; it is
+  also a ``ValueError``, and names the JSON path of the bad value.
 - :class:`TransportError` wraps failures of the underlying byte stream (Trio's
   ``BrokenResourceError``, ``ClosedResourceError``, ``OSError``); they are translated in one
   place, the Trio transport layer, and never leak from the public API in their raw form.
@@ -26,6 +28,7 @@ from ._status import Status
 
 __all__ = [
     "TrpcError",
+    "ConfigError",
     "RpcError",
     "ProtocolError",
     "LocalProtocolError",
@@ -129,6 +132,22 @@ class FrameTooLargeError(RemoteProtocolError):
 
 class TruncatedFrameError(RemoteProtocolError):
     """The byte stream ended in the middle of a frame."""
+
+
+class ConfigError(TrpcError, ValueError):
+    """A client configuration broke the rules of docs/CONFIG.md.
+
+    Attributes:
+        path: where, as a JSON path into the document (``methodConfig[2].retryPolicy.maxAttempts``);
+            empty for the document as a whole.  Raised by the dataclasses themselves (built in
+            Python, not from JSON), it is the field's Python name (``max_attempts``).
+        reason: what is wrong with the value there.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path or 'config'}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 class TransportError(TrpcError):
