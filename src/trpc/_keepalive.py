@@ -70,7 +70,11 @@ TCP_KEEPALIVE_COUNT = 3
 
 def set_tcp_keepalive(sock: Any) -> None:
     """Turn on TCP keepalive on a (Trio or standard) TCP socket, with the values above where the
-    platform lets us set them (Linux: all three; macOS: ``TCP_KEEPALIVE`` is the idle time)."""
+    platform lets us set them (Linux: all three; macOS: ``TCP_KEEPALIVE`` is the idle time).
+    Any other socket (a Unix one) is left alone: there is no TCP under it to probe, and a peer
+    on the same host that vanishes takes its end of the socket with it."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     idle = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)
     for option, value in (
