@@ -34,7 +34,7 @@ from ._errors import (
 from ._framer import get_framer
 from ._interceptors import CallDetails, ClientInterceptor, ServerInterceptor
 from ._messages import field, message
-from ._server import DEFAULT_HOST, DEFAULT_PORT, Server, serve
+from ._server import DEFAULT_HOST, DEFAULT_PORT, Server, serve, serve_unix
 from ._service import Cardinality, Service, bidi_stream, client_stream, server_stream, unary
 from ._status import Status
 from ._version import __version__
@@ -77,6 +77,7 @@ __all__ = [
     "message",
     "open_client",
     "serve",
+    "serve_unix",
     "server_stream",
     "unary",
 ]

@@ -3,7 +3,10 @@
 Theory of operation
 -------------------
 :class:`Server` holds the method table (built once from the services) and the limits.
-``serve_tcp`` listens and runs ``serve_stream`` for each accepted connection in its own nursery;
+``serve_tcp`` (or ``serve_unix``, on a Unix domain socket: see trpc._unix) listens and runs
+``serve_stream`` for each accepted connection in its own nursery, after admission
+(``_admit``: the connection limit) and, with an ``ssl_context``, the TLS handshake; the two
+differ only in how they open their listeners (``_serve_listeners`` runs both).
 ``serve_stream`` works over any Trio stream (TLS, in-memory) and is what tests use.
 
 Per connection, a :class:`_ServerConnection` (a :class:`~trpc._transport.TrioConnection`) reads
@@ -34,6 +37,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
+import os
+import socket as _socket
 import ssl
 import types
 from collections import deque
@@ -73,8 +78,9 @@ from ._service import MethodInfo, collect_methods
 from ._status import Status
 from ._tls import send_pending_alert
 from ._transport import Parker, TrioConnection
+from ._unix import open_unix_listener
 
-__all__ = ["Server", "serve", "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_CONCURRENT_CALLS", "DEFAULT_MAX_BUFFERED_BYTES"]
+__all__ = ["Server", "serve", "serve_unix", "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_CONCURRENT_CALLS", "DEFAULT_MAX_BUFFERED_BYTES"]
 
 logger = logging.getLogger("trpc")
 
@@ -126,19 +132,32 @@ _ACK_BATCH = 16384
 _checkpoint = trio.lowlevel.checkpoint
 
 
+#: The Unix socket family, where the platform has one.
+_AF_UNIX = getattr(_socket, "AF_UNIX", None)
+
+
 def format_peer(stream: Any) -> str:
-    """A printable address for the far end of a stream."""
+    """A printable address for the far end of a stream: ``host:port``, ``[v6]:port``, or
+    ``unix:PATH`` for a Unix socket (the path of the server's socket, which is what a client
+    dials: the client's own end is usually unnamed)."""
     socket = getattr(stream, "socket", None)
     if socket is None:
         inner = getattr(stream, "transport_stream", None)  # trio.SSLStream
         return format_peer(inner) if inner is not None else type(stream).__name__
+    unix = _AF_UNIX is not None and getattr(socket, "family", None) == _AF_UNIX
     try:
         address = socket.getpeername()
+        if unix and not address:
+            address = socket.getsockname()
     except OSError:
         return "unknown"
     if isinstance(address, tuple):
         host, port = address[:2]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if unix:
+        if isinstance(address, bytes):  # a Linux abstract name: its leading NUL shown as "@"
+            address = address.replace(b"\0", b"@", 1).decode(errors="backslashreplace")
+        return f"unix:{address}" if address else "unix"
     return str(address)
 
 
@@ -772,8 +791,9 @@ class Server:
             raise ValueError(f"preface_timeout must be positive, got {preface_timeout}")
         self.max_connections = max_connections
         self.preface_timeout = preface_timeout
-        #: Sockets accepted by serve_tcp and not yet closed (trpc connections, and those still
-        #: in their TLS handshake or preface); refused_connections counts those closed at once.
+        #: Sockets accepted by serve_tcp or serve_unix and not yet closed (trpc connections, and
+        #: those still in their TLS handshake or preface); refused_connections counts those
+        #: closed at once.
         self._sockets = 0
         self.refused_connections = 0
         self._admission_log = LogLimiter(logger)
@@ -781,7 +801,7 @@ class Server:
                             max_connection_age_grace)
         self._running = 0
         self._connections: set[_ServerConnection] = set()
-        #: The cancel scopes of the listeners of running serve_tcp calls (shutdown closes them).
+        #: The cancel scopes of the running serve_tcp and serve_unix listeners (shutdown closes them).
         self._listening: set[trio.CancelScope] = set()
         #: Set when no call runs any more, while a shutdown waits for that.
         self._idle: trio.Event | None = None
@@ -897,7 +917,7 @@ class Server:
         """
         listeners = await trio.open_tcp_listeners(port, host=host)
         address = listeners[0].socket.getsockname()[:2]
-        serve = self.serve_stream if ssl_context is None else partial(self._serve_tls_connection, ssl_context)
+        serve = self._connection_server(ssl_context)
 
         async def serve_with_keepalive(stream: trio.SocketStream) -> None:
             try:
@@ -906,22 +926,71 @@ class Server:
                 pass
             await serve(stream)
 
-        handler = partial(self._admit, serve_with_keepalive)
+        where = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+        await self._serve_listeners(listeners, serve_with_keepalive, where, address, handler_nursery, task_status)
+
+    async def serve_unix(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        backlog: int | None = None,
+        mode: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        handler_nursery: trio.Nursery | None = None,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on a Unix domain socket at ``path`` and serve every connection, until
+        cancelled: as ``serve_tcp``, with the same limits, admission, keepalive pings and
+        graceful shutdown (TCP's own keepalive aside, which a Unix socket does not have).
+
+        A socket left at ``path`` by a dead server is replaced; a live server there, or a file
+        that is not a socket, raises ``OSError`` before anything is served.  The socket file
+        is removed when the listener closes (on shutdown or cancellation).
+        ``task_status.started`` reports ``path`` (as a string).
+
+        Args:
+            path: where the socket goes (see ``trpc._unix.open_unix_listener``).
+            backlog: the listen backlog (default: as large as the kernel allows).
+            mode: permissions of the socket file (``0o600``: this user only); connecting
+                needs write permission on it.  Default: what the umask gives.
+            ssl_context: serve TLS, as ``serve_tcp`` does.
+        """
+        listener = await open_unix_listener(path, backlog=backlog, mode=mode)
+        await self._serve_listeners(
+            [listener], self._connection_server(ssl_context), f"unix:{listener.path}", listener.path,
+            handler_nursery, task_status,
+        )
+
+    def _connection_server(self, ssl_context: ssl.SSLContext | None) -> Callable:
+        """What serves one accepted stream: serve_stream, or the TLS handshake first."""
+        return self.serve_stream if ssl_context is None else partial(self._serve_tls_connection, ssl_context)
+
+    async def _serve_listeners(
+        self, listeners: list, serve: Callable, where: str, address: Any,
+        handler_nursery: trio.Nursery | None, task_status: trio.TaskStatus[Any],
+    ) -> None:
+        """Accept on ``listeners`` until shutdown or cancellation, passing every stream through
+        admission (``_admit``) to ``serve``; ``task_status.started(address)`` once listening.
+        The listeners close (a Unix socket's file goes with them) as soon as listening stops;
+        this returns once the connections are over too."""
+        handler = partial(self._admit, serve)
         listen_scope = trio.CancelScope()
 
         async def listen(task_status: trio.TaskStatus[None]) -> None:
             with listen_scope:
                 await trio.serve_listeners(handler, listeners, handler_nursery=connections, task_status=task_status)
 
-        async with trio.open_nursery() as nursery:
-            # Connections live in this nursery (or the caller's), not the listeners': a
-            # shutdown closes the listeners and lets the connections finish their calls.
-            connections = handler_nursery or nursery
-            await nursery.start(listen)
-            self._listening.add(listen_scope)
-            logger.info("trpc: listening on %s:%s", *address)
-            task_status.started(address)
-        self._listening.discard(listen_scope)
+        try:
+            async with trio.open_nursery() as nursery:
+                # Connections live in this nursery (or the caller's), not the listeners': a
+                # shutdown closes the listeners and lets the connections finish their calls.
+                connections = handler_nursery or nursery
+                await nursery.start(listen)
+                self._listening.add(listen_scope)
+                logger.info("trpc: listening on %s", where)
+                task_status.started(address)
+        finally:
+            self._listening.discard(listen_scope)
 
     async def _admit(self, serve: Callable, stream: trio.SocketStream) -> None:
         """Serve an accepted socket, or close it at once if max_connections are open (see
@@ -956,7 +1025,8 @@ class Server:
         """Stop gracefully: stop listening, send GOAWAY on every connection (calls already
         received still complete; new ones are refused with UNAVAILABLE, which clients may
         retry elsewhere), wait up to ``grace`` seconds for running calls to finish, then cancel
-        what still runs and close every connection.  ``serve_tcp`` returns once all is closed.
+        what still runs and close every connection.  ``serve_tcp`` and ``serve_unix`` return
+        once all is closed (a Unix socket's file is removed when listening stops).
         """
         self.shutting_down = True
         for scope in list(self._listening):
@@ -990,3 +1060,23 @@ async def serve(
     given.  ``options`` are :class:`Server`'s.
     """
     await Server(*services, **options).serve_tcp(port, host, ssl_context=ssl_context, task_status=task_status)
+
+
+async def serve_unix(
+    *services: Any,
+    path: str | os.PathLike[str],
+    mode: int | None = None,
+    backlog: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> None:
+    """Serve ``services`` on a Unix domain socket until cancelled:
+    ``trio.run(partial(trpc.serve_unix, Greeter(), path="/run/greeter.sock"))``.
+
+    ``path``, ``mode``, ``backlog`` and ``ssl_context`` are :meth:`Server.serve_unix`'s;
+    ``options`` are :class:`Server`'s.
+    """
+    await Server(*services, **options).serve_unix(
+        path, mode=mode, backlog=backlog, ssl_context=ssl_context, task_status=task_status
+    )
