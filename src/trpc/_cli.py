@@ -1,13 +1,18 @@
 """The ``trpc`` command: call a method, serve a service, tell the version.
 
-- ``trpc call HOST:PORT METHOD [ARG ...]`` calls METHOD and prints each response message on its
+- ``trpc call ADDRESS METHOD [ARG ...]`` calls METHOD and prints each response message on its
   own line as it arrives (one line for a unary method, one per item for a streaming one).  Each
   ARG is read as JSON when it parses as JSON (``5``, ``true``, ``{"a": 1}``, ``"5"``) and is
   taken as a plain string otherwise (``Ada``).  ``--stdin`` sends each line of standard input as
-  one request message instead (client- and bidi-streaming methods).
+  one request message instead (client- and bidi-streaming methods).  ADDRESS is ``HOST:PORT``
+  or ``unix:PATH`` (a Unix domain socket; ``unix:///abs/path`` too, see trpc._address).
 - ``trpc serve MODULE:SERVICE [--host H] [--port P] [--grace S]`` imports SERVICE (a Service
   subclass, built with no arguments, or an instance) and serves it; prints ``listening on
   HOST:PORT`` once ready; on SIGINT or SIGTERM it shuts down gracefully (``Server.shutdown``).
+- ``trpc serve MODULE:SERVICE --unix PATH [--unix-mode OCTAL]`` serves on a Unix domain socket
+  instead (``Server.serve_unix``: a dead server's socket there is replaced, the file is removed
+  on exit); given ``--host`` or ``--port`` too, it serves on both, one server, one line
+  ``listening on ...`` per listener (the Unix one first).
 - ``trpc serve --max-connections N --preface-timeout S``: the server's admission limits
   (``Server(max_connections=..., preface_timeout=...)``).
 - TLS: ``trpc serve --tls-cert PEM [--tls-key PEM] [--tls-client-ca PEM]`` and
@@ -38,12 +43,15 @@ from typing import Any, Sequence
 import trio
 
 from . import _cext, _framer
-from ._client import open_client, parse_target
+from ._address import Address, open_stream, parse_address
+from ._client import DEFAULT_CONNECT_TIMEOUT, open_client
 from ._errors import RpcError, TrpcError
 from ._keepalive import CLIENT_KEEPALIVE_TIME, CLIENT_KEEPALIVE_TIMEOUT, SERVER_KEEPALIVE_TIME, SERVER_KEEPALIVE_TIMEOUT
 from ._server import DEFAULT_HOST, DEFAULT_MAX_CONNECTION_AGE_GRACE, DEFAULT_PORT, Server
 from .wire import DEFAULT_MAX_PING_STRIKES, DEFAULT_MIN_PING_INTERVAL
 from ._service import Service
+from ._status import Status
+from ._tls import describe_tls_failure
 from ._version import __version__
 
 __all__ = ["main"]
@@ -95,13 +103,19 @@ def _version_text() -> str:
 
 
 async def _call(args: argparse.Namespace) -> int:
-    host, port = parse_target(args.target)
+    address = parse_address(args.target)
     positional = [_parse_value(text) for text in args.args]
     metadata = _parse_metadata(args.metadata)
     deadline = math.inf if args.timeout is None else trio.current_time() + args.timeout
+    ssl_context = _client_tls(args)
     with trio.CancelScope(deadline=deadline) as scope:
+        if address.kind == "unix":
+            target: Any = await _open_unix(address, ssl_context)
+            ssl_context = None  # the stream is TLS already, if asked for
+        else:
+            target = (address.host, address.port)
         async with open_client(
-            (host, port), metadata=metadata, framer=args.framer, ssl_context=_client_tls(args),
+            target, metadata=metadata, framer=args.framer, ssl_context=ssl_context,
             keepalive_time=args.keepalive_time or None, keepalive_timeout=args.keepalive_timeout,
         ) as client:
             method = client.method(args.method)
@@ -121,6 +135,35 @@ async def _call(args: argparse.Namespace) -> int:
         print(f"DEADLINE_EXCEEDED: no answer within {args.timeout} s", file=sys.stderr)
         return 1
     return 0
+
+
+async def _open_unix(address: Address, ssl_context: ssl.SSLContext | None) -> trio.abc.Stream:
+    """Connect to a Unix socket for ``trpc call`` (open_client takes the connected stream),
+    within the client's connect timeout.  With TLS, the server's certificate is checked
+    against the name ``localhost``, as gRPC does for ``unix:`` targets."""
+    deadline = trio.current_time() + DEFAULT_CONNECT_TIMEOUT
+    try:
+        stream = await open_stream(address, deadline=deadline)
+    except trio.TooSlowError:
+        raise RpcError(Status.UNAVAILABLE, f"cannot connect to {address}: no answer within"
+                                           f" {DEFAULT_CONNECT_TIMEOUT:g} s") from None
+    except OSError as exc:
+        raise RpcError(Status.UNAVAILABLE, f"cannot connect to {address}: {exc.strerror or exc}") from None
+    if ssl_context is None:
+        return stream
+    tls = trio.SSLStream(stream, ssl_context, server_hostname="localhost")
+    try:
+        with trio.fail_at(deadline):
+            await tls.do_handshake()
+    except trio.TooSlowError:
+        await trio.aclose_forcefully(stream)
+        raise RpcError(Status.UNAVAILABLE, f"TLS handshake with {address}: not done within"
+                                           f" {DEFAULT_CONNECT_TIMEOUT:g} s") from None
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        await trio.aclose_forcefully(stream)
+        reason = describe_tls_failure(exc) or exc.__cause__ or exc
+        raise RpcError(Status.UNAVAILABLE, f"TLS handshake with {address} failed: {reason}") from None
+    return tls
 
 
 async def _send_stdin(stream: Any) -> None:
@@ -158,13 +201,24 @@ async def _serve(args: argparse.Namespace) -> int:
     service = _load_service(args.service)
     server = Server(service, framer=args.framer, **_server_limits(args), **_server_lifetimes(args))
     ssl_context = _server_tls(args)
+    listeners = []
+    if args.unix is not None:
+        listeners.append(partial(server.serve_unix, args.unix, mode=args.unix_mode, ssl_context=ssl_context))
+    if args.unix is None or args.host is not None or args.port is not None:
+        port = DEFAULT_PORT if args.port is None else args.port
+        host = DEFAULT_HOST if args.host is None else args.host
+        listeners.append(partial(server.serve_tcp, port, host, ssl_context=ssl_context))
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            host, port = await nursery.start(
-                partial(server.serve_tcp, args.port, args.host, ssl_context=ssl_context)
-            )
-            shown = f"[{host}]" if ":" in host else host
-            print(f"listening on {shown}:{port} ({type(service).__name__}, framer {server._framer.name})", flush=True)
+            for listen in listeners:
+                try:
+                    where = await nursery.start(listen)
+                except OSError as exc:  # the port or the path is taken, or cannot be used
+                    print(f"trpc: cannot listen: {exc}", file=sys.stderr)
+                    nursery.cancel_scope.cancel()
+                    return 1
+                shown = Address.unix(where) if isinstance(where, str) else Address.tcp(*where)
+                print(f"listening on {shown} ({type(service).__name__}, framer {server._framer.name})", flush=True)
             async for signum in signals:
                 logging.getLogger("trpc").warning(
                     "trpc: %s: shutting down (up to %s s for running calls)", signal.Signals(signum).name, args.grace
@@ -223,6 +277,11 @@ def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     return context
 
 
+def _octal(text: str) -> int:
+    """File permissions as chmod takes them: ``660``, ``0o660``."""
+    return int(text, 8)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trpc", description="trpc: RPC for Trio")
     parser.add_argument("--version", action="version", version=_version_text())
@@ -232,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     call = commands.add_parser("call", help="call a method and print the responses")
-    call.add_argument("target", metavar="HOST:PORT")
+    call.add_argument("target", metavar="ADDRESS", help="HOST:PORT, or unix:PATH for a Unix domain socket")
     call.add_argument("method", metavar="METHOD")
     call.add_argument("args", nargs="*", metavar="ARG", help="arguments: JSON if they parse, else text")
     call.add_argument("--timeout", type=float, default=None, help="deadline for the whole call, in seconds")
@@ -251,10 +310,14 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--keepalive-timeout", type=float, default=CLIENT_KEEPALIVE_TIMEOUT, metavar="S",
                       help=f"give up on the server when a ping has no answer in S s (default {CLIENT_KEEPALIVE_TIMEOUT:g})")
 
-    serve = commands.add_parser("serve", help="serve a trpc.Service over TCP")
+    serve = commands.add_parser("serve", help="serve a trpc.Service over TCP or a Unix domain socket")
     serve.add_argument("service", metavar="MODULE:SERVICE")
-    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
+    serve.add_argument("--host", default=None, help=f"address to listen on (default {DEFAULT_HOST})")
+    serve.add_argument("--port", type=int, default=None, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
+    serve.add_argument("--unix", metavar="PATH", default=None,
+                       help="listen on a Unix domain socket at PATH instead (as well, with --host or --port)")
+    serve.add_argument("--unix-mode", metavar="OCTAL", type=_octal, default=None,
+                       help="permissions of the socket file, e.g. 660 (default: what the umask gives)")
     serve.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
     serve.add_argument("--tls-key", metavar="PEM", help="its private key (if not in --tls-cert)")
     serve.add_argument("--tls-client-ca", metavar="PEM",
@@ -299,10 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "call":
             try:
-                parse_target(args.target)
+                parse_address(args.target)
             except ValueError as exc:
                 parser.error(str(exc))
             return trio.run(_call, args)
+        if args.unix_mode is not None and args.unix is None:
+            parser.error("--unix-mode needs --unix")
         return trio.run(_serve, args)
     except RpcError as exc:
         print(f"{exc.status.name}: {exc.message}", file=sys.stderr)
