@@ -56,7 +56,7 @@ async def test_a_callers_fail_after_raises_too_slow(autojump_clock):
 
 
 def test_the_limit_is_chosen_from_the_three():
-    from trpc._client import _ConnectLimit
+    from trpc.channel._connection import ConnectLimit as _ConnectLimit
 
     inf = float("inf")
     assert (_ConnectLimit.choose(100, 10, None, inf).deadline, _ConnectLimit.choose(100, 10, None, inf).setting) == (110, "connect_timeout")

@@ -250,6 +250,7 @@ async def test_at_its_maximum_age_a_connection_says_goaway_lets_its_calls_finish
     lifetime_client, autojump_clock
 ):
     client = lifetime_client
+    connection = client._connection
     start = trio.current_time()
     results = []
     async with trio.open_nursery() as calls:
@@ -259,13 +260,13 @@ async def test_at_its_maximum_age_a_connection_says_goaway_lets_its_calls_finish
 
         calls.start_soon(long_call)
         await trio.sleep(31)  # past the age: the server has said GOAWAY
-        assert client._connection.conn.goaway_received is not None
+        assert connection.conn.goaway_received is not None
         with pytest.raises(RpcError) as info:
             await client.greet("late")  # no new calls on this connection
         assert info.value.status is Status.UNAVAILABLE
     assert results == ["finished"]  # the running call finished within the grace
     with trio.fail_after(5):
-        await client._connection.closed.wait()  # and then the server closed the connection
+        await connection.closed.wait()  # and then the server closed the connection
     assert trio.current_time() - start == pytest.approx(40, abs=1)
     assert client.server.connections == 0
 
@@ -284,12 +285,13 @@ async def test_calls_still_running_after_the_age_grace_are_ended(lifetime_client
 @pytest.mark.parametrize("lifetime_client", [dict(max_connection_idle=30)], indirect=True)
 async def test_a_connection_without_calls_for_max_connection_idle_is_closed(lifetime_client, autojump_clock):
     client = lifetime_client
+    connection = client._connection
     assert await client.sleep_then(100, "a long call is not idleness") == "a long call is not idleness"
     ended = trio.current_time()
     with trio.fail_after(300):
-        await client._connection.closed.wait()
+        await connection.closed.wait()
     assert trio.current_time() - ended == pytest.approx(30, abs=1)
-    assert client._connection.conn.goaway_received is not None
+    assert connection.conn.goaway_received is not None
     assert client.server.connections == 0
     with pytest.raises(RpcError) as info:
         await client.greet("late")

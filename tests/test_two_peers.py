@@ -55,7 +55,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from hypothesis.stateful import run_state_machine_as_test
 
 from trpc import Status
-from trpc._client import Client, _ClientCall
+from trpc._client import Client
+from trpc.channel._connection import ClientCall
 from trpc._events import CallCancelled, CallEnded, CallOpened, ConnectionClosed, GoAwayReceived, HeadersReceived
 from trpc._events import MessagesReceived, PingAcknowledged, PingReceived, PrefaceReceived, SendCreditAvailable
 from trpc._events import StreamEnded
@@ -120,6 +121,7 @@ class _CallLayer:
         self.calls: dict = {}
         self.broken = None
         self.slot_waiters = ()  # nobody waits for a call slot here
+        self.usable = True
 
     def cancel(self, stream_id: int, reason: Status, message: str) -> None:
         self.conn.cancel(stream_id, reason, message)  # TrioConnection.cancel, less the wake-up
@@ -540,8 +542,8 @@ class TwoPeers(RuleBasedStateMachine):
         cancel scope runs): the status the call then reports must be the reason the wire
         carries (so a timeout reads DEADLINE_EXCEEDED, not CANCELLED)."""
         call = self._pick(data, self._calls(lambda c: c.client_open))
-        record = _ClientCall(call.sid)
-        Client._cancel(SimpleNamespace(_connection=_CallLayer(self.client)), record, reason, message)
+        record = ClientCall(call.sid, _CallLayer(self.client))
+        Client._cancel(record, reason, message)
         assert (record.status, record.message) == (reason, message), "the call reports another status than it sent"
         call.cancel = (reason, message)
         call.ended = "cancel"

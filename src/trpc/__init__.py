@@ -16,7 +16,7 @@ Everything public is re-exported here from private modules; ``docs/PROTOCOL.md``
 wire.  Deadlines and cancellation follow Trio's cancel scopes across the wire.
 """
 
-from ._channel import FramedChannel
+from ._framed import FramedChannel
 from ._client import Client, ClientStream, Method, open_client
 from ._config import ClientConfig, ConnectionBackoff, MethodConfig, RetryPolicy, RetryThrottling
 from ._context import CallContext, current_call

@@ -43,15 +43,14 @@ from typing import Any, Sequence
 import trio
 
 from . import _cext, _framer
-from ._address import Address, open_stream, parse_address
-from ._client import DEFAULT_CONNECT_TIMEOUT, open_client
+from ._address import Address
+from .channel import make_resolver
+from ._client import open_client
 from ._errors import RpcError, TrpcError
 from ._keepalive import CLIENT_KEEPALIVE_TIME, CLIENT_KEEPALIVE_TIMEOUT, SERVER_KEEPALIVE_TIME, SERVER_KEEPALIVE_TIMEOUT
 from ._server import DEFAULT_HOST, DEFAULT_MAX_CONNECTION_AGE_GRACE, DEFAULT_PORT, Server
 from .wire import DEFAULT_MAX_PING_STRIKES, DEFAULT_MIN_PING_INTERVAL
 from ._service import Service
-from ._status import Status
-from ._tls import describe_tls_failure
 from ._version import __version__
 
 __all__ = ["main"]
@@ -103,19 +102,13 @@ def _version_text() -> str:
 
 
 async def _call(args: argparse.Namespace) -> int:
-    address = parse_address(args.target)
     positional = [_parse_value(text) for text in args.args]
     metadata = _parse_metadata(args.metadata)
     deadline = math.inf if args.timeout is None else trio.current_time() + args.timeout
     ssl_context = _client_tls(args)
     with trio.CancelScope(deadline=deadline) as scope:
-        if address.kind == "unix":
-            target: Any = await _open_unix(address, ssl_context)
-            ssl_context = None  # the stream is TLS already, if asked for
-        else:
-            target = (address.host, address.port)
         async with open_client(
-            target, metadata=metadata, framer=args.framer, ssl_context=ssl_context,
+            args.target, metadata=metadata, framer=args.framer, ssl_context=ssl_context,
             keepalive_time=args.keepalive_time or None, keepalive_timeout=args.keepalive_timeout,
         ) as client:
             method = client.method(args.method)
@@ -135,35 +128,6 @@ async def _call(args: argparse.Namespace) -> int:
         print(f"DEADLINE_EXCEEDED: no answer within {args.timeout} s", file=sys.stderr)
         return 1
     return 0
-
-
-async def _open_unix(address: Address, ssl_context: ssl.SSLContext | None) -> trio.abc.Stream:
-    """Connect to a Unix socket for ``trpc call`` (open_client takes the connected stream),
-    within the client's connect timeout.  With TLS, the server's certificate is checked
-    against the name ``localhost``, as gRPC does for ``unix:`` targets."""
-    deadline = trio.current_time() + DEFAULT_CONNECT_TIMEOUT
-    try:
-        stream = await open_stream(address, deadline=deadline)
-    except trio.TooSlowError:
-        raise RpcError(Status.UNAVAILABLE, f"cannot connect to {address}: no answer within"
-                                           f" {DEFAULT_CONNECT_TIMEOUT:g} s") from None
-    except OSError as exc:
-        raise RpcError(Status.UNAVAILABLE, f"cannot connect to {address}: {exc.strerror or exc}") from None
-    if ssl_context is None:
-        return stream
-    tls = trio.SSLStream(stream, ssl_context, server_hostname="localhost")
-    try:
-        with trio.fail_at(deadline):
-            await tls.do_handshake()
-    except trio.TooSlowError:
-        await trio.aclose_forcefully(stream)
-        raise RpcError(Status.UNAVAILABLE, f"TLS handshake with {address}: not done within"
-                                           f" {DEFAULT_CONNECT_TIMEOUT:g} s") from None
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        await trio.aclose_forcefully(stream)
-        reason = describe_tls_failure(exc) or exc.__cause__ or exc
-        raise RpcError(Status.UNAVAILABLE, f"TLS handshake with {address} failed: {reason}") from None
-    return tls
 
 
 async def _send_stdin(stream: Any) -> None:
@@ -362,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "call":
             try:
-                parse_address(args.target)
+                make_resolver(args.target)
             except ValueError as exc:
                 parser.error(str(exc))
             return trio.run(_call, args)

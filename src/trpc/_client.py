@@ -1,21 +1,37 @@
-"""The client: call a server's methods as if they were local.
+"""The client: call a server's methods as if they were local, over a channel of connections.
 
 Theory of operation
 -------------------
-``open_client`` connects, exchanges prefaces and starts two background tasks (reader and writer,
-see :mod:`trpc._transport`) in a nursery that the context manager owns; it never lets an
-ExceptionGroup out.  Calls run in the *caller's* task: a unary call queues its HEADERS and its
-message (one write for both), parks, and is woken by the reader when the trailers arrive.  No task,
-channel or lock per call.
+``open_client`` makes a :class:`~trpc.channel.Channel` (a resolver, subchannels that connect
+and reconnect with backoff, a balancer; see :mod:`trpc.channel`) and runs it in a nursery that
+the context manager owns; it never lets an ExceptionGroup out.  Calls run in the *caller's*
+task: a unary call picks a connection (one step of the balancer over the list of ready
+connections), queues its HEADERS and its message (one write for both), parks, and is woken by the
+reader when the trailers arrive.  No task, channel or lock per call.  A stream stays on the
+connection it started on.
 
 Deadlines come from Trio: the call reads ``trio.current_effective_deadline()``, so any enclosing
 ``move_on_after`` / ``fail_after`` scope, or a server handler's own deadline when the call is
 nested in one, travels to the server as the time remaining.  An explicit ``timeout=`` (on the
-client or per method) adds a scope of trpc's own, which raises ``RpcError(DEADLINE_EXCEEDED)``;
-a deadline of the caller's own scope behaves as Trio says for that scope (``move_on_*`` is
-silent, ``fail_*`` raises ``TooSlowError``).  If the caller is cancelled while a call is in
-flight, a CANCEL frame tells the server why: the deadline passed, the caller was cancelled, or
-(for a nested call) the reason its own caller gave.
+client, per method, or in the client's config) adds a scope of trpc's own, which raises
+``RpcError(DEADLINE_EXCEEDED)``; a deadline of the caller's own scope behaves as Trio says for
+that scope (``move_on_*`` is silent, ``fail_*`` raises ``TooSlowError``).  If the caller is
+cancelled while a call is in flight, a CANCEL frame tells the server why: the deadline passed,
+the caller was cancelled, or (for a nested call) the reason its own caller gave.
+
+Retries (the slow path, taken only when an attempt has failed; see ``_Retrier``):
+
+- *transparent*: a call the server says it never processed (refused while shutting down, over
+  a limit, above a GOAWAY's last stream id) is sent again, to whichever connection the balancer
+  picks, whatever the method: it had no effect;
+- *by policy*: a call of an idempotent method (the config says so, or the server declares it in
+  its INFO frame) that failed with a retryable status is tried again after a backoff, up to the
+  policy's ``max_attempts``, never past the call's deadline, and only while the channel's retry
+  throttle (a token bucket, gRPC's ``retryThrottling``) has tokens.
+
+A streaming call is retried only until the first response (headers or message) arrives: the
+request messages sent so far are kept (up to ``RETRY_BUFFER`` bytes) and sent again.  Every
+attempt after the first carries its number in the metadata key ``trpc-attempt``.
 
 Streaming calls use :class:`ClientStream`, an explicit send/receive object; server-streaming
 calls can simply be iterated (``async for x in client.count(5)``), and client-streaming calls take
@@ -26,58 +42,79 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import ssl
-from collections import deque
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterable, AsyncIterator, Sequence
 
 import trio
 
 from ._codec import _loads, decode, encode, encode_arguments
+from ._config import ClientConfig, MethodConfig, RetryPolicy, RetryThrottle, RetryThrottling
 from ._context import _current_or_none
 from ._errors import LocalProtocolError, MessageTooLargeError, RpcError
-from ._events import (
-    CallEnded,
-    GoAwayReceived,
-    HeadersReceived,
-    MessagesReceived,
-    PrefaceReceived,
-)
 from ._framer import get_framer
 from ._interceptors import CallDetails, run_chain
-from ._keepalive import CLIENT_KEEPALIVE_TIME, CLIENT_KEEPALIVE_TIMEOUT, Keepalive, check_keepalive, set_tcp_keepalive
+from ._keepalive import CLIENT_KEEPALIVE_TIME, CLIENT_KEEPALIVE_TIMEOUT, check_keepalive
 from ._framer_py import DEFAULT_MAX_FRAME_SIZE
 from .wire import (
     DEFAULT_CONNECTION_WINDOW,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_STREAM_WINDOW,
-    Connection,
     message_size,
 )
-from ._server import format_peer
 from ._status import Status
-from ._tls import describe_tls_failure
-from ._transport import _SPEAKS_TLS, Parker, TrioConnection
+from .channel._channel import Channel
+from .channel._connection import ClientCall, ClientConnection, ConnectOptions
+from .channel._resolver import make_resolver
+from .channel._subchannel import ConnectivityState
 
-__all__ = ["Client", "ClientStream", "open_client", "parse_target", "DEFAULT_CONNECT_TIMEOUT"]
+__all__ = [
+    "Client", "ClientStream", "Method", "open_client", "parse_target", "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_RETRY_POLICY", "RETRY_BUFFER", "ATTEMPT_KEY",
+]
 
 logger = logging.getLogger("trpc")
 
-#: How long ``open_client`` waits for TCP connect, TLS handshake and the server's preface, all
-#: together.  10 s: long enough for a loaded server, short enough that a black-holed address
-#: fails while a person waits.  A client ``timeout=`` that is shorter bounds them instead.
+#: How long one connection attempt may take (TCP connect, TLS handshake and the server's
+#: preface, all together), unless the connection backoff is longer then (gRPC's
+#: MIN_CONNECT_TIMEOUT, whose default there is 20 s).  10 s: long enough for a loaded server,
+#: short enough that a black-holed address fails while a person waits.  A client ``timeout=``
+#: that is shorter bounds them instead.
 DEFAULT_CONNECT_TIMEOUT = 10.0
-#: How long closing a client waits to tell the server (CANCEL/GOAWAY) before it just closes.
-_CLOSE_GRACE = 1.0
 
 #: Bytes of received messages a stream reader takes before it returns their credit (sooner if
 #: its queue runs dry).  16 KiB: a small fraction of the 2 MiB window, far fewer calls than one
 #: per message.
 _ACK_BATCH = 16384
 
+#: The retry policy of a method that is idempotent (by the config, or by the server's word) when
+#: the config gives it none: 3 attempts, on UNAVAILABLE only (the connection was lost or the
+#: server could not take the call), 0.1 s then 0.2 s of backoff (randomized).  Enough to ride
+#: over one backend's crash or restart, too little to pile load on a struggling service.
+DEFAULT_RETRY_POLICY = RetryPolicy(
+    max_attempts=3,
+    initial_backoff=0.1,
+    max_backoff=1.0,
+    backoff_multiplier=2.0,
+    retryable_status_codes=frozenset({Status.UNAVAILABLE}),
+)
+#: Request bytes a streaming call keeps, until its first response, so that it can be sent
+#: again on a retry; a call that sends more is no longer retried (it is "committed", as gRPC
+#: says).  256 KiB: gRPC's own per-call retry buffer.
+RETRY_BUFFER = 256 * 1024
+#: A call may be retried transparently (the server never processed it) this many times: the
+#: refusals come from servers shutting down or full, and a call that meets eight in a row had
+#: better fail and say so.
+_MAX_TRANSPARENT = 8
+#: The metadata key that carries the attempt number on every attempt after the first.
+ATTEMPT_KEY = "trpc-attempt"
+
 _current_time = trio.current_time
 _current_effective_deadline = trio.current_effective_deadline
 _UNSET: Any = object()
+_OK = Status.OK
+_READY = ConnectivityState.READY
 
 
 def parse_target(target: str) -> tuple[str, int]:
@@ -91,95 +128,6 @@ def parse_target(target: str) -> tuple[str, int]:
     if not 0 < number < 65536:
         raise ValueError(f"port out of range in {target!r}")
     return host, number
-
-
-class _ClientCall:
-    """Client-side state of one call; filled in by the reader, read by the caller's task."""
-
-    __slots__ = (
-        "id", "inbox", "status", "message", "details", "trailers", "headers", "wakeup", "credit_wakeup", "unsent"
-    )
-
-    def __init__(self, stream_id: int) -> None:
-        self.id = stream_id
-        #: Part of the request went unframed for lack of credit (see Client._open).
-        self.unsent = False
-        self.inbox: deque[bytes] = deque()
-        self.status: Status | None = None
-        self.message = ""
-        self.details: Any = None
-        self.trailers: dict = {}
-        self.headers: dict | None = None
-        self.wakeup = Parker()
-        self.credit_wakeup = Parker()
-
-    def error(self) -> RpcError:
-        return RpcError(self.status, self.message, self.details, trailers=self.trailers)
-
-    def ended(self) -> bool:
-        """The call has a status (the server's, or the one it was ended with here)."""
-        return self.status is not None
-
-
-class _ClientConnection(TrioConnection):
-    def __init__(self, stream: trio.abc.Stream, conn: Connection, peer: str) -> None:
-        super().__init__(stream, conn, peer)
-        self.calls: dict[int, _ClientCall]
-        self.ready = trio.Event()
-        #: Calls waiting for the server's concurrent-call limit to let them start.
-        self.slot_waiters = trio.lowlevel.ParkingLot()
-
-    def _on_message(self, event: MessagesReceived) -> None:
-        call = self.calls.get(event.stream_id)
-        if call is not None:
-            call.inbox.extend(event.payloads)
-            call.wakeup.unpark()
-
-    def _on_call_ended(self, event: CallEnded) -> None:
-        if self.slot_waiters:
-            self.slot_waiters.unpark()
-        call = self.calls.get(event.stream_id)
-        if call is not None:
-            call.status = event.status
-            call.message = event.message
-            call.details = event.details
-            call.trailers = event.metadata
-            call.wakeup.unpark()
-            call.credit_wakeup.unpark()
-
-    def _on_headers(self, event: HeadersReceived) -> None:
-        call = self.calls.get(event.stream_id)
-        if call is not None:
-            call.headers = event.metadata
-
-    def _on_preface(self, event: PrefaceReceived) -> None:
-        self.ready.set()
-
-    def _on_goaway(self, event: GoAwayReceived) -> None:
-        logger.debug("trpc: server %s is going away: %s %s", self.peer, event.status.name, event.message)
-
-    def connection_lost(self, reason: str) -> None:
-        self.ready.set()
-        self.slot_waiters.unpark_all()
-        for call in self.calls.values():
-            if call.status is None:
-                call.status = Status.UNAVAILABLE
-                call.message = f"connection to {self.peer} lost: {reason}"
-                call.wakeup.unpark()
-                call.credit_wakeup.unpark()
-
-    def unavailable(self) -> RpcError:
-        return RpcError(Status.UNAVAILABLE, f"connection to {self.peer} is closed: {self.broken}")
-
-
-_ClientConnection._DISPATCH = {
-    **TrioConnection._DISPATCH,
-    MessagesReceived: _ClientConnection._on_message,
-    CallEnded: _ClientConnection._on_call_ended,
-    HeadersReceived: _ClientConnection._on_headers,
-    PrefaceReceived: _ClientConnection._on_preface,
-    GoAwayReceived: _ClientConnection._on_goaway,
-}
 
 
 def _too_large(exc: MessageTooLargeError) -> RpcError:
@@ -199,7 +147,7 @@ def _cancel_reason(deadline: float) -> tuple[Status, str]:
 
 
 class Client:
-    """A connection to a trpc server; get one from :func:`open_client`.
+    """A channel to a trpc service; get one from :func:`open_client`.
 
     Methods of the server are attributes: ``await client.greet("Ada")``.  A method whose name
     clashes with an attribute of this class is reached with ``client.method("aclose")``.
@@ -207,58 +155,103 @@ class Client:
 
     def __init__(
         self,
-        connection: _ClientConnection,
+        channel: Channel,
         *,
         timeout: float | None,
         metadata: dict | None,
         interceptors: Sequence[Any] = (),
+        config: ClientConfig | None = None,
+        wait_for_ready: bool = False,
     ) -> None:
-        self._connection = connection
+        self._channel = channel
         self._timeout = timeout
         self._metadata = dict(metadata or {})
         self._interceptors = tuple(interceptors)
+        self._config = config
+        self._wait_for_ready = wait_for_ready
+        throttling = config.retry_throttling if config is not None else None
+        self._throttle = RetryThrottle(throttling or RetryThrottling())
+        self._random = random.Random()
         self._closing = False
 
     def __getattr__(self, name: str) -> "Method":
         if name.startswith("_"):
             raise AttributeError(name)
-        method = Method(self, name, self._timeout, self._metadata)
+        method = self.method(name)
         self.__dict__[name] = method  # cached: next time a plain attribute hit
         return method
 
     def method(self, name: str) -> "Method":
         """The server method ``name`` (for names that are not identifiers or clash with ours)."""
-        return Method(self, name, self._timeout, self._metadata)
+        config = self._config.method(name) if self._config is not None else None
+        timeout = self._timeout
+        wait_for_ready = self._wait_for_ready
+        if config is not None:
+            if config.timeout is not None:
+                timeout = config.timeout
+            if config.wait_for_ready is not None:
+                wait_for_ready = config.wait_for_ready
+        return Method(self, name, timeout, self._metadata, wait_for_ready, config)
+
+    # ------------------------------------------------------------------ the channel
+    @property
+    def state(self) -> ConnectivityState:
+        """The channel's connectivity state (gRPC's: READY if any backend is, ...)."""
+        return self._channel.state
+
+    async def wait_for_state(self, state: ConnectivityState) -> None:
+        """Wait until the channel is in ``state`` (UNAVAILABLE if it closes first)."""
+        await self._channel.wait_for_state(state)
 
     @property
     def peer(self) -> str:
-        return self._connection.peer
+        """The backend calls go to first (pick_first), or the target."""
+        ready = self._channel.ready
+        return ready[0].peer if ready else str(self._channel)
 
     @property
     def calls_in_flight(self) -> int:
-        """Calls on this connection that have not ended yet."""
-        return self._connection.conn.open_streams
+        """Calls on this channel's connections that have not ended yet."""
+        return sum(connection.conn.open_streams for connection in self._channel.connections)
 
     @property
     def framer_name(self) -> str:
-        return self._connection.conn.framer_name
+        return self._channel.options.framer.name
+
+    @property
+    def _connection(self) -> ClientConnection | None:
+        """The first ready connection (for tests and debugging)."""
+        ready = self._channel.ready
+        return ready[0] if ready else None
 
     # ------------------------------------------------------------------ plumbing
+    async def _connection_for(self, wait_for_ready: bool) -> ClientConnection:
+        """A connection that can take a call now: the balancer's pick, waiting for a ready
+        backend if ``wait_for_ready`` (within the caller's deadline), or for a free slot
+        under the server's concurrent-call limit."""
+        channel = self._channel
+        while True:
+            if self._closing:
+                raise RpcError(Status.UNAVAILABLE, "the client is closed")
+            connection = channel.pick()
+            if connection is None:
+                connection = await channel.wait_for_pick(wait_for_ready)
+            conn = connection.conn
+            if conn.can_open_call:
+                return connection
+            while not conn.can_open_call and connection.usable:
+                await connection.slot_waiters.park()
+
     def _open(
-        self, name: str, metadata: dict, deadline: float, end_stream: bool = False, message: Any = None
-    ) -> _ClientCall:
+        self, connection: ClientConnection, name: str, metadata: dict, deadline: float, message: Any = None
+    ) -> ClientCall:
         """Open a call; with ``message``, also send it as the call's one request message and
-        half-close (``call.sent`` says whether all of it is framed or some waits for credit)."""
-        connection = self._connection
-        if connection.broken is not None:
-            raise connection.unavailable()
-        if self._closing:
-            raise RpcError(Status.UNAVAILABLE, "the client is closed")
+        half-close (``call.unsent`` says whether some of it waits for credit)."""
         timeout = None if deadline == math.inf else max(0.0, deadline - _current_time())
         sent = True
         try:
             if message is None:
-                stream_id = connection.open_call(name, metadata, timeout, end_stream)
+                stream_id = connection.open_call(name, metadata, timeout)
             else:
                 stream_id, sent = connection.open_unary_call(name, message, metadata, timeout)
         except MessageTooLargeError as exc:
@@ -267,24 +260,17 @@ class Client:
             if connection.conn.accepting_calls:
                 raise RpcError(Status.INVALID_ARGUMENT, str(exc)) from None
             raise RpcError(Status.UNAVAILABLE, str(exc)) from None
-        call = _ClientCall(stream_id)
+        call = ClientCall(stream_id, connection)
         connection.calls[stream_id] = call
         if not sent:
             call.unsent = True
         return call
 
-    async def _wait_for_slot(self) -> None:
-        """Wait while the server's limit on concurrent calls is reached (no-op otherwise)."""
-        connection = self._connection
-        conn = connection.conn
-        while not conn.can_open_call and connection.broken is None and conn.accepting_calls:
-            await connection.slot_waiters.park()
-
-    async def _send(self, call: _ClientCall, payload: bytes, end_stream: bool = False) -> bool:
+    async def _send(self, call: ClientCall, payload: bytes, end_stream: bool = False) -> bool:
         """Queue a message; wait while it waits for credit.  False if the call already ended."""
         if call.status is not None:
             return False
-        connection = self._connection
+        connection = call.connection
         try:
             sent = connection.send_message(call.id, payload, end_stream)
         except MessageTooLargeError as exc:
@@ -295,10 +281,11 @@ class Client:
             await connection.wait_for_room()
         return True
 
-    def _cancel(self, call: _ClientCall, reason: Status, message: str) -> None:
+    @staticmethod
+    def _cancel(call: ClientCall, reason: Status, message: str) -> None:
         """End a call from this side: it reports ``reason`` as its status (what the caller
         sees it end with), and the server is told why."""
-        connection = self._connection
+        connection = call.connection
         connection.calls.pop(call.id, None)
         if call.status is None:
             call.status = reason
@@ -307,28 +294,26 @@ class Client:
                 connection.cancel(call.id, reason, message)
                 if connection.slot_waiters:
                     connection.slot_waiters.unpark()
+                if not connection.usable:
+                    connection.check_drained()
 
-    def _finish(self, call: _ClientCall) -> None:
-        self._connection.calls.pop(call.id, None)
+    @staticmethod
+    def _finish(call: ClientCall) -> None:
+        call.connection.calls.pop(call.id, None)
 
-    def _consumed(self, call: _ClientCall, size: int) -> None:
-        self._connection.consumed(call.id, size)
-
-    async def _unary(
-        self, name: str, payload: bytes, timeout: float | None, metadata: dict, record: Any = None
-    ) -> Any:
+    async def _unary(self, method: "Method", payload: Any, timeout: float | None, record: Any = None) -> Any:
         if timeout is not None:
             with trio.CancelScope(deadline=_current_time() + timeout) as scope:
-                return await self._unary(name, payload, None, metadata, record)
+                return await self._unary(method, payload, None, record)
             if scope.cancelled_caught:
-                raise RpcError(Status.DEADLINE_EXCEEDED, f"{name}: deadline exceeded ({timeout} s)")
+                raise RpcError(Status.DEADLINE_EXCEEDED, f"{method.name}: deadline exceeded ({timeout} s)")
         deadline = _current_effective_deadline()
         if deadline != math.inf and deadline <= _current_time():
             await trio.lowlevel.checkpoint()  # no time left: the caller's scope cancels us here
-        connection = self._connection
-        if not connection.conn.can_open_call:
-            await self._wait_for_slot()
-        call = self._open(name, metadata, deadline, message=payload)
+        connection = self._channel.pick()
+        if connection is None or not connection.conn.can_open_call:
+            connection = await self._connection_for(method._wait_for_ready)
+        call = self._open(connection, method.name, method._metadata, deadline, message=payload)
         if record is not None:
             record._result = call
         try:
@@ -342,58 +327,160 @@ class Client:
                 self._cancel(call, *_cancel_reason(deadline))
             raise
         connection.calls.pop(call.id, None)
-        if call.status is Status.OK:
+        if call.status is _OK:
+            if method._retry_policy is not None:
+                self._throttle.record_success()
             if len(call.inbox) == 1:
                 return decode(call.inbox[0], what="response")
-            raise RpcError(Status.INTERNAL, f"{name}: expected one response message, got {len(call.inbox)}")
+            raise RpcError(Status.INTERNAL, f"{method.name}: expected one response message, got {len(call.inbox)}")
+        return await _Retrier(method, deadline).unary(call, payload, record)
+
+    async def aclose(self) -> None:
+        """Cancel every call still in flight (reason UNAVAILABLE), say GOAWAY on every
+        connection and close them; the channel is SHUTDOWN."""
+        if self._closing:
+            return
+        self._closing = True
+        # The cached methods refer back to this client: drop them, so that no reference cycle
+        # keeps the client (and its connections' buffers) alive until the garbage collector runs.
+        for name in [name for name, value in self.__dict__.items() if type(value) is Method]:
+            del self.__dict__[name]
+        await self._channel.aclose()
+
+
+class _Retrier:
+    """The decisions of one call's retries (see the module's docstring): made when an attempt
+    has failed, never on the way of a call that succeeds."""
+
+    __slots__ = ("method", "client", "deadline", "attempts", "transparent")
+
+    def __init__(self, method: "Method", deadline: float) -> None:
+        self.method = method
+        self.client = method._client
+        self.deadline = deadline
+        #: Attempts made so far (all kinds), and how many of them were transparent retries.
+        self.attempts = 1
+        self.transparent = 0
+
+    def delay(self, call: ClientCall) -> float | None:
+        """Whether to try ``call`` (an attempt that failed) again, and after how long."""
+        client = self.client
+        if client._closing:
+            return None
+        if not call.processed:
+            if self.transparent >= _MAX_TRANSPARENT:
+                return None
+            self.transparent += 1
+            return 0.0
+        method = self.method
+        policy = method._policy_for(call.connection)
+        if policy is None or call.status not in policy.retryable_status_codes:
+            return None
+        throttle = client._throttle
+        throttle.record_failure()
+        if self.attempts - self.transparent >= policy.max_attempts or not throttle.allows_retry():
+            return None
+        delay = policy.delay(self.attempts - self.transparent, client._random)
+        if _current_time() + delay >= self.deadline:
+            return None
+        return delay
+
+    def metadata(self) -> dict:
+        return {**self.method._metadata, ATTEMPT_KEY: str(self.attempts)}
+
+    async def unary(self, call: ClientCall, payload: Any, record: Any) -> Any:
+        method = self.method
+        client = self.client
+        deadline = self.deadline
+        while True:
+            delay = self.delay(call)
+            if delay is None:
+                break
+            if delay:
+                await trio.sleep(delay)
+            self.attempts += 1
+            connection = await client._connection_for(method._wait_for_ready)
+            call = client._open(connection, method.name, self.metadata(), deadline, message=payload)
+            if record is not None:
+                record._result = call
+            try:
+                if call.unsent:
+                    await connection.wait_for_credit(call.id, call.credit_wakeup, call.ended)
+                while call.status is None:
+                    await call.wakeup.park()
+            except BaseException:
+                if call.status is None:
+                    client._cancel(call, *_cancel_reason(deadline))
+                raise
+            connection.calls.pop(call.id, None)
+            if call.status is _OK:
+                if method._retry_policy is not None:
+                    client._throttle.record_success()
+                if len(call.inbox) == 1:
+                    return decode(call.inbox[0], what="response")
+                raise RpcError(Status.INTERNAL, f"{method.name}: expected one response message, got {len(call.inbox)}")
         if call.status is Status.DEADLINE_EXCEEDED and deadline != math.inf:
             # The server's clock ran out before ours (they run at slightly different rates):
             # let the caller's own scope fire, so it sees what Trio promises for that scope.
             await trio.sleep_until(deadline)
         raise call.error()
 
-    async def aclose(self) -> None:
-        """Cancel every call still in flight (reason UNAVAILABLE), say GOAWAY, close the stream."""
-        if self._closing:
-            return
-        self._closing = True
-        # The cached methods refer back to this client: drop them, so that no reference cycle
-        # keeps the client (and its connection's buffers) alive until the garbage collector runs.
-        for name in [name for name, value in self.__dict__.items() if type(value) is Method]:
-            del self.__dict__[name]
-        connection = self._connection
-        with trio.CancelScope(shield=True):
-            if connection.broken is None:
-                for call in list(connection.calls.values()):
-                    self._cancel(call, Status.UNAVAILABLE, "the client is shutting down")
-                    call.message = "the client was closed"
-                    call.wakeup.unpark()
-                    call.credit_wakeup.unpark()
-                connection.goaway(Status.OK, "client closing")
-                with trio.move_on_after(_CLOSE_GRACE):
-                    await connection.flush()
-            connection.connection_lost("the client was closed")
-            await connection.close_stream()
-
 
 class Method:
     """A server method, bound to a client.  Call it; or ``open()`` it for explicit streaming."""
 
-    __slots__ = ("_client", "name", "_timeout", "_metadata")
+    __slots__ = ("_client", "name", "_timeout", "_metadata", "_wait_for_ready", "_config", "_retry_policy")
 
-    def __init__(self, client: Client, name: str, timeout: float | None, metadata: dict) -> None:
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        timeout: float | None,
+        metadata: dict,
+        wait_for_ready: bool = False,
+        config: MethodConfig | None = None,
+    ) -> None:
         self._client = client
         self.name = name
         self._timeout = timeout
         self._metadata = metadata
+        self._wait_for_ready = wait_for_ready
+        self._config = config
+        #: The retry policy when the config says the method is idempotent (else decided per
+        #: failed attempt, from what the server declared: see _policy_for).
+        self._retry_policy = None
+        if config is not None and config.idempotent:
+            self._retry_policy = config.retry_policy or DEFAULT_RETRY_POLICY
 
-    def with_options(self, *, timeout: float | None = _UNSET, metadata: dict | None = None) -> "Method":
-        """The same method with another timeout, or extra metadata for each call."""
+    def _policy_for(self, connection: ClientConnection) -> RetryPolicy | None:
+        """The retry policy of a failed attempt on ``connection``: only for idempotent methods."""
+        config = self._config
+        if config is not None and config.idempotent is not None:
+            return self._retry_policy
+        if self.name in connection.idempotent:
+            return (config.retry_policy if config is not None else None) or DEFAULT_RETRY_POLICY
+        return None
+
+    def with_options(
+        self, *, timeout: float | None = _UNSET, metadata: dict | None = None, wait_for_ready: bool | None = None
+    ) -> "Method":
+        """The same method with another timeout, extra metadata for each call, or another
+        ``wait_for_ready`` (wait for a ready backend instead of failing at once)."""
+        return self._replace(
+            timeout=self._timeout if timeout is _UNSET else timeout,
+            metadata={**self._metadata, **(metadata or {})},
+            wait_for_ready=self._wait_for_ready if wait_for_ready is None else wait_for_ready,
+        )
+
+    def _replace(self, *, name: str | None = None, timeout: Any = _UNSET, metadata: dict | None = None,
+                 wait_for_ready: bool | None = None) -> "Method":
         return Method(
             self._client,
-            self.name,
+            self.name if name is None else name,
             self._timeout if timeout is _UNSET else timeout,
-            {**self._metadata, **(metadata or {})},
+            self._metadata if metadata is None else metadata,
+            self._wait_for_ready if wait_for_ready is None else wait_for_ready,
+            self._config,
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> "_Call":
@@ -432,7 +519,7 @@ class _Call:
         self._stream: ClientStream | None = None
         self._coro: Any = None
         #: The finished call's record (headers, trailers, status), once awaited.
-        self._result: _ClientCall | None = None
+        self._result: ClientCall | None = None
 
     def _coroutine(self) -> Any:
         """The coroutine that performs an awaited call (created on first use)."""
@@ -454,7 +541,7 @@ class _Call:
             payload = encode_arguments(args, self._kwargs)
         except Exception as exc:
             return _raise(RpcError(Status.INVALID_ARGUMENT, f"cannot encode the arguments: {exc}"))
-        return method._client._unary(method.name, payload, method._timeout, method._metadata, self)
+        return method._client._unary(method, payload, method._timeout, self)
 
     async def _intercepted(self) -> Any:
         method = self._method
@@ -463,7 +550,7 @@ class _Call:
         deadline = _current_effective_deadline()
 
         async def invoke() -> Any:
-            return await self._direct(Method(client, details.method, details.timeout, details.metadata))
+            return await self._direct(method._replace(name=details.method, timeout=details.timeout, metadata=details.metadata))
 
         try:
             result = await run_chain(client._interceptors, details, invoke)
@@ -498,7 +585,7 @@ class _Call:
         record = self._record()
         return None if record is None else record.status
 
-    def _record(self) -> _ClientCall | None:
+    def _record(self) -> ClientCall | None:
         if self._result is not None:
             return self._result
         return None if self._stream is None else self._stream._call
@@ -563,12 +650,17 @@ class ClientStream:
         self._first = first
         self._details: CallDetails | None = None
         self._intercept = intercept and bool(method._client._interceptors)
-        self._call: _ClientCall | None = None
+        self._call: ClientCall | None = None
         self._deadline = math.inf
         self._own_deadline = math.inf
         self._sending_done = first is not None
         self._count = 0
         self._unacked = 0
+        #: The request messages sent so far, kept to be sent again if the call is retried;
+        #: None once it is committed (a response arrived, or more than RETRY_BUFFER was sent).
+        self._replay: list | None = []
+        self._replay_size = 0
+        self._retrier: _Retrier | None = None
 
     # ----------------------------------------------------------- lifecycle
     async def __aenter__(self) -> "ClientStream":
@@ -586,7 +678,7 @@ class ClientStream:
             details = self._details = CallDetails(method.name, dict(method._metadata), method._timeout, streaming=True)
 
             async def invoke() -> "ClientStream":
-                self._method = Method(self._client, details.method, details.timeout, details.metadata)
+                self._method = method._replace(name=details.method, timeout=details.timeout, metadata=details.metadata)
                 await self._start()
                 return self
 
@@ -612,16 +704,63 @@ class ClientStream:
         self._deadline = min(_current_effective_deadline(), self._own_deadline)
         if self._deadline <= _current_time():
             await self._with_deadline(trio.lowlevel.checkpoint())  # no time left: cancelled here
-        await self._with_deadline(client._wait_for_slot())
+        method = self._method
+        connection = client._channel.pick()
+        if connection is None or not connection.conn.can_open_call:
+            connection = await self._with_deadline(client._connection_for(method._wait_for_ready))
         first = self._first
-        self._call = client._open(self._method.name, self._method._metadata, self._deadline)
+        self._call = client._open(connection, method.name, method._metadata, self._deadline)
         if first is not None:
             self._first = None
+            self._keep(first)
             try:
                 await self._with_deadline(client._send(self._call, first, end_stream=True))
             except BaseException:
                 await self.aclose()
                 raise
+
+    def _keep(self, payload: Any) -> None:
+        """Keep a request message for a retry, while the call is not committed."""
+        replay = self._replay
+        if replay is not None:
+            self._replay_size += len(payload) if type(payload) is bytes else message_size(payload)
+            if self._replay_size > RETRY_BUFFER:
+                self._replay = None
+            else:
+                replay.append(payload)
+
+    async def _retry(self) -> bool:
+        """The attempt ended with an error before any response: start another if the retry
+        rules allow (see the module's docstring).  True when a new attempt is running."""
+        call = self._call
+        replay = self._replay
+        if replay is None or call.headers is not None:
+            return False
+        client = self._client
+        method = self._method
+        retrier = self._retrier
+        if retrier is None:
+            retrier = self._retrier = _Retrier(method, self._deadline)
+        delay = retrier.delay(call)
+        if delay is None:
+            return False
+        client._finish(call)
+        if delay:
+            await self._with_deadline(trio.sleep(delay))
+        retrier.attempts += 1
+        connection = await self._with_deadline(client._connection_for(method._wait_for_ready))
+        call = self._call = client._open(connection, method.name, retrier.metadata(), self._deadline)
+        last = len(replay) - 1
+        for index, payload in enumerate(replay):
+            if not await self._with_deadline(client._send(call, payload, self._sending_done and index == last)):
+                return True  # this attempt ended too: the caller looks at how
+        if self._sending_done and not replay and call.status is None:
+            connection.end_stream(call.id)
+        return True
+
+    def _succeeded(self) -> None:
+        if self._method._retry_policy is not None:
+            self._client._throttle.record_success()
 
     async def aclose(self) -> None:
         """Cancel the call if it has not ended; a no-op afterwards."""
@@ -665,7 +804,12 @@ class ClientStream:
             payload = encode(message)
         except Exception as exc:
             raise RpcError(Status.INVALID_ARGUMENT, f"cannot encode the message: {exc}") from None
-        return await self._with_deadline(self._client._send(self._call, payload))
+        self._keep(payload)
+        if await self._with_deadline(self._client._send(self._call, payload)):
+            return True
+        # The call has ended: if it may be retried, the new attempt has been sent this
+        # message too (it was kept); else receive() reports how it ended.
+        return await self._retry()
 
     async def done_sending(self) -> None:
         """Half-close: the server's ``async for`` over the request messages ends."""
@@ -673,7 +817,7 @@ class ClientStream:
             return
         self._sending_done = True
         call = self._call
-        connection = self._client._connection
+        connection = call.connection
         if call.status is None and connection.broken is None:
             connection.end_stream(call.id)
         await trio.lowlevel.checkpoint()
@@ -687,9 +831,12 @@ class ClientStream:
             if call.status is None:
                 await self._with_deadline(self._wait(call))
             if not inbox:
+                if call.status is not _OK and await self._retry():
+                    return await self.receive()
                 self._client._finish(call)
                 self._ended(call.status, call.message)
-                if call.status is Status.OK:
+                if call.status is _OK:
+                    self._succeeded()
                     raise trio.EndOfChannel
                 raise call.error()
         else:
@@ -698,14 +845,15 @@ class ClientStream:
                 await trio.lowlevel.checkpoint()
         return self._take(call, inbox)
 
-    def _take(self, call: _ClientCall, inbox: deque) -> Any:
+    def _take(self, call: ClientCall, inbox: Any) -> Any:
         """Pop and decode the next message (the queue is not empty)."""
         payload = inbox.popleft()
+        self._replay = None  # a response arrived: the call is committed to this attempt
         # Credit goes back in batches (the core grants only half-windows anyway), and at once
         # when the queue runs dry, so the server never waits on a reader that is waiting too.
         self._unacked += len(payload) if type(payload) is bytes else message_size(payload)
         if (self._unacked >= _ACK_BATCH or not inbox) and call.status is None:
-            self._client._consumed(call, self._unacked)
+            call.connection.consumed(call.id, self._unacked)
             self._unacked = 0
         if type(payload) is bytes:
             try:
@@ -714,20 +862,24 @@ class ClientStream:
                 pass
         return decode(payload, what="response message")  # parts, or raises the RpcError
 
-    async def _wait(self, call: _ClientCall) -> None:
+    async def _wait(self, call: ClientCall) -> None:
         inbox = call.inbox
         while not inbox and call.status is None:
             await call.wakeup.park()
 
     async def receive_one(self) -> Any:
         """The single response of a client-streaming call, checking that there is just one."""
-        call = self._call
-        while call.status is None:
-            await self._with_deadline(call.wakeup.park())
+        while True:
+            call = self._call
+            while call.status is None:
+                await self._with_deadline(call.wakeup.park())
+            if call.status is _OK or call.inbox or not await self._retry():
+                break
         self._client._finish(call)
         self._ended(call.status, call.message)
-        if call.status is not Status.OK:
+        if call.status is not _OK:
             raise call.error()
+        self._succeeded()
         if len(call.inbox) != 1:
             raise RpcError(Status.INTERNAL, f"{self._method.name}: expected one response message, got {len(call.inbox)}")
         return decode(call.inbox.popleft(), what="response")
@@ -778,7 +930,7 @@ class ClientStream:
 
 @asynccontextmanager
 async def open_client(
-    target: str | tuple[str, int] | trio.abc.Stream,
+    target: Any,
     *,
     timeout: float | None = None,
     metadata: dict[str, str | bytes] | None = None,
@@ -794,17 +946,26 @@ async def open_client(
     server_hostname: str | None = None,
     keepalive_time: float | None = CLIENT_KEEPALIVE_TIME,
     keepalive_timeout: float = CLIENT_KEEPALIVE_TIMEOUT,
+    load_balancing: str | None = None,
+    config: ClientConfig | dict | str | None = None,
+    wait_for_ready: bool | None = None,
+    health_check: bool | None = None,
+    health_service: str = "",
 ) -> AsyncIterator[Client]:
-    """Connect to a trpc server; yields a :class:`Client`.
+    """Open a channel to a trpc service; yields a :class:`Client`.
 
     Args:
-        target: ``"host:port"``, ``(host, port)``, or an already connected Trio stream (TLS, an
-            in-memory stream pair...).
+        target: where the service is: ``"host:port"``, ``"[v6]:port"``, ``(host, port)``,
+            ``"unix:/path"``; several backends as ``"h1:p,h2:p"`` or a list of addresses;
+            ``"dns:///name:port"`` for every A and AAAA record of a name (resolved again
+            every 30 s and when a backend fails); or an already connected Trio stream (TLS,
+            an in-memory stream pair...), which is used once and never re-made.
         timeout: default timeout for every call (seconds); ``None``: only the caller's scopes.
         metadata: sent with every call (per-call metadata is added to it).
-        connect_timeout: limit for connecting, the TLS handshake and receiving the server's
-            preface, together (default 10 s); a shorter ``timeout`` bounds them instead, and a
-            caller's own deadline is left to the caller's scope (see ``_ConnectLimit``).
+        connect_timeout: limit for one connection attempt: connecting, the TLS handshake and
+            receiving the server's preface, together (default 10 s; longer when the connection
+            backoff is longer); a shorter ``timeout`` bounds them instead, and a caller's own
+            deadline around ``open_client`` is left to the caller's scope.
         framer: ``"c"`` or ``"python"``; default ``TRPC_FRAMER`` or C when available.
         max_message_size: largest response message accepted (RESOURCE_EXHAUSTED beyond).
         max_incomplete_bytes: bytes of response messages still arriving the server may make
@@ -813,53 +974,80 @@ async def open_client(
             first one outermost.
         ssl_context: connect with TLS using this client-side ``ssl.SSLContext`` (load a client
             certificate into it for mutual TLS).
-        server_hostname: the name to check the server's certificate against (default: the
-            host of ``target``).
+        server_hostname: the name to check the servers' certificates against (default: the
+            host of each address).
         keepalive_time: while calls are pending, ping the server after this many seconds
             without receiving anything (default 15; ``None``: never).  Keep it above the
             server's ``keepalive_min_ping_interval`` (10 s by default), or it polices us.
-        keepalive_timeout: fail the connection (its calls end with UNAVAILABLE) when a ping
-            gets no answer in this many seconds (default 10).  See docs/LIMITS.md.
+        keepalive_timeout: fail the connection (its calls end with UNAVAILABLE, and may be
+            retried elsewhere) when a ping gets no answer in this many seconds (default 10).
+        load_balancing: ``"pick_first"`` (the default: one connection, to the first address
+            that answers), ``"round_robin"`` or ``"least_loaded"`` (see
+            :mod:`trpc.channel`); default: the config's, else pick_first.
+        config: a :class:`~trpc.ClientConfig` (or a dict of its JSON form, or a path to a JSON
+            file): timeouts, retry policies, ``wait_for_ready`` and message sizes per method,
+            the balancer, retry throttling, connection backoff (docs/CONFIG.md).  What a
+            method's entry sets wins over the arguments here.
+        wait_for_ready: calls wait for a ready backend (within their deadline) instead of
+            failing at once with UNAVAILABLE while none is; ``open_client`` then returns
+            without waiting for a connection.  Per method: ``method.with_options(...)``.
+        health_check: send calls only to backends whose health service says SERVING for
+            ``health_service`` (default "", the whole server); default: the config's, else off.
 
     Raises:
-        RpcError: UNAVAILABLE if the server cannot be reached or is not a trpc server.
+        RpcError: UNAVAILABLE if no backend can be reached (each tried once) and the client
+            does not wait for ready.
     """
     check_keepalive(keepalive_time, keepalive_timeout)
-    conn = Connection(
-        "client",
+    if isinstance(config, dict):
+        config = ClientConfig.from_dict(config)
+    elif isinstance(config, str):
+        config = ClientConfig.from_file(config)
+    options = ConnectOptions(
         framer=get_framer(framer),
         max_message_size=max_message_size,
         max_frame_size=max_frame_size,
         stream_window=stream_window,
         connection_window=connection_window,
         max_incomplete_bytes=max_incomplete_bytes,
+        ssl_context=ssl_context,
+        server_hostname=server_hostname,
+        keepalive_time=keepalive_time,
+        keepalive_timeout=keepalive_timeout,
+        connect_timeout=connect_timeout,
+        timeout=timeout,
     )
-    limit = _ConnectLimit.choose(trio.current_time(), connect_timeout, timeout, _current_effective_deadline())
-    stream, peer = await _connect(target, limit, ssl_context, server_hostname)
-    conn.initiate()
-    connection = _ClientConnection(stream, conn, peer)
-    if keepalive_time is not None:
-        connection.keepalive = Keepalive(keepalive_time, keepalive_timeout, only_with_calls=True)
-    client = Client(connection, timeout=timeout, metadata=metadata, interceptors=interceptors)
+    if load_balancing is None:
+        load_balancing = (config.load_balancing if config is not None else None) or "pick_first"
+    if health_check is None:
+        health_check = bool(config.health_check) if config is not None else False
+    if wait_for_ready is None:
+        default = config.method("") if config is not None else None
+        wait_for_ready = bool(default is not None and default.wait_for_ready)
+    if isinstance(target, trio.abc.Stream):
+        channel = Channel(None, options, stream=target, health_check=health_check, health_service=health_service)
+    else:
+        channel = Channel(
+            make_resolver(target),
+            options,
+            load_balancing=load_balancing,
+            backoff=config.connection_backoff if config is not None else None,
+            health_check=health_check,
+            health_service=health_service,
+        )
+    client = Client(
+        channel, timeout=timeout, metadata=metadata, interceptors=interceptors, config=config,
+        wait_for_ready=wait_for_ready,
+    )
     body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(connection.writer)
-        nursery.start_soon(connection.reader)
-        nursery.start_soon(connection.run_timers)
-        connection.wake_writer()
+        channel.start(nursery)
         try:
-            try:
-                with trio.move_on_at(limit.deadline) as scope:
-                    await connection.ready.wait()
-            except trio.Cancelled:
-                # The caller's scope (its writer is cancelled too): nothing to tell the server.
-                connection.abort("cancelled before the server's preface arrived")
-                raise
-            if scope.cancelled_caught:
-                raise RpcError(Status.UNAVAILABLE, f"{peer} did not answer with a trpc preface {limit}")
-            if connection.broken is not None:
-                hint = " (connect with an ssl_context)" if connection.broken == _SPEAKS_TLS else ""
-                raise RpcError(Status.UNAVAILABLE, f"cannot talk to {peer}: {connection.broken}{hint}")
+            if not wait_for_ready:
+                while not channel.settled():
+                    await channel.wait_for_change()
+                if channel.state is not _READY:
+                    raise channel.unavailable()
             yield client
         except BaseException as exc:  # re-raised below, outside the nursery: no ExceptionGroup
             body_error = exc
@@ -871,85 +1059,3 @@ async def open_client(
             raise body_error
         finally:
             body_error = None
-
-
-def _os_reason(exc: OSError) -> str:
-    """The most specific reason in a failed connect ("Connection refused"), not Trio's summary."""
-    cause = exc.__cause__
-    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
-        cause = cause.exceptions[0]
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror
-    return exc.strerror or str(exc)
-
-
-class _ConnectLimit:
-    """When ``open_client`` gives up connecting (TCP, TLS and the server's preface together),
-    and which setting said so.
-
-    The sooner of ``connect_timeout`` and the client's ``timeout=`` is trpc's own limit, and
-    its passing raises UNAVAILABLE naming it ("did not answer within 3 s (timeout=)"): the
-    server could not be reached, which is what a caller retrying elsewhere wants to know.  A
-    caller's own deadline (a ``move_on_after`` or ``fail_after`` around ``open_client``, a
-    handler's deadline) is left to the caller's scope, which behaves as Trio says for it
-    (``move_on_*`` just cancels); when it comes first, trpc sets no limit of its own, so the
-    caller's scope is the one that fires.
-    """
-
-    __slots__ = ("deadline", "seconds", "setting")
-
-    def __init__(self, deadline: float, seconds: float, setting: str) -> None:
-        self.deadline = deadline
-        self.seconds = seconds
-        self.setting = setting
-
-    @classmethod
-    def choose(
-        cls, now: float, connect_timeout: float, timeout: float | None, caller_deadline: float
-    ) -> "_ConnectLimit":
-        seconds, setting = connect_timeout, "connect_timeout"
-        if timeout is not None and timeout < seconds:
-            seconds, setting = timeout, "timeout"
-        if caller_deadline <= now + seconds:
-            return cls(math.inf, caller_deadline - now, "the caller's deadline")
-        return cls(now + seconds, seconds, setting)
-
-    def __str__(self) -> str:
-        return f"within {self.seconds:g} s ({self.setting}=)"
-
-
-async def _connect(
-    target: Any, limit: _ConnectLimit, ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None
-) -> tuple[trio.abc.Stream, str]:
-    if isinstance(target, trio.abc.Stream):
-        return target, format_peer(target)
-    if isinstance(target, str):
-        host, port = parse_target(target)
-    else:
-        host, port = target
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        with trio.fail_at(limit.deadline):
-            stream = await trio.open_tcp_stream(host, port)
-    except trio.TooSlowError:
-        raise RpcError(Status.UNAVAILABLE, f"cannot connect to {where}: no answer {limit}") from None
-    except OSError as exc:
-        raise RpcError(Status.UNAVAILABLE, f"cannot connect to {where}: {_os_reason(exc)}") from None
-    try:
-        set_tcp_keepalive(stream.socket)
-    except OSError:  # the connection is already gone: the preface wait will say so
-        pass
-    if ssl_context is None:
-        return stream, where
-    tls = trio.SSLStream(stream, ssl_context, server_hostname=server_hostname or host)
-    try:
-        with trio.fail_at(limit.deadline):
-            await tls.do_handshake()
-    except trio.TooSlowError:
-        await trio.aclose_forcefully(stream)
-        raise RpcError(Status.UNAVAILABLE, f"TLS handshake with {where} not done {limit}") from None
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        await trio.aclose_forcefully(stream)
-        reason = describe_tls_failure(exc) or exc.__cause__ or exc
-        raise RpcError(Status.UNAVAILABLE, f"TLS handshake with {where} failed: {reason}") from None
-    return tls, where

@@ -117,6 +117,12 @@ class CallEnded(Event):
     message: str = ""
     details: Any = None
     metadata: dict[str, str | bytes] = field(default_factory=dict)
+    processed: bool = True
+
+
+@dataclass(**_EVENT)
+class ServerInfo(Event):
+    idempotent: frozenset = frozenset()
 
 
 @dataclass(**_EVENT)
