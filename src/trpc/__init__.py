@@ -32,6 +32,7 @@ from ._errors import (
     TrpcError,
 )
 from ._framer import get_framer
+from ._health import HealthStatus
 from ._interceptors import CallDetails, ClientInterceptor, ServerInterceptor
 from ._messages import field, message
 from ._server import DEFAULT_HOST, DEFAULT_PORT, Server, serve, serve_unix
@@ -53,6 +54,7 @@ __all__ = [
     "DEFAULT_PORT",
     "FrameTooLargeError",
     "FramedChannel",
+    "HealthStatus",
     "LocalProtocolError",
     "Method",
     "MethodConfig",

@@ -30,6 +30,10 @@ apart is only ``trio.lowlevel.current_task()``, which may be the task of an earl
 The handler's result (or each streamed item) is encoded and queued on the connection together
 with the trailers, so a unary reply is one write.  Exceptions become statuses: ``RpcError`` as
 raised, anything else INTERNAL (logged here, never sent in full to the client).
+
+Beside the user's services the server serves its health service (trpc._health), whose
+statuses it owns in one registry: ``set_health`` and ``health`` reach it, and ``shutdown``
+makes every status NOT_SERVING before its GOAWAY.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ from .wire import (
     message_size,
 )
 from ._framer_py import DEFAULT_MAX_FRAME_SIZE
+from ._health import HealthRegistry, HealthService, HealthStatus
 from ._interceptors import run_chain
 from ._keepalive import SERVER_KEEPALIVE_TIME, SERVER_KEEPALIVE_TIMEOUT, Keepalive, check_keepalive, set_tcp_keepalive
 from ._service import MethodInfo, collect_methods
@@ -585,6 +590,17 @@ class _ServerConnection(TrioConnection):
         if self._stalled:
             await self.wait_for_room()
 
+    async def wait_until_sent(self, stream_id: int) -> None:
+        """Wait until the client's credit has let every message the call on ``stream_id``
+        queued go (none waits here for credit), or the call is over.  For a streaming handler
+        that would rather coalesce its output than queue it: the health service's Watch sends
+        the latest status only once the client has taken the previous one."""
+        call = self.calls.get(stream_id)
+        if call is None or call.finished or self.conn.flush_batch(stream_id):
+            await _checkpoint()
+            return
+        await self.wait_for_credit(stream_id, call.credit_wakeup, call.is_finished)
+
     async def _invoke(self, call: _ServerCall, payload: bytes | None) -> Any:
         """Decode the arguments, run the handler and send what it produces.
 
@@ -724,6 +740,9 @@ class Server:
         max_connection_age: after this many seconds, send GOAWAY so that the client opens a
             new connection (default ``None``: never); the calls running then get
             ``max_connection_age_grace`` seconds (default 10) to finish before it closes.
+        health: serve the health service (``grpc.health.v1.Health/Check`` and ``/Watch``,
+            docs/PROTOCOL.md "Health"; default True).  The statuses exist either way:
+            :meth:`set_health`, :meth:`health`.
         Every limit and why its default: docs/LIMITS.md.
     """
 
@@ -749,11 +768,16 @@ class Server:
         max_connection_idle: float | None = None,
         max_connection_age: float | None = None,
         max_connection_age_grace: float = DEFAULT_MAX_CONNECTION_AGE_GRACE,
+        health: bool = True,
     ) -> None:
         from ._framer import get_framer
 
         if not services:
             raise TypeError("Server needs at least one service")
+        #: Every service's serving status (see trpc._health): "" and each service's class name.
+        self._health = HealthRegistry(type(service).__name__ for service in services)
+        if health:
+            services = (*services, HealthService(self._health))
         self._methods = collect_methods(services)
         self._interceptors = tuple(interceptors)
         self._framer = get_framer(framer)
@@ -841,6 +865,26 @@ class Server:
     @property
     def methods(self) -> dict[str, MethodInfo]:
         return {name: info for name, (_, info) in self._methods.items()}
+
+    def set_health(self, service: str, status: HealthStatus | str) -> None:
+        """Set the serving status of ``service`` (``""``: the whole server), registering
+        the name if it is new; Check and Watch report it, and every Watch of it learns the
+        change.  Every name starts SERVING: ``""`` and the class name of each service the
+        server was built with.  Ignored once :meth:`shutdown` has begun (all NOT_SERVING).
+
+        Args:
+            service: the name clients check.
+            status: a :class:`~trpc.HealthStatus` or its name, e.g. ``"NOT_SERVING"``.
+
+        Raises:
+            TypeError, ValueError: not a name and a status (SERVICE_UNKNOWN cannot be set).
+        """
+        self._health.set(service, status)
+
+    def health(self, service: str = "") -> HealthStatus:
+        """The serving status of ``service`` (``""``: the whole server); SERVICE_UNKNOWN
+        for a name never registered."""
+        return self._health.get(service)
 
     async def serve_stream(self, stream: trio.abc.Stream, peer: str | None = None) -> None:
         """Serve one connection over ``stream`` until the client leaves; closes the stream.
@@ -1022,20 +1066,29 @@ class Server:
         await trio.aclose_forcefully(stream)
 
     async def shutdown(self, grace: float = 10.0) -> None:
-        """Stop gracefully: stop listening, send GOAWAY on every connection (calls already
-        received still complete; new ones are refused with UNAVAILABLE, which clients may
-        retry elsewhere), wait up to ``grace`` seconds for running calls to finish, then cancel
-        what still runs and close every connection.  ``serve_tcp`` and ``serve_unix`` return
-        once all is closed (a Unix socket's file is removed when listening stops).
+        """Stop gracefully: every health status becomes NOT_SERVING for good, and every
+        health Watch sends it and ends; stop listening; send GOAWAY on every connection (calls
+        already received still complete; new ones are refused with UNAVAILABLE, which clients
+        may retry elsewhere); wait up to ``grace`` seconds in all for running calls to finish,
+        then cancel what still runs and close every connection.  ``serve_tcp`` and
+        ``serve_unix`` return once all is closed (a Unix socket's file is removed when
+        listening stops).
+
+        The GOAWAY waits for the watches' last messages, so that watchers learn NOT_SERVING
+        first, but not for a watch whose client has not taken its previous message.
         """
+        deadline = trio.current_time() + grace
         self.shutting_down = True
+        self._health.shut_down()
         for scope in list(self._listening):
             scope.cancel()
+        with trio.move_on_at(deadline):
+            await self._health.wait_for_watches()
         for connection in list(self._connections):
             connection.goaway(Status.OK, "the server is shutting down")
         if self._running:
             self._idle = trio.Event()
-            with trio.move_on_after(grace):
+            with trio.move_on_at(deadline):
                 await self._idle.wait()
             if self._running:
                 logger.warning("trpc: shutdown: cancelling %d calls still running after %s s", self._running, grace)
