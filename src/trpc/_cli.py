@@ -21,9 +21,17 @@
   --keepalive-timeout S --keepalive-min-ping-interval S --keepalive-max-ping-strikes N
   --max-connection-idle S --max-connection-age S --max-connection-age-grace S`` (0 turns off the
   ones that may be off); ``trpc call --keepalive-time S --keepalive-timeout S``.
+- ``trpc health HOST:PORT [SERVICE] [--watch] [--timeout S]`` asks the server's health
+  service (docs/PROTOCOL.md "Health") and prints the status (``SERVING``); ``--watch`` prints
+  each change until interrupted, the server ends the watch (shutdown) or ``--timeout``
+  passes.  TLS and metadata options as ``trpc call``'s.
 - ``trpc --version`` prints the version and the framer in use.
 
 Errors go to stderr as ``STATUS: message`` with exit status 1; usage errors exit with 2.
+``trpc health`` is a probe, so its exit status says what it learned: 0 SERVING; 1 the server
+answered anything else (NOT_SERVING, an unknown service); 2 no answer (connection failed, no
+health service, timeout, any other error; and usage errors).  With ``--watch``, the last
+status printed decides.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ from ._address import Address
 from .channel import make_resolver
 from ._client import open_client
 from ._errors import RpcError, TrpcError
+from ._health import CHECK_METHOD, WATCH_METHOD, HealthStatus
+from ._status import Status
 from ._keepalive import CLIENT_KEEPALIVE_TIME, CLIENT_KEEPALIVE_TIMEOUT, SERVER_KEEPALIVE_TIME, SERVER_KEEPALIVE_TIMEOUT
 from ._server import DEFAULT_HOST, DEFAULT_MAX_CONNECTION_AGE_GRACE, DEFAULT_PORT, Server
 from .wire import DEFAULT_MAX_PING_STRIKES, DEFAULT_MIN_PING_INTERVAL
@@ -128,6 +138,53 @@ async def _call(args: argparse.Namespace) -> int:
         print(f"DEADLINE_EXCEEDED: no answer within {args.timeout} s", file=sys.stderr)
         return 1
     return 0
+
+
+#: ``trpc health`` exit statuses: what the probe learned (see the module docstring).
+HEALTH_SERVING, HEALTH_NOT_SERVING, HEALTH_NO_ANSWER = 0, 1, 2
+
+
+def _health_exit(status: HealthStatus) -> int:
+    return HEALTH_SERVING if status is HealthStatus.SERVING else HEALTH_NOT_SERVING
+
+
+async def _health(args: argparse.Namespace) -> int:
+    """``trpc health``: Check (or Watch) one service's status; returns the exit status."""
+    try:
+        metadata = _parse_metadata(args.metadata)
+    except SystemExit as exc:  # a usage error: no answer
+        print(exc, file=sys.stderr)
+        return HEALTH_NO_ANSWER
+    deadline = math.inf if args.timeout is None else trio.current_time() + args.timeout
+    last: HealthStatus | None = None
+    try:
+        with trio.CancelScope(deadline=deadline) as scope:
+            async with open_client(
+                args.target, metadata=metadata, framer=args.framer,
+                ssl_context=_client_tls(args), keepalive_time=args.keepalive_time or None,
+                keepalive_timeout=args.keepalive_timeout,
+            ) as client:
+                if not args.watch:
+                    last = HealthStatus.from_wire(await client.method(CHECK_METHOD)(args.service))
+                    print(last.name, flush=True)
+                else:
+                    async with client.method(WATCH_METHOD)(args.service) as stream:
+                        async for name in stream:
+                            last = HealthStatus.from_wire(name)
+                            print(last.name, flush=True)
+    except RpcError as exc:
+        print(f"{exc.status.name}: {exc.message}", file=sys.stderr)
+        return HEALTH_NOT_SERVING if exc.status is Status.NOT_FOUND else HEALTH_NO_ANSWER
+    except (TrpcError, OSError, ssl.SSLError) as exc:
+        print(f"trpc: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return HEALTH_NO_ANSWER
+    if last is None:
+        if scope.cancelled_caught:
+            print(f"DEADLINE_EXCEEDED: no answer within {args.timeout} s", file=sys.stderr)
+        else:
+            print("trpc: the watch ended before the server sent a status", file=sys.stderr)
+        return HEALTH_NO_ANSWER
+    return _health_exit(last)
 
 
 async def _send_stdin(stream: Any) -> None:
@@ -246,6 +303,22 @@ def _octal(text: str) -> int:
     return int(text, 8)
 
 
+def _add_client_options(command: argparse.ArgumentParser) -> None:
+    """The options of the commands that connect to a server: metadata, TLS, keepalive."""
+    command.add_argument("-m", "--metadata", action="append", default=[], metavar="KEY=VALUE",
+                         help="request metadata (repeatable)")
+    command.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
+    command.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting this CA bundle")
+    command.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
+    command.add_argument("--tls-key", metavar="PEM", help="its private key (if not in --tls-cert)")
+    command.add_argument("--keepalive-time", type=float, default=CLIENT_KEEPALIVE_TIME, metavar="S",
+                         help=f"ping the server after S s without an answer while waiting (default"
+                              f" {CLIENT_KEEPALIVE_TIME:g}; 0: never)")
+    command.add_argument("--keepalive-timeout", type=float, default=CLIENT_KEEPALIVE_TIMEOUT, metavar="S",
+                         help=f"give up on the server when a ping has no answer in S s"
+                              f" (default {CLIENT_KEEPALIVE_TIMEOUT:g})")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trpc", description="trpc: RPC for Trio")
     parser.add_argument("--version", action="version", version=_version_text())
@@ -259,20 +332,22 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("method", metavar="METHOD")
     call.add_argument("args", nargs="*", metavar="ARG", help="arguments: JSON if they parse, else text")
     call.add_argument("--timeout", type=float, default=None, help="deadline for the whole call, in seconds")
-    call.add_argument("-m", "--metadata", action="append", default=[], metavar="KEY=VALUE",
-                      help="request metadata (repeatable)")
     call.add_argument("--json", action="store_true", help="print text responses as JSON strings too")
-    call.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
-    call.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting this CA bundle")
-    call.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
-    call.add_argument("--tls-key", metavar="PEM", help="its private key (if not in --tls-cert)")
     call.add_argument("--stdin", action="store_true",
                       help="send each line of standard input as a request message (streaming methods)")
-    call.add_argument("--keepalive-time", type=float, default=CLIENT_KEEPALIVE_TIME, metavar="S",
-                      help=f"ping the server after S s without an answer while waiting (default"
-                           f" {CLIENT_KEEPALIVE_TIME:g}; 0: never)")
-    call.add_argument("--keepalive-timeout", type=float, default=CLIENT_KEEPALIVE_TIMEOUT, metavar="S",
-                      help=f"give up on the server when a ping has no answer in S s (default {CLIENT_KEEPALIVE_TIMEOUT:g})")
+    _add_client_options(call)
+
+    health = commands.add_parser(
+        "health", help="check a server's health service; exit 0 SERVING, 1 anything else, 2 no answer"
+    )
+    health.add_argument("target", metavar="HOST:PORT")
+    health.add_argument("service", metavar="SERVICE", nargs="?", default="",
+                        help='the service to check (default "": the whole server)')
+    health.add_argument("--watch", action="store_true",
+                        help="print the status, then each change, until interrupted or the server ends the watch")
+    health.add_argument("--timeout", type=float, default=None,
+                        help="deadline for the answer, in seconds (with --watch: for the whole watch)")
+    _add_client_options(health)
 
     serve = commands.add_parser("serve", help="serve a trpc.Service over TCP or a Unix domain socket")
     serve.add_argument("service", metavar="MODULE:SERVICE")
@@ -324,12 +399,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("trpc").setLevel(args.log_level.upper())
     try:
-        if args.command == "call":
+        if args.command in ("call", "health"):
             try:
                 make_resolver(args.target)
             except ValueError as exc:
                 parser.error(str(exc))
-            return trio.run(_call, args)
+            return trio.run(_call if args.command == "call" else _health, args)
         if args.unix_mode is not None and args.unix is None:
             parser.error("--unix-mode needs --unix")
         return trio.run(_serve, args)
