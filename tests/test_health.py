@@ -156,6 +156,10 @@ async def test_a_client_written_from_the_protocol_document_checks_health(nursery
             assert (await conn.call(CHECK_METHOD, "")).result == "SERVING"
             assert (await conn.call(CHECK_METHOD, "Svc")).result == "NOT_SERVING"
             assert (await conn.call(CHECK_METHOD, "Nope")).status == w.NOT_FOUND
+            assert (await conn.call(CHECK_METHOD)).result == "SERVING"  # [[]]: the default ""
+            assert (await conn.call(CHECK_METHOD, service="Svc")).result == "NOT_SERVING"
+            assert (await conn.call(CHECK_METHOD, 7)).status == w.INVALID_ARGUMENT
+    assert cbor2.dumps("SERVING") == bytes.fromhex("67 53 45 52 56 49 4e 47")  # the document's example
 
 
 # ------------------------------------------------------------------ Watch
