@@ -3,7 +3,6 @@ and ``trpc health``."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from contextlib import asynccontextmanager
 
@@ -77,7 +76,8 @@ def test_the_server_and_each_service_start_serving_and_set_health_changes_them()
     assert server.health("Other") is HealthStatus.SERVICE_UNKNOWN
     server.set_health("Svc", "NOT_SERVING")
     server.set_health("Other", HealthStatus.UNKNOWN)
-    assert (server.health(), server.health("Svc"), server.health("Other")) == (SERVING, NOT_SERVING, HealthStatus.UNKNOWN)
+    statuses = (server.health(), server.health("Svc"), server.health("Other"))
+    assert statuses == (SERVING, NOT_SERVING, HealthStatus.UNKNOWN)
 
 
 def test_set_health_refuses_what_is_not_a_name_and_a_status():
