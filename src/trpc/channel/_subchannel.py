@@ -32,19 +32,17 @@ import trio
 
 from .._codec import _loads, encode_arguments
 from .._errors import RpcError
+from .._health import WATCH_METHOD, HealthStatus
 from .._status import Status
 from ._connection import ClientCall, ClientConnection, ConnectLimit, open_connection
 
 if TYPE_CHECKING:
     from ._channel import Channel
 
-__all__ = ["ConnectivityState", "Subchannel", "HEALTH_WATCH"]
+__all__ = ["ConnectivityState", "Subchannel"]
 
 logger = logging.getLogger("trpc")
 
-#: The wire name of the health service's Watch method (docs/PROTOCOL.md, "Health").
-HEALTH_WATCH = "grpc.health.v1.Health/Watch"
-_SERVING = (1, "SERVING")
 
 
 class ConnectivityState(enum.Enum):
@@ -201,7 +199,7 @@ class Subchannel:
         channel = self._channel
         call = ClientCall(0, connection)
         try:
-            call.id = connection.open_call(HEALTH_WATCH, None, None)
+            call.id = connection.open_call(WATCH_METHOD, None, None)
             connection.calls[call.id] = call
             connection.send_message(call.id, encode_arguments((channel.health_service,), {}), end_stream=True)
             while True:
@@ -211,7 +209,7 @@ class Subchannel:
                     break
                 payload = call.inbox.popleft()
                 connection.consumed(call.id, len(payload))
-                self._health(connection, _loads(payload) in _SERVING)
+                self._health(connection, HealthStatus.from_wire(_loads(payload)) is HealthStatus.SERVING)
         except trio.Cancelled:
             if call.status is None and connection.broken is None:
                 connection.calls.pop(call.id, None)
