@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import trio
 
 import trpc
+from trpc import _cli
 
 from .helpers import listening_address
 
@@ -150,3 +152,69 @@ async def test_tls_serve_and_call_with_client_certificates(tmp_path, nursery):
         assert refused.returncode == 1 and refused.stderr.startswith(b"UNAVAILABLE")
     finally:
         process.terminate()
+
+
+# ------------------------------------------------------------------------ --config FILE
+
+
+def write_config(tmp_path, document) -> str:
+    path = tmp_path / "client.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return str(path)
+
+
+async def test_config_gives_the_method_its_timeout(server, tmp_path):
+    config = write_config(tmp_path, {"methodConfig": [{"name": [{}], "timeout": "30s"},
+                                                      {"name": [{"method": "block"}], "timeout": "0.2s"}]})
+    result = await run_cli("call", target(server), "block", "--config", config)
+    assert result.returncode == 1 and result.stderr == b"DEADLINE_EXCEEDED: no answer within 0.2 s\n"
+    result = await run_cli("call", target(server), "greet", "Ada", "--config", config)
+    assert (result.returncode, result.stdout) == (0, b"Hello Ada\n")
+
+
+async def test_timeout_option_wins_over_the_configs(server, tmp_path):
+    config = write_config(tmp_path, {"methodConfig": [{"name": [{"method": "block"}], "timeout": "0.2s"}]})
+    result = await run_cli("call", target(server), "block", "--config", config, "--timeout", "0.4")
+    assert result.returncode == 1 and result.stderr == b"DEADLINE_EXCEEDED: no answer within 0.4 s\n"
+
+
+async def test_config_limits_the_size_of_the_methods_responses(server, tmp_path):
+    config = write_config(tmp_path, {"methodConfig": [{"name": [{"method": "echo"}], "maxResponseMessageBytes": 2048}]})
+    result = await run_cli("call", target(server), "echo", "x" * 1000, "--config", config)
+    assert (result.returncode, result.stdout) == (0, b"x" * 1000 + b"\n")
+    result = await run_cli("call", target(server), "echo", "x" * 3000, "--config", config)
+    assert result.returncode == 1 and result.stderr.startswith(b"RESOURCE_EXHAUSTED: ")
+    result = await run_cli("call", target(server), "greet", "x" * 3000, "--config", config)
+    assert result.returncode == 0  # another method: the client's default limit
+
+
+async def test_a_bad_config_is_a_one_line_usage_error(server, tmp_path):
+    cases = [
+        ({"methodConfig": [{"name": [{}], "timeout": "soon"}]}, "methodConfig[0].timeout: must be a duration"),
+        ({"methodConfig": [{"name": [{}], "maxResponseMessageBytes": 100}]}, "cannot be the connection's limit"),
+        ({"loadBalancingPolicy": "rnd"}, "loadBalancingPolicy: must be one of"),
+    ]
+    for document, message in cases:
+        config = write_config(tmp_path, document)
+        result = await run_cli("call", target(server), "greet", "Ada", "--config", config)
+        assert (result.returncode, result.stdout) == (2, b"")
+        error = result.stderr.decode()
+        assert error.count("\n") == 1 and error.startswith(f"trpc: --config {config}: ") and message in error
+    result = await run_cli("call", target(server), "greet", "--config", str(tmp_path / "missing.json"))
+    assert result.returncode == 2 and result.stderr.decode().count("\n") == 1
+    assert b"No such file" in result.stderr
+
+
+def test_client_options_give_open_client_what_the_config_says_for_the_method(monkeypatch):
+    config = trpc.ClientConfig.from_dict({"methodConfig": [
+        {"name": [{"method": "get"}], "maxResponseMessageBytes": 65536}, {"name": [{}], "timeout": 1}]})
+    assert _cli._client_options(None, "get") == {}
+    assert _cli._client_options(config, "get") == {"max_message_size": 65536}
+    assert _cli._client_options(config, "put") == {}
+
+    def open_client_with_config(target, *, config=None, max_message_size=0):
+        """What open_client will look like once it takes a config."""
+
+    monkeypatch.setattr(_cli, "open_client", open_client_with_config)
+    assert _cli._client_options(config, "get") == {"max_message_size": 65536, "config": config}
+    assert _cli._client_options(config, "put") == {"config": config}

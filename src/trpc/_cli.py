@@ -25,6 +25,8 @@
   service (docs/PROTOCOL.md "Health") and prints the status (``SERVING``); ``--watch`` prints
   each change until interrupted, the server ends the watch (shutdown) or ``--timeout``
   passes.  TLS and metadata options as ``trpc call``'s.
+- ``trpc call --config FILE``: a client config (docs/CONFIG.md), applied as ``open_client``
+  applies it (the method's ``timeout`` unless ``--timeout`` is given).
 - ``trpc --version`` prints the version and the framer in use.
 
 Errors go to stderr as ``STATUS: message`` with exit status 1; usage errors exit with 2.
@@ -54,12 +56,13 @@ from . import _cext, _framer
 from ._address import Address
 from .channel import make_resolver
 from ._client import open_client
-from ._errors import RpcError, TrpcError
+from ._config import ClientConfig
+from ._errors import ConfigError, RpcError, TrpcError
 from ._health import CHECK_METHOD, WATCH_METHOD, HealthStatus
 from ._status import Status
 from ._keepalive import CLIENT_KEEPALIVE_TIME, CLIENT_KEEPALIVE_TIMEOUT, SERVER_KEEPALIVE_TIME, SERVER_KEEPALIVE_TIMEOUT
 from ._server import DEFAULT_HOST, DEFAULT_MAX_CONNECTION_AGE_GRACE, DEFAULT_PORT, Server
-from .wire import DEFAULT_MAX_PING_STRIKES, DEFAULT_MIN_PING_INTERVAL
+from .wire import DEFAULT_MAX_PING_STRIKES, DEFAULT_MIN_PING_INTERVAL, Connection
 from ._service import Service
 from ._version import __version__
 
@@ -120,6 +123,7 @@ async def _call(args: argparse.Namespace) -> int:
         async with open_client(
             args.target, metadata=metadata, framer=args.framer, ssl_context=ssl_context,
             keepalive_time=args.keepalive_time or None, keepalive_timeout=args.keepalive_timeout,
+            **args.client_options,
         ) as client:
             method = client.method(args.method)
             if args.stdin:
@@ -272,6 +276,49 @@ def _server_lifetimes(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def _client_options(config: ClientConfig | None, method: str) -> dict[str, Any]:
+    """``open_client(...)`` keywords a ``--config`` file gives ``trpc call METHOD``.
+
+    The config itself goes as ``config=``, so that the channel applies all of it (retries,
+    balancing, backoff, wait-for-ready, timeouts); the method's ``maxResponseMessageBytes``
+    also becomes the connection's ``max_message_size`` (the command makes one call: the
+    connection's limit is the method's).
+    """
+    if config is None:
+        return {}
+    options: dict[str, Any] = {}
+    size = config.method(method).max_response_message_size
+    if size is not None:
+        options["max_message_size"] = size
+    options["config"] = config
+    return options
+
+
+def _load_client_config(args: argparse.Namespace) -> str | None:
+    """Read ``trpc call --config`` into ``args``: the method's timeout (unless --timeout was
+    given) and ``args.client_options``.  Returns a one-line error, or None."""
+    args.client_options = {}
+    if args.config is None:
+        return None
+    try:
+        config = ClientConfig.from_file(args.config)
+    except OSError as exc:
+        return f"trpc: --config {args.config}: {exc.strerror or exc}"
+    except ConfigError as exc:
+        return f"trpc: --config {args.config}: {exc}"
+    if args.timeout is None:
+        args.timeout = config.method(args.method).timeout
+    options = _client_options(config, args.method)
+    if "max_message_size" in options:
+        try:  # the connection owns the rule for its limit: ask it
+            Connection("client", max_message_size=options["max_message_size"])
+        except ValueError as exc:
+            return (f"trpc: --config {args.config}: maxResponseMessageBytes of {args.method!r} cannot be"
+                    f" the connection's limit: {exc}")
+    args.client_options = options
+    return None
+
+
 def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     """TLS for ``trpc call``: on with --tls-ca or --tls (system CAs); a client certificate for
     mutual TLS with --tls-cert/--tls-key."""
@@ -331,7 +378,10 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("target", metavar="ADDRESS", help="HOST:PORT, or unix:PATH for a Unix domain socket")
     call.add_argument("method", metavar="METHOD")
     call.add_argument("args", nargs="*", metavar="ARG", help="arguments: JSON if they parse, else text")
-    call.add_argument("--timeout", type=float, default=None, help="deadline for the whole call, in seconds")
+    call.add_argument("--timeout", type=float, default=None,
+                      help="deadline for the whole call, in seconds (default: the --config method's timeout)")
+    call.add_argument("--config", metavar="FILE",
+                      help="client config, JSON (docs/CONFIG.md): the method's timeout and maxResponseMessageBytes apply")
     call.add_argument("--json", action="store_true", help="print text responses as JSON strings too")
     call.add_argument("--stdin", action="store_true",
                       help="send each line of standard input as a request message (streaming methods)")
@@ -404,7 +454,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 make_resolver(args.target)
             except ValueError as exc:
                 parser.error(str(exc))
-            return trio.run(_call if args.command == "call" else _health, args)
+            if args.command == "health":
+                return trio.run(_health, args)
+            error = _load_client_config(args)
+            if error is not None:
+                print(error, file=sys.stderr)
+                return 2
+            return trio.run(_call, args)
         if args.unix_mode is not None and args.unix is None:
             parser.error("--unix-mode needs --unix")
         return trio.run(_serve, args)
