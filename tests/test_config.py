@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 from fractions import Fraction
 from random import Random
 
@@ -582,3 +583,11 @@ def test_any_valid_document_is_accepted_and_every_name_finds_its_entry(document)
             if "timeout" in entry:
                 assert found.timeout == pytest.approx(_config._duration(entry["timeout"], ""))
             assert found.wait_for_ready == entry.get("waitForReady")
+
+
+def test_the_example_in_docs_config_md_parses_as_its_text_says():
+    text = (Path(__file__).parent.parent / "docs" / "CONFIG.md").read_text(encoding="utf-8")
+    example = text.split("## Example", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    config = ClientConfig.from_json(example)
+    assert config == ClientConfig.from_dict({**EXAMPLE, "healthCheck": False})
+    assert config.method("kv.Store/put") == MethodConfig(wait_for_ready=True)
