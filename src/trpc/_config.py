@@ -35,6 +35,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
@@ -435,7 +436,7 @@ class ClientConfig:
         return cls.from_dict(document)
 
     @classmethod
-    def from_file(cls, path: str | Any) -> "ClientConfig":
+    def from_file(cls, path: str | os.PathLike[str]) -> "ClientConfig":
         """The configuration in a JSON file (UTF-8).
 
         Raises:
