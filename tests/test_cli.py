@@ -205,16 +205,9 @@ async def test_a_bad_config_is_a_one_line_usage_error(server, tmp_path):
     assert b"No such file" in result.stderr
 
 
-def test_client_options_give_open_client_what_the_config_says_for_the_method(monkeypatch):
+def test_client_options_give_open_client_what_the_config_says_for_the_method():
     config = trpc.ClientConfig.from_dict({"methodConfig": [
         {"name": [{"method": "get"}], "maxResponseMessageBytes": 65536}, {"name": [{}], "timeout": 1}]})
     assert _cli._client_options(None, "get") == {}
-    assert _cli._client_options(config, "get") == {"max_message_size": 65536}
-    assert _cli._client_options(config, "put") == {}
-
-    def open_client_with_config(target, *, config=None, max_message_size=0):
-        """What open_client will look like once it takes a config."""
-
-    monkeypatch.setattr(_cli, "open_client", open_client_with_config)
     assert _cli._client_options(config, "get") == {"max_message_size": 65536, "config": config}
     assert _cli._client_options(config, "put") == {"config": config}

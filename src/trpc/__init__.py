@@ -18,6 +18,7 @@ wire.  Deadlines and cancellation follow Trio's cancel scopes across the wire.
 
 from ._framed import FramedChannel
 from ._client import Client, ClientStream, Method, open_client
+from .channel import ConnectivityState
 from ._config import ClientConfig, ConnectionBackoff, MethodConfig, RetryPolicy, RetryThrottling
 from ._context import CallContext, current_call
 from ._errors import (
@@ -48,6 +49,7 @@ __all__ = [
     "Client",
     "ClientConfig",
     "ClientStream",
+    "ConnectivityState",
     "ConfigError",
     "ConnectionBackoff",
     "DEFAULT_HOST",
@@ -87,7 +89,7 @@ __all__ = [
 # Public names say they live here (tracebacks and reprs read ``trpc.RpcError``).
 for _name in __all__:
     _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("trpc._"):
+    if "._" in getattr(_obj, "__module__", ""):  # trpc._client, trpc.channel._subchannel...
         try:
             _obj.__module__ = "trpc"
         except (AttributeError, TypeError):

@@ -125,7 +125,9 @@ async def _call(args: argparse.Namespace) -> int:
             keepalive_time=args.keepalive_time or None, keepalive_timeout=args.keepalive_timeout,
             **args.client_options,
         ) as client:
-            method = client.method(args.method)
+            # The command's own deadline (--timeout, else the config's for the method) is the
+            # scope above, which reports it: the method keeps no timeout of its own.
+            method = client.method(args.method).with_options(timeout=None)
             if args.stdin:
                 if positional:
                     raise SystemExit("trpc: --stdin sends standard input as the request messages; give no ARGs")
