@@ -2,7 +2,11 @@
 
 A method becomes callable by decorating it with one of :func:`unary`, :func:`server_stream`,
 :func:`client_stream` or :func:`bidi_stream`; the decorator only records the call shape (a
-:class:`Cardinality`) and the wire name on the function, so the method stays an ordinary method.
+:class:`Cardinality`), the wire name and whether the method is idempotent on the function, so the
+method stays an ordinary method.  A method declared idempotent (``idempotent=True``) is one whose
+effect is the same whether it runs once or several times: the server announces these to the
+client (the INFO frame, docs/PROTOCOL.md section 3), which may then retry them after a
+failure even if the server may have run them.
 :class:`Service` collects the decorated methods of a class (and its bases) when the class is
 created, so the server looks handlers up in a dict built once, never per call.
 """
@@ -57,14 +61,17 @@ class MethodInfo:
     name: str
     cardinality: Cardinality
     attribute: str
+    #: Running it twice has the effect of running it once: a client may retry it after a
+    #: failure (announced in the INFO frame).
+    idempotent: bool = False
 
 
 def _decorator(cardinality: Cardinality, check: Callable[[Callable], bool], what: str):
-    def decorate(func: Callable | None = None, *, name: str | None = None):
+    def decorate(func: Callable | None = None, *, name: str | None = None, idempotent: bool = False):
         def mark(func: Callable) -> Callable:
             if not check(func):
                 raise TypeError(f"@{cardinality.name.lower()} needs {what}, got {func!r}")
-            setattr(func, _ATTR, (name or func.__name__, cardinality))
+            setattr(func, _ATTR, (name or func.__name__, cardinality, bool(idempotent)))
             return func
 
         return mark if func is None else mark(func)
@@ -72,8 +79,10 @@ def _decorator(cardinality: Cardinality, check: Callable[[Callable], bool], what
     decorate.__name__ = cardinality.name.lower()
     decorate.__doc__ = (
         f"Mark {what} as a {cardinality.name.lower().replace('_', '-')} method.\n\n"
-        "Use as ``@trpc.X`` or ``@trpc.X(name=\"wire_name\")``; the wire name defaults to the\n"
-        "function's name."
+        "Use as ``@trpc.X`` or ``@trpc.X(name=\"wire_name\", idempotent=True)``; the wire name\n"
+        "defaults to the function's name.  ``idempotent=True`` declares that running the method\n"
+        "twice has the effect of running it once, so a client may retry it after a failure even\n"
+        "if the server may have run it (the server announces it: docs/PROTOCOL.md, INFO)."
     )
     return decorate
 
@@ -108,12 +117,12 @@ class Service:
                 marker = getattr(value, _ATTR, None)
                 if marker is None:
                     continue
-                name, cardinality = marker
+                name, cardinality, idempotent = marker
                 # A subclass overriding a method replaces it, under whatever wire name it had.
                 methods = {k: v for k, v in methods.items() if v.attribute != attribute}
                 if name in methods:
                     raise TypeError(f"{cls.__name__}: two methods are named {name!r} on the wire")
-                methods[name] = MethodInfo(name, cardinality, attribute)
+                methods[name] = MethodInfo(name, cardinality, attribute, idempotent)
         cls.__trpc_methods__ = methods
 
 
