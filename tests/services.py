@@ -9,13 +9,15 @@ from trpc import RpcError, Status
 
 
 class Svc(trpc.Service):
+    """greet and count are declared idempotent (so a client of protocol 1.1 gets an INFO)."""
+
     def __init__(self) -> None:
         self.started = trio.Event()
         self.cancelled = trio.Event()
         self.cancel_reasons: list = []
         self.finished = 0
 
-    @trpc.unary
+    @trpc.unary(idempotent=True)
     async def greet(self, name: str) -> str:
         return f"Hello {name}"
 
@@ -61,7 +63,7 @@ class Svc(trpc.Service):
         call = trpc.current_call()
         return {"method": call.method, "metadata": call.metadata, "peer": call.peer}
 
-    @trpc.server_stream
+    @trpc.server_stream(idempotent=True)
     async def count(self, n: int):
         for i in range(n):
             yield i

@@ -693,7 +693,7 @@ def test_the_default_preface_is_the_one_protocol_md_shows(framer_cls):
     """trpc's defaults, byte for byte as docs/PROTOCOL.md section 2 gives them."""
     conn = Connection("server", framer=framer_cls)
     conn.initiate()
-    example = "54 52 50 43 01 00 00 00 00 20 00 00 00 40 00 00 00 20 00 00 01 00 00 00 00 00 00 64"
+    example = "54 52 50 43 01 01 00 00 00 20 00 00 00 40 00 00 00 20 00 00 01 00 00 00 00 00 00 64"
     assert conn.data_to_send() == bytes.fromhex(example)
 
 

@@ -32,7 +32,10 @@ finished, every byte delivered, every message consumed, every call ended), these
    unreturned (section 8); output that waited for credit and left says so (SendCreditAvailable);
 5. ``open_streams`` matches the model, and after the drain both sides hold no stream, no output,
    no backlog, and end of file gives ConnectionClosed alone;
-6. every ping is heard once and acknowledged once, with its payload.
+6. every ping is heard once and acknowledged once, with its payload;
+7. the server's INFO (protocol 1.1) crosses once, before any frame of a stream, naming the
+   methods it declares idempotent, or never if it declares none; a call ends not processed
+   exactly when it was above a server GOAWAY's last stream id.
 
 That the turns give the events of one go is test_turns.py's business: here, both paths must
 simply satisfy the model.  ``HYPOTHESIS_PROFILE=long`` searches far longer, and shrinks.
@@ -58,6 +61,7 @@ from trpc import Status
 from trpc._client import Client
 from trpc.channel._connection import ClientCall
 from trpc._events import CallCancelled, CallEnded, CallOpened, ConnectionClosed, GoAwayReceived, HeadersReceived
+from trpc._events import InfoReceived
 from trpc._events import MessagesReceived, PingAcknowledged, PingReceived, PrefaceReceived, SendCreditAvailable
 from trpc._events import StreamEnded
 from trpc.wire import Connection
@@ -79,7 +83,7 @@ SETTINGS = settings.get_profile("two-peers-long" if os.environ.get("HYPOTHESIS_P
 # Written from docs/PROTOCOL.md sections 2 and 3, not imported: the model's own reading.
 PREFACE = struct.Struct(">4sBBHIIIII")
 HEADER = struct.Struct(">IBBI")
-DATA, HEADERS, TRAILERS, CANCEL, WINDOW_UPDATE, PING, GOAWAY = range(7)
+DATA, HEADERS, TRAILERS, CANCEL, WINDOW_UPDATE, PING, GOAWAY, INFO = range(8)
 END_STREAM, MORE = 1, 2
 BODY = 64 * 1024  # a [head, body] message's body is at least this
 
@@ -264,11 +268,15 @@ class TwoPeers(RuleBasedStateMachine):
         self.clean = False
 
     # ------------------------------------------------------------------ plumbing
-    @initialize(options=st.tuples(PEER_OPTIONS, PEER_OPTIONS), split=st.integers(1, PREFACE.size - 1))
+    @initialize(options=st.tuples(PEER_OPTIONS, PEER_OPTIONS), split=st.integers(1, PREFACE.size - 1),
+                idempotent=st.frozensets(st.sampled_from(SHAPES)))
     @tracked
-    def the_peers_exchange_prefaces(self, options, split):
+    def the_peers_exchange_prefaces(self, options, split, idempotent):
         self.options = dict(zip(SIDES, options))
+        self.idempotent = idempotent  # what the server declares (INFO), the methods named by shape
         self.conn = {side: Connection(side, framer=self.framer, **self.options[side]) for side in SIDES}
+        self.conn["server"] = Connection("server", framer=self.framer, idempotent_methods=idempotent,
+                                         **self.options["server"])
         self.client, self.server = self.conn["client"], self.conn["server"]
         self.pipe = {side: Pipe() for side in SIDES}
         self.calls: dict[int, Call] = {}
@@ -279,6 +287,9 @@ class TwoPeers(RuleBasedStateMachine):
         self.pings = {side: {} for side in SIDES}  # payload -> acknowledged yet
         self.pings_heard = {side: set() for side in SIDES}
         self.end_stream_seen: set[int] = set()
+        self.info_written = self.stream_frame_written = False  # by the server
+        self.info_got: InfoReceived | None = None  # by the client
+        self.stream_event_got = False  # the client had an event for a stream
         for side in SIDES:
             self.conn[side].initiate()
             self._write(side)
@@ -298,7 +309,12 @@ class TwoPeers(RuleBasedStateMachine):
         frame."""
         pipe, peer = self.pipe[side], self.pipe[OTHER[side]]
         for ftype, flags, sid, payload in pipe.write(self.conn[side].data_to_send() if data is None else data):
-            assert ftype <= GOAWAY, f"{side} sent a frame of unknown type {ftype}"
+            assert ftype <= GOAWAY or (ftype, side) == (INFO, "server"), f"{side} sent a frame of type {ftype}"
+            if ftype == INFO:
+                assert not self.info_written and not self.stream_frame_written and (sid, flags) == (0, 0)
+                assert cbor2.loads(payload) == {1: sorted(self.idempotent)}
+                self.info_written = True
+            self.stream_frame_written |= side == "server" and sid != 0
             if ftype != DATA:
                 assert len(payload) <= 65536, f"{side} sent a control frame of {len(payload)} bytes"
                 continue
@@ -372,6 +388,12 @@ class TwoPeers(RuleBasedStateMachine):
             call.unconsumed[side].append(len(data))
 
     def _client_event(self, event, goaway_due: set[int]) -> None:
+        if isinstance(event, InfoReceived):
+            assert self.info_got is None and not self.stream_event_got, "INFO twice, or after a stream's frames"
+            assert event.idempotent == self.idempotent
+            self.info_got = event
+            return
+        self.stream_event_got |= hasattr(event, "stream_id")
         if isinstance(event, GoAwayReceived):
             assert not self.client_knows_goaway and self.goaway_last is not None, "a GOAWAY never sent"
             assert (event.last_stream_id, event.status, event.message) == (self.goaway_last, Status.OK, "bye")
@@ -388,8 +410,9 @@ class TwoPeers(RuleBasedStateMachine):
         elif isinstance(event, CallEnded):
             if call.sid in goaway_due:
                 goaway_due.discard(call.sid)
-                assert event.status is Status.UNAVAILABLE and not call.opened
+                assert event.status is Status.UNAVAILABLE and not call.opened and event.processed is False
             else:
+                assert event.processed is True, f"CallEnded for {call.sid}: not processed, yet the server ran it"
                 assert call.trailers is not None, f"CallEnded for {call.sid}, whose server sent no trailers"
                 got = (event.status, event.message, event.details, event.metadata)
                 assert got == call.trailers, f"the client got trailers {got}, the server sent {call.trailers}"
@@ -698,6 +721,7 @@ class TwoPeers(RuleBasedStateMachine):
                 assert not call.opened and (call.ended == "cancel" or call.ended.status is Status.UNAVAILABLE)
             else:
                 assert call.opened and (call.trailers or call.cancelled), f"{call.sid} never ended on the server"
+        assert (self.info_got is not None) == bool(self.idempotent), "INFO missing, or sent with nothing to say"
         for side in SIDES:
             self._check_credit_returned(side)
             assert self.conn[side].receive_data(b"") == [ConnectionClosed()]

@@ -15,14 +15,16 @@ import trio
 
 from . import wire_spec_client as w
 from .wire_spec_client import (
-    ACK, CANCEL, DATA, END_STREAM, GOAWAY, HEADERS, MORE, PING, TRAILERS, WINDOW_UPDATE,
+    ACK, CANCEL, DATA, END_STREAM, GOAWAY, HEADERS, INFO, MORE, PING, TRAILERS, WINDOW_UPDATE,
     Settings, connect, encode_args, encode_frame,
 )
 
 T = 5  # seconds: the bound on any single wait
 
-DOC_PREFACE = bytes.fromhex(
-    "54 52 50 43 01 00 00 00 00 20 00 00 00 40 00 00 00 20 00 00 01 00 00 00 00 00 00 64")
+DOC_PREFACE = bytes.fromhex(  # §2's example: version 1.1
+    "54 52 50 43 01 01 00 00 00 20 00 00 00 40 00 00 00 20 00 00 01 00 00 00 00 00 00 64")
+#: What the conftest's service declares idempotent (tests/services.py).
+IDEMPOTENT = frozenset({"greet", "count"})
 
 
 def check_send_credit(conn) -> None:
@@ -52,8 +54,11 @@ async def wait_until(predicate, timeout: float = T) -> None:
 
 
 def test_doc_preface_example_matches_our_encoding():
-    assert w.DEFAULTS.encode() == DOC_PREFACE
+    assert Settings(minor=1).encode() == DOC_PREFACE
+    # this client announces 1.0 unless told otherwise: only the minor version differs
+    assert w.DEFAULTS.encode() == DOC_PREFACE[:5] + b"\x00" + DOC_PREFACE[6:]
     decoded = Settings.decode(DOC_PREFACE)
+    assert (decoded.major, decoded.minor) == (1, 1)
     assert (decoded.max_frame_size, decoded.max_message_size, decoded.stream_window,
             decoded.connection_window, decoded.max_concurrent_streams) == (
         2_097_152, 4_194_304, 2_097_152, 16_777_216, 100)
@@ -575,7 +580,7 @@ async def test_unknown_frame_type_is_goaway_internal(server, service):
             stream = conn.open_stream("block")
             await stream.send_message(raw=encode_args(), end_stream=True)
             await service.started.wait()
-            conn.send_frame(0x7, 0, 0, b"")
+            conn.send_frame(0x8, 0, 0, b"")
             g = await expect_goaway(conn, w.INTERNAL)
             assert g[1] == 1  # stream 1 was processed
             await service.cancelled.wait()  # the open call did not survive
@@ -615,6 +620,7 @@ PROVOCATIONS = {
     "headers-not-a-map": ([(HEADERS, 0, 2, cbor2.dumps(["greet"]))], w.INTERNAL),
     "headers-bad-cbor": ([(HEADERS, 0, 2, b"\xff")], w.INTERNAL),
     "goaway-on-stream": ([(GOAWAY, 0, 1, cbor2.dumps({1: 0, 2: 0}))], w.INTERNAL),
+    "info-from-client": ([(INFO, 0, 0, cbor2.dumps({1: ["greet"]}))], w.INTERNAL),
     "oversize-cbor-map": ([(HEADERS, 0, 2, cbor2.dumps({1: "greet", 9: "x" * 70_000}))],
                           w.INTERNAL),
 }
@@ -713,6 +719,7 @@ async def test_newer_minor_version_and_reserved_bits_are_accepted(server):
     with trio.fail_after(T):
         async with connect(server.address, local) as conn:
             assert (await conn.call("greet", "minor")).result == "Hello minor"
+    assert conn.idempotent == IDEMPOTENT  # 7 >= 1: INFO came (§2)
 
 
 @pytest.mark.parametrize("field,value", [
@@ -755,3 +762,62 @@ async def test_eof_in_preface_is_protocol_error(server):
     frames = parse_after_preface(buf)
     assert [f.type for f in frames] == [GOAWAY]
     assert cbor2.loads(frames[0].payload)[2] == w.INTERNAL
+
+
+# ============================================================== version 1.1: INFO (§3), key 5 (§6)
+
+
+async def test_a_1_0_client_never_receives_info(server):
+    """§2: a new frame type is never sent to a peer whose minor version predates it."""
+    with trio.fail_after(T):
+        async with connect(server.address) as conn:
+            assert (await conn.call("greet", "old")).result == "Hello old"
+            await conn.ping()  # everything the server sent before the ack has been read
+    assert conn.local.minor == 0
+    assert INFO not in {f.type for f in conn.frames} and conn.info is None
+
+
+async def test_a_1_1_client_receives_info_as_the_spec_gives_its_bytes(server):
+    """§3 INFO: right after our preface, before anything for a stream, on stream 0, flags 0;
+    key 1 names the idempotent methods; exactly the bytes of a CBOR map (here in trpc's
+    shortest form, names sorted)."""
+    with trio.fail_after(T):
+        buf, eof = await raw_exchange(server.address, Settings(minor=1).encode(), timeout=0.3)
+    assert not eof
+    frames = parse_after_preface(buf)
+    assert frames == [w.Frame(INFO, 0, 0, cbor2.dumps({1: ["count", "greet"]}))]
+    assert buf[28:] == bytes.fromhex(
+        "00 00 00 0f 07 00 00 00 00 00 a1 01 82 65 63 6f 75 6e 74 65 67 72 65 65 74")
+    with trio.fail_after(T):
+        async with connect(server.address, Settings(minor=1)) as conn:
+            await conn.info_received.wait()
+            assert (await conn.call("greet", "new")).result == "Hello new"
+            assert conn.info == {1: ["count", "greet"]}
+    assert conn.idempotent == IDEMPOTENT
+    assert [f.type for f in conn.frames].count(INFO) == 1
+
+
+async def test_a_call_refused_over_the_streams_limit_says_not_processed(server, service):
+    """§4, §6: beyond max concurrent streams, TRAILERS RESOURCE_EXHAUSTED with key 5 true; a
+    call the server ran carries no key 5."""
+    local = Settings(minor=1)
+    with trio.fail_after(T):
+        async with connect(server.address, local) as conn:
+            blocked = []
+            for _ in range(conn.peer.max_concurrent_streams):
+                s = conn.open_stream("block")
+                await s.send_message(raw=encode_args(), end_stream=True)
+                blocked.append(s)
+            await wait_until(lambda: server.running_calls == conn.peer.max_concurrent_streams)
+            over = conn.open_stream("greet", enforce_limit=False)
+            await over.send_message(raw=encode_args(["over"]), end_stream=True)
+            over_reply = await over.finish()
+            for s in blocked:
+                s.cancel()
+            failed = await conn.call("fail", "rpc")
+            ok = await conn.call("greet", "after")
+            await wait_until(lambda: server.running_calls == 0)
+    assert over_reply.status == w.RESOURCE_EXHAUSTED and over_reply.trailers.not_processed
+    assert over_reply.trailers.raw[5] is True
+    assert failed.status == w.NOT_FOUND and 5 not in failed.trailers.raw
+    assert ok.result == "Hello after" and 5 not in ok.trailers.raw

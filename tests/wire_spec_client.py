@@ -25,20 +25,21 @@ PREFACE = struct.Struct(">4sBBHIIIII")  # §2: magic, major, minor, reserved, 5 
 HEADER = struct.Struct(">IBBI")  # §3: length, type, flags, stream_id
 assert PREFACE.size == 28 and HEADER.size == 10
 
-# frame types (§3)
-DATA, HEADERS, TRAILERS, CANCEL, WINDOW_UPDATE, PING, GOAWAY = range(7)
+# frame types (§3); INFO since 1.1, sent to us only if our preface says minor >= 1 (§2)
+DATA, HEADERS, TRAILERS, CANCEL, WINDOW_UPDATE, PING, GOAWAY, INFO = range(8)
 FRAME_NAMES = {
     DATA: "DATA", HEADERS: "HEADERS", TRAILERS: "TRAILERS", CANCEL: "CANCEL",
-    WINDOW_UPDATE: "WINDOW_UPDATE", PING: "PING", GOAWAY: "GOAWAY",
+    WINDOW_UPDATE: "WINDOW_UPDATE", PING: "PING", GOAWAY: "GOAWAY", INFO: "INFO",
 }
 # flags (§3)
 END_STREAM = 0x1
 MORE = 0x2
 ACK = 0x1
-ALLOWED_FLAGS = {
+ALLOWED_FLAGS_1_0 = {
     DATA: END_STREAM | MORE, HEADERS: END_STREAM, TRAILERS: 0, CANCEL: 0,
     WINDOW_UPDATE: 0, PING: ACK, GOAWAY: 0,
 }
+ALLOWED_FLAGS = {**ALLOWED_FLAGS_1_0, INFO: 0}  # what a 1.1 receiver knows
 
 MAX_CREDIT = 2**31 - 1  # §8
 MAX_CBOR_MAP = 65_536  # §3 "CBOR maps", §10
@@ -220,6 +221,7 @@ class Trailers:
     metadata: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
     payload: bytes = b""
+    not_processed: bool = False  # key 5 (§6, 1.1)
 
 
 def parse_trailers(payload: bytes) -> Trailers:
@@ -233,7 +235,12 @@ def parse_trailers(payload: bytes) -> Trailers:
     if not isinstance(message, str):
         raise ProtocolError(INTERNAL, "TRAILERS message is not text")
     metadata = check_metadata(m[4], "TRAILERS") if 4 in m else {}
-    return Trailers(status, message, m.get(3), metadata, m, payload)
+    not_processed = m.get(5, False)
+    if not isinstance(not_processed, bool):
+        raise ProtocolError(INTERNAL, "TRAILERS key 5 is not a boolean")
+    if not_processed and m[1] == OK:
+        raise ProtocolError(INTERNAL, "TRAILERS say OK and not processed")
+    return Trailers(status, message, m.get(3), metadata, m, payload, not_processed)
 
 
 # --------------------------------------------------------------------------- streams
@@ -389,6 +396,12 @@ class Connection:
         self._pings: dict[bytes, trio.Event] = {}
         self.goaway: dict | None = None
         self.goaway_received = trio.Event()
+        # §3 INFO (1.1): known only if our preface says minor >= 1
+        self.allowed_flags = ALLOWED_FLAGS if local.minor >= 1 else ALLOWED_FLAGS_1_0
+        self.info: dict | None = None
+        self.idempotent: frozenset = frozenset()
+        self.info_received = trio.Event()
+        self.stream_frame_seen = False  # INFO must come before any frame for a stream
         self.closed = trio.Event()  # EOF from the peer or connection torn down
         self.violations: list[ProtocolError] = []
         self.frames: list[Frame] = []  # every frame received (payloads > 4 KiB dropped)
@@ -523,10 +536,12 @@ class Connection:
         self.frames.append(frame if len(frame.payload) <= 4096
                            else Frame(frame.type, frame.flags, frame.stream_id, b""))
         t, flags, sid, payload = frame.type, frame.flags, frame.stream_id, frame.payload
-        if t not in ALLOWED_FLAGS:
+        if t not in self.allowed_flags:
             raise ProtocolError(INTERNAL, f"unknown frame type {t}")
-        if flags & ~ALLOWED_FLAGS[t]:
+        if flags & ~self.allowed_flags[t]:
             raise ProtocolError(INTERNAL, f"bad flags {flags:#x} on {FRAME_NAMES[t]}")
+        if sid:
+            self.stream_frame_seen = True
         if t == DATA:
             self._on_data(frame)
         elif t == HEADERS:
@@ -592,8 +607,24 @@ class Connection:
             self.goaway_received.set()
             last = m.get(1, 0)
             for stream in list(self.streams.values()):
-                if m.get(2, 0) != OK or stream.id > last:
+                if stream.id > last:  # §9: not processed, may be retried anywhere
+                    self._close_stream(stream, ("closed", UNAVAILABLE, "GOAWAY: not processed"))
+                elif m.get(2, 0) != OK:
                     self._close_stream(stream, ("closed", UNAVAILABLE, "GOAWAY"))
+        elif t == INFO:
+            if sid != 0:
+                raise ProtocolError(INTERNAL, "INFO on a stream")
+            if self.info is not None:
+                raise ProtocolError(INTERNAL, "a second INFO")
+            if self.stream_frame_seen:
+                raise ProtocolError(INTERNAL, "INFO after a frame for a stream")
+            m = decode_map(payload, "INFO")
+            names = m.get(1, [])
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ProtocolError(INTERNAL, f"INFO key 1 is not an array of text: {names!r}")
+            self.info = m
+            self.idempotent = frozenset(names)
+            self.info_received.set()
 
     def _on_data(self, frame: Frame) -> None:
         flags, n = frame.flags, len(frame.payload)

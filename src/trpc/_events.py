@@ -35,6 +35,7 @@ __all__ = [
     "PingReceived",
     "PingAcknowledged",
     "GoAwayReceived",
+    "InfoReceived",
     "ConnectionClosed",
 ]
 
@@ -110,6 +111,12 @@ class CallEnded(Event):
 
     Usually the server's trailers; also produced locally when the connection must end a call
     itself (a response message over the size limit ends it with RESOURCE_EXHAUSTED).
+
+    ``processed`` is False when the server never ran the call and never will, so it had no
+    effect and may be retried on any connection, whatever the method: the server's trailers
+    said so (key 5: it refused the call while going away, or over a concurrency limit), or the
+    server's GOAWAY had a last stream id below the call (then status UNAVAILABLE).  True says
+    only that the server did not say so: the call may or may not have run.
     """
 
     stream_id: int
@@ -118,11 +125,6 @@ class CallEnded(Event):
     details: Any = None
     metadata: dict[str, str | bytes] = field(default_factory=dict)
     processed: bool = True
-
-
-@dataclass(**_EVENT)
-class ServerInfo(Event):
-    idempotent: frozenset = frozenset()
 
 
 @dataclass(**_EVENT)
@@ -171,6 +173,21 @@ class GoAwayReceived(Event):
     last_stream_id: int
     status: Status
     message: str = ""
+
+
+@dataclass(**_EVENT)
+class InfoReceived(Event):
+    """The server said what it declares about itself, in its INFO frame (client side; protocol
+    1.1).  At most once per connection, before any frame of any stream; a server with nothing
+    to declare sends none.  It holds for this connection only.
+
+    ``idempotent`` holds the wire names of the methods the server declares idempotent: a call
+    to one of them may be retried after a failure even if the server may have run it.  The
+    list may have been cut to fit the frame; a method not in it is simply not known to be
+    idempotent.
+    """
+
+    idempotent: frozenset[str]
 
 
 @dataclass(**_EVENT)
@@ -224,6 +241,7 @@ class WireConnection(Protocol):
     def send_headers(self, stream_id: int, metadata: dict | None = None) -> None: ...
     def send_trailers(self, stream_id: int, status: Status, message: str = "", details: Any = None,
                       metadata: dict | None = None) -> None: ...
+    def refuse_call(self, stream_id: int, status: Status, message: str = "") -> None: ...
     def cancel(self, stream_id: int, reason: Status = Status.CANCELLED, message: str = "") -> None: ...
     def consumed(self, stream_id: int, size: int) -> None: ...
     def goaway(self, status: Status = Status.OK, message: str = "") -> None: ...

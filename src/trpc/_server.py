@@ -331,6 +331,7 @@ class _ServerConnection(TrioConnection):
                 event.stream_id,
                 Status.RESOURCE_EXHAUSTED,
                 f"the server runs at most {server.max_concurrent_calls} calls at once; try again later",
+                processed=False,
             )
             return
         arrived = self.received_at
@@ -347,11 +348,17 @@ class _ServerConnection(TrioConnection):
         elif event.end_stream:
             self._finish(call, Status.INVALID_ARGUMENT, f"{info.name}: the request message is missing")
 
-    def _refuse(self, stream_id: int, status: Status, message: str) -> None:
-        """End a call that never got a task."""
+    def _refuse(self, stream_id: int, status: Status, message: str, *, processed: bool = True) -> None:
+        """End a call that never got a task.  ``processed=False`` for a refusal that says
+        nothing about the call (a limit of the server's), which the client may retry anywhere:
+        the trailers say so.  A call whose deadline had passed on arrival is not one: it never
+        ran either, but a retry would be as late (docs/PROTOCOL.md section 6)."""
         if self.conn.stream_state(stream_id) is StreamState.CLOSED:
             return  # the client cancelled it in the same batch of frames
-        self.send_trailers(stream_id, status, message)
+        if processed:
+            self.send_trailers(stream_id, status, message)
+        else:
+            self.refuse_call(stream_id, status, message)
 
     def _on_message(self, event: MessagesReceived) -> None:
         call = self.calls.get(event.stream_id)
@@ -535,7 +542,13 @@ class _ServerConnection(TrioConnection):
                 # _start handed us a call in the moment between the cancellation and this
                 # task running: it will not run, so end it here rather than lose it.
                 call, worker.job = worker.job[0], None
-                self._finish(call, Status.UNAVAILABLE, "the connection is closing")
+                if not call.finished:
+                    call.finished = True
+                    self._forget(call.id)
+                    try:
+                        self._refuse(call.id, Status.UNAVAILABLE, "the connection is closing", processed=False)
+                    except LocalProtocolError:  # the stream ended under us (connection failed)
+                        pass
                 self.server._call_ended()
             raise
         (call, payload), worker.job = worker.job, None
@@ -779,6 +792,8 @@ class Server:
         if health:
             services = (*services, HealthService(self._health))
         self._methods = collect_methods(services)
+        #: Announced to every client of protocol 1.1 or later (the INFO frame).
+        self.idempotent_methods = frozenset(name for name, (_, info) in self._methods.items() if info.idempotent)
         self._interceptors = tuple(interceptors)
         self._framer = get_framer(framer)
         self._connection_options = dict(
@@ -790,6 +805,7 @@ class Server:
             max_incomplete_bytes=max_incomplete_bytes,
             min_ping_interval=keepalive_min_ping_interval,
             max_ping_strikes=keepalive_max_ping_strikes,
+            idempotent_methods=self.idempotent_methods,
         )
         Connection("server", framer=self._framer, **self._connection_options)  # validate now
         if max_concurrent_calls is None:

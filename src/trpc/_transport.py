@@ -51,6 +51,7 @@ from ._tls import describe_tls_failure, is_tls_record
 from ._events import (
     ConnectionClosed,
     GoAwayReceived,
+    InfoReceived,
     PingAcknowledged,
     PingReceived,
     PrefaceReceived,
@@ -254,6 +255,12 @@ class TrioConnection:
                       metadata: dict | None = None) -> None:
         """End a call with its status (server), sent at once if it was the only call running."""
         self.conn.send_trailers(stream_id, status, message, details, metadata)
+        self._send_soon()
+
+    def refuse_call(self, stream_id: int, status: Any, message: str = "") -> None:
+        """End a call never run, saying so (server; see ``Connection.refuse_call``): the
+        client may retry it anywhere."""
+        self.conn.refuse_call(stream_id, status, message)
         self._send_soon()
 
     def cancel(self, stream_id: int, reason: Any, message: str) -> None:
@@ -535,6 +542,7 @@ class TrioConnection:
         PingReceived: _ignore,
         PingAcknowledged: _on_ping_ack,
         GoAwayReceived: _ignore,
+        InfoReceived: _ignore,
         ConnectionClosed: _ignore,
     }
 

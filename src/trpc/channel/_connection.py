@@ -28,7 +28,7 @@ from typing import Any, Callable
 import trio
 
 from .._errors import RpcError
-from .._events import CallEnded, GoAwayReceived, HeadersReceived, MessagesReceived, PrefaceReceived, ServerInfo
+from .._events import CallEnded, GoAwayReceived, HeadersReceived, MessagesReceived, PrefaceReceived, InfoReceived
 from .._server import format_peer
 from .._status import Status
 from .._tls import describe_tls_failure
@@ -133,7 +133,7 @@ class ClientConnection(TrioConnection):
     def _on_preface(self, event: PrefaceReceived) -> None:
         self.ready.set()
 
-    def _on_info(self, event: ServerInfo) -> None:
+    def _on_info(self, event: InfoReceived) -> None:
         self.idempotent = event.idempotent
 
     def _on_goaway(self, event: GoAwayReceived) -> None:
@@ -237,7 +237,7 @@ ClientConnection._DISPATCH = {
     HeadersReceived: ClientConnection._on_headers,
     PrefaceReceived: ClientConnection._on_preface,
     GoAwayReceived: ClientConnection._on_goaway,
-    ServerInfo: ClientConnection._on_info,
+    InfoReceived: ClientConnection._on_info,
 }
 
 

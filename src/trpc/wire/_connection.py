@@ -14,8 +14,10 @@ of its facts:
 - ``trpc.wire._control`` encodes and decodes the control payloads.
 
 What the connection itself owns: the outgoing buffer, the backlog of received frames not yet
-processed, and the connection's lifecycle (``ConnectionState``, one value moved by its own
-small table).
+processed, and the connection's lifecycle, moved by its own small table: ``ConnectionState``
+(open, going away, closed, failed) and whether the INFO frame has crossed (protocol 1.1: a
+server sends it at most once, right after it has processed a 1.1 client's preface, and only if
+it declares something; the client reports it as ``InfoReceived``).
 
 - ``receive_data(data)`` takes bytes read from the peer (``b""`` for end of file), splits them
   into frames, checks every frame against the rules and returns a list of
@@ -55,7 +57,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .. import _framer
 from .._cext import speedups
@@ -68,6 +70,7 @@ from .._events import (
     Event,
     GoAwayReceived,
     HeadersReceived,
+    InfoReceived,
     MessagesReceived,
     PingAcknowledged,
     PingReceived,
@@ -84,7 +87,9 @@ from ._frames import (
     DEFAULT_MAX_PING_STRIKES,
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
+    INFO_MINOR_VERSION,
     MAX_FRAME_SIZE_LIMIT,
+    MAX_HEADERS_SIZE,
     MAX_STREAM_ID,
     MAX_WINDOW,
     MIN_FRAME_SIZE_LIMIT,
@@ -186,9 +191,10 @@ _OPEN = ConnectionState.OPEN
 _FAILED = ConnectionState.FAILED
 #: States in which we have sent GOAWAY: a server refuses calls that cross it.
 _GOAWAY_SENT = frozenset((ConnectionState.GOAWAY_SENT, ConnectionState.GOAWAY_BOTH))
-#: (state, what happened) -> new state.  "send_goaway" in a state where we already sent one is
-#: not in the table: goaway() is then a no-op.  Nothing leaves FAILED.
-_LIFECYCLE: dict[tuple[ConnectionState, str], ConnectionState] = {
+#: How the connection goes towards its end: (state, what happened) -> new state.  "send_goaway"
+#: in a state where we already sent one is not in the table: goaway() is then a no-op.
+#: Nothing leaves FAILED.
+_ENDING: dict[tuple[ConnectionState, str], ConnectionState] = {
     (_L.OPEN, "send_goaway"): _L.GOAWAY_SENT,
     (_L.GOAWAY_RECEIVED, "send_goaway"): _L.GOAWAY_BOTH,
     (_L.CLOSED, "send_goaway"): _L.CLOSED,
@@ -198,6 +204,16 @@ _LIFECYCLE: dict[tuple[ConnectionState, str], ConnectionState] = {
     (_L.GOAWAY_BOTH, "recv_goaway"): _L.GOAWAY_BOTH,
     **{(state, "eof"): _L.CLOSED for state in _L if state is not _L.FAILED},
     **{(state, "error"): _L.FAILED for state in _L},
+}
+#: The lifecycle: (state, whether INFO has crossed, what happened) -> (new state, whether INFO
+#: has crossed).  The rows of _ENDING leave the INFO fact as it is.  INFO crosses at most once:
+#: "send_info" (server) only while OPEN, since a server that has said GOAWAY will run no new
+#: call the client could retry; "recv_info" (client) in any state in which frames are still
+#: processed, and a second one, missing from the table, is a protocol error.
+_LIFECYCLE: dict[tuple[ConnectionState, bool, str], tuple[ConnectionState, bool]] = {
+    **{(state, info, what): (new, info) for (state, what), new in _ENDING.items() for info in (False, True)},
+    (_L.OPEN, False, "send_info"): (_L.OPEN, True),
+    **{(state, False, "recv_info"): (state, True) for state in _L if state not in (_L.CLOSED, _L.FAILED)},
 }
 
 
@@ -238,6 +254,9 @@ class Connection:
             ``now`` on ``receive_data``.
         max_ping_strikes: early PINGs forgiven in a row before the next one ends the
             connection.
+        idempotent_methods: (server) the wire names of the methods the server declares
+            idempotent, announced to a client of protocol 1.1 or later in an INFO frame (as
+            many as fit it) right after its preface; none (the default): no INFO.
 
     Call :meth:`initiate` first; it queues the preface.
     """
@@ -255,6 +274,7 @@ class Connection:
         max_incomplete_bytes: int | None = None,
         min_ping_interval: float | None = None,
         max_ping_strikes: int = DEFAULT_MAX_PING_STRIKES,
+        idempotent_methods: Iterable[str] = (),
     ) -> None:
         self.role = Role(role)
         self._client = self.role is Role.CLIENT
@@ -278,6 +298,13 @@ class Connection:
             raise ValueError("min_ping_interval must be at least 0 (or None: no ping policing)")
         if max_ping_strikes < 0:
             raise ValueError("max_ping_strikes must be at least 0")
+        idempotent_methods = frozenset(idempotent_methods)
+        if idempotent_methods and self._client:
+            raise ValueError("idempotent_methods is the server's to announce")
+        if not all(isinstance(name, str) for name in idempotent_methods):
+            raise ValueError("idempotent_methods must be method names (text)")
+        #: (server) What INFO announces (see the module's docstring).
+        self.idempotent_methods = idempotent_methods
         self.max_frame_size = max_frame_size
         self.max_message_size = max_message_size
         self.stream_window = stream_window
@@ -296,6 +323,11 @@ class Connection:
         self._live = self._streams.live
         self._headers = _control.RequestHeadersEncoder()
         self.state = ConnectionState.OPEN
+        #: Whether INFO has crossed: sent (server) or received (client).  With ``state``, the
+        #: lifecycle (_LIFECYCLE); both written by _move alone.
+        self._informed = False
+        #: (client) The server's INFO, once received (None: none yet, maybe never).
+        self.info_received: InfoReceived | None = None
 
         self._out: list = []
         self._preface_buf = b""
@@ -383,10 +415,10 @@ class Connection:
     # ------------------------------------------------------------------ lifecycle
     def _move(self, what: str) -> bool:
         """Move the lifecycle by ``what``; False (no change) if the table has no such row."""
-        new = _LIFECYCLE.get((self.state, what))
+        new = _LIFECYCLE.get((self.state, self._informed, what))
         if new is None:
             return False
-        self.state = new
+        self.state, self._informed = new
         return True
 
     # ------------------------------------------------------------------ output
@@ -737,6 +769,27 @@ class Connection:
             self._step(stream, _SEND_TRAILERS)
             self._out.append(frame)
 
+    def refuse_call(self, stream_id: int, status: Status, message: str = "") -> None:
+        """End a call that the server never ran and never will (server): TRAILERS with
+        ``status`` and key 5 (not processed), which tell the client that the call had no effect
+        and may be retried on any connection.  For refusals that say nothing about the call
+        itself (going away, over a concurrency limit); an unknown method or bad arguments get
+        plain ``send_trailers``, since a retry would fail the same way.
+
+        Raises LocalProtocolError for OK (a call refused did not succeed), and once the stream
+        has responded (headers or a message: then its call was processed).
+        """
+        if self._client:
+            raise LocalProtocolError("only the server refuses calls; a client cancels them")
+        if status == 0:
+            raise LocalProtocolError("a refused call cannot end with OK")
+        stream = self._local_stream(stream_id)
+        if stream.response_started or stream.batch:
+            raise LocalProtocolError(f"stream {stream_id} has responded, so its call was processed")
+        payload = _control.encode_trailers(status, message, None, None, self._peer_max_frame, processed=False)
+        self._step(stream, _SEND_TRAILERS)  # nothing of the stream waits: the response never started
+        self._out += (pack_header(len(payload), FrameType.TRAILERS, 0, stream_id), payload)
+
     def cancel(self, stream_id: int, reason: Status = Status.CANCELLED, message: str = "") -> None:
         """Cancel a call (client); queued output of the stream is dropped.  No-op if it ended."""
         if not self._client:
@@ -912,7 +965,16 @@ class Connection:
             initial_window=stream_window,
         )
         events.append(self.peer_preface)
+        if self.idempotent_methods and minor >= INFO_MINOR_VERSION:
+            self._send_info()
         return buf[size:]
+
+    def _send_info(self) -> None:
+        """(server) Queue INFO, right after the client's preface: before any frame of a stream,
+        so a client that sees one without INFO before it knows that none is coming."""
+        payload = _control.encode_info(self.idempotent_methods, min(MAX_HEADERS_SIZE, self._peer_max_frame))
+        if payload is not None and self._move("send_info"):
+            self._frame(FrameType.INFO, 0, 0, payload)
 
     def _process_frames(self, groups, events: list[Event]) -> None:
         """Process what ``Framer.feed_grouped`` returned: frames, with each run of
@@ -1131,11 +1193,12 @@ class Connection:
         end = bool(flags & _END_STREAM)
         if end:
             self._step(stream, _RECV_END_STREAM)
+        # Refusals that say nothing about the call: it never runs, and may be retried anywhere.
         if self.state in _GOAWAY_SENT:
-            self.send_trailers(stream_id, Status.UNAVAILABLE, "the server is shutting down")
+            self.refuse_call(stream_id, Status.UNAVAILABLE, "the server is shutting down")
             return
         if len(streams.live) > self.max_concurrent_streams:
-            self.send_trailers(
+            self.refuse_call(
                 stream_id,
                 Status.RESOURCE_EXHAUSTED,
                 f"too many concurrent calls on this connection (limit {self.max_concurrent_streams})",
@@ -1158,8 +1221,11 @@ class Connection:
         if payload == _OK_TRAILERS:  # most calls end so: nothing to decode
             ended = CallEnded(stream_id=stream_id, status=_OK)
         else:
-            status, message, details, metadata = _control.parse_trailers(payload)
-            ended = CallEnded(stream_id=stream_id, status=status, message=message, details=details, metadata=metadata)
+            status, message, details, metadata, processed = _control.parse_trailers(payload)
+            ended = CallEnded(
+                stream_id=stream_id, status=status, message=message, details=details, metadata=metadata,
+                processed=processed,
+            )
         if stream is None:
             return
         if stream.recv_parts is not None:
@@ -1253,8 +1319,20 @@ class Connection:
                         stream_id=stream.id,
                         status=Status.UNAVAILABLE,
                         message=f"the server went away before processing the call: {message or 'GOAWAY'}",
+                        processed=False,
                     )
                 )
+
+    def _recv_info(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if not self._client:
+            raise RemoteProtocolError("a client cannot send INFO")
+        if stream_id != 0 or flags:
+            raise RemoteProtocolError("malformed INFO frame (stream 0, no flags)")
+        idempotent = _control.parse_info(payload)
+        if not self._move("recv_info"):
+            raise RemoteProtocolError("a second INFO frame (a server sends at most one per connection)")
+        self.info_received = InfoReceived(idempotent=idempotent)
+        events.append(self.info_received)
 
 
 #: Frame type -> Connection method receiving it (all but DATA), as plain functions: a table of
@@ -1267,4 +1345,5 @@ _HANDLERS: dict[int, Callable[..., None]] = {
     FrameType.WINDOW_UPDATE: Connection._recv_window_update,
     FrameType.PING: Connection._recv_ping,
     FrameType.GOAWAY: Connection._recv_goaway,
+    FrameType.INFO: Connection._recv_info,
 }

@@ -1,6 +1,6 @@
-"""The control payloads: HEADERS, TRAILERS, CANCEL and GOAWAY maps, encoded and decoded.
+"""The control payloads: HEADERS, TRAILERS, CANCEL, GOAWAY and INFO maps, encoded and decoded.
 
-Each is a CBOR map with small integer keys (docs/PROTOCOL.md sections 4, 6, 7, 9).  Encoders
+Each is a CBOR map with small integer keys (docs/PROTOCOL.md sections 3, 4, 6, 7, 9).  Encoders
 raise :class:`LocalProtocolError` for what the local application got wrong; decoders raise
 :class:`RemoteProtocolError` for what the peer got wrong, and ignore keys they do not know.
 Two shapes come with nearly every call and are written and read by hand, without cbor2: the
@@ -9,6 +9,7 @@ client's HEADERS ``{1: method}`` / ``{1: method, 2: timeout_us}``, and the OK tr
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import cbor2
@@ -23,10 +24,12 @@ __all__ = [
     "RequestHeadersEncoder",
     "encode_cancel",
     "encode_goaway",
+    "encode_info",
     "encode_response_headers",
     "encode_trailers",
     "parse_cancel",
     "parse_goaway",
+    "parse_info",
     "parse_request_headers",
     "parse_response_headers",
     "parse_simple_headers",
@@ -37,9 +40,10 @@ __all__ = [
 # CBOR map keys of the control payloads (small integers: compact, and new keys can be added
 # without breaking old readers, which ignore keys they do not know).
 _H_METHOD, _H_TIMEOUT, _H_METADATA = 1, 2, 3
-_T_STATUS, _T_MESSAGE, _T_DETAILS, _T_METADATA = 1, 2, 3, 4
+_T_STATUS, _T_MESSAGE, _T_DETAILS, _T_METADATA, _T_NOT_PROCESSED = 1, 2, 3, 4, 5
 _C_REASON, _C_MESSAGE = 1, 2
 _G_LAST_STREAM, _G_STATUS, _G_MESSAGE = 1, 2, 3
+_I_IDEMPOTENT = 1
 
 #: TRAILERS for a plain OK, ``{1: 0}``: most calls end with exactly these bytes.
 OK_TRAILERS = cbor2.dumps({_T_STATUS: 0})
@@ -111,21 +115,29 @@ def encode_response_headers(metadata: dict | None, peer_max_frame: int) -> bytes
     return _check_size("response HEADERS", _dumps(fields), peer_max_frame)
 
 
-def encode_trailers(status: Status, message: str, details: Any, metadata: dict | None, peer_max_frame: int) -> bytes:
-    """The TRAILERS map.  Never fails: when the details or metadata cannot be sent, the
-    trailers say INTERNAL and why, since the status must reach the caller.  (A plain OK is
+def encode_trailers(
+    status: Status, message: str, details: Any, metadata: dict | None, peer_max_frame: int, processed: bool = True
+) -> bytes:
+    """The TRAILERS map; ``processed=False`` adds key 5 (not processed: the handler never ran
+    and never will).  Never fails: when the details or metadata cannot be sent, the trailers
+    say INTERNAL and why, since the status must reach the caller.  (A plain OK is
     ``OK_TRAILERS``, which the connection sends without calling this.)"""
     fields: dict[int, Any] = {_T_STATUS: int(status)}
     if message:
         fields[_T_MESSAGE] = message
     if details is not None:
         fields[_T_DETAILS] = details
+    if not processed:
+        fields[_T_NOT_PROCESSED] = True
     try:
         if metadata:
             fields[_T_METADATA] = validate_metadata(metadata, remote=False)
         return _check_size("TRAILERS", _dumps(fields), peer_max_frame)
     except (LocalProtocolError, cbor2.CBOREncodeError) as exc:
-        return cbor2.dumps({_T_STATUS: int(Status.INTERNAL), _T_MESSAGE: f"trailers could not be sent: {exc}"})
+        fields = {_T_STATUS: int(Status.INTERNAL), _T_MESSAGE: f"trailers could not be sent: {exc}"}
+        if not processed:
+            fields[_T_NOT_PROCESSED] = True
+        return cbor2.dumps(fields)
 
 
 def encode_cancel(reason: Status, message: str, peer_max_frame: int) -> bytes:
@@ -140,6 +152,32 @@ def encode_goaway(last_stream_id: int, status: Status, message: str) -> bytes:
     if message:
         fields[_G_MESSAGE] = message[:_GOAWAY_MESSAGE_LIMIT]
     return cbor2.dumps(fields)
+
+
+def _array_head_size(count: int) -> int:
+    """Bytes of the CBOR head of an array of ``count`` items (the shortest form)."""
+    return 1 if count < 24 else 2 if count < 256 else 3 if count < 65536 else 5
+
+
+@lru_cache(maxsize=16)  # one server passes the same set, and mostly one limit, per connection
+def encode_info(idempotent: frozenset[str], limit: int) -> bytes | None:
+    """The INFO map ``{1: [names]}`` of at most ``limit`` bytes, or None if it would say
+    nothing.  The names go in sorted order; a name that would take the payload beyond
+    ``limit`` is left out and the next ones are tried (docs/PROTOCOL.md: a client does not
+    learn of the names left out, and treats those methods as not idempotent)."""
+    names: list[str] = []
+    size = 0  # the names' encoded bytes
+    for name in sorted(idempotent):
+        encoded = len(cbor2.dumps(name))
+        # The map head and key 1 (a byte each), the array head, the names.
+        if 2 + _array_head_size(len(names) + 1) + size + encoded <= limit:
+            names.append(name)
+            size += encoded
+    if not names:
+        return None
+    payload = cbor2.dumps({_I_IDEMPOTENT: names})
+    assert len(payload) <= limit, (len(payload), limit)
+    return payload
 
 
 # ------------------------------------------------------------------------- decoding
@@ -212,9 +250,10 @@ def parse_response_headers(payload: bytes) -> dict:
     return validate_metadata(_decode_map("HEADERS", payload).get(_H_METADATA), remote=True)
 
 
-def parse_trailers(payload: bytes) -> tuple[Status, str, Any, dict]:
-    """TRAILERS: ``(status, message, details, metadata)``.  (``OK_TRAILERS``, the common
-    case, the connection recognises without calling this.)"""
+def parse_trailers(payload: bytes) -> tuple[Status, str, Any, dict, bool]:
+    """TRAILERS: ``(status, message, details, metadata, processed)``; ``processed`` is False
+    when key 5 (not processed) is true.  (``OK_TRAILERS``, the common case, the connection
+    recognises without calling this.)"""
     fields = _decode_map("TRAILERS", payload)
     code = fields.get(_T_STATUS)
     if not isinstance(code, int):
@@ -223,7 +262,12 @@ def parse_trailers(payload: bytes) -> tuple[Status, str, Any, dict]:
     if not isinstance(message, str):
         raise RemoteProtocolError("the status message must be text")
     metadata = validate_metadata(fields.get(_T_METADATA), remote=True)
-    return Status.from_wire(code), message, fields.get(_T_DETAILS), metadata
+    not_processed = fields.get(_T_NOT_PROCESSED, False)
+    if not isinstance(not_processed, bool):
+        raise RemoteProtocolError("TRAILERS key 5 (not processed) must be a boolean")
+    if not_processed and code == 0:
+        raise RemoteProtocolError("TRAILERS say both OK and not processed")
+    return Status.from_wire(code), message, fields.get(_T_DETAILS), metadata, not not_processed
 
 
 def parse_cancel(payload: bytes) -> tuple[Status, str]:
@@ -234,6 +278,15 @@ def parse_cancel(payload: bytes) -> tuple[Status, str]:
     if not isinstance(reason, int) or not isinstance(message, str):
         raise RemoteProtocolError("malformed CANCEL payload")
     return Status.from_wire(reason), message
+
+
+def parse_info(payload: bytes) -> frozenset[str]:
+    """INFO: the names of the methods the server declares idempotent (key 1, absent: none)."""
+    fields = _decode_map("INFO", payload)
+    names = fields.get(_I_IDEMPOTENT, [])
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise RemoteProtocolError("INFO key 1 (idempotent methods) must be an array of text")
+    return frozenset(names)
 
 
 def parse_goaway(payload: bytes) -> tuple[int, Status, str]:

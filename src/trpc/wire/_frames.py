@@ -20,6 +20,7 @@ __all__ = [
     "PREFACE",
     "PREFACE_MAGIC",
     "PROTOCOL_VERSION",
+    "INFO_MINOR_VERSION",
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_CONCURRENT_STREAMS",
@@ -36,7 +37,8 @@ __all__ = [
 
 
 class FrameType(enum.IntEnum):
-    """The frame types of protocol version 1.  Any other type is a protocol error."""
+    """The frame types of protocol version 1 (INFO since 1.1).  Any other type is a protocol
+    error."""
 
     DATA = 0x0
     HEADERS = 0x1
@@ -45,6 +47,9 @@ class FrameType(enum.IntEnum):
     WINDOW_UPDATE = 0x4
     PING = 0x5
     GOAWAY = 0x6
+    #: (1.1) Server to client, stream 0, once: what the server declares about itself.  Sent
+    #: only to a client whose preface announced minor version 1 or later.
+    INFO = 0x7
 
 
 class Flags(enum.IntFlag):
@@ -71,8 +76,11 @@ pack_header = HEADER.pack
 # --- The preface -------------------------------------------------------------------------------
 PREFACE_MAGIC = b"TRPC"
 #: (major, minor).  Peers with another major version cannot talk; minor versions only add
-#: optional things that an older peer can ignore.
-PROTOCOL_VERSION = (1, 0)
+#: things an older peer can ignore (1.1: TRAILERS key 5), or new frame types, which are sent
+#: only to a peer whose preface announced the minor version that added them (1.1: INFO).
+PROTOCOL_VERSION = (1, 1)
+#: The minor version from which a client may receive INFO frames.
+INFO_MINOR_VERSION = 1
 #: magic, major, minor, reserved flags, max frame size, max message size, stream window,
 #: connection window, max concurrent streams.  28 bytes, big-endian.
 PREFACE = struct.Struct(">4sBBHIIIII")
@@ -107,8 +115,8 @@ DEFAULT_MIN_PING_INTERVAL = 10.0
 #: connection with GOAWAY RESOURCE_EXHAUSTED "too many pings".  2, as gRPC: two pings bunched
 #: by the network are no offence; a loop is caught at its third ping.
 DEFAULT_MAX_PING_STRIKES = 2
-#: Largest HEADERS / TRAILERS / CANCEL / GOAWAY payload (the CBOR map with method, metadata,
-#: status...).  64 KiB: metadata is for small things; bulk belongs in messages.
+#: Largest HEADERS / TRAILERS / CANCEL / GOAWAY / INFO payload (the CBOR map with method,
+#: metadata, status...).  64 KiB: metadata is for small things; bulk belongs in messages.
 MAX_HEADERS_SIZE = 64 << 10
 #: Largest credit a window may reach, and largest announced limit: a 31-bit count, as in HTTP/2.
 MAX_WINDOW = (1 << 31) - 1
