@@ -57,6 +57,18 @@ class Backend(trpc.Service):
                 self.failures -= 1
             raise RpcError(self.fail_with, f"{self.name} fails")
 
+    @trpc.unary
+    async def plain(self) -> str:
+        """Fails as told (not declared idempotent)."""
+        self.calls += 1
+        self._maybe_fail()
+        return self.name
+
+    @trpc.unary
+    async def sleep_then(self, seconds: float, value):
+        await trio.sleep(seconds)
+        return value
+
     @trpc.server_stream
     async def count(self, n: int):
         self.calls += 1
@@ -483,3 +495,76 @@ async def test_a_unix_socket_target(nursery, tmp_path):
     await nursery.start(server.serve_unix, path)
     async with trpc.open_client(f"unix:{path}") as client:
         assert await client.who() == "u"
+
+
+# ------------------------------------------------------------------ what the server says
+class Declared(Backend):
+    @trpc.unary(idempotent=True)
+    async def read(self) -> str:
+        self.calls += 1
+        self._maybe_fail()
+        return self.name
+
+
+async def test_a_method_the_server_declares_idempotent_is_retried_with_the_default_policy(net, autojump_clock):
+    backend = Declared("a")
+    backend.fail_with, backend.failures = Status.UNAVAILABLE, 2
+    net.up("10.0.0.1:1", backend)
+    async with trpc.open_client("10.0.0.1:1") as client:
+        assert await client.read() == "a"
+        assert backend.calls == 3  # DEFAULT_RETRY_POLICY: three attempts
+        backend.calls, backend.failures = 0, 1
+        with pytest.raises(RpcError):
+            await client.plain()  # not declared: never retried
+        assert backend.calls == 1
+
+
+async def test_the_config_can_say_a_declared_method_is_not_idempotent(net, autojump_clock):
+    backend = Declared("a")
+    backend.fail_with, backend.failures = Status.UNAVAILABLE, 1
+    net.up("10.0.0.1:1", backend)
+    config = {"methodConfig": [{"name": [{"method": "read"}], "idempotent": False}]}
+    async with trpc.open_client("10.0.0.1:1", config=config) as client:
+        with pytest.raises(RpcError):
+            await client.read()
+        assert backend.calls == 1
+
+
+async def test_a_call_the_server_refused_unprocessed_is_retried_elsewhere_whatever_the_method(net, autojump_clock):
+    a, b = Backend("a"), Backend("b")
+    a.delay = 10
+    net.up("10.0.0.97:1", a, max_concurrent_calls=1)
+    net.up("10.0.0.98:1", b)
+    async with trpc.open_client("10.0.0.97:1,10.0.0.98:1", load_balancing="round_robin") as client:
+        await trio.sleep(1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.who)  # holds a's one slot for 10 s
+            await trio.sleep(0.1)
+            results = [await client.who() for _ in range(6)]
+        # Half of them went to a first, were refused without running, and ran on b.
+        assert results == ["b"] * 6
+        assert a.calls == 1 and b.calls == 6
+
+
+async def test_a_server_going_away_finishes_its_calls_and_new_ones_go_elsewhere(net, autojump_clock):
+    a, b = Backend("a"), Backend("b")
+    server_a = net.up("10.0.0.97:1", a)
+    net.up("10.0.0.98:1", b)
+    async with trpc.open_client("10.0.0.97:1,10.0.0.98:1", load_balancing="round_robin") as client:
+        await trio.sleep(1)
+        results = []
+
+        async def slow():
+            results.append(await client.sleep_then(5, "slow done"))
+
+        a.delay = 0
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                nursery.start_soon(slow)  # one lands on each backend
+            await trio.sleep(1)
+            net.down("10.0.0.97:1")
+            nursery.start_soon(server_a.shutdown, 30)
+            await trio.sleep(0.1)
+            assert {await client.who() for _ in range(10)} == {"b"}
+        assert results == ["slow done"] * 2
+
