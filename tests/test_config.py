@@ -99,8 +99,9 @@ def test_the_balancing_policy_is_read_without_regard_to_case():
 def test_connection_backoff_keys_left_out_keep_grpcs_defaults():
     backoff = ClientConfig.from_dict({"connectionBackoff": {"maxDelay": 30}}).connection_backoff
     assert backoff == ConnectionBackoff(max_delay=30.0)
+    # gRPC's defaults, but for the minimum connect timeout: the client's connect_timeout.
     assert ConnectionBackoff() == ConnectionBackoff(base_delay=1.0, multiplier=1.6, jitter=0.2, max_delay=120.0,
-                                                    min_connect_timeout=20.0)
+                                                    min_connect_timeout=None)
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -423,8 +424,10 @@ def test_reset_starts_the_sequence_again():
 
 
 def test_an_attempt_gets_at_least_the_minimum_connect_timeout():
-    policy = ConnectionBackoff()
-    assert policy.attempt_timeout(1.0) == 20.0 and policy.attempt_timeout(96.5) == 96.5
+    policy = ConnectionBackoff(min_connect_timeout=20)
+    assert policy.attempt_timeout(1.0, 10) == 20.0 and policy.attempt_timeout(96.5, 10) == 96.5
+    # Unset, the minimum is the client's connect_timeout.
+    assert ConnectionBackoff().attempt_timeout(1.0, 10) == 10 and ConnectionBackoff().attempt_timeout(12, 10) == 12
 
 
 @pure

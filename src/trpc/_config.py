@@ -239,19 +239,21 @@ class ConnectionBackoff:
         max_delay: the delay before jitter is at most this (so a delay is at most
             ``max_delay * (1 + jitter)``); at least ``base_delay``.
         min_connect_timeout: an attempt gets at least this long to connect, even when the next
-            delay is shorter (see :meth:`attempt_timeout`).
+            delay is shorter (see :meth:`attempt_timeout`).  None (the default): the client's
+            ``connect_timeout`` (10 s unless given), which also bounds the TLS handshake and
+            the server's preface; gRPC's own default is 20 s.
     """
 
     base_delay: float = 1.0
     multiplier: float = 1.6
     jitter: float = 0.2
     max_delay: float = 120.0
-    min_connect_timeout: float = 20.0
+    min_connect_timeout: float | None = None
 
     def __post_init__(self) -> None:
         _check_seconds(self.base_delay, "base_delay")
         _check_seconds(self.max_delay, "max_delay")
-        _check_seconds(self.min_connect_timeout, "min_connect_timeout")
+        _check_seconds(self.min_connect_timeout, "min_connect_timeout", optional=True)
         if not _is_number(self.multiplier) or not (1 <= self.multiplier < math.inf):
             raise ConfigError("multiplier", f"must be a number at least 1, got {self.multiplier!r}")
         if not _is_number(self.jitter) or not (0 <= self.jitter < 1):
@@ -259,10 +261,12 @@ class ConnectionBackoff:
         if self.max_delay < self.base_delay:
             raise ConfigError("max_delay", f"must not be below the base delay ({self.base_delay:g} s), got {self.max_delay:g}")
 
-    def attempt_timeout(self, delay: float) -> float:
+    def attempt_timeout(self, delay: float, connect_timeout: float) -> float:
         """How long an attempt may take to connect when the next one is due ``delay`` seconds
-        after it started: ``max(delay, min_connect_timeout)``."""
-        return max(delay, self.min_connect_timeout)
+        after it started: ``max(delay, min_connect_timeout)``, where an unset
+        ``min_connect_timeout`` is the client's ``connect_timeout``."""
+        minimum = connect_timeout if self.min_connect_timeout is None else self.min_connect_timeout
+        return max(delay, minimum)
 
 
 class Backoff:

@@ -150,9 +150,10 @@ class Subchannel:
         for target in self.targets:
             # gRPC's rule: an attempt may take the longer of the backoff and the minimum
             # connect timeout; trpc's own: a client timeout= that is shorter bounds it.
-            seconds, setting = options.connect_timeout, "connect_timeout"
-            if delay > seconds:
-                seconds, setting = delay, "the connection backoff"
+            seconds = channel.backoff.attempt_timeout(delay, options.connect_timeout)
+            setting = "connect_timeout" if channel.backoff.min_connect_timeout is None else "minConnectTimeout"
+            if seconds > channel.backoff.attempt_timeout(0, options.connect_timeout):
+                setting = "the connection backoff"
             if options.timeout is not None and options.timeout < seconds:
                 seconds, setting = options.timeout, "timeout"
             limit = ConnectLimit(trio.current_time() + seconds, seconds, setting)
