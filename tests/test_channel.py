@@ -568,3 +568,19 @@ async def test_a_server_going_away_finishes_its_calls_and_new_ones_go_elsewhere(
             assert {await client.who() for _ in range(10)} == {"b"}
         assert results == ["slow done"] * 2
 
+
+
+# ------------------------------------------------------------------ message sizes per method
+async def test_the_config_limits_a_methods_message_sizes(net, autojump_clock):
+    net.up("10.0.0.1:1", Backend("a"))
+    config = {"methodConfig": [{"name": [{"method": "sleep_then"}, {"method": "count"}],
+                                "maxRequestMessageBytes": 100, "maxResponseMessageBytes": 50}]}
+    async with trpc.open_client("10.0.0.1:1", config=config) as client:
+        assert await client.sleep_then(0, "x" * 40) == "x" * 40
+        with pytest.raises(RpcError) as info:
+            await client.sleep_then(0, "x" * 60)  # the response is too large
+        assert info.value.status is Status.RESOURCE_EXHAUSTED and "maxResponseMessageBytes" in info.value.message
+        with pytest.raises(RpcError) as info:
+            await client.sleep_then(0, "x" * 200)  # the request is
+        assert info.value.status is Status.RESOURCE_EXHAUSTED and "maxRequestMessageBytes" in info.value.message
+        assert await client.who() == "a"  # other methods: the connection's limits only

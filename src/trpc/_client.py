@@ -331,6 +331,8 @@ class Client:
             if method._retry_policy is not None:
                 self._throttle.record_success()
             if len(call.inbox) == 1:
+                if method._max_response is not None and message_size(call.inbox[0]) > method._max_response:
+                    raise method._response_too_large(message_size(call.inbox[0]))
                 return decode(call.inbox[0], what="response")
             raise RpcError(Status.INTERNAL, f"{method.name}: expected one response message, got {len(call.inbox)}")
         return await _Retrier(method, deadline).unary(call, payload, record)
@@ -417,6 +419,8 @@ class _Retrier:
                 if method._retry_policy is not None:
                     client._throttle.record_success()
                 if len(call.inbox) == 1:
+                    if method._max_response is not None and message_size(call.inbox[0]) > method._max_response:
+                        raise method._response_too_large(message_size(call.inbox[0]))
                     return decode(call.inbox[0], what="response")
                 raise RpcError(Status.INTERNAL, f"{method.name}: expected one response message, got {len(call.inbox)}")
         if call.status is Status.DEADLINE_EXCEEDED and deadline != math.inf:
@@ -429,7 +433,10 @@ class _Retrier:
 class Method:
     """A server method, bound to a client.  Call it; or ``open()`` it for explicit streaming."""
 
-    __slots__ = ("_client", "name", "_timeout", "_metadata", "_wait_for_ready", "_config", "_retry_policy")
+    __slots__ = (
+        "_client", "name", "_timeout", "_metadata", "_wait_for_ready", "_config", "_retry_policy", "_max_request",
+        "_max_response",
+    )
 
     def __init__(
         self,
@@ -449,8 +456,31 @@ class Method:
         #: The retry policy when the config says the method is idempotent (else decided per
         #: failed attempt, from what the server declared: see _policy_for).
         self._retry_policy = None
-        if config is not None and config.idempotent:
-            self._retry_policy = config.retry_policy or DEFAULT_RETRY_POLICY
+        #: The config's limits on this method's message sizes (None: the connection's only).
+        self._max_request: int | None = None
+        self._max_response: int | None = None
+        if config is not None:
+            if config.idempotent:
+                self._retry_policy = config.retry_policy or DEFAULT_RETRY_POLICY
+            self._max_request = config.max_request_message_size
+            self._max_response = config.max_response_message_size
+
+    def _check_request(self, payload: Any) -> None:
+        """Raise RESOURCE_EXHAUSTED for a request message over the config's limit."""
+        size = message_size(payload)
+        if size > self._max_request:
+            raise RpcError(
+                Status.RESOURCE_EXHAUSTED,
+                f"{self.name}: request message of {size} bytes exceeds the method's limit of {self._max_request}"
+                " (maxRequestMessageBytes)",
+            )
+
+    def _response_too_large(self, size: int) -> RpcError:
+        return RpcError(
+            Status.RESOURCE_EXHAUSTED,
+            f"{self.name}: response message of {size} bytes exceeds the method's limit of {self._max_response}"
+            " (maxResponseMessageBytes)",
+        )
 
     def _policy_for(self, connection: ClientConnection) -> RetryPolicy | None:
         """The retry policy of a failed attempt on ``connection``: only for idempotent methods."""
@@ -541,6 +571,11 @@ class _Call:
             payload = encode_arguments(args, self._kwargs)
         except Exception as exc:
             return _raise(RpcError(Status.INVALID_ARGUMENT, f"cannot encode the arguments: {exc}"))
+        if method._max_request is not None:
+            try:
+                method._check_request(payload)
+            except RpcError as exc:
+                return _raise(exc)
         return method._client._unary(method, payload, method._timeout, self)
 
     async def _intercepted(self) -> Any:
@@ -621,6 +656,8 @@ class _Call:
             payload = encode_arguments(self._args, self._kwargs)
         except Exception as exc:
             raise RpcError(Status.INVALID_ARGUMENT, f"cannot encode the arguments: {exc}") from None
+        if self._method._max_request is not None:
+            self._method._check_request(payload)
         return ClientStream(self._method, payload)
 
     async def __aenter__(self) -> "ClientStream":
@@ -804,6 +841,8 @@ class ClientStream:
             payload = encode(message)
         except Exception as exc:
             raise RpcError(Status.INVALID_ARGUMENT, f"cannot encode the message: {exc}") from None
+        if self._method._max_request is not None:
+            self._method._check_request(payload)
         self._keep(payload)
         if await self._with_deadline(self._client._send(self._call, payload)):
             return True
@@ -851,7 +890,15 @@ class ClientStream:
         self._replay = None  # a response arrived: the call is committed to this attempt
         # Credit goes back in batches (the core grants only half-windows anyway), and at once
         # when the queue runs dry, so the server never waits on a reader that is waiting too.
-        self._unacked += len(payload) if type(payload) is bytes else message_size(payload)
+        size = len(payload) if type(payload) is bytes else message_size(payload)
+        self._unacked += size
+        limit = self._method._max_response
+        if limit is not None and size > limit:
+            error = self._method._response_too_large(size)
+            if call.status is None:
+                self._client._cancel(call, Status.RESOURCE_EXHAUSTED, error.message)
+                self._ended(Status.RESOURCE_EXHAUSTED, error.message)
+            raise error
         if (self._unacked >= _ACK_BATCH or not inbox) and call.status is None:
             call.connection.consumed(call.id, self._unacked)
             self._unacked = 0
@@ -882,7 +929,10 @@ class ClientStream:
         self._succeeded()
         if len(call.inbox) != 1:
             raise RpcError(Status.INTERNAL, f"{self._method.name}: expected one response message, got {len(call.inbox)}")
-        return decode(call.inbox.popleft(), what="response")
+        payload = call.inbox.popleft()
+        if self._method._max_response is not None and message_size(payload) > self._method._max_response:
+            raise self._method._response_too_large(message_size(payload))
+        return decode(payload, what="response")
 
     def __aiter__(self) -> "ClientStream":
         return self
