@@ -584,3 +584,17 @@ async def test_the_config_limits_a_methods_message_sizes(net, autojump_clock):
             await client.sleep_then(0, "x" * 200)  # the request is
         assert info.value.status is Status.RESOURCE_EXHAUSTED and "maxRequestMessageBytes" in info.value.message
         assert await client.who() == "a"  # other methods: the connection's limits only
+
+
+async def test_a_connection_told_to_go_away_drains_and_closes_health_watch_included(net, autojump_clock):
+    backend = Backend("a")
+    server = net.up("10.0.0.1:1", backend, max_connection_age=5, max_connection_age_grace=100)
+    async with trpc.open_client("10.0.0.1:1", health_check=True) as client:
+        first = client._connection
+        assert await client.sleep_then(7, "done") == "done"  # crosses the age's GOAWAY
+        with trio.fail_after(1):
+            await first.closed.wait()  # the client closed it once the call was over
+        await trio.sleep(0.1)
+        assert first not in client._channel.connections
+        assert client._connection is not first and await client.who() == "a"
+    assert len(server._connections) <= 1

@@ -83,6 +83,9 @@ class Subchannel:
         self._attempts = 0
         self._scope = trio.CancelScope()
         self._lost = trio.Event()
+        #: The running health watch's scope: it ends with the connection's usefulness, so
+        #: that a connection told to go away can drain.
+        self._health_scope: trio.CancelScope | None = None
 
     def __repr__(self) -> str:
         return f"<Subchannel {','.join(map(str, self.targets))} {self.state.name}>"
@@ -131,7 +134,8 @@ class Subchannel:
                     self._lost.set()
                 if channel.health_check:
                     self.serving = False
-                    channel.nursery.start_soon(self._watch_health, connection)
+                    self._health_scope = trio.CancelScope()
+                    channel.nursery.start_soon(self._watch_health, connection, self._health_scope)
                 self._set(_S.READY if self.serving else _S.CONNECTING)
                 await self._lost.wait()
                 self.connection = None
@@ -181,11 +185,18 @@ class Subchannel:
         if connection is self.connection:
             self.connection = None
             self._lost.set()
+            self._stop_health()
             self._set(_S.IDLE)
+
+    def _stop_health(self) -> None:
+        if self._health_scope is not None:
+            self._health_scope.cancel()
+            self._health_scope = None
 
     def shutdown(self) -> None:
         """Stop for good; a connection drains its calls and then closes by itself."""
         self._scope.cancel()
+        self._stop_health()
         connection = self.connection
         self.connection = None
         if connection is not None:
@@ -195,10 +206,27 @@ class Subchannel:
         self._set(_S.SHUTDOWN)
 
     # ------------------------------------------------------------------ health
-    async def _watch_health(self, connection: ClientConnection) -> None:
-        """Follow the server's health for as long as the connection lives."""
+    async def _watch_health(self, connection: ClientConnection, scope: trio.CancelScope) -> None:
+        """Follow the server's health for as long as the connection is usable."""
         channel = self._channel
         call = ClientCall(0, connection)
+        with scope:
+            await self._follow_health(connection, call)
+        if scope.cancelled_caught:
+            return
+        connection.calls.pop(call.id, None)
+        if call.status is Status.UNIMPLEMENTED:
+            channel.warn_once(
+                "health", "trpc: %s has no health service; health checks are off for it", connection.peer
+            )
+            self._health(connection, True)
+        elif connection is self.connection and connection.broken is None:
+            # The watch ended while the connection lives on: no longer known to be serving.
+            logger.warning("trpc: health watch on %s ended: %s %s", connection.peer, call.status, call.message)
+            self._health(connection, False)
+
+    async def _follow_health(self, connection: ClientConnection, call: ClientCall) -> None:
+        channel = self._channel
         try:
             call.id = connection.open_call(WATCH_METHOD, None, None)
             connection.calls[call.id] = call
@@ -215,20 +243,12 @@ class Subchannel:
             if call.status is None and connection.broken is None:
                 connection.calls.pop(call.id, None)
                 connection.cancel(call.id, Status.CANCELLED, "the health check stopped")
+                if not connection.usable:
+                    connection.check_drained()
             raise
         except Exception as exc:  # a connection that refused the call, a reply we cannot read
             call.status = call.status or Status.INTERNAL
             call.message = call.message or repr(exc)
-        connection.calls.pop(call.id, None)
-        if call.status is Status.UNIMPLEMENTED:
-            channel.warn_once(
-                "health", "trpc: %s has no health service; health checks are off for it", connection.peer
-            )
-            self._health(connection, True)
-        elif connection is self.connection and connection.broken is None:
-            # The watch ended while the connection lives on: no longer known to be serving.
-            logger.warning("trpc: health watch on %s ended: %s %s", connection.peer, call.status, call.message)
-            self._health(connection, False)
 
     def _health(self, connection: ClientConnection, serving: bool) -> None:
         if connection is not self.connection:
