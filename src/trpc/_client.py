@@ -50,7 +50,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Sequence
 import trio
 
 from ._codec import _loads, decode, encode, encode_arguments
-from ._config import ClientConfig, MethodConfig, RetryPolicy, RetryThrottle, RetryThrottling
+from ._config import ClientConfig, MethodConfig, RetryPolicy, RetryThrottle
 from ._context import _current_or_none
 from ._errors import LocalProtocolError, MessageTooLargeError, RpcError
 from ._framer import get_framer
@@ -170,7 +170,9 @@ class Client:
         self._config = config
         self._wait_for_ready = wait_for_ready
         throttling = config.retry_throttling if config is not None else None
-        self._throttle = RetryThrottle(throttling or RetryThrottling())
+        #: The retry budget; None when the config sets no ``retryThrottling`` (as in gRPC,
+        #: retries are then never throttled).
+        self._throttle = RetryThrottle(throttling) if throttling is not None else None
         self._random = random.Random()
         self._closing = False
 
@@ -328,14 +330,20 @@ class Client:
             raise
         connection.calls.pop(call.id, None)
         if call.status is _OK:
-            if method._retry_policy is not None:
-                self._throttle.record_success()
+            if self._throttle is not None:
+                self._record_success(method, connection)
             if len(call.inbox) == 1:
                 if method._max_response is not None and message_size(call.inbox[0]) > method._max_response:
                     raise method._response_too_large(message_size(call.inbox[0]))
                 return decode(call.inbox[0], what="response")
             raise RpcError(Status.INTERNAL, f"{method.name}: expected one response message, got {len(call.inbox)}")
         return await _Retrier(method, deadline).unary(call, payload, record)
+
+    def _record_success(self, method: "Method", connection: ClientConnection) -> None:
+        """A call ended OK: it refills the retry budget if a retry policy covered it (the
+        config's, or the default one of a method the server declares idempotent)."""
+        if method._policy_for(connection) is not None:
+            self._throttle.record_success()
 
     async def aclose(self) -> None:
         """Cancel every call still in flight (reason UNAVAILABLE), say GOAWAY on every
@@ -379,8 +387,9 @@ class _Retrier:
         if policy is None or call.status not in policy.retryable_status_codes:
             return None
         throttle = client._throttle
-        throttle.record_failure()
-        if self.attempts - self.transparent >= policy.max_attempts or not throttle.allows_retry():
+        if throttle is not None and not throttle.record_failure():
+            return None
+        if self.attempts - self.transparent >= policy.max_attempts:
             return None
         delay = policy.delay(self.attempts - self.transparent, client._random)
         if _current_time() + delay >= self.deadline:
@@ -416,8 +425,8 @@ class _Retrier:
                 raise
             connection.calls.pop(call.id, None)
             if call.status is _OK:
-                if method._retry_policy is not None:
-                    client._throttle.record_success()
+                if client._throttle is not None:
+                    client._record_success(method, connection)
                 if len(call.inbox) == 1:
                     if method._max_response is not None and message_size(call.inbox[0]) > method._max_response:
                         raise method._response_too_large(message_size(call.inbox[0]))
@@ -796,8 +805,8 @@ class ClientStream:
         return True
 
     def _succeeded(self) -> None:
-        if self._method._retry_policy is not None:
-            self._client._throttle.record_success()
+        if self._client._throttle is not None:
+            self._client._record_success(self._method, self._call.connection)
 
     async def aclose(self) -> None:
         """Cancel the call if it has not ended; a no-op afterwards."""
