@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import ssl
 from collections import deque
 from typing import Any, Callable
@@ -282,8 +283,13 @@ def _os_reason(exc: OSError) -> str:
     cause = exc.__cause__
     while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
         cause = cause.exceptions[0]
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror
+    if isinstance(cause, OSError):
+        # Trio's per-address error keeps the errno but words strerror as "Error connecting to
+        # ('h', p): Connection refused"; the errno's own words are the specific part.
+        if cause.errno:
+            return os.strerror(cause.errno)
+        if cause.strerror:
+            return cause.strerror
     return exc.strerror or str(exc)
 
 
