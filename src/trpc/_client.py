@@ -26,8 +26,9 @@ Retries (the slow path, taken only when an attempt has failed; see ``_Retrier``)
   picks, whatever the method: it had no effect;
 - *by policy*: a call of an idempotent method (the config says so, or the server declares it in
   its INFO frame) that failed with a retryable status is tried again after a backoff, up to the
-  policy's ``max_attempts``, never past the call's deadline, and only while the channel's retry
-  throttle (a token bucket, gRPC's ``retryThrottling``) has tokens.
+  policy's ``max_attempts``, never past the call's deadline, and, when the config sets
+  ``retryThrottling``, only while that token bucket has tokens (every call a retry policy
+  covers fills or drains it; without one, retries are not throttled).
 
 A streaming call is retried only until the first response (headers or message) arrives: the
 request messages sent so far are kept (up to ``RETRY_BUFFER`` bytes) and sent again.  Every
