@@ -86,6 +86,9 @@ class System:
     serve_args: tuple[str, ...] = ()
     client_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    #: The interpreter that runs the peer (default: this one); ``bench/channel.py`` gives the
+    #: venv of an older commit's trpc here.
+    python: str = ""
 
 
 SYSTEMS: dict[str, System] = {
@@ -206,7 +209,7 @@ class Server:
         self.name = name
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            [sys.executable, str(PEERS / system.peer), "serve", *system.serve_args],
+            [system.python or sys.executable, str(PEERS / system.peer), "serve", *system.serve_args],
             stdout=subprocess.PIPE,
             stderr=self.log,
             stdin=subprocess.DEVNULL,
@@ -266,7 +269,7 @@ def child_env(system: System) -> dict[str, str]:
 def run_client(system: System, address: str, workload: str, settings: dict) -> dict:
     """Run one measurement in a child process; its JSON line, or {"ok": False, "error": ...}."""
     command = [
-        sys.executable,
+        system.python or sys.executable,
         str(PEERS / system.peer),
         "client",
         address,

@@ -1,15 +1,24 @@
 """trpc peer of bench/compare.py (see _common.py for the commands and workloads).
 
-    trpc_peer.py serve --framer c|python
-    trpc_peer.py client HOST:PORT w1|w2|w3|w4 --framer c|python [...]
+    trpc_peer.py serve --framer c|python [--count-calls]
+    trpc_peer.py client HOST:PORT[,HOST:PORT...] w1|w2|w3|w4 --framer c|python
+                 [--load-balancing POLICY] [...]
 
 The service is an ordinary ``trpc.Service``; the client calls it as ``client.greet(request)``,
 ``client.echo(data)`` and ``async with client.count(n) as items``.
+
+For ``bench/channel.py``: ``serve --count-calls`` counts the greet calls it answers and serves
+``stats()`` (its pid and that count); a client given several addresses opens one channel to all
+of them (with ``--load-balancing``, passed to ``open_client`` only when given, so that a client
+from before channels runs this script too) and reports how the measured calls split between the
+backends, read from each one's ``stats()`` over a connection of its own between the warm-up and
+the measurement and after it.  Every result names the trpc package that ran (``trpc_path``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import trio
@@ -34,8 +43,25 @@ class Bench(trpc.Service):
         return data
 
 
-async def serve(framer: str) -> None:
-    server = trpc.Server(Bench(), framer=framer, max_message_size=_common.MAX_MESSAGE)
+class CountingBench(Bench):
+    """Bench that counts its greet calls (one integer add per call), for channel.py's split."""
+
+    def __init__(self) -> None:
+        self.greets = 0
+
+    @trpc.unary
+    async def greet(self, request):
+        self.greets += 1
+        return _common.greet(request)
+
+    @trpc.unary
+    async def stats(self):
+        return {"pid": os.getpid(), "greets": self.greets}
+
+
+async def serve(framer: str, count_calls: bool) -> None:
+    service = CountingBench() if count_calls else Bench()
+    server = trpc.Server(service, framer=framer, max_message_size=_common.MAX_MESSAGE)
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(server.serve_tcp, 0, _common.HOST)
         _common.listening(host, port)
@@ -54,31 +80,65 @@ async def run_all(functions) -> None:
             nursery.start_soon(function)
 
 
+async def backend_stats(addresses: list[str]) -> list[dict]:
+    """Each backend's ``stats()``, over a connection of its own (not the measured channel)."""
+    found = []
+    for address in addresses:
+        async with trpc.open_client(_common.parse_address(address)) as client:
+            found.append(await client.stats())
+    return found
+
+
 async def measure(args: argparse.Namespace) -> dict:
+    addresses = args.address.split(",")
+    target = _common.parse_address(addresses[0]) if len(addresses) == 1 else args.address
+    options = {} if args.load_balancing is None else {"load_balancing": args.load_balancing}
+    snapshots = []
+
+    async def run_all_counted(functions) -> None:
+        await run_all(functions)  # drive() calls this twice: the warm-up, then the measurement
+        snapshots.append(await backend_stats(addresses))
+
+    counted = len(addresses) > 1
     async with trpc.open_client(
-        _common.parse_address(args.address), framer=args.framer, max_message_size=_common.MAX_MESSAGE
+        target, framer=args.framer, max_message_size=_common.MAX_MESSAGE, **options
     ) as client:
-        result = await _common.drive(args, Ops(client), run_all)
+        result = await _common.drive(args, Ops(client), run_all_counted if counted else run_all)
         result["framer"] = client.framer_name
+    if counted:
+        before, after = snapshots
+        result["backends"] = [
+            {"address": address, "pid": a["pid"], "calls": a["greets"] - b["greets"]}
+            for address, b, a in zip(addresses, before, after)
+        ]
+    result["trpc_path"] = os.path.dirname(os.path.abspath(trpc.__file__))
     return result
 
 
 def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
-    framer = "c"
-    if "--framer" in rest:
-        i = rest.index("--framer")
-        framer = rest[i + 1]
-        del rest[i : i + 2]
+    framer = _pop_option(rest, "--framer", "c")
+    load_balancing = _pop_option(rest, "--load-balancing", None)
     if command == "serve":
-        trio.run(serve, framer)
+        trio.run(serve, framer, "--count-calls" in rest)
         return 0
 
     def run(args: argparse.Namespace) -> dict:
         args.framer = framer
+        args.load_balancing = load_balancing
         return trio.run(measure, args)
 
     return _common.run_client(__doc__.splitlines()[0], rest, run)
+
+
+def _pop_option(rest: list[str], name: str, default: str | None) -> str | None:
+    """Remove ``name VALUE`` from ``rest``; the value, or ``default`` when absent."""
+    if name not in rest:
+        return default
+    i = rest.index(name)
+    value = rest[i + 1]
+    del rest[i : i + 2]
+    return value
 
 
 if __name__ == "__main__":
