@@ -14,10 +14,13 @@ import trio.testing
 import trpc
 from trpc import HealthStatus, RpcError, Status
 from trpc import _cli
-from trpc._health import CHECK_METHOD, WATCH_METHOD
+from trpc._health import CHECK_METHOD, HEALTH_SERVICE, WATCH_METHOD
 
 from . import wire_spec_client as w
 from .services import Svc
+
+#: The test service's name, under which the server registers it for health checks.
+SVC = trpc.service_name(Svc)
 
 SERVING, NOT_SERVING = HealthStatus.SERVING, HealthStatus.NOT_SERVING
 
@@ -72,11 +75,11 @@ def test_health_status_has_grpcs_numbers_and_parses_names():
 
 def test_the_server_and_each_service_start_serving_and_set_health_changes_them():
     server = trpc.Server(Svc())
-    assert server.health() is SERVING and server.health("Svc") is SERVING
+    assert server.health() is SERVING and server.health(SVC) is SERVING
     assert server.health("Other") is HealthStatus.SERVICE_UNKNOWN
-    server.set_health("Svc", "NOT_SERVING")
+    server.set_health(SVC, "NOT_SERVING")
     server.set_health("Other", HealthStatus.UNKNOWN)
-    statuses = (server.health(), server.health("Svc"), server.health("Other"))
+    statuses = (server.health(), server.health(SVC), server.health("Other"))
     assert statuses == (SERVING, NOT_SERVING, HealthStatus.UNKNOWN)
 
 
@@ -93,9 +96,9 @@ def test_set_health_refuses_what_is_not_a_name_and_a_status():
     assert server.health() is SERVING
 
 
-def test_a_user_method_with_a_health_wire_name_clashes_unless_health_is_off():
-    class Mine(trpc.Service):
-        @trpc.unary(name=CHECK_METHOD)
+def test_a_user_service_with_the_health_service_name_clashes_unless_health_is_off():
+    class Mine(trpc.Service, name=HEALTH_SERVICE):
+        @trpc.unary(name="Check")
         async def check(self, service=""):
             return "mine"
 
@@ -112,10 +115,10 @@ async def test_check_answers_the_status_name_of_the_server_and_of_each_service(n
     async with connected(nursery, server) as client:
         assert await check(client) == "SERVING"
         assert await check(client, "") == "SERVING"
-        assert await check(client, "Svc") == "SERVING"
+        assert await check(client, SVC) == "SERVING"
         server.set_health("", NOT_SERVING)
         assert await check(client) == "NOT_SERVING"
-        assert await check(client, "Svc") == "SERVING"
+        assert await check(client, SVC) == "SERVING"
 
 
 async def test_check_of_an_unknown_service_ends_not_found(nursery):
@@ -150,14 +153,14 @@ async def test_health_false_leaves_the_service_out(nursery):
 async def test_a_client_written_from_the_protocol_document_checks_health(nursery):
     server = trpc.Server(Svc())
     address = await nursery.start(server.serve_tcp, 0)
-    server.set_health("Svc", "NOT_SERVING")
+    server.set_health(SVC, "NOT_SERVING")
     with trio.fail_after(10):
         async with w.connect(address) as conn:
             assert (await conn.call(CHECK_METHOD, "")).result == "SERVING"
-            assert (await conn.call(CHECK_METHOD, "Svc")).result == "NOT_SERVING"
+            assert (await conn.call(CHECK_METHOD, SVC)).result == "NOT_SERVING"
             assert (await conn.call(CHECK_METHOD, "Nope")).status == w.NOT_FOUND
             assert (await conn.call(CHECK_METHOD)).result == "SERVING"  # [[]]: the default ""
-            assert (await conn.call(CHECK_METHOD, service="Svc")).result == "NOT_SERVING"
+            assert (await conn.call(CHECK_METHOD, service=SVC)).result == "NOT_SERVING"
             assert (await conn.call(CHECK_METHOD, 7)).status == w.INVALID_ARGUMENT
     assert cbor2.dumps("SERVING") == bytes.fromhex("67 53 45 52 56 49 4e 47")  # the document's example
 
@@ -179,17 +182,17 @@ async def test_watch_sends_the_status_at_once_then_each_change_in_order(nursery,
 async def test_watch_never_sends_the_same_status_twice_in_a_row(nursery, autojump_clock):
     server = trpc.Server(Svc())
     async with connected(nursery, server) as client:
-        async with watch(client, "Svc") as stream:
+        async with watch(client, SVC) as stream:
             assert await next_status(stream) == "SERVING"
-            server.set_health("Svc", SERVING)
+            server.set_health(SVC, SERVING)
             await assert_nothing_sent(stream)
             # Changed and changed back before the watch ran: nothing new to say.
-            server.set_health("Svc", NOT_SERVING)
-            server.set_health("Svc", SERVING)
+            server.set_health(SVC, NOT_SERVING)
+            server.set_health(SVC, SERVING)
             await assert_nothing_sent(stream)
             server.set_health("", NOT_SERVING)  # another name
             await assert_nothing_sent(stream)
-            server.set_health("Svc", NOT_SERVING)
+            server.set_health(SVC, NOT_SERVING)
             assert await next_status(stream) == "NOT_SERVING"
 
 
@@ -225,7 +228,7 @@ async def test_a_slow_watcher_gets_the_latest_status_and_the_server_holds_one_me
         async with watch(client) as stream:
             assert await next_status(stream) == "SERVING"
             (connection,) = server._connections
-            (call,) = [call for call in connection.calls.values() if call.info.name == WATCH_METHOD]
+            (call,) = [call for call in connection.calls.values() if call.info.path == WATCH_METHOD]
             largest = len(cbor2.dumps("NOT_SERVING"))
             for i in range(1000):
                 server.set_health("", NOT_SERVING if i % 2 == 0 else SERVING)
@@ -258,7 +261,7 @@ async def test_shutdown_makes_every_status_not_serving_and_ends_the_watches(nurs
                 seen[name] = [message async for message in stream]  # ends with OK
 
         async with trio.open_nursery() as watchers:
-            for name in ("", "Svc", "Extra", "Unknown"):
+            for name in ("", SVC, "Extra", "Unknown"):
                 watchers.start_soon(watch_to_the_end, name)
             await trio.testing.wait_all_tasks_blocked()
             assert server._health.watches == 4
@@ -267,11 +270,11 @@ async def test_shutdown_makes_every_status_not_serving_and_ends_the_watches(nurs
     assert trio.current_time() - started < grace  # the watches did not hold the shutdown
     assert seen == {
         "": ["SERVING", "NOT_SERVING"],
-        "Svc": ["SERVING", "NOT_SERVING"],
+        SVC: ["SERVING", "NOT_SERVING"],
         "Extra": ["SERVING", "NOT_SERVING"],
         "Unknown": ["SERVICE_UNKNOWN"],
     }
-    assert (server.health(), server.health("Svc"), server.health("Extra")) == (NOT_SERVING,) * 3
+    assert (server.health(), server.health(SVC), server.health("Extra")) == (NOT_SERVING,) * 3
     server.set_health("", SERVING)  # ignored from now on
     assert server.health() is NOT_SERVING
 
@@ -343,8 +346,8 @@ async def test_cli_exits_0_serving_and_1_not_serving_or_unknown(cli_to, capsys, 
     target = cli_to(server)
     assert await _cli._health(health_args(target)) == 0
     assert capsys.readouterr().out == "SERVING\n"
-    server.set_health("Svc", "NOT_SERVING")
-    assert await _cli._health(health_args(target, "Svc")) == 1
+    server.set_health(SVC, "NOT_SERVING")
+    assert await _cli._health(health_args(target, SVC)) == 1
     assert capsys.readouterr().out == "NOT_SERVING\n"
     assert await _cli._health(health_args(target, "Nope")) == 1
     output = capsys.readouterr()
@@ -356,8 +359,8 @@ async def test_cli_exits_2_without_a_health_service_or_an_answer(cli_to, capsys,
     assert await _cli._health(health_args(target)) == 2
     assert capsys.readouterr().err.startswith("UNIMPLEMENTED: ")
 
-    class Silent(trpc.Service):
-        @trpc.unary(name=CHECK_METHOD)
+    class Silent(trpc.Service, name=HEALTH_SERVICE):
+        @trpc.unary(name="Check")
         async def check(self, service=""):
             await trio.sleep_forever()
 

@@ -115,14 +115,15 @@ async def test_metrics_count_errors_and_latency_on_both_sides(nursery, autojump_
         with trio.move_on_after(1):
             await client.slow()
         await trio.sleep(0.1)
-    for metrics in (server_metrics, client_metrics):
+    # The client counts the names it sent; the server, the paths of the methods it ran.
+    for metrics, prefix in ((server_metrics, f"{trpc.service_name(Shapes)}/"), (client_metrics, "")):
         snap = metrics.snapshot()
-        assert snap["hello"]["count"] == 3 and snap["hello"]["errors"] == {}
-        assert snap["fails"]["errors"] == {"NOT_FOUND": 1}
-        assert snap["count"]["count"] == 1
-        assert snap["slow"]["errors"] == {"DEADLINE_EXCEEDED": 1}
-        assert sum(snap["hello"]["latency_buckets"].values()) == 3
-    assert server_metrics.snapshot()["slow"]["latency_sum"] == pytest.approx(1, abs=0.01)
+        assert snap[prefix + "hello"]["count"] == 3 and snap[prefix + "hello"]["errors"] == {}
+        assert snap[prefix + "fails"]["errors"] == {"NOT_FOUND": 1}
+        assert snap[prefix + "count"]["count"] == 1
+        assert snap[prefix + "slow"]["errors"] == {"DEADLINE_EXCEEDED": 1}
+        assert sum(snap[prefix + "hello"]["latency_buckets"].values()) == 3
+    assert server_metrics.snapshot()[f"{trpc.service_name(Shapes)}/slow"]["latency_sum"] == pytest.approx(1, abs=0.01)
 
 
 async def test_logging_interceptors(nursery, caplog):
@@ -133,8 +134,9 @@ async def test_logging_interceptors(nursery, caplog):
             await client.fails()
         assert [i async for i in client.count(2)] == [0, 1]
     lines = [r.getMessage() for r in caplog.records if r.name == "trpc.calls"]
-    assert any(re.fullmatch(r"hello from \S+: OK in [\d.]+ ms", line) for line in lines)
-    assert any(re.fullmatch(r"fails from \S+: NOT_FOUND in [\d.]+ ms", line) for line in lines)
+    path = re.escape(trpc.service_name(Shapes))  # the server logs the path of the method it ran
+    assert any(re.fullmatch(path + r"/hello from \S+: OK in [\d.]+ ms", line) for line in lines)
+    assert any(re.fullmatch(path + r"/fails from \S+: NOT_FOUND in [\d.]+ ms", line) for line in lines)
     assert any(line.startswith("call fails: NOT_FOUND") for line in lines)
     assert any(line.startswith("call count: OK") for line in lines)
 
@@ -162,7 +164,8 @@ async def test_interceptor_can_change_metadata_and_method_and_see_results(nurser
     async with await connect(nursery, service, [Observe()], [Rewrite()]) as client:
         assert await client.old_name("z") == "hi z"
     assert service.seen_metadata == [{"added": "by-client", "server-added": "yes"}]
-    assert seen == [("server", "hello", "hi z", trpc.Cardinality.UNARY), ("client", "hello", "hi z")]
+    server_path = f"{trpc.service_name(type(service))}/hello"  # the server sees the path it resolved
+    assert seen == [("server", server_path, "hi z", trpc.Cardinality.UNARY), ("client", "hello", "hi z")]
 
 
 async def test_chain_order_first_is_outermost(nursery):

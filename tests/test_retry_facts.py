@@ -23,7 +23,10 @@ from .services import Svc
 INFO = FrameType.INFO.value
 TRAILERS = FrameType.TRAILERS.value
 #: What tests/services.py declares idempotent.
-SVC_IDEMPOTENT = frozenset({"greet", "count"})
+SVC_IDEMPOTENT = frozenset({
+    "greet", "count", "tests.services.Svc/greet", "tests.services.Svc/count",
+    "Describe", "trpc.reflection.v1.Reflection/Describe",  # reflection's one method: it only reads
+})
 
 
 def frames(framer_cls, data: bytes) -> list:
@@ -100,7 +103,11 @@ def test_the_decorators_record_idempotent_and_default_to_not():
         "balance": True, "pay": False, "history": True, "upload": True, "chat": False, "transfer": False,
     }
     assert methods["history"].attribute == "statements"
-    assert trpc.Server(Bank()).idempotent_methods == {"balance", "history", "upload"}
+    # Declared by path and by short name, since a client may send either.
+    bank = trpc.service_name(Bank)
+    assert trpc.Server(Bank(), reflection=False).idempotent_methods == {
+        "balance", "history", "upload", f"{bank}/balance", f"{bank}/history", f"{bank}/upload",
+    }
 
 
 def test_an_overriding_method_decides_idempotent_anew():
@@ -484,26 +491,36 @@ async def test_the_idempotent_methods_reach_the_client_core_over_tcp(framer_cls,
     sid = call(client, "greet", "Ada")
     events = await client.until(lambda c: c.ended(sid))
     infos = [e for e in events if isinstance(e, InfoReceived)]
-    assert infos == [InfoReceived(idempotent=SVC_IDEMPOTENT)] and client.conn.info_received is infos[0]
+    assert infos[0].idempotent == SVC_IDEMPOTENT and client.conn.info_received is infos[0]
+    assert infos == [InfoReceived(idempotent=SVC_IDEMPOTENT, methods={
+        path: info.cardinality for path, info in server.methods.items()})]
     assert events.index(infos[0]) < events.index(client.ended(sid)), "INFO came after the call's frames"
     assert client.ended(sid).status is Status.OK
     assert [t for t, *_ in client.frames()][0] == INFO
     await client.stream.aclose()
 
 
-async def test_a_server_with_no_idempotent_method_sends_no_info_over_tcp(framer_cls, nursery):
-    class Plain(trpc.Service):
+async def test_a_server_with_no_idempotent_method_sends_info_with_the_shapes_alone(framer_cls, nursery):
+    class Plain(trpc.Service, name="plain.Plain"):
         @trpc.unary
         async def greet(self, name):
             return name
 
-    server = trpc.Server(Plain())
+        @trpc.bidi_stream
+        async def chat(self, items):
+            yield 1
+
+    server = trpc.Server(Plain(), reflection=False, health=False)
     assert server.idempotent_methods == frozenset()
     client = await core_client(framer_cls, await nursery.start(server.serve_tcp, 0))
     sid = call(client, "greet", "Ada")
     events = await client.until(lambda c: c.ended(sid))
-    assert client.ended(sid).status is Status.OK and not any(isinstance(e, InfoReceived) for e in events)
-    assert INFO not in [t for t, *_ in client.frames()]
+    assert client.ended(sid).status is Status.OK
+    shapes = {"plain.Plain/greet": trpc.Cardinality.UNARY, "plain.Plain/chat": trpc.Cardinality.BIDI_STREAM}
+    assert [e for e in events if isinstance(e, InfoReceived)] == [InfoReceived(idempotent=frozenset(), methods=shapes)]
+    assert [(t, cbor2.loads(p)) for t, _, _, p in client.frames() if t == INFO] == [
+        (INFO, {2: {"plain.Plain/chat": 3, "plain.Plain/greet": 0}})
+    ]
     await client.stream.aclose()
 
 

@@ -171,7 +171,7 @@ async def test_server_that_never_answers_times_out(nursery, autojump_clock):
 
 async def test_call_context_carries_method_metadata_and_peer(client):
     info = await client.whoami.with_options(metadata={"x-user": "ada", "bin": b"\x01"})()
-    assert info["method"] == "whoami"
+    assert info["method"] == "tests.services.Svc/whoami"  # the path of the method that runs
     assert info["metadata"] == {"x-user": "ada", "bin": b"\x01"}
     host, port = info["peer"].rsplit(":", 1)
     assert host == "127.0.0.1" and int(port) > 0
@@ -219,13 +219,13 @@ async def test_large_payloads_cross_many_frames(client):
     assert await client.echo(blob) == blob
 
 
-async def test_services_must_not_clash():
-    class A(trpc.Service):
+async def test_services_must_not_share_a_service_name():
+    class A(trpc.Service, name="tests.services.Svc"):
         @trpc.unary
-        async def greet(self):
+        async def other(self):
             return 1
 
-    with pytest.raises(TypeError, match="greet"):
+    with pytest.raises(TypeError, match="two services are named 'tests.services.Svc'"):
         trpc.Server(A(), Svc())
     with pytest.raises(TypeError):
         trpc.Server(object())

@@ -23,8 +23,12 @@ T = 5  # seconds: the bound on any single wait
 
 DOC_PREFACE = bytes.fromhex(  # §2's example: version 1.1
     "54 52 50 43 01 01 00 00 00 20 00 00 00 40 00 00 00 20 00 00 01 00 00 00 00 00 00 64")
-#: What the conftest's service declares idempotent (tests/services.py).
-IDEMPOTENT = frozenset({"greet", "count"})
+#: The conftest's service's name (tests/services.py: a class named after where it is defined).
+SVC = "tests.services.Svc"
+#: What the conftest's service declares idempotent, by path and by short name (§3), and the
+#: reflection service's Describe (§13).
+IDEMPOTENT = frozenset({"greet", "count", f"{SVC}/greet", f"{SVC}/count",
+                        "Describe", "trpc.reflection.v1.Reflection/Describe"})
 
 
 def check_send_credit(conn) -> None:
@@ -153,7 +157,7 @@ async def test_no_argument_call(server):
             stream = conn.open_stream("whoami")
             await stream.send_message(raw=encode_args())
             stream.end()
-            assert (await stream.finish()).result["method"] == "whoami"
+            assert (await stream.finish()).result["method"] == f"{SVC}/whoami"
 
 
 async def test_unknown_method_is_unimplemented(server):
@@ -247,7 +251,7 @@ async def test_metadata_round_trip(server):
         async with connect(server.address) as conn:
             reply = await conn.call("whoami", metadata=md)
             plain = await conn.call("whoami")
-    assert reply.result["method"] == "whoami"
+    assert reply.result["method"] == f"{SVC}/whoami"
     assert reply.result["metadata"] == md
     assert plain.result["metadata"] in ({}, None)
     assert reply.result["peer"]
@@ -777,24 +781,122 @@ async def test_a_1_0_client_never_receives_info(server):
     assert INFO not in {f.type for f in conn.frames} and conn.info is None
 
 
-async def test_a_1_1_client_receives_info_as_the_spec_gives_its_bytes(server):
+async def test_a_1_1_client_receives_info_as_the_spec_gives_its_bytes(nursery):
     """§3 INFO: right after our preface, before anything for a stream, on stream 0, flags 0;
-    key 1 names the idempotent methods; exactly the bytes of a CBOR map (here in trpc's
-    shortest form, names sorted)."""
+    exactly the bytes of the section's example (a server of kv.Store alone: its get declared
+    idempotent, by short name and path, and both methods' shapes by path)."""
+    import trpc
+
+    class Store(trpc.Service, name="kv.Store"):
+        @trpc.unary(idempotent=True)
+        async def get(self, key):
+            return key
+
+        @trpc.server_stream
+        async def watch(self, key):
+            yield key
+
+    address = await nursery.start(trpc.Server(Store(), health=False, reflection=False).serve_tcp, 0)
     with trio.fail_after(T):
-        buf, eof = await raw_exchange(server.address, Settings(minor=1).encode(), timeout=0.3)
+        buf, eof = await raw_exchange(address, Settings(minor=1).encode(), timeout=0.3)
     assert not eof
-    frames = parse_after_preface(buf)
-    assert frames == [w.Frame(INFO, 0, 0, cbor2.dumps({1: ["count", "greet"]}))]
     assert buf[28:] == bytes.fromhex(
-        "00 00 00 0f 07 00 00 00 00 00 a1 01 82 65 63 6f 75 6e 74 65 67 72 65 65 74")
+        "00 00 00 34 07 00 00 00 00 00"
+        "a2 01 82 63 67 65 74 6c 6b 76 2e 53 74 6f 72 65 2f 67 65 74 02 a2 6c 6b 76 2e 53 74 6f 72 65 2f"
+        "67 65 74 00 6e 6b 76 2e 53 74 6f 72 65 2f 77 61 74 63 68 01")
+    with trio.fail_after(T):
+        async with connect(address, Settings(minor=1)) as conn:
+            await conn.info_received.wait()
+            assert (await conn.call("kv.Store/get", "new")).result == "new"
+    assert conn.info == {1: ["get", "kv.Store/get"], 2: {"kv.Store/get": 0, "kv.Store/watch": 1}}
+    assert conn.idempotent == {"get", "kv.Store/get"}
+    assert conn.methods == {"kv.Store/get": "unary", "kv.Store/watch": "server_stream"}
+    assert [f.type for f in conn.frames].count(INFO) == 1
+
+
+async def test_info_names_every_method_with_its_shape(server):
+    """§3 INFO key 2: every method served, the built-in services' too, by path."""
     with trio.fail_after(T):
         async with connect(server.address, Settings(minor=1)) as conn:
             await conn.info_received.wait()
-            assert (await conn.call("greet", "new")).result == "Hello new"
-            assert conn.info == {1: ["count", "greet"]}
     assert conn.idempotent == IDEMPOTENT
-    assert [f.type for f in conn.frames].count(INFO) == 1
+    assert conn.methods[f"{SVC}/greet"] == "unary" and conn.methods[f"{SVC}/count"] == "server_stream"
+    assert conn.methods[f"{SVC}/total"] == "client_stream" and conn.methods[f"{SVC}/bidi_echo"] == "bidi_stream"
+    assert conn.methods["grpc.health.v1.Health/Watch"] == "server_stream"
+    assert conn.methods[w.DESCRIBE] == "unary"
+    assert all("/" in path for path in conn.methods)
+
+
+# ============================================================== §4 method names, §13 reflection
+
+
+async def test_a_method_is_called_by_path_or_by_its_unambiguous_short_name(server):
+    with trio.fail_after(T):
+        async with connect(server.address) as conn:
+            by_path = await conn.call(f"{SVC}/greet", "path")
+            short = await conn.call("greet", "short")
+    assert (by_path.result, short.result) == ("Hello path", "Hello short")
+
+
+@pytest.mark.parametrize("name,message", [
+    ("x.Y/greet", 'unknown service "x.Y"'),
+    (f"{SVC}/gret", f'service "{SVC}" has no method "gret"'),
+    ("gret", 'unknown method "gret"'),
+])
+async def test_unimplemented_says_what_is_unknown(server, name, message):
+    with trio.fail_after(T):
+        async with connect(server.address) as conn:
+            reply = await conn.call(name, "x")
+    assert reply.status == w.UNIMPLEMENTED and reply.trailers.message == message
+
+
+async def test_describe_returns_the_document_of_section_13(server):
+    with trio.fail_after(T):
+        async with connect(server.address) as conn:
+            reply = await conn.call(w.DESCRIBE)
+            again = await conn.call(w.DESCRIBE)
+    assert reply.status == w.OK and again.messages == reply.messages  # the same every time
+    doc = w.read_document(reply.result)
+    svc = doc["services"][SVC]
+    assert svc["doc"].startswith("greet and count are declared idempotent")
+    greet = svc["methods"]["greet"]
+    assert greet["path"] == f"{SVC}/greet" and greet["shape"] == "unary" and greet["idempotent"]
+    assert greet["params"] == [{"name": "name", "kind": "positional_or_keyword", "annotation": "str",
+                                "has_default": False, "default": None}]
+    assert greet["returns"] == "str"
+    add = svc["methods"]["add"]
+    assert [(p["name"], p["has_default"], p["default"], p["annotation"]) for p in add["params"]] == [
+        ("a", False, None, None), ("b", True, "0", None)]
+    assert svc["methods"]["block"]["doc"] == "Blocks until cancelled; records that and why."
+    assert svc["methods"]["total"]["shape"] == "client_stream"
+    assert doc["services"]["grpc.health.v1.Health"]["methods"]["Watch"]["shape"] == "server_stream"
+    describe = doc["services"]["trpc.reflection.v1.Reflection"]["methods"]["Describe"]
+    assert describe["path"] == w.DESCRIBE and describe["params"] == []
+    # every path the document gives is one the server answers to, with the shape it says (§3)
+    with trio.fail_after(T):
+        async with connect(server.address, Settings(minor=1)) as conn:
+            await conn.info_received.wait()
+    assert {m["path"]: m["shape"] for s in doc["services"].values() for m in s["methods"].values()} == conn.methods
+
+
+async def test_a_server_without_reflection_answers_unimplemented(nursery, service):
+    import trpc
+
+    address = await nursery.start(trpc.Server(service, reflection=False).serve_tcp, 0)
+    with trio.fail_after(T):
+        async with connect(address) as conn:
+            reply = await conn.call(w.DESCRIBE)
+    assert reply.status == w.UNIMPLEMENTED
+    assert reply.trailers.message == 'unknown service "trpc.reflection.v1.Reflection"'
+
+
+def test_the_document_reader_refuses_what_section_13_forbids():
+    good = {"version": 1, "services": [], "messages": [], "later": "ignored"}
+    assert w.read_document(good) == {"services": {}, "messages": {}}
+    for bad in ({**good, "version": 2}, {**good, "services": {}},
+                {**good, "messages": [{"name": "m", "doc": None, "fields": [{"number": -1}]}]}):
+        with pytest.raises(w.BadDocument):
+            w.read_document(bad)
 
 
 async def test_a_call_refused_over_the_streams_limit_says_not_processed(server, service):

@@ -213,6 +213,89 @@ def is_uint(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+# §3 INFO key 2: call shapes by number
+INFO_SHAPES = {0: "unary", 1: "server_stream", 2: "client_stream", 3: "bidi_stream"}
+
+
+# ------------------------------------------------------------------ §13 Reflection
+DESCRIBE = "trpc.reflection.v1.Reflection/Describe"
+PARAM_KINDS_KNOWN = {"positional_only", "positional_or_keyword", "var_positional",
+                     "keyword_only", "var_keyword"}
+
+
+class BadDocument(Exception):
+    pass
+
+
+def _check(cond: bool, what: str) -> None:
+    if not cond:
+        raise BadDocument(what)
+
+
+def _text(m: dict, key: str, where: str, *, null: bool = False):
+    _check(key in m, f"{where}.{key} missing")
+    v = m[key]
+    _check(isinstance(v, str) or (null and v is None), f"{where}.{key}: {v!r}")
+    return v
+
+
+def _default(m: dict, where: str) -> tuple:
+    """(has_default, text): "default" absent means no default (not the same as "None")."""
+    if "default" not in m:
+        return False, None
+    _check(isinstance(m["default"], str), f"{where}.default: {m['default']!r}")
+    return True, m["default"]
+
+
+def read_document(doc) -> dict:
+    """The §13 document as plain dicts keyed by name, checked by the section's rules; unknown
+    keys ignored.  {"services": {name: {"doc", "methods": {name: {...}}}}, "messages": {...}}."""
+    _check(isinstance(doc, dict), "document is not a map")
+    _check(doc.get("version") == 1 and is_uint(doc.get("version")), f"version {doc.get('version')!r}")
+    out = {"services": {}, "messages": {}}
+    _check(isinstance(doc.get("services"), list), "services")
+    for i, svc in enumerate(doc["services"]):
+        where = f"services[{i}]"
+        _check(isinstance(svc, dict), where)
+        name = _text(svc, "name", where)
+        methods = {}
+        _check(isinstance(svc.get("methods"), list), f"{where}.methods")
+        for j, m in enumerate(svc["methods"]):
+            mw = f"{where}.methods[{j}]"
+            _check(isinstance(m, dict), mw)
+            _check(m.get("shape") in INFO_SHAPES.values(), f"{mw}.shape: {m.get('shape')!r}")
+            _check(isinstance(m.get("idempotent"), bool), f"{mw}.idempotent")
+            _check(isinstance(m.get("params"), list), f"{mw}.params")
+            params = []
+            for k, p in enumerate(m["params"]):
+                pw = f"{mw}.params[{k}]"
+                _check(isinstance(p, dict), pw)
+                has, default = _default(p, pw)
+                params.append({"name": _text(p, "name", pw), "kind": _text(p, "kind", pw),
+                               "annotation": _text(p, "annotation", pw, null=True),
+                               "has_default": has, "default": default})
+            path = _text(m, "path", mw)
+            _check(path == f"{name}/{_text(m, 'name', mw)}", f"{mw}.path {path!r}")  # §4
+            methods[m["name"]] = {"path": path, "shape": m["shape"], "idempotent": m["idempotent"],
+                                  "doc": _text(m, "doc", mw, null=True), "params": params,
+                                  "returns": _text(m, "returns", mw, null=True)}
+        out["services"][name] = {"doc": _text(svc, "doc", where, null=True), "methods": methods}
+    _check(isinstance(doc.get("messages"), list), "messages")
+    for i, msg in enumerate(doc["messages"]):
+        where = f"messages[{i}]"
+        _check(isinstance(msg, dict) and isinstance(msg.get("fields"), list), where)
+        fields = {}
+        for k, f in enumerate(msg["fields"]):
+            fw = f"{where}.fields[{k}]"
+            _check(isinstance(f, dict) and is_uint(f.get("number")), fw)
+            has, default = _default(f, fw)
+            fields[f["number"]] = {"name": _text(f, "name", fw), "has_default": has, "default": default,
+                                   "annotation": _text(f, "annotation", fw, null=True)}
+        out["messages"][_text(msg, "name", where)] = {"doc": _text(msg, "doc", where, null=True),
+                                                      "fields": fields}
+    return out
+
+
 @dataclass
 class Trailers:
     status: int
@@ -400,6 +483,7 @@ class Connection:
         self.allowed_flags = ALLOWED_FLAGS if local.minor >= 1 else ALLOWED_FLAGS_1_0
         self.info: dict | None = None
         self.idempotent: frozenset = frozenset()
+        self.methods: dict[str, str] = {}  # INFO key 2: path -> shape (§3)
         self.info_received = trio.Event()
         self.stream_frame_seen = False  # INFO must come before any frame for a stream
         self.closed = trio.Event()  # EOF from the peer or connection torn down
@@ -622,8 +706,14 @@ class Connection:
             names = m.get(1, [])
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise ProtocolError(INTERNAL, f"INFO key 1 is not an array of text: {names!r}")
+            shapes = m.get(2, {})
+            if not isinstance(shapes, dict) or not all(
+                    isinstance(p, str) and is_uint(n) for p, n in shapes.items()):
+                raise ProtocolError(INTERNAL, f"INFO key 2 is not a map of text to uints: {shapes!r}")
             self.info = m
             self.idempotent = frozenset(names)
+            # an unknown shape number leaves the method out (§3)
+            self.methods = {p: INFO_SHAPES[n] for p, n in shapes.items() if n in INFO_SHAPES}
             self.info_received.set()
 
     def _on_data(self, frame: Frame) -> None:

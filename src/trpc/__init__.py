@@ -17,7 +17,7 @@ wire.  Deadlines and cancellation follow Trio's cancel scopes across the wire.
 """
 
 from ._framed import FramedChannel
-from ._client import Client, ClientStream, Method, open_client
+from ._client import Client, ClientStream, Method, ServiceMethods, open_client
 from .channel import ConnectivityState
 from ._config import ClientConfig, ConnectionBackoff, MethodConfig, RetryPolicy, RetryThrottling
 from ._context import CallContext, current_call
@@ -37,7 +37,15 @@ from ._health import HealthStatus
 from ._interceptors import CallDetails, ClientInterceptor, ServerInterceptor
 from ._messages import field, message
 from ._server import DEFAULT_HOST, DEFAULT_PORT, Server, serve, serve_unix
-from ._service import Cardinality, Service, bidi_stream, client_stream, server_stream, unary
+from ._reflection import (
+    FieldDescription,
+    MessageDescription,
+    MethodDescription,
+    ParamDescription,
+    Reflection,
+    ServiceDescription,
+)
+from ._service import Cardinality, Service, bidi_stream, client_stream, server_stream, service_name, unary
 from ._status import Status
 from ._version import __version__
 
@@ -54,13 +62,18 @@ __all__ = [
     "ConnectionBackoff",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "FieldDescription",
     "FrameTooLargeError",
     "FramedChannel",
     "HealthStatus",
     "LocalProtocolError",
+    "MessageDescription",
     "Method",
     "MethodConfig",
+    "MethodDescription",
+    "ParamDescription",
     "ProtocolError",
+    "Reflection",
     "RemoteProtocolError",
     "RetryPolicy",
     "RetryThrottling",
@@ -68,6 +81,8 @@ __all__ = [
     "Server",
     "ServerInterceptor",
     "Service",
+    "ServiceDescription",
+    "ServiceMethods",
     "Status",
     "TransportError",
     "TrpcError",
@@ -83,6 +98,7 @@ __all__ = [
     "serve",
     "serve_unix",
     "server_stream",
+    "service_name",
     "unary",
 ]
 

@@ -56,6 +56,7 @@ from ._context import _current_or_none
 from ._errors import LocalProtocolError, MessageTooLargeError, RpcError
 from ._framer import get_framer
 from ._interceptors import CallDetails, run_chain
+from ._reflection import DESCRIBE_METHOD, Reflection
 from ._keepalive import CLIENT_KEEPALIVE_TIME, CLIENT_KEEPALIVE_TIMEOUT, check_keepalive
 from ._framer_py import DEFAULT_MAX_FRAME_SIZE
 from .wire import (
@@ -71,7 +72,7 @@ from .channel._resolver import make_resolver
 from .channel._subchannel import ConnectivityState
 
 __all__ = [
-    "Client", "ClientStream", "Method", "open_client", "parse_target", "DEFAULT_CONNECT_TIMEOUT",
+    "Client", "ClientStream", "Method", "ServiceMethods", "open_client", "parse_target", "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_RETRY_POLICY", "RETRY_BUFFER", "ATTEMPT_KEY",
 ]
 
@@ -150,8 +151,11 @@ def _cancel_reason(deadline: float) -> tuple[Status, str]:
 class Client:
     """A channel to a trpc service; get one from :func:`open_client`.
 
-    Methods of the server are attributes: ``await client.greet("Ada")``.  A method whose name
-    clashes with an attribute of this class is reached with ``client.method("aclose")``.
+    Methods of the server are attributes: ``await client.greet("Ada")`` sends the short name
+    ``"greet"``, which the server resolves if exactly one of its services has such a method.
+    ``client["kv.Store"].get(...)`` calls a service's method by its path (``"kv.Store/get"``),
+    as does ``client.method("kv.Store/get")``.  A method whose name clashes with an attribute of
+    this class is reached with ``client.method("aclose")``.
     """
 
     def __init__(
@@ -184,8 +188,29 @@ class Client:
         self.__dict__[name] = method  # cached: next time a plain attribute hit
         return method
 
+    def __getitem__(self, service: str) -> "ServiceMethods":
+        """The methods of the server's service ``service`` (``"kv.Store"``) as attributes,
+        called by path: ``client["kv.Store"].get(key)`` sends ``"kv.Store/get"``."""
+        if not isinstance(service, str) or not service or "/" in service:
+            raise TypeError(f"a service name is non-empty text without '/', not {service!r}")
+        return ServiceMethods(self, service)
+
+    async def reflect(self) -> Reflection:
+        """What the server serves, from its reflection service (docs/PROTOCOL.md "Reflection").
+
+        Raises:
+            RpcError: UNIMPLEMENTED from a server without reflection; INTERNAL for a document
+                this client cannot read (the message says where it is wrong).
+        """
+        document = await self.method(DESCRIBE_METHOD)()
+        try:
+            return Reflection.from_document(document)
+        except ValueError as exc:
+            raise RpcError(Status.INTERNAL, f"the server's reflection document is malformed: {exc}") from None
+
     def method(self, name: str) -> "Method":
-        """The server method ``name`` (for names that are not identifiers or clash with ours)."""
+        """The server method ``name``: a path (``"kv.Store/get"``), or a short name (for names
+        that are not identifiers or clash with ours)."""
         config = self._config.method(name) if self._config is not None else None
         timeout = self._timeout
         wait_for_ready = self._wait_for_ready
@@ -438,6 +463,29 @@ class _Retrier:
             # let the caller's own scope fire, so it sees what Trio promises for that scope.
             await trio.sleep_until(deadline)
         raise call.error()
+
+
+class ServiceMethods:
+    """One service's methods as attributes (``client["kv.Store"]``): each is
+    ``client.method("kv.Store/<name>")``, made once and kept."""
+
+    def __init__(self, client: Client, service: str) -> None:
+        self._client = client
+        self._service = service
+
+    def __getattr__(self, name: str) -> "Method":
+        if name.startswith("_"):
+            raise AttributeError(name)
+        method = self.method(name)
+        self.__dict__[name] = method
+        return method
+
+    def method(self, name: str) -> "Method":
+        """The service's method ``name`` (for names that are not identifiers or clash)."""
+        return self._client.method(f"{self._service}/{name}")
+
+    def __repr__(self) -> str:
+        return f"<ServiceMethods {self._service}>"
 
 
 class Method:

@@ -30,10 +30,31 @@ from ._errors import RpcError
 from ._messages import decode_tag, encode_default
 from ._status import Status
 
-__all__ = ["encode", "decode", "encode_arguments", "decode_arguments"]
+__all__ = ["encode", "decode", "encode_arguments", "decode_arguments", "Encoded"]
 
-# Message classes (trpc.message) travel as CBOR tag 27; the hooks cost nothing for other values.
-_cbor2_dumps = partial(cbor2.dumps, default=encode_default)
+
+class Encoded:
+    """A value encoded once, sent many times: encoding one writes ``payload`` as it is (it
+    must be exactly one CBOR data item).  For answers that never change (the reflection
+    document), so that no call pays for encoding them."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+def _default(encoder: cbor2.CBOREncoder, value: Any) -> None:
+    """cbor2's ``default`` hook: pre-encoded values as they are, messages as tag 27."""
+    if type(value) is Encoded:
+        encoder.write(value.payload)
+    else:
+        encode_default(encoder, value)
+
+
+# Message classes (trpc.message) travel as CBOR tag 27, pre-encoded values as their bytes; the
+# hook is reached only by values of other types, so it costs nothing for plain ones.
+_cbor2_dumps = partial(cbor2.dumps, default=_default)
 
 
 def _cbor2_loads(payload: bytes) -> Any:

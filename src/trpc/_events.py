@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ._service import Cardinality
 from ._status import Status
 
 __all__ = [
@@ -184,10 +185,12 @@ class InfoReceived(Event):
     ``idempotent`` holds the wire names of the methods the server declares idempotent: a call
     to one of them may be retried after a failure even if the server may have run it.  The
     list may have been cut to fit the frame; a method not in it is simply not known to be
-    idempotent.
+    idempotent.  ``methods`` maps the path of each method the server serves (``"kv.Store/get"``)
+    to its call shape; it too may have been cut, and holds only the shapes this side knows.
     """
 
     idempotent: frozenset[str]
+    methods: dict[str, Cardinality] = field(default_factory=dict)
 
 
 @dataclass(**_EVENT)

@@ -4,15 +4,15 @@ Theory of operation
 -------------------
 Every :class:`~trpc.Server` owns one :class:`HealthRegistry`, the only holder of serving
 statuses: a dict from service name to :class:`HealthStatus`.  The name ``""`` is the whole
-server; each service the server was built with is registered under its class's ``__name__``
-(until services have names of their own on the wire).  All are SERVING from the start;
+server; each service the server was built with is registered under its full name (``kv.Store``,
+as gRPC registers its services).  All are SERVING from the start;
 ``Server.set_health`` changes them, and ``Server.shutdown`` moves the registry to its final
 state, every name NOT_SERVING, after which it changes no more.
 
 Unless the server is built with ``health=False``, :class:`HealthService` (an ordinary
-:class:`~trpc.Service`) is served beside the user's services, under the gRPC path names
-``grpc.health.v1.Health/Check`` and ``grpc.health.v1.Health/Watch``.  Both take one
-argument, the service name.  The wire carries statuses as their names (text), the
+:class:`~trpc.Service`) is served beside the user's services: the service
+``grpc.health.v1.Health`` with the methods ``Check`` and ``Watch``, whose paths are gRPC's.
+Both take one argument, the service name.  The wire carries statuses as their names (text), the
 ``HealthStatus`` members' names; ``docs/PROTOCOL.md`` ("Health") is the contract.
 
 A Watch keeps the last status it sent and sends the registry's current one whenever they
@@ -42,13 +42,14 @@ from ._errors import RpcError
 from ._service import Service, server_stream, unary
 from ._status import Status
 
-__all__ = ["HealthStatus", "HealthRegistry", "HealthService", "CHECK_METHOD", "WATCH_METHOD"]
+__all__ = ["HealthStatus", "HealthRegistry", "HealthService", "HEALTH_SERVICE", "CHECK_METHOD", "WATCH_METHOD"]
 
 logger = logging.getLogger("trpc")
 
-#: The wire names of the two methods: gRPC's paths, used as flat trpc method names.
-CHECK_METHOD = "grpc.health.v1.Health/Check"
-WATCH_METHOD = "grpc.health.v1.Health/Watch"
+#: The health service's name, and the paths of its two methods: gRPC's.
+HEALTH_SERVICE = "grpc.health.v1.Health"
+CHECK_METHOD = f"{HEALTH_SERVICE}/Check"
+WATCH_METHOD = f"{HEALTH_SERVICE}/Watch"
 
 
 class HealthStatus(enum.IntEnum):
@@ -191,7 +192,7 @@ def _service_name(service: Any) -> str:
     return service
 
 
-class HealthService(Service):
+class HealthService(Service, name=HEALTH_SERVICE):
     """The health service a :class:`~trpc.Server` serves unless built with ``health=False``.
 
     ``Check(service="")`` answers the status's name, or ends NOT_FOUND for a name never
@@ -201,14 +202,14 @@ class HealthService(Service):
     def __init__(self, registry: HealthRegistry) -> None:
         self._registry = registry
 
-    @unary(name=CHECK_METHOD)
+    @unary(name="Check")
     async def check(self, service: str = "") -> str:
         status = self._registry.get(_service_name(service))
         if status is HealthStatus.SERVICE_UNKNOWN:
             raise RpcError(Status.NOT_FOUND, f"no service {service!r} is registered for health checks")
         return status.name
 
-    @server_stream(name=WATCH_METHOD)
+    @server_stream(name="Watch")
     async def watch(self, service: str = "") -> AsyncIterator[str]:
         async with aclosing(self._registry.watch(_service_name(service))) as statuses:
             async for status in statuses:

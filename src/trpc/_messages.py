@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import cbor2
 
-__all__ = ["message", "field", "MESSAGE_TAG", "encode_default", "decode_tag"]
+__all__ = ["message", "field", "MESSAGE_TAG", "encode_default", "decode_tag", "registered_messages"]
 
 #: The CBOR tag of a message: 27, "serialised language-independent object with type name and
 #: constructor arguments" in the IANA CBOR tags registry.
@@ -78,6 +78,11 @@ def message(name: str) -> Callable[[type], type]:
         return cls
 
     return register
+
+
+def registered_messages() -> dict[str, type]:
+    """Every message class registered so far, by name (a copy)."""
+    return dict(_registry)
 
 
 def encode_default(encoder: cbor2.CBOREncoder, value: Any) -> None:

@@ -31,9 +31,15 @@ The handler's result (or each streamed item) is encoded and queued on the connec
 with the trailers, so a unary reply is one write.  Exceptions become statuses: ``RpcError`` as
 raised, anything else INTERNAL (logged here, never sent in full to the client).
 
+Methods are found by the name the client sends (HEADERS key 1): a path ``"kv.Store/get"``, or
+a short name ``"get"`` that exactly one service has, both in one dict
+(:class:`~trpc._service.MethodTable`); a name that misses is refused with UNIMPLEMENTED saying
+whether the service, the method or the short name's uniqueness was the problem.
+
 Beside the user's services the server serves its health service (trpc._health), whose
 statuses it owns in one registry: ``set_health`` and ``health`` reach it, and ``shutdown``
-makes every status NOT_SERVING before its GOAWAY.
+makes every status NOT_SERVING before its GOAWAY; and its reflection service
+(trpc._reflection), whose document it builds and encodes once, here.
 """
 
 from __future__ import annotations
@@ -79,7 +85,8 @@ from ._framer_py import DEFAULT_MAX_FRAME_SIZE
 from ._health import HealthRegistry, HealthService, HealthStatus
 from ._interceptors import run_chain
 from ._keepalive import SERVER_KEEPALIVE_TIME, SERVER_KEEPALIVE_TIMEOUT, Keepalive, check_keepalive, set_tcp_keepalive
-from ._service import MethodInfo, collect_methods
+from ._reflection import ReflectionService, build_document
+from ._service import MethodInfo, MethodTable
 from ._status import Status
 from ._tls import send_pending_alert
 from ._transport import Parker, TrioConnection
@@ -319,7 +326,7 @@ class _ServerConnection(TrioConnection):
     def _on_call_opened(self, event: CallOpened) -> None:
         entry = self.server._methods.get(event.method)
         if entry is None:
-            self._refuse(event.stream_id, Status.UNIMPLEMENTED, f"unknown method {event.method!r}")
+            self._refuse(event.stream_id, Status.UNIMPLEMENTED, self.server._table.explain_unknown(event.method))
             return
         handler, info = entry
         if event.timeout is not None and event.timeout <= 0:
@@ -336,7 +343,7 @@ class _ServerConnection(TrioConnection):
             return
         arrived = self.received_at
         deadline = math.inf if event.timeout is None else arrived + event.timeout
-        context = CallContext(event.method, self.peer, event.metadata, deadline, info.cardinality, arrived)
+        context = CallContext(info.path, self.peer, event.metadata, deadline, info.cardinality, arrived)
         context._connection = self
         context._stream_id = event.stream_id
         call = _ServerCall(event.stream_id, handler, info, context)
@@ -720,7 +727,8 @@ class Server:
     """Serves one or more :class:`~trpc.Service` objects.
 
     Args:
-        *services: the service instances; their method names must not clash.
+        *services: the service instances, each with its own service name (two services may
+            have methods of the same name: clients call them by path, ``"kv.Store/get"``).
         max_message_size: largest request message accepted (RESOURCE_EXHAUSTED beyond).
         max_concurrent_streams: calls one connection may have running at once.
         max_concurrent_calls: calls the whole server runs at once, all connections together;
@@ -756,6 +764,9 @@ class Server:
         health: serve the health service (``grpc.health.v1.Health/Check`` and ``/Watch``,
             docs/PROTOCOL.md "Health"; default True).  The statuses exist either way:
             :meth:`set_health`, :meth:`health`.
+        reflection: serve the reflection service (``trpc.reflection.v1.Reflection/Describe``,
+            docs/PROTOCOL.md "Reflection"; default True): the document is built when the
+            server is, from the services and the message classes registered by then.
         Every limit and why its default: docs/LIMITS.md.
     """
 
@@ -782,18 +793,31 @@ class Server:
         max_connection_age: float | None = None,
         max_connection_age_grace: float = DEFAULT_MAX_CONNECTION_AGE_GRACE,
         health: bool = True,
+        reflection: bool = True,
     ) -> None:
         from ._framer import get_framer
 
         if not services:
             raise TypeError("Server needs at least one service")
-        #: Every service's serving status (see trpc._health): "" and each service's class name.
-        self._health = HealthRegistry(type(service).__name__ for service in services)
-        if health:
-            services = (*services, HealthService(self._health))
-        self._methods = collect_methods(services)
-        #: Announced to every client of protocol 1.1 or later (the INFO frame).
-        self.idempotent_methods = frozenset(name for name, (_, info) in self._methods.items() if info.idempotent)
+        #: The dispatch table: every service by name, every method by path and short name.
+        self._table = MethodTable(services)
+        #: Every service's serving status (see trpc._health): "" and each service's name.
+        self._health = HealthRegistry(self._table.services)
+        describe = ReflectionService() if reflection else None
+        extra = ((HealthService(self._health),) if health else ()) + ((describe,) if describe else ())
+        if extra:
+            self._table = MethodTable((*services, *extra))
+        if describe is not None:
+            describe.publish(build_document(self._table.services, [info for _, info in self._table.methods.values()]))
+        #: Every name a client may send (paths and unambiguous short names) -> (handler, info).
+        self._methods = self._table.lookup
+        #: Announced to every client of protocol 1.1 or later (the INFO frame): the names of
+        #: the idempotent methods (each path, and its short name where that is unambiguous,
+        #: since a client may send either), and every method's shape by path.
+        self.idempotent_methods = frozenset(
+            name for path, (_, info) in self._table.methods.items() if info.idempotent
+            for name in self._table.short_names(path)
+        )
         self._interceptors = tuple(interceptors)
         self._framer = get_framer(framer)
         self._connection_options = dict(
@@ -806,6 +830,7 @@ class Server:
             min_ping_interval=keepalive_min_ping_interval,
             max_ping_strikes=keepalive_max_ping_strikes,
             idempotent_methods=self.idempotent_methods,
+            methods={path: info.cardinality for path, (_, info) in self._table.methods.items()},
         )
         Connection("server", framer=self._framer, **self._connection_options)  # validate now
         if max_concurrent_calls is None:
@@ -880,13 +905,14 @@ class Server:
 
     @property
     def methods(self) -> dict[str, MethodInfo]:
-        return {name: info for name, (_, info) in self._methods.items()}
+        """Every method served, by path (``"kv.Store/get"``), services in the order given."""
+        return {path: info for path, (_, info) in self._table.methods.items()}
 
     def set_health(self, service: str, status: HealthStatus | str) -> None:
         """Set the serving status of ``service`` (``""``: the whole server), registering
         the name if it is new; Check and Watch report it, and every Watch of it learns the
-        change.  Every name starts SERVING: ``""`` and the class name of each service the
-        server was built with.  Ignored once :meth:`shutdown` has begun (all NOT_SERVING).
+        change.  Every name starts SERVING: ``""`` and the name of each service the server
+        was built with (``"kv.Store"``).  Ignored once :meth:`shutdown` has begun (all NOT_SERVING).
 
         Args:
             service: the name clients check.

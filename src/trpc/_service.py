@@ -2,20 +2,36 @@
 
 A method becomes callable by decorating it with one of :func:`unary`, :func:`server_stream`,
 :func:`client_stream` or :func:`bidi_stream`; the decorator only records the call shape (a
-:class:`Cardinality`), the wire name and whether the method is idempotent on the function, so the
-method stays an ordinary method.  A method declared idempotent (``idempotent=True``) is one whose
+:class:`Cardinality`), the method's name and whether the method is idempotent on the function, so
+the method stays an ordinary method.  A method declared idempotent (``idempotent=True``) is one whose
 effect is the same whether it runs once or several times: the server announces these to the
 client (the INFO frame, docs/PROTOCOL.md section 3), which may then retry them after a
 failure even if the server may have run them.
 :class:`Service` collects the decorated methods of a class (and its bases) when the class is
 created, so the server looks handlers up in a dict built once, never per call.
+
+Names.  Every service has a full name, dot-separated identifiers as gRPC's (``kv.Store``), given
+as ``class Store(trpc.Service, name="kv.Store")``.  A subclass keeps the name its nearest base was
+given explicitly (an implementation of a named interface serves that interface); a class that
+was given none anywhere is named after where it is defined: ``f"{module}.{qualname}"`` with the
+parts that are not identifiers left out (``<locals>`` of a class defined in a function) and a
+leading ``__main__.`` dropped, so ``Store`` in ``kv.py`` is ``kv.Store`` and ``Store`` in the
+script being run is ``Store``.  The name is the class attribute ``__trpc_service__``
+(:func:`service_name` reads it from a class or an instance).  A method's wire name is its
+*path* ``"kv.Store/get"`` (:attr:`MethodInfo.path`).
+
+:class:`MethodTable` is a server's dispatch table over several services: one dict from every
+name a client may send (each path, and each short name ``"get"`` that exactly one service
+has) to its handler, so a call costs one lookup whichever form it uses; a name that misses is
+explained (:meth:`MethodTable.explain_unknown`) off that path.
 """
 
 from __future__ import annotations
 
 import enum
 import inspect
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 __all__ = [
@@ -27,6 +43,10 @@ __all__ = [
     "client_stream",
     "bidi_stream",
     "collect_methods",
+    "MethodTable",
+    "service_name",
+    "SHAPE_CODES",
+    "SHAPE_NAMES",
 ]
 
 
@@ -51,19 +71,37 @@ class Cardinality(enum.Enum):
         self.server_streams = server_streams
 
 
+#: Each shape's number in the INFO frame (docs/PROTOCOL.md section 3): bit 1 the client streams,
+#: bit 0 the server streams.
+SHAPE_CODES = {c: 2 * c.client_streams + c.server_streams for c in Cardinality}
+#: Each shape's name in the reflection document (docs/PROTOCOL.md "Reflection").
+SHAPE_NAMES = {c: c.name.lower() for c in Cardinality}
+
 _ATTR = "__trpc_method__"
+#: A service name: identifiers joined by dots (gRPC's package.Service form).
+_SERVICE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 @dataclass(frozen=True)
 class MethodInfo:
     """What the server needs to know about one method."""
 
+    #: The method's name within its service (``"get"``).
     name: str
     cardinality: Cardinality
+    #: The Python attribute that holds the handler.
     attribute: str
     #: Running it twice has the effect of running it once: a client may retry it after a
     #: failure (announced in the INFO frame).
     idempotent: bool = False
+    #: The full name of the service it belongs to (``"kv.Store"``).
+    service: str = ""
+    #: Its wire name, ``"kv.Store/get"`` (just the name for a method outside any service).
+    path: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            object.__setattr__(self, "path", f"{self.service}/{self.name}" if self.service else self.name)
 
 
 def _decorator(cardinality: Cardinality, check: Callable[[Callable], bool], what: str):
@@ -71,7 +109,10 @@ def _decorator(cardinality: Cardinality, check: Callable[[Callable], bool], what
         def mark(func: Callable) -> Callable:
             if not check(func):
                 raise TypeError(f"@{cardinality.name.lower()} needs {what}, got {func!r}")
-            setattr(func, _ATTR, (name or func.__name__, cardinality, bool(idempotent)))
+            method = func.__name__ if name is None else name
+            if not isinstance(method, str) or not method or "/" in method:
+                raise TypeError(f"a method name is non-empty text without '/', not {method!r}")
+            setattr(func, _ATTR, (method, cardinality, bool(idempotent)))
             return func
 
         return mark if func is None else mark(func)
@@ -79,8 +120,8 @@ def _decorator(cardinality: Cardinality, check: Callable[[Callable], bool], what
     decorate.__name__ = cardinality.name.lower()
     decorate.__doc__ = (
         f"Mark {what} as a {cardinality.name.lower().replace('_', '-')} method.\n\n"
-        "Use as ``@trpc.X`` or ``@trpc.X(name=\"wire_name\", idempotent=True)``; the wire name\n"
-        "defaults to the function's name.  ``idempotent=True`` declares that running the method\n"
+        "Use as ``@trpc.X`` or ``@trpc.X(name=\"Name\", idempotent=True)``; the method's name in\n"
+        "its service (its path is ``service/name``) defaults to the function's name.  ``idempotent=True`` declares that running the method\n"
         "twice has the effect of running it once, so a client may retry it after a failure even\n"
         "if the server may have run it (the server announces it: docs/PROTOCOL.md, INFO)."
     )
@@ -93,52 +134,141 @@ server_stream = _decorator(Cardinality.SERVER_STREAM, inspect.isasyncgenfunction
 bidi_stream = _decorator(Cardinality.BIDI_STREAM, inspect.isasyncgenfunction, "an async generator function")
 
 
+def _derived_name(cls: type) -> str:
+    """The name of a service class that was given none (see the module's docstring)."""
+    parts = [part for part in f"{cls.__module__}.{cls.__qualname__}".split(".") if part.isidentifier()]
+    if parts[:1] == ["__main__"] and len(parts) > 1:
+        del parts[0]
+    return ".".join(parts)
+
+
 class Service:
     """Base class for services.
 
     Subclass it and decorate the methods clients may call::
 
-        class Greeter(trpc.Service):
+        class Greeter(trpc.Service, name="hello.Greeter"):
             @trpc.unary
             async def greet(self, name: str) -> str:
                 return f"Hello {name}"
 
-    ``__trpc_methods__`` maps wire names to :class:`MethodInfo`; it is computed once, when the
-    class is created.
+    ``name`` is the service's full name (dot-separated identifiers; default: see the module's
+    docstring), the class attribute ``__trpc_service__``.  ``__trpc_methods__`` maps each
+    method's name to its :class:`MethodInfo`; both are computed once, when the class is created.
+
+    Raises:
+        TypeError: (at class creation) a name that is not dot-separated identifiers, or two
+            methods with one name.
     """
 
+    __trpc_service__: str = ""
     __trpc_methods__: dict[str, MethodInfo] = {}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if name is not None:
+            if not isinstance(name, str) or not _SERVICE_NAME.match(name):
+                raise TypeError(
+                    f"{cls.__qualname__}: a service name is identifiers joined by dots (e.g. 'kv.Store'), not {name!r}"
+                )
+            cls.__trpc_named__ = name  # inherited by subclasses that name none
+        service = getattr(cls, "__trpc_named__", None) or _derived_name(cls)
         methods: dict[str, MethodInfo] = {}
         for klass in reversed(cls.__mro__):
             for attribute, value in vars(klass).items():
                 marker = getattr(value, _ATTR, None)
                 if marker is None:
                     continue
-                name, cardinality, idempotent = marker
-                # A subclass overriding a method replaces it, under whatever wire name it had.
+                method, cardinality, idempotent = marker
+                # A subclass overriding a method replaces it, under whatever name it had.
                 methods = {k: v for k, v in methods.items() if v.attribute != attribute}
-                if name in methods:
-                    raise TypeError(f"{cls.__name__}: two methods are named {name!r} on the wire")
-                methods[name] = MethodInfo(name, cardinality, attribute, idempotent)
+                if method in methods:
+                    raise TypeError(f"{cls.__name__}: two methods are named {method!r}")
+                methods[method] = MethodInfo(method, cardinality, attribute, idempotent, service)
+        cls.__trpc_service__ = service
         cls.__trpc_methods__ = methods
 
 
-def collect_methods(services: Iterable[Any]) -> dict[str, tuple[Callable, MethodInfo]]:
-    """Map each wire name to (bound method, info) across several service objects.
+def service_name(service: Any) -> str:
+    """The full name of a :class:`Service` subclass or instance (``"kv.Store"``).
 
     Raises:
-        TypeError: an object is not a :class:`Service`, or two services share a method name.
+        TypeError: not a Service class or instance.
     """
-    table: dict[str, tuple[Callable, MethodInfo]] = {}
-    for service in services:
-        methods = getattr(type(service), "__trpc_methods__", None)
-        if not isinstance(service, Service) or methods is None:
-            raise TypeError(f"{service!r} is not a trpc.Service instance")
-        for name, info in methods.items():
-            if name in table:
-                raise TypeError(f"method {name!r} is defined by two services")
-            table[name] = (getattr(service, info.attribute), info)
-    return table
+    cls = service if isinstance(service, type) else type(service)
+    if not issubclass(cls, Service) or cls is Service:
+        raise TypeError(f"{service!r} is not a trpc.Service")
+    return cls.__trpc_service__
+
+
+def _quote(name: str) -> str:
+    """A name in a message, quoted so that odd characters show (as JSON writes text)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"' if name.isprintable() else repr(name)
+
+
+class MethodTable:
+    """The methods of several services, as a server dispatches them (see the module's docstring).
+
+    Attributes:
+        services: service name -> the service object, in the order given.
+        methods: path -> (bound method, info), services in order, methods in class order.
+        lookup: every name a client may send -> (bound method, info): each path, and each
+            short name that exactly one service has.
+        ambiguous: short name -> the paths of the methods that share it (more than one).
+
+    Raises:
+        TypeError: an object is not a :class:`Service` instance, or two share a service name.
+    """
+
+    def __init__(self, services: Iterable[Any]) -> None:
+        self.services: dict[str, Any] = {}
+        self.methods: dict[str, tuple[Callable, MethodInfo]] = {}
+        by_short: dict[str, list[str]] = {}
+        for service in services:
+            methods = getattr(type(service), "__trpc_methods__", None)
+            if not isinstance(service, Service) or methods is None:
+                raise TypeError(f"{service!r} is not a trpc.Service instance")
+            name = type(service).__trpc_service__
+            if name in self.services:
+                raise TypeError(
+                    f"two services are named {name!r} ({type(self.services[name]).__qualname__} and "
+                    f"{type(service).__qualname__}): name one with class ...(trpc.Service, name='...')"
+                )
+            self.services[name] = service
+            for info in methods.values():
+                self.methods[info.path] = (getattr(service, info.attribute), info)
+                by_short.setdefault(info.name, []).append(info.path)
+        self.lookup = dict(self.methods)
+        self.ambiguous: dict[str, list[str]] = {}
+        for short, paths in by_short.items():
+            if len(paths) == 1:
+                self.lookup.setdefault(short, self.methods[paths[0]])
+            else:
+                self.ambiguous[short] = paths
+
+    def short_names(self, path: str) -> tuple[str, ...]:
+        """The names a client may send for the method at ``path``: the path, and its short
+        name if that is not ambiguous."""
+        info = self.methods[path][1]
+        return (path, info.name) if self.lookup.get(info.name, (None, None))[1] is info else (path,)
+
+    def explain_unknown(self, name: str) -> str:
+        """Why ``name`` (not in :attr:`lookup`) names no method: the message of UNIMPLEMENTED."""
+        service, slash, method = name.rpartition("/")
+        if slash:
+            if service not in self.services:
+                return f"unknown service {_quote(service)}"
+            return f"service {_quote(service)} has no method {_quote(method)}"
+        paths = self.ambiguous.get(name)
+        if paths:
+            return f"short name {_quote(name)} is ambiguous: call it by its path, one of {', '.join(paths)}"
+        return f"unknown method {_quote(name)}"
+
+
+def collect_methods(services: Iterable[Any]) -> dict[str, tuple[Callable, MethodInfo]]:
+    """Map each path to (bound method, info) across several service objects.
+
+    Raises:
+        TypeError: an object is not a :class:`Service`, or two services share a name.
+    """
+    return MethodTable(services).methods

@@ -31,6 +31,7 @@ import trio
 from .._errors import RpcError
 from .._events import CallEnded, GoAwayReceived, HeadersReceived, MessagesReceived, PrefaceReceived, InfoReceived
 from .._server import format_peer
+from .._service import Cardinality
 from .._status import Status
 from .._tls import describe_tls_failure
 from .._transport import _SPEAKS_TLS, Parker, TrioConnection
@@ -95,6 +96,9 @@ class ClientConnection(TrioConnection):
         self.slot_waiters = trio.lowlevel.ParkingLot()
         #: Wire names of the methods the server declares idempotent (its INFO frame).
         self.idempotent: frozenset[str] = frozenset()
+        #: Each method's call shape by path (``"kv.Store/get"``), as the INFO frame declared
+        #: them (empty: none declared, e.g. a server of protocol 1.0).
+        self.methods: dict[str, Cardinality] = {}
         #: New calls may start here (see the module's docstring).
         self.usable = False
         #: Called once, synchronously, when the connection stops being usable.
@@ -136,6 +140,7 @@ class ClientConnection(TrioConnection):
 
     def _on_info(self, event: InfoReceived) -> None:
         self.idempotent = event.idempotent
+        self.methods = event.methods
 
     def _on_goaway(self, event: GoAwayReceived) -> None:
         logger.debug("trpc: server %s is going away: %s %s", self.peer, event.status.name, event.message)

@@ -57,7 +57,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from functools import partial
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from .. import _framer
 from .._cext import speedups
@@ -78,6 +78,7 @@ from .._events import (
     SendCreditAvailable,
     StreamEnded,
 )
+from .._service import SHAPE_CODES, Cardinality
 from .._status import Status
 from . import _control
 from ._flow import DEFAULT_CONNECTION_WINDOW, DEFAULT_STREAM_WINDOW, Ledger
@@ -256,7 +257,9 @@ class Connection:
             connection.
         idempotent_methods: (server) the wire names of the methods the server declares
             idempotent, announced to a client of protocol 1.1 or later in an INFO frame (as
-            many as fit it) right after its preface; none (the default): no INFO.
+            many as fit it) right after its preface.
+        methods: (server) each method's path and call shape, announced in the same INFO
+            frame (as many as fit after the idempotent names).  Neither (the default): no INFO.
 
     Call :meth:`initiate` first; it queues the preface.
     """
@@ -275,6 +278,7 @@ class Connection:
         min_ping_interval: float | None = None,
         max_ping_strikes: int = DEFAULT_MAX_PING_STRIKES,
         idempotent_methods: Iterable[str] = (),
+        methods: Mapping[str, Cardinality] | None = None,
     ) -> None:
         self.role = Role(role)
         self._client = self.role is Role.CLIENT
@@ -303,8 +307,15 @@ class Connection:
             raise ValueError("idempotent_methods is the server's to announce")
         if not all(isinstance(name, str) for name in idempotent_methods):
             raise ValueError("idempotent_methods must be method names (text)")
-        #: (server) What INFO announces (see the module's docstring).
+        if methods and self._client:
+            raise ValueError("methods is the server's to announce")
+        shapes = frozenset((path, SHAPE_CODES[shape]) for path, shape in (methods or {}).items())
+        if not all(isinstance(path, str) for path, _ in shapes):
+            raise ValueError("methods must map paths (text) to shapes")
+        #: (server) What INFO announces (see the module's docstring): idempotent names, and
+        #: (path, shape number) pairs.
         self.idempotent_methods = idempotent_methods
+        self._info_shapes = shapes
         self.max_frame_size = max_frame_size
         self.max_message_size = max_message_size
         self.stream_window = stream_window
@@ -965,14 +976,15 @@ class Connection:
             initial_window=stream_window,
         )
         events.append(self.peer_preface)
-        if self.idempotent_methods and minor >= INFO_MINOR_VERSION:
+        if (self.idempotent_methods or self._info_shapes) and minor >= INFO_MINOR_VERSION:
             self._send_info()
         return buf[size:]
 
     def _send_info(self) -> None:
         """(server) Queue INFO, right after the client's preface: before any frame of a stream,
         so a client that sees one without INFO before it knows that none is coming."""
-        payload = _control.encode_info(self.idempotent_methods, min(MAX_HEADERS_SIZE, self._peer_max_frame))
+        limit = min(MAX_HEADERS_SIZE, self._peer_max_frame)
+        payload = _control.encode_info(self.idempotent_methods, self._info_shapes, limit)
         if payload is not None and self._move("send_info"):
             self._frame(FrameType.INFO, 0, 0, payload)
 
@@ -1328,10 +1340,10 @@ class Connection:
             raise RemoteProtocolError("a client cannot send INFO")
         if stream_id != 0 or flags:
             raise RemoteProtocolError("malformed INFO frame (stream 0, no flags)")
-        idempotent = _control.parse_info(payload)
+        idempotent, methods = _control.parse_info(payload)
         if not self._move("recv_info"):
             raise RemoteProtocolError("a second INFO frame (a server sends at most one per connection)")
-        self.info_received = InfoReceived(idempotent=idempotent)
+        self.info_received = InfoReceived(idempotent=idempotent, methods=methods)
         events.append(self.info_received)
 
 

@@ -16,6 +16,7 @@ import cbor2
 
 from .._codec import _dumps, _loads
 from .._errors import LocalProtocolError, RemoteProtocolError
+from .._service import SHAPE_CODES, Cardinality
 from .._status import Status
 from ._frames import MAX_HEADERS_SIZE
 
@@ -43,7 +44,10 @@ _H_METHOD, _H_TIMEOUT, _H_METADATA = 1, 2, 3
 _T_STATUS, _T_MESSAGE, _T_DETAILS, _T_METADATA, _T_NOT_PROCESSED = 1, 2, 3, 4, 5
 _C_REASON, _C_MESSAGE = 1, 2
 _G_LAST_STREAM, _G_STATUS, _G_MESSAGE = 1, 2, 3
-_I_IDEMPOTENT = 1
+_I_IDEMPOTENT, _I_METHODS = 1, 2
+#: INFO key 2's shape numbers (docs/PROTOCOL.md section 3); a number not here (a later
+#: version's shape) leaves its method out of what the client learns.
+_SHAPES = {code: cardinality for cardinality, code in SHAPE_CODES.items()}
 
 #: TRAILERS for a plain OK, ``{1: 0}``: most calls end with exactly these bytes.
 OK_TRAILERS = cbor2.dumps({_T_STATUS: 0})
@@ -159,12 +163,19 @@ def _array_head_size(count: int) -> int:
     return 1 if count < 24 else 2 if count < 256 else 3 if count < 65536 else 5
 
 
-@lru_cache(maxsize=16)  # one server passes the same set, and mostly one limit, per connection
-def encode_info(idempotent: frozenset[str], limit: int) -> bytes | None:
-    """The INFO map ``{1: [names]}`` of at most ``limit`` bytes, or None if it would say
-    nothing.  The names go in sorted order; a name that would take the payload beyond
-    ``limit`` is left out and the next ones are tried (docs/PROTOCOL.md: a client does not
-    learn of the names left out, and treats those methods as not idempotent)."""
+def _map_head_size(count: int) -> int:
+    """Bytes of the CBOR head of a map of ``count`` pairs (as an array's: same lengths)."""
+    return _array_head_size(count)
+
+
+@lru_cache(maxsize=16)  # one server passes the same sets, and mostly one limit, per connection
+def encode_info(idempotent: frozenset[str], methods: frozenset[tuple[str, int]], limit: int) -> bytes | None:
+    """The INFO map ``{1: [names], 2: {path: shape}}`` of at most ``limit`` bytes, or None if
+    it would say nothing.  Key 1 is filled first, then key 2, each in sorted order; an entry
+    that would take the payload beyond ``limit`` is left out and the next ones are tried
+    (docs/PROTOCOL.md: a client does not learn of the entries left out: it treats those
+    methods as not idempotent, or of an unknown shape).  ``methods`` holds (path, shape
+    number) pairs, shape numbers below 24 (one byte each)."""
     names: list[str] = []
     size = 0  # the names' encoded bytes
     for name in sorted(idempotent):
@@ -173,9 +184,23 @@ def encode_info(idempotent: frozenset[str], limit: int) -> bytes | None:
         if 2 + _array_head_size(len(names) + 1) + size + encoded <= limit:
             names.append(name)
             size += encoded
-    if not names:
+    used = 1 + (1 + _array_head_size(len(names)) + size if names else 0)  # the map head, key 1
+    shapes: dict[str, int] = {}
+    size = 0  # the pairs' encoded bytes
+    for path, code in sorted(methods):
+        encoded = len(cbor2.dumps(path)) + 1
+        # Key 2 (a byte), the inner map's head, the pairs.
+        if used + 1 + _map_head_size(len(shapes) + 1) + size + encoded <= limit:
+            shapes[path] = code
+            size += encoded
+    fields: dict[int, Any] = {}
+    if names:
+        fields[_I_IDEMPOTENT] = names
+    if shapes:
+        fields[_I_METHODS] = shapes
+    if not fields:
         return None
-    payload = cbor2.dumps({_I_IDEMPOTENT: names})
+    payload = cbor2.dumps(fields)
     assert len(payload) <= limit, (len(payload), limit)
     return payload
 
@@ -280,13 +305,21 @@ def parse_cancel(payload: bytes) -> tuple[Status, str]:
     return Status.from_wire(reason), message
 
 
-def parse_info(payload: bytes) -> frozenset[str]:
-    """INFO: the names of the methods the server declares idempotent (key 1, absent: none)."""
+def parse_info(payload: bytes) -> tuple[frozenset[str], dict[str, Cardinality]]:
+    """INFO: the names of the methods the server declares idempotent (key 1, absent: none),
+    and each method's shape by path (key 2, absent: none; a shape number this side does not
+    know leaves its method out)."""
     fields = _decode_map("INFO", payload)
     names = fields.get(_I_IDEMPOTENT, [])
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise RemoteProtocolError("INFO key 1 (idempotent methods) must be an array of text")
-    return frozenset(names)
+    shapes = fields.get(_I_METHODS, {})
+    if not isinstance(shapes, dict) or not all(
+        isinstance(path, str) and type(code) is int and code >= 0 for path, code in shapes.items()
+    ):
+        raise RemoteProtocolError("INFO key 2 (methods) must be a map from text to unsigned integers")
+    methods = {path: _SHAPES[code] for path, code in shapes.items() if code in _SHAPES}
+    return frozenset(names), methods
 
 
 def parse_goaway(payload: bytes) -> tuple[int, Status, str]:
