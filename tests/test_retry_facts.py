@@ -583,3 +583,64 @@ async def test_a_call_that_crosses_the_shutdown_goaway_is_refused_as_not_process
         while server.connections:
             await trio.sleep(0.01)
     await client.stream.aclose()
+
+
+# ===================================================================== INFO key 2: the shapes
+SHAPES = {"s.S/u": trpc.Cardinality.UNARY, "s.S/ss": trpc.Cardinality.SERVER_STREAM,
+          "s.S/cs": trpc.Cardinality.CLIENT_STREAM, "s.S/bd": trpc.Cardinality.BIDI_STREAM}
+
+
+def test_the_shapes_reach_the_client_core_as_numbers_on_the_wire(framer_cls):
+    pair, events = informed_pair(framer_cls, idempotent=(), methods=SHAPES)
+    assert events[1] == InfoReceived(idempotent=frozenset(), methods=SHAPES)
+    server = server_core(framer_cls, idempotent=(), methods=SHAPES)
+    server.receive_data(preface(minor=1))
+    assert info_frames(framer_cls, server.data_to_send()[28:]) == [{2: {"s.S/u": 0, "s.S/ss": 1, "s.S/cs": 2, "s.S/bd": 3}}]
+
+
+def test_a_shape_number_we_do_not_know_leaves_its_method_out(framer_cls):
+    client = Connection("client", framer=framer_cls)
+    client.receive_data(preface(minor=1))
+    (event,) = client.receive_data(frame(INFO, 0, 0, cbor2.dumps({2: {"a/x": 0, "a/later": 4}})))
+    assert event == InfoReceived(idempotent=frozenset(), methods={"a/x": trpc.Cardinality.UNARY})
+
+
+@pytest.mark.parametrize("shapes", [["a/x", 0], {"a/x": -1}, {"a/x": True}, {"a/x": "unary"}, {b"a/x": 0}, {1: 0}],
+                         ids=["array", "negative", "bool", "text", "bytes-key", "int-key"])
+def test_a_key_2_that_is_not_a_map_of_text_to_unsigned_integers_is_a_protocol_error(framer_cls, shapes):
+    client = Connection("client", framer=framer_cls)
+    client.initiate()
+    client.receive_data(preface(minor=1))
+    client.data_to_send()
+    assert_client_fails(framer_cls, client, frame(INFO, 0, 0, cbor2.dumps({2: shapes})), "key 2")
+
+
+def test_only_a_server_declares_shapes(framer_cls):
+    with pytest.raises(ValueError, match="server"):
+        Connection("client", framer=framer_cls, methods=SHAPES)
+
+
+def test_a_server_with_nothing_to_declare_sends_no_info(framer_cls):
+    server = server_core(framer_cls, idempotent=(), methods={})
+    server.receive_data(preface(minor=1))
+    assert info_frames(framer_cls, server.data_to_send()[28:]) == []
+
+
+def test_shapes_too_many_for_info_are_cut_after_the_idempotent_names(framer_cls):
+    """Key 1 is filled first; key 2 takes what room is left, paths in sorted order, each one
+    kept while it still fits the client's 16 KiB frame."""
+    names = {f"{i:03d}" + "n" * 97 for i in range(100)}  # about 10 KB of idempotent names
+    shapes = {f"s.S/{i:03d}" + "p" * 95: trpc.Cardinality.UNARY for i in range(100)}  # about 10 KB
+    server = server_core(framer_cls, idempotent=names, methods=shapes)
+    server.receive_data(preface(minor=1, max_frame=16_384))
+    ((ftype, _, _, payload),) = after_preface(framer_cls, server.data_to_send())
+    info = cbor2.loads(payload)
+    assert ftype == INFO and len(payload) <= 16_384
+    assert info[1] == sorted(names)  # all of key 1
+    kept = list(info[2])
+    assert 0 < len(kept) < 100 and kept == sorted(shapes)[: len(kept)]
+    assert len(payload) + len(cbor2.dumps(sorted(shapes)[len(kept)])) + 1 > 16_384  # the next did not fit
+    client = Connection("client", framer=framer_cls, max_frame_size=16_384)
+    client.receive_data(preface())
+    (event,) = client.receive_data(frame(INFO, 0, 0, payload))
+    assert event.methods == {path: trpc.Cardinality.UNARY for path in kept}
