@@ -107,6 +107,38 @@ async def test_serve_then_call(nursery):
         process.terminate()
 
 
+async def test_serve_serves_several_services_and_prints_their_paths(nursery):
+    process = await nursery.start(
+        lambda task_status: trio.run_process(
+            [sys.executable, "-m", "trpc", "serve", "trpc.examples:Greeter", "tests.services:Svc", "--port", "0"],
+            stdout=subprocess.PIPE, check=False, task_status=task_status,
+        )
+    )
+    try:
+        address = await listening_address(process)
+        lines = b""
+        with trio.fail_after(30):
+            while lines.count(b"\n") < 4:
+                lines += await process.stdout.receive_some()
+        services = lines.decode().splitlines()
+        assert services[0].startswith("service hello.Greeter: hello.Greeter/greet ")
+        assert services[1].startswith("service tests.services.Svc: tests.services.Svc/greet tests.services.Svc/add ")
+        assert services[2:] == ["service grpc.health.v1.Health: grpc.health.v1.Health/Check grpc.health.v1.Health/Watch",
+                                "service trpc.reflection.v1.Reflection: trpc.reflection.v1.Reflection/Describe"]
+        greeted = await run_cli("call", address, "hello.Greeter/greet", "Ada")
+        added = await run_cli("call", address, "add", "1", "2")
+        assert (greeted.stdout, added.stdout) == (b"Hello Ada\n", b"3\n")
+    finally:
+        process.terminate()
+
+
+async def test_serve_refuses_two_services_with_one_name_in_one_line():
+    result = await run_cli("serve", "tests.services:Svc", "tests.services:Svc", "--port", "0")
+    assert result.returncode != 0
+    assert result.stderr.decode().strip() == (
+        "trpc: two services are named 'tests.services.Svc' (Svc and Svc): name one with class ...(trpc.Service, name='...')")
+
+
 async def test_serve_rejects_what_is_not_a_service():
     result = await run_cli("serve", "trpc:Status", "--port", "0")
     assert result.returncode != 0 and b"trpc.Service" in result.stderr

@@ -6,9 +6,11 @@
   taken as a plain string otherwise (``Ada``).  ``--stdin`` sends each line of standard input as
   one request message instead (client- and bidi-streaming methods).  ADDRESS is ``HOST:PORT``
   or ``unix:PATH`` (a Unix domain socket; ``unix:///abs/path`` too, see trpc._address).
-- ``trpc serve MODULE:SERVICE [--host H] [--port P] [--grace S]`` imports SERVICE (a Service
-  subclass, built with no arguments, or an instance) and serves it; prints ``listening on
-  HOST:PORT`` once ready; on SIGINT or SIGTERM it shuts down gracefully (``Server.shutdown``).
+- ``trpc serve MODULE:SERVICE [MODULE:SERVICE ...] [--host H] [--port P] [--grace S]`` imports
+  each SERVICE (a Service subclass, built with no arguments, or an instance) and serves them all
+  on one server; prints ``listening on HOST:PORT (framer F)`` once ready, then one line per
+  service served, ``service NAME: PATH PATH ...`` (the built-in health and reflection services
+  too); on SIGINT or SIGTERM it shuts down gracefully (``Server.shutdown``).
 - ``trpc serve MODULE:SERVICE --unix PATH [--unix-mode OCTAL]`` serves on a Unix domain socket
   instead (``Server.serve_unix``: a dead server's socket there is replaced, the file is removed
   on exit); given ``--host`` or ``--port`` too, it serves on both, one server, one line
@@ -225,8 +227,11 @@ def _load_service(spec: str) -> Any:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    service = _load_service(args.service)
-    server = Server(service, framer=args.framer, **_server_limits(args), **_server_lifetimes(args))
+    services = [_load_service(spec) for spec in args.service]
+    try:
+        server = Server(*services, framer=args.framer, **_server_limits(args), **_server_lifetimes(args))
+    except TypeError as exc:  # two services with one name
+        raise SystemExit(f"trpc: {exc}") from None
     ssl_context = _server_tls(args)
     listeners = []
     if args.unix is not None:
@@ -245,7 +250,12 @@ async def _serve(args: argparse.Namespace) -> int:
                     nursery.cancel_scope.cancel()
                     return 1
                 shown = Address.unix(where) if isinstance(where, str) else Address.tcp(*where)
-                print(f"listening on {shown} ({type(service).__name__}, framer {server._framer.name})", flush=True)
+                print(f"listening on {shown} (framer {server._framer.name})", flush=True)
+            paths: dict[str, list[str]] = {}
+            for path, info in server.methods.items():
+                paths.setdefault(info.service, []).append(path)
+            for name, served in paths.items():
+                print(f"service {name}: {' '.join(served)}", flush=True)
             async for signum in signals:
                 logging.getLogger("trpc").warning(
                     "trpc: %s: shutting down (up to %s s for running calls)", signal.Signals(signum).name, args.grace
@@ -402,7 +412,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_client_options(health)
 
     serve = commands.add_parser("serve", help="serve a trpc.Service over TCP or a Unix domain socket")
-    serve.add_argument("service", metavar="MODULE:SERVICE")
+    serve.add_argument("service", metavar="MODULE:SERVICE", nargs="+",
+                       help="the services to serve, each a Service subclass or instance")
     serve.add_argument("--host", default=None, help=f"address to listen on (default {DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=None, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
     serve.add_argument("--unix", metavar="PATH", default=None,

@@ -8,7 +8,7 @@ import trio
 import trpc
 
 
-class Greeter(trpc.Service):
+class Greeter(trpc.Service, name="hello.Greeter"):
     """Says hello, in each of the four call shapes."""
 
     @trpc.unary
