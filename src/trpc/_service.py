@@ -42,7 +42,6 @@ __all__ = [
     "server_stream",
     "client_stream",
     "bidi_stream",
-    "collect_methods",
     "MethodTable",
     "service_name",
     "SHAPE_CODES",
@@ -263,12 +262,3 @@ class MethodTable:
         if paths:
             return f"short name {_quote(name)} is ambiguous: call it by its path, one of {', '.join(paths)}"
         return f"unknown method {_quote(name)}"
-
-
-def collect_methods(services: Iterable[Any]) -> dict[str, tuple[Callable, MethodInfo]]:
-    """Map each path to (bound method, info) across several service objects.
-
-    Raises:
-        TypeError: an object is not a :class:`Service`, or two services share a name.
-    """
-    return MethodTable(services).methods
