@@ -81,6 +81,7 @@ class Processes:
         self.directory = directory
         self.records = records
         self.started: list[trio.Process] = []
+        self._unread: dict[trio.Process, bytes] = {}
 
     def _env(self) -> dict[str, str]:
         return {**os.environ, RECORDS_VARIABLE: str(self.records)}
@@ -114,10 +115,10 @@ class Processes:
         self.started.append(process)
         return process, log
 
-    @staticmethod
-    async def read_line(process: trio.Process, seconds: float) -> str:
-        """The next line of the process's standard output (bounded in time and size)."""
-        data = b""
+    async def read_line(self, process: trio.Process, seconds: float) -> str:
+        """The next line of the process's standard output (bounded in time and size); what
+        came after it in the same read is kept for the next call."""
+        data = self._unread.pop(process, b"")
         with trio.fail_after(seconds):
             while b"\n" not in data:
                 chunk = await process.stdout.receive_some()
@@ -126,8 +127,10 @@ class Processes:
                 data += chunk
                 if len(data) > 10_000_000:
                     raise AssertionError("no end of line in 10 MB of output")
-        assert not data.partition(b"\n")[2], "more output than one line"
-        return data.decode().strip()
+        line, _, rest = data.partition(b"\n")
+        if rest:
+            self._unread[process] = rest
+        return line.decode().strip()
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
