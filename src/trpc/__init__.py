@@ -31,6 +31,7 @@ from ._errors import (
     TransportError,
     TruncatedFrameError,
     TrpcError,
+    WorkerStartError,
 )
 from ._framer import get_framer
 from ._health import HealthStatus
@@ -48,6 +49,7 @@ from ._reflection import (
 from ._service import Cardinality, Service, bidi_stream, client_stream, server_stream, service_name, unary
 from ._status import Status
 from ._version import __version__
+from ._workers import serve_workers
 
 __all__ = [
     "Cardinality",
@@ -87,6 +89,7 @@ __all__ = [
     "TransportError",
     "TrpcError",
     "TruncatedFrameError",
+    "WorkerStartError",
     "__version__",
     "bidi_stream",
     "client_stream",
@@ -97,6 +100,7 @@ __all__ = [
     "open_client",
     "serve",
     "serve_unix",
+    "serve_workers",
     "server_stream",
     "service_name",
     "unary",

@@ -15,6 +15,9 @@
   instead (``Server.serve_unix``: a dead server's socket there is replaced, the file is removed
   on exit); given ``--host`` or ``--port`` too, it serves on both, one server, one line
   ``listening on ...`` per listener (the Unix one first).
+- ``trpc serve MODULE:SERVICE --workers N`` (or ``auto``: the CPUs this process may use) serves
+  one TCP port from N worker processes under a supervisor (trpc._workers: restarts, SIGHUP for
+  a rolling restart, SIGTERM drains them all).
 - ``trpc serve --max-connections N --preface-timeout S``: the server's admission limits
   (``Server(max_connections=..., preface_timeout=...)``).
 - TLS: ``trpc serve --tls-cert PEM [--tls-key PEM] [--tls-client-ca PEM]`` and
@@ -67,6 +70,7 @@ from ._server import DEFAULT_HOST, DEFAULT_MAX_CONNECTION_AGE_GRACE, DEFAULT_POR
 from .wire import DEFAULT_MAX_PING_STRIKES, DEFAULT_MIN_PING_INTERVAL, Connection
 from ._service import Service
 from ._version import __version__
+from ._workers import parse_workers, serve_command
 
 __all__ = ["main"]
 
@@ -357,6 +361,13 @@ def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     return context
 
 
+def _workers_count(text: str) -> int:
+    try:
+        return parse_workers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _octal(text: str) -> int:
     """File permissions as chmod takes them: ``660``, ``0o660``."""
     return int(text, 8)
@@ -435,6 +446,9 @@ def _parser() -> argparse.ArgumentParser:
                             "descriptor limit, ulimit -n)")
     serve.add_argument("--preface-timeout", type=float, default=None, metavar="S",
                        help="seconds a new connection has for its TLS handshake and trpc preface (default 10)")
+    serve.add_argument("--workers", type=_workers_count, default=None, metavar="N",
+                       help="serve from N worker processes on one port, supervised (auto: one per usable"
+                            " CPU; default: this process alone)")
     serve.add_argument("--grace", type=float, default=10.0,
                        help="on SIGINT/SIGTERM, seconds running calls get to finish (default 10)")
     serve.add_argument("--keepalive-time", type=float, default=SERVER_KEEPALIVE_TIME, metavar="S",
@@ -476,6 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return trio.run(_call, args)
         if args.unix_mode is not None and args.unix is None:
             parser.error("--unix-mode needs --unix")
+        if args.workers is not None:
+            options = {"framer": args.framer, **_server_limits(args), **_server_lifetimes(args)}
+            return serve_command(args, options, partial(_server_tls, args) if _server_tls(args) else None)
         return trio.run(_serve, args)
     except RpcError as exc:
         print(f"{exc.status.name}: {exc.message}", file=sys.stderr)

@@ -15,6 +15,8 @@ Everything trpc raises on purpose derives from :class:`TrpcError`:
 - :class:`TransportError` wraps failures of the underlying byte stream (Trio's
   ``BrokenResourceError``, ``ClosedResourceError``, ``OSError``); they are translated in one
   place, the Trio transport layer, and never leak from the public API in their raw form.
+- :class:`WorkerStartError` means ``trpc.serve_workers`` could not start its worker processes
+  (a factory that does not import, a port in use); its message is the one-line reason.
 
 This module imports nothing but the standard library so that the sans-IO core, the framers and
 the Trio layer can all share it.
@@ -37,6 +39,7 @@ __all__ = [
     "FrameTooLargeError",
     "TruncatedFrameError",
     "TransportError",
+    "WorkerStartError",
 ]
 
 
@@ -152,3 +155,8 @@ class ConfigError(TrpcError, ValueError):
 
 class TransportError(TrpcError):
     """The underlying byte stream failed (reset, closed, unreachable)."""
+
+
+class WorkerStartError(TrpcError):
+    """``trpc.serve_workers`` could not start its workers; the message is the reason, one line
+    (``cannot import app: No module named 'app'``, ``cannot listen on 127.0.0.1:50051: ...``)."""

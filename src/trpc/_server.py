@@ -1002,6 +1002,22 @@ class Server:
         certificate in a handler from ``trpc.current_call().peer_certificate``.
         """
         listeners = await trio.open_tcp_listeners(port, host=host)
+        await self.serve_listeners(listeners, ssl_context=ssl_context, handler_nursery=handler_nursery,
+                                   task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        handler_nursery: trio.Nursery | None = None,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve TCP listeners opened elsewhere, as ``serve_tcp`` serves its own: for sockets
+        with options ``serve_tcp`` does not set (``SO_REUSEPORT``, see trpc._workers) or
+        inherited from a parent process.  Takes the listeners over: they are closed when
+        listening stops.  ``task_status.started`` reports the first one's ``(host, port)``.
+        """
         address = listeners[0].socket.getsockname()[:2]
         serve = self._connection_server(ssl_context)
 
