@@ -261,9 +261,10 @@ class Channel:
             connection = self.pick()
             if connection is not None:
                 return connection
-            if self.state is _S.SHUTDOWN:
-                raise self.unavailable()
-            if not wait_for_ready and self.state is _S.TRANSIENT_FAILURE:
+            if self.state is _S.SHUTDOWN or (not wait_for_ready and self.state is _S.TRANSIENT_FAILURE):
+                # Failing fast still yields (a Trio checkpoint): a caller that retries in a loop
+                # must not starve the tasks that would reconnect the channel.
+                await trio.lowlevel.checkpoint()
                 raise self.unavailable()
             await self._changed.wait()
 
