@@ -210,7 +210,9 @@ async def test_a_killed_worker_fails_only_the_calls_on_its_connections_and_is_ba
                 stop = trio.Event()
 
                 async def caller(index: int, caller_number: int) -> None:
-                    for count in range(1000):
+                    # Bounded, and far above what 5 s allows even when calls fail at once (about
+                    # 1,000 in 70 ms on a client whose reconnection was reset).
+                    for count in range(200_000):
                         if stop.is_set():
                             return
                         started = trio.current_time()
@@ -232,20 +234,27 @@ async def test_a_killed_worker_fails_only_the_calls_on_its_connections_and_is_ba
                     killed_at = trio.current_time()
                     # Back: a new worker answers on a new connection (the kernel picks its listener
                     # for half of them).
+                    resets = 0
                     for attempt in range(80):  # 4 s at most
                         try:
                             pid = await pid_over_a_new_connection(sup.address, f"after.{attempt}")
                         except RpcError as exc:
                             # A connection the kernel queued on the dying worker's listener is reset
                             # when that listener closes (trpc._workers: "Sockets").
-                            assert exc.status is Status.UNAVAILABLE and trio.current_time() - killed_at < 1, exc
+                            assert exc.status is Status.UNAVAILABLE, exc
+                            resets += 1
                             continue
                         if pid not in worker_of:
                             break
                         await trio.sleep(0.05)
                     back_after = trio.current_time() - killed_at
                     assert pid not in worker_of and pid in sup.workers()
-                    await trio.sleep(0.5)
+                    # Each client of the victim is answered again (a reset reconnection waits out
+                    # its connection backoff: 1 s, then 1.6 s).
+                    await wait_until(lambda: all(
+                        any(o[0] == index and o[3] is not None and o[2] > killed_at for o in outcomes)
+                        for index, pid in enumerate(worker_of) if pid == victim
+                    ), 6, "every client of the killed worker answered again", every=0.1)
                     stop.set()
                 nursery.cancel_scope.cancel()
 
@@ -254,8 +263,11 @@ async def test_a_killed_worker_fails_only_the_calls_on_its_connections_and_is_ba
     assert failures, "no call failed: nothing was running on the killed worker"
     assert {status for *_, status in failures} == {"UNAVAILABLE"}
     assert {index for index, *_ in failures} <= on_victim
-    for index in on_victim:  # at most the calls it had in flight; then it reconnected
-        assert len([f for f in failures if f[0] == index]) <= 2
+    # Each client of the victim reconnected and was answered again.  (Most fail only the calls
+    # they had in flight; a client whose reconnection the kernel queued on the dying worker's
+    # listener is reset, and its calls fail at once until its connection backoff ends: see
+    # trpc._workers, "Sockets".)
+    for index in on_victim:
         assert any(o[0] == index and o[3] is not None and o[2] > killed_at for o in outcomes)
     # The calls running on the victim just before it died are among the failures.
     assert {call_id for _method, call_id in running} <= {call_id for _, call_id, *_ in failures}
