@@ -31,6 +31,11 @@ and a second ``--workers`` server of the same user cannot silently join the firs
 it picks the port when asked for port 0, and the supervisor holds it for its whole life.
 Elsewhere (macOS and the other BSDs, whose ``SO_REUSEPORT`` does not balance) the supervisor
 opens one listening socket and every worker inherits it and accepts from its one queue.
+What ``SO_REUSEPORT`` cannot do: a connection the kernel has queued on one worker's listener
+stays there, and is reset when that listener closes (a worker killed, or one draining, in the
+instant between its last accept and its close).  A trpc client counts that as a failed connection
+attempt and reconnects after its connection backoff; Linux 5.14's ``net.ipv4.tcp_migrate_req=1``
+moves such connections to another listener instead.
 
 **Signals.**  SIGTERM or SIGINT to the supervisor: every worker gets SIGTERM and does what
 ``trpc serve`` does on SIGTERM (``Server.shutdown``: health NOT_SERVING, stop accepting, GOAWAY,
