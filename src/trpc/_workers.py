@@ -843,7 +843,8 @@ def serve_command(args: Any, options: dict[str, Any], ssl_context_factory: Calla
             except (WorkerStartError, TypeError, ValueError) as exc:  # raised before it started: alone
                 return str(exc)
             shown = f"[{where[0]}]:{where[1]}" if ":" in where[0] else f"{where[0]}:{where[1]}"
-            print(f"listening on {shown} ({args.service}, {args.workers} workers)", flush=True)
+            services = args.service if isinstance(args.service, str) else ", ".join(args.service)
+            print(f"listening on {shown} ({services}, {args.workers} workers)", flush=True)
         return None
 
     failure = trio.run(main)
