@@ -18,6 +18,7 @@ wire.  Deadlines and cancellation follow Trio's cancel scopes across the wire.
 
 from ._framed import FramedChannel
 from ._client import Client, ClientStream, Method, ServiceMethods, open_client
+from ._blocking import BlockingClient, connect
 from .channel import ConnectivityState
 from ._config import ClientConfig, ConnectionBackoff, MethodConfig, RetryPolicy, RetryThrottling
 from ._context import CallContext, current_call
@@ -52,6 +53,7 @@ from ._version import __version__
 from ._workers import serve_workers
 
 __all__ = [
+    "BlockingClient",
     "Cardinality",
     "CallContext",
     "CallDetails",
@@ -93,6 +95,7 @@ __all__ = [
     "__version__",
     "bidi_stream",
     "client_stream",
+    "connect",
     "current_call",
     "field",
     "get_framer",
