@@ -40,6 +40,7 @@ the interpreter's exit; a client that is garbage collected unclosed is closed th
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import threading
 import weakref
 from typing import Any, Callable, Iterable, Iterator
@@ -144,15 +145,18 @@ class _Runner:
             raise RuntimeError("a blocking trpc call from the client's own Trio thread would wait on itself")
         future: concurrent.futures.Future = concurrent.futures.Future()
         scope = trio.CancelScope()
-        submitted = False
+        if self.closed:
+            raise RpcError(Status.UNAVAILABLE, _CLOSED_MESSAGE)
+        # True before the job is handed over: an interrupt may come at any bytecode from here
+        # on, and the job may then be running already (at worst it never started, and the
+        # wait below gives up after CLOSE_TIMEOUT).
+        submitted = True
         try:
-            if self.closed:
-                raise RpcError(Status.UNAVAILABLE, _CLOSED_MESSAGE)
             try:
                 self.token.run_sync_soon(self._spawn, future, scope, fn, args)
             except trio.RunFinishedError:
+                submitted = False
                 raise RpcError(Status.UNAVAILABLE, _CLOSED_MESSAGE) from None
-            submitted = True
             return future.result()
         except BaseException:
             if submitted and not future.done():
@@ -191,17 +195,14 @@ class _Runner:
             self.thread.join(CLOSE_TIMEOUT)
 
 
-def _shape_of(client: Client, name: str) -> Cardinality | None:
-    """The shape the server declared for ``name`` (a path or a short name), from the first
-    ready connection's INFO frame; None when unknown."""
-    for connection in client._channel.ready:
-        methods = connection.methods
-        shape = methods.get(name)
-        if shape is None and "/" not in name:
-            shapes = [shape for path, shape in methods.items() if path.rpartition("/")[2] == name]
-            shape = shapes[0] if len(shapes) == 1 else None
-        return shape
-    return None
+def _declared_shape(methods: dict[str, Cardinality], name: str) -> Cardinality | None:
+    """The shape ``methods`` (a connection's INFO) gives ``name``, a path or a short name that
+    exactly one path ends with; None when it gives none."""
+    shape = methods.get(name)
+    if shape is None and "/" not in name:
+        shapes = [shape for path, shape in methods.items() if path.rpartition("/")[2] == name]
+        shape = shapes[0] if len(shapes) == 1 else None
+    return shape
 
 
 async def _async_items(items: Iterator[Any]) -> Any:
@@ -339,11 +340,7 @@ class BlockingMethod:
     async def _invoke(self, args: tuple, kwargs: dict, items: Iterator | None) -> Any:
         """In the Trio thread: make the call the method's shape asks for."""
         method = self._method
-        client = method._client
-        shape = _shape_of(client, method.name)
-        if shape is None and client.state is not ConnectivityState.READY and method._wait_for_ready:
-            await self._wait_for_ready()
-            shape = _shape_of(client, method.name)
+        shape = await self._shape()
         if shape is None or not shape.client_streams:
             if shape is not None and shape.server_streams:
                 call = method(*args, **kwargs)
@@ -362,11 +359,21 @@ class BlockingMethod:
         self._runner.jobs.start_soon(blocking._feed)
         return blocking
 
-    async def _wait_for_ready(self) -> None:
-        """Wait for a ready backend (to learn the method's shape), within the method's timeout."""
-        timeout = self._method._timeout
-        with trio.move_on_after(timeout if timeout is not None else float("inf")):
-            await self._method._client.wait_for_state(ConnectivityState.READY)
+    async def _shape(self) -> Cardinality | None:
+        """The method's shape as the server declared it on a ready connection (None: not
+        declared), waiting, within the method's timeout, for that connection's INFO (it comes a
+        round trip after the connection is ready) and, if the method waits for ready, for a
+        ready connection."""
+        method = self._method
+        channel = method._client._channel
+        timeout = method._timeout
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            if not channel.ready and method._wait_for_ready:
+                await method._client.wait_for_state(ConnectivityState.READY)
+            for connection in channel.ready:
+                await connection.declared.wait()
+                return _declared_shape(connection.methods, method.name)
+        return None
 
     def __repr__(self) -> str:
         return f"<trpc blocking method {self.name}>"
@@ -424,9 +431,13 @@ class BlockingStream:
         with trio.CancelScope() as self._receiving:
             try:
                 return await self._stream.__anext__()
+            except RpcError:
+                if self._feed_error is None:
+                    raise
+                # The feeder failed and cancelled the call: its error is the one to report.
             finally:
                 self._receiving = None
-        raise self._feed_error  # only the feeder cancels this scope
+        raise self._feed_error  # the feeder cancelled this scope, or the call, after failing
 
     def __iter__(self) -> "BlockingStream":
         return self

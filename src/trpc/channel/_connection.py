@@ -38,6 +38,7 @@ from .._transport import _SPEAKS_TLS, Parker, TrioConnection
 from .._address import Address, open_stream
 from .._keepalive import Keepalive
 from ..wire import Connection
+from ..wire._frames import INFO_MINOR_VERSION
 
 __all__ = [
     "ClientCall", "ClientConnection", "ConnectLimit", "ConnectOptions", "open_connection", "open_stream_to", "CLOSE_GRACE",
@@ -99,6 +100,11 @@ class ClientConnection(TrioConnection):
         #: Each method's call shape by path (``"kv.Store/get"``), as the INFO frame declared
         #: them (empty: none declared, e.g. a server of protocol 1.0).
         self.methods: dict[str, Cardinality] = {}
+        #: Set once ``idempotent`` and ``methods`` are final: the INFO frame arrived, or none
+        #: will come (a server of version 1.0, a frame for a call without an INFO before it,
+        #: or the connection is lost).  INFO follows the server's preface by a round trip, so
+        #: a call made at once may not know them yet; who needs them waits for this.
+        self.declared = trio.Event()
         #: New calls may start here (see the module's docstring).
         self.usable = False
         #: Called once, synchronously, when the connection stops being usable.
@@ -115,6 +121,7 @@ class ClientConnection(TrioConnection):
             call.wakeup.unpark()
 
     def _on_call_ended(self, event: CallEnded) -> None:
+        self.declared.set()
         if self.slot_waiters:
             self.slot_waiters.unpark()
         call = self.calls.get(event.stream_id)
@@ -131,16 +138,20 @@ class ClientConnection(TrioConnection):
             self.check_drained()
 
     def _on_headers(self, event: HeadersReceived) -> None:
+        self.declared.set()
         call = self.calls.get(event.stream_id)
         if call is not None:
             call.headers = event.metadata
 
     def _on_preface(self, event: PrefaceReceived) -> None:
+        if event.version < (1, INFO_MINOR_VERSION):
+            self.declared.set()
         self.ready.set()
 
     def _on_info(self, event: InfoReceived) -> None:
         self.idempotent = event.idempotent
         self.methods = event.methods
+        self.declared.set()
 
     def _on_goaway(self, event: GoAwayReceived) -> None:
         logger.debug("trpc: server %s is going away: %s %s", self.peer, event.status.name, event.message)
@@ -150,6 +161,7 @@ class ClientConnection(TrioConnection):
 
     def connection_lost(self, reason: str) -> None:
         self.ready.set()
+        self.declared.set()
         self._unusable()
         self.slot_waiters.unpark_all()
         for call in self.calls.values():
