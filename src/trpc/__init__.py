@@ -120,3 +120,4 @@ for _name in __all__:
 del _name, _obj
 
 from . import interceptors  # noqa: E402, F401  (the ready-made ones; imports the names above)
+from . import testing  # noqa: E402, F401  (open_test_client: trpc.testing.open_test_client)
