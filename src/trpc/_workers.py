@@ -822,7 +822,7 @@ async def _supervise(supervisor: _Supervisor, listening: _Listening, task_status
         raise failure
 
 
-def serve_command(args: Any, options: dict[str, Any], ssl_context_factory: Callable[[], Any] | None) -> int:
+async def serve_command(args: Any, options: dict[str, Any], ssl_context_factory: Callable[[], Any] | None) -> int:
     """``trpc serve MODULE:SERVICE --workers N`` (trpc._cli): prints ``listening on HOST:PORT``
     once every worker accepts, serves until SIGTERM or SIGINT; the exit status, with a one-line
     reason on stderr when the workers cannot start."""
@@ -847,7 +847,7 @@ def serve_command(args: Any, options: dict[str, Any], ssl_context_factory: Calla
             print(f"listening on {shown} ({services}, {args.workers} workers)", flush=True)
         return None
 
-    failure = trio.run(main)
+    failure = await main()
     if failure is not None:
         print(f"trpc: {failure}", file=sys.stderr)
         return 1

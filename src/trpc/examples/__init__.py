@@ -1,5 +1,7 @@
-"""Example services that ship with trpc (``trpc serve trpc.examples:Greeter``)."""
+"""Example services that ship with trpc (``trpc serve trpc.examples:Greeter``,
+``trpc serve trpc.examples:Store``)."""
 
 from .greeter import Greeter
+from .kv import Entry, Store
 
-__all__ = ["Greeter"]
+__all__ = ["Greeter", "Store", "Entry"]
