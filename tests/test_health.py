@@ -354,9 +354,9 @@ async def test_cli_exits_0_serving_and_1_not_serving_or_unknown(cli_to, capsys, 
     assert output.out == "" and output.err.startswith("NOT_FOUND: ")
 
 
-async def test_cli_exits_2_without_a_health_service_or_an_answer(cli_to, capsys, autojump_clock):
+async def test_cli_exits_64_plus_the_status_without_a_health_service_or_an_answer_and_2_for_bad_arguments(cli_to, capsys, autojump_clock):
     target = cli_to(trpc.Server(Svc(), health=False))
-    assert await _cli._health(health_args(target)) == 2
+    assert await _cli._health(health_args(target)) == 64 + 12
     assert capsys.readouterr().err.startswith("UNIMPLEMENTED: ")
 
     class Silent(trpc.Service, name=HEALTH_SERVICE):
@@ -365,16 +365,17 @@ async def test_cli_exits_2_without_a_health_service_or_an_answer(cli_to, capsys,
             await trio.sleep_forever()
 
     target = cli_to(trpc.Server(Silent(), health=False))
-    assert await _cli._health(health_args(target, "--timeout", "2")) == 2
-    assert "DEADLINE_EXCEEDED" in capsys.readouterr().err
+    assert await _cli._health(health_args(target, "--timeout", "2")) == 64 + 4
+    assert capsys.readouterr().err == "DEADLINE_EXCEEDED: no answer within 2.0 s\n"
     assert await _cli._health(health_args(target, "-m", "no-equals-sign")) == 2
+    assert capsys.readouterr().err == "trpc: metadata must be KEY=VALUE (or 'KEY: VALUE'), got 'no-equals-sign'\n"
 
 
-async def test_cli_exits_2_when_it_cannot_connect(capsys):
+async def test_cli_exits_with_unavailable_when_it_cannot_connect(capsys):
     with trio.socket.socket() as sock:
         await sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        assert await _cli._health(health_args(f"127.0.0.1:{port}")) == 2
+        assert await _cli._health(health_args(f"127.0.0.1:{port}")) == 64 + 14
     assert capsys.readouterr().err.startswith("UNAVAILABLE: ")
 
 

@@ -334,7 +334,7 @@ async def test_cli_serves_on_a_unix_socket_and_calls_it(socket_path, nursery):
         await process.wait()
     assert not os.path.lexists(socket_path)
     gone = await run_cli("call", f"unix:{socket_path}", "greet", "Ada")
-    assert gone.returncode == 1
+    assert gone.returncode == 64 + 14  # UNAVAILABLE
     assert gone.stderr.startswith(f"UNAVAILABLE: cannot connect to unix:{socket_path}".encode())
 
 

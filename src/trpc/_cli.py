@@ -228,12 +228,13 @@ class _Server:
 
     async def decode_input(self, value: Any, what: str) -> Any:
         """Parsed JSON input as the value to send (messages by their field numbers)."""
-        if not asks_for_message(value):
-            return from_json(value, MessageNames())
+        # Only a message needs the server to be read: any other malformed value is a bad
+        # argument (2); a message the server does not describe so is a usage error (1).
+        needs_server = asks_for_message(value)
         try:
-            return from_json(value, await self.names())
+            return from_json(value, await self.names() if needs_server else MessageNames())
         except ValueError as exc:
-            raise CliError(f"trpc: {what}: {exc}") from None
+            raise CliError(f"trpc: {what}: {exc}", EXIT_LOCAL if needs_server else EXIT_USAGE) from None
 
     async def to_json(self, value: Any, allow_nan: bool) -> Any:
         names = await self.names() if holds_message(value) else MessageNames()

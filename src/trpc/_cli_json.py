@@ -124,7 +124,7 @@ def to_json(value: Any, names: MessageNames, *, allow_nan: bool = False) -> Any:
         return value
     if isinstance(value, float):
         if not allow_nan and not math.isfinite(value):
-            raise ValueError(f"the value {value!r} is not JSON (give --allow-nan to print it as {value!r})")
+            raise ValueError(f"{value!r} is not JSON (--allow-nan writes NaN and Infinity)")
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {BYTES_KEY: base64.b64encode(bytes(value)).decode("ascii")}
