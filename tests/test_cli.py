@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import json
 import subprocess
 import sys
@@ -265,7 +266,7 @@ class Failing(trpc.Service, name="t.Failing"):
     @trpc.unary
     async def headed(self):
         call = trpc.current_call()
-        await call.send_headers({"h": "1"})
+        call.send_headers({"h": "1"})
         call.set_trailers({"t": b"\x00"})
         return "done"
 
@@ -427,3 +428,60 @@ async def test_format_json_quotes_text_and_refuses_nan_unless_allowed(cli, kv):
     assert await cli(kv, "call", "echo", "[1, Infinity]", "--format", "json") == (
         1, "", "trpc: a response cannot be written as JSON: inf is not JSON (--allow-nan writes NaN and Infinity)\n")
     assert await cli(kv, "call", "echo", "NaN", "--format", "json", "--allow-nan") == (0, "NaN\n", "")
+
+
+async def test_call_shapes_are_checked_before_sending(cli, kv):
+    assert await cli(kv, "call", "total", "1") == (
+        1, "", "trpc: tests.services.Svc/total is client-streaming: its request messages come from standard input;"
+               " add --stdin (one JSON value per line)\n")
+    assert await cli(kv, "call", "bidi_echo") == (
+        1, "", "trpc: tests.services.Svc/bidi_echo is bidi-streaming: its request messages come from standard"
+               " input; add --stdin (one JSON value per line)\n")
+    assert await cli(kv, "call", "greet", "--stdin", stdin="Ada\n") == (
+        1, "", "trpc: tests.services.Svc/greet is unary: it takes one request, from ARGs or -d, not --stdin\n")
+    assert await cli(kv, "call", "count", "--stdin", stdin="3\n") == (
+        1, "", "trpc: tests.services.Svc/count is server-streaming: it takes one request, from ARGs or -d, not --stdin\n")
+    assert await cli(kv, "call", "total", "--stdin", stdin="1\n\n2\n39\n") == (0, "42\n", "")
+    assert await cli(kv, "call", "bidi_echo", "--stdin", stdin='a\n{"@type": "kv.Entry", "key": "k"}\n') == (
+        0, 'a\n{"@type": "kv.Entry", "key": "k", "value": 0, "blob": {"$bytes": ""}}\n', "")
+
+
+async def test_max_messages_stops_a_stream_early(cli, kv):
+    assert await cli(kv, "call", "count", "10", "--max-messages", "3") == (0, "0\n1\n2\n", "")
+    assert await cli(kv, "call", "bidi_echo", "--stdin", "--max-messages", "1", stdin="1\n2\n3\n") == (0, "1\n", "")
+    assert await cli(kv, "call", "greet", "Ada", "--max-messages", "1") == (0, "Hello Ada\n", "")
+    code, out, err = await cli(kv, "call", "count", "3", "--max-messages", "0")
+    assert (code, out) == (2, "") and "--max-messages: must be 1 or more, not 0" in err and err.count("\n") == 1
+
+
+async def test_verbose_prints_headers_trailers_status_and_time(cli, kv):
+    code, out, err = await cli(kv, "call", "headed", "-v")
+    assert (code, out) == (0, "done\n")
+    lines = err.splitlines()
+    assert lines[0].startswith("method: t.Failing/headed (unary) at ")
+    assert lines[1:4] == ['headers: {"h": "1"}', 'trailers: {"t": {"$bytes": "AA=="}}', "status: OK"]
+    assert re.fullmatch(r"time: \d+\.\d ms", lines[4]) and len(lines) == 5
+    code, out, err = await cli(kv, "call", "fail", "rpc", "-v")
+    assert (code, out) == (64 + 5, "")
+    assert err.splitlines()[1:4] == ["headers: none", 'trailers: {"hint": "try 8"}', "status: NOT_FOUND: no such thing"]
+    assert err.splitlines()[5:] == ["NOT_FOUND: no such thing", 'details: {"id": 7}']
+    code, out, err = await cli(kv, "call", "count", "5", "--max-messages", "2", "-v")
+    assert "status: none, stopped after 2 messages (--max-messages)" in err.splitlines()
+
+
+async def test_error_details_are_always_shown_with_messages_by_field_name(cli):
+    class Detailed(trpc.Service, name="t.Detailed"):
+        @trpc.unary
+        async def fail(self):
+            raise trpc.RpcError(trpc.Status.ABORTED, "conflict", [Entry("k", 2), b"\x01"])
+
+    assert await cli(trpc.Server(Detailed()), "call", "fail") == (64 + 10, "", (
+        'ABORTED: conflict\ndetails: [{"@type": "kv.Entry", "key": "k", "value": 2, "blob": {"$bytes": ""}},'
+        ' {"$bytes": "AQ=="}]\n'))
+
+
+@pytest.mark.parametrize("status", [s for s in trpc.Status if s is not trpc.Status.OK])
+async def test_a_failed_call_exits_with_64_plus_its_status_code(cli, status):
+    assert await cli(trpc.Server(Failing()), "call", "fail_with", str(status.value)) == (
+        64 + status.value, "", f"{status.name}: failed with {status.value}\n")
+    assert _cli.exit_status(status) == 64 + status.value

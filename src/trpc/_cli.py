@@ -38,10 +38,10 @@ bytes as ``{"$bytes": base64}``).  ``--format text`` (the default) prints a resp
 text as it is and anything else as JSON; ``--format json`` prints every response as JSON, and
 refuses NaN and infinities unless ``--allow-nan``.
 
-Call shapes.  The server's INFO frame names each method's shape (docs/PROTOCOL.md section 3);
-``trpc call`` checks it before sending: a client- or bidi-streaming method takes its request
+Call shapes.  The server's reflection names each method's shape (docs/PROTOCOL.md section 13;
+a server without reflection: its INFO frame, section 3); ``trpc call`` checks it before sending: a client- or bidi-streaming method takes its request
 messages from standard input (``--stdin``, one JSON value per line), the other two take ARGs.
-A method the INFO does not list is called as the options say, and the server answers.
+A method neither lists is called as the options say, and the server answers.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ from ._client import DEFAULT_CONNECT_TIMEOUT, open_client
 from ._config import ClientConfig
 from ._errors import ConfigError, RpcError, TrpcError
 from ._health import CHECK_METHOD, WATCH_METHOD, HealthStatus
+from ._reflection import Reflection
 from ._status import Status
 from ._keepalive import CLIENT_KEEPALIVE_TIME, CLIENT_KEEPALIVE_TIMEOUT, SERVER_KEEPALIVE_TIME, SERVER_KEEPALIVE_TIMEOUT
 from ._server import DEFAULT_HOST, DEFAULT_MAX_CONNECTION_AGE_GRACE, DEFAULT_PORT, Server
@@ -208,23 +209,47 @@ async def _request(args: argparse.Namespace) -> tuple[list, dict]:
 
 
 class _Server:
-    """What ``trpc call`` learns about the server, asked for only when needed: its message
-    field names (one reflection call, the first time a value holds a message)."""
+    """What ``trpc call`` learns about the server: its reflection, asked for once, when first
+    needed (the method's shape, then the field names of its messages)."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        self._reflection: Reflection | None = None
+        self._asked = False
         self._names: MessageNames | None = None
 
-    async def names(self) -> MessageNames:
-        if self._names is None:
+    async def reflection(self) -> Reflection | None:
+        """The server's reflection; None for a server that serves none."""
+        if not self._asked:
             try:
-                reflection = await self.client.reflect()
+                self._reflection = await self.client.reflect()
             except RpcError as exc:
                 if exc.status is not Status.UNIMPLEMENTED:
                     raise
-                reflection = None  # no reflection service: fields go by number
-            self._names = MessageNames(reflection)
+            self._asked = True
+        return self._reflection
+
+    async def names(self) -> MessageNames:
+        if self._names is None:
+            self._names = MessageNames(await self.reflection())  # none: fields go by number
         return self._names
+
+    async def shape(self, name: str) -> tuple[str, Cardinality] | None:
+        """The path and shape of the method ``name`` (a path or a short name): from the
+        reflection, else from the INFO frame (docs/PROTOCOL.md section 3, which a server
+        sends before any answer); None when neither says."""
+        reflection = await self.reflection()
+        if reflection is not None:
+            try:
+                method = reflection.method(name)
+            except KeyError:
+                return None
+            return method.path, method.shape
+        methods: dict[str, Cardinality] = getattr(self.client._connection, "methods", None) or {}
+        if "/" in name:
+            return (name, methods[name]) if name in methods else None
+        found = [(path, shape) for path, shape in methods.items() if path.rpartition("/")[2] == name]
+        return found[0] if len(found) == 1 else None
 
     async def decode_input(self, value: Any, what: str) -> Any:
         """Parsed JSON input as the value to send (messages by their field numbers)."""
@@ -402,17 +427,6 @@ def _no_answer(args: argparse.Namespace) -> RpcError:
 
 
 # ============================================================================ trpc call
-def _shape(client: Any, name: str) -> tuple[str, Cardinality] | None:
-    """The path and shape of the method ``name`` (a path or a short name) as the server's
-    INFO declared them, or None when it declared none for that name."""
-    connection = client._connection
-    methods: dict[str, Cardinality] = getattr(connection, "methods", None) or {}
-    if "/" in name:
-        return (name, methods[name]) if name in methods else None
-    found = [(path, shape) for path, shape in methods.items() if path.rpartition("/")[2] == name]
-    return found[0] if len(found) == 1 else None
-
-
 def _check_shape(args: argparse.Namespace, path: str, shape: Cardinality) -> None:
     """Refuse, before sending anything, a call whose options do not fit the method's shape."""
     shape_name = SHAPE_NAMES[shape].replace("_", "-") + ("ing" if shape is not Cardinality.UNARY else "")
@@ -436,7 +450,7 @@ async def _call(args: argparse.Namespace) -> int:
 
 async def _call_on(client: Any, args: argparse.Namespace, positional: list, keywords: dict) -> int:
     server = _Server(client)
-    declared = _shape(client, args.method)
+    declared = await server.shape(args.method)
     path, shape = declared if declared is not None else (args.method, None)
     if shape is not None:
         _check_shape(args, path, shape)
