@@ -5,8 +5,13 @@ from __future__ import annotations
 import io
 import re
 import json
+import logging
+import os
+import socket
+import ssl
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import trio
@@ -485,3 +490,132 @@ async def test_a_failed_call_exits_with_64_plus_its_status_code(cli, status):
     assert await cli(trpc.Server(Failing()), "call", "fail_with", str(status.value)) == (
         64 + status.value, "", f"{status.name}: failed with {status.value}\n")
     assert _cli.exit_status(status) == 64 + status.value
+
+
+# ------------------------------------------------------------------------ one-line errors
+def main_in_process(capsys, *argv: str) -> tuple[int, str]:
+    """``trpc *argv`` through ``_cli.main`` (its own ``trio.run``); returns (status, stderr)."""
+    logger = logging.getLogger("trpc")
+    level = logger.level
+    try:
+        code = _cli.main(list(argv))
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    finally:
+        logger.setLevel(level)
+    return code, capsys.readouterr().err
+
+
+def test_bad_arguments_are_one_line_errors_with_status_2(capsys, tmp_path):
+    cert_only = tmp_path / "cert.pem"
+    key_only = tmp_path / "key.pem"
+    import trustme
+
+    issued = trustme.CA().issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(cert_only))
+    issued.private_key_pem.write_to_path(str(key_only))
+    other_key = tmp_path / "other.pem"
+    trustme.CA().issue_cert("x").private_key_pem.write_to_path(str(other_key))
+    unreadable = tmp_path / "unreadable.pem"
+    unreadable.write_text("x")
+    unreadable.chmod(0)
+    cases = [
+        (["serve", "trpc.examples:Greeter", "--port", "70000"],
+         "trpc serve: argument --port: a port is 0-65535 (0 picks a free one), not 70000 (see trpc serve --help)"),
+        (["serve", "trpc.examples:Greeter", "--port", "-1"],
+         "trpc serve: argument --port: a port is 0-65535 (0 picks a free one), not -1 (see trpc serve --help)"),
+        (["--log-level", "LOUD", "serve", "trpc.examples:Greeter"],
+         "trpc: argument --log-level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 'LOUD' (see trpc --help)"),
+        (["serve", "trpc.examples:Greeter", "--log-level", "LOUD"],
+         "trpc serve: argument --log-level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 'LOUD'"
+         " (see trpc serve --help)"),
+        (["call", "127.0.0.1:1", "greet", "--timeout", "0"],
+         "trpc call: argument --timeout: must be more than 0 seconds, not 0 (see trpc call --help)"),
+        (["health", "127.0.0.1:1", "--timeout", "-1"],
+         "trpc health: argument --timeout: must be more than 0 seconds, not -1 (see trpc health --help)"),
+        (["serve", "no_such_module:X"], "trpc: cannot import no_such_module: ModuleNotFoundError: No module named"
+                                        " 'no_such_module'"),
+        (["serve", "trpc:Status"], "trpc: trpc:Status is neither a trpc.Service subclass nor an instance of one"),
+        (["serve", "trpc.examples:Nope"], "trpc: trpc.examples has no attribute 'Nope'"),
+        (["serve", "trpc.examples:Greeter", "--tls-cert", str(tmp_path / "missing.pem")],
+         f"trpc: --tls-cert {tmp_path / 'missing.pem'}: No such file or directory"),
+        (["serve", "trpc.examples:Greeter", "--tls-cert", str(unreadable)],
+         f"trpc: --tls-cert {unreadable}: Permission denied"),
+        (["serve", "trpc.examples:Greeter", "--tls-cert", str(cert_only), "--tls-key", str(tmp_path / "nokey.pem")],
+         f"trpc: --tls-key {tmp_path / 'nokey.pem'}: No such file or directory"),
+        (["serve", "trpc.examples:Greeter", "--tls-cert", str(cert_only), "--tls-key", str(other_key)],
+         f"trpc: --tls-key {other_key} is not the key of --tls-cert {cert_only}"),
+        (["call", "127.0.0.1:1", "greet", "--tls-ca", str(tmp_path / "ca.pem")],
+         f"trpc: --tls-ca {tmp_path / 'ca.pem'}: No such file or directory"),
+        (["call", "127.0.0.1:1", "greet", "--authority", "example.com"],
+         "trpc: --authority is the name to verify in the server's certificate: it needs TLS (--tls, --tls-ca PEM"
+         " or --insecure)"),
+        (["call", "127.0.0.1:1", "greet", "-m", "novalue"],
+         "trpc: metadata must be KEY=VALUE (or 'KEY: VALUE'), got 'novalue'"),
+    ]
+    if os.geteuid() == 0:  # root reads any file
+        cases = [case for case in cases if case[0][-1] != str(unreadable)]
+    for argv, line in cases:
+        assert main_in_process(capsys, *argv) == (2, line + "\n"), argv
+    code, err = main_in_process(capsys, "serve", "trpc.examples:Greeter", "--tls-cert", str(cert_only))
+    assert code == 2 and err.startswith(f"trpc: --tls-cert {cert_only} holds no private key (or not one for its"
+                                        f" certificate): give the key with --tls-key PEM [") and err.count("\n") == 1
+
+
+def test_a_module_that_fails_on_import_is_one_line(capsys, tmp_path, monkeypatch):
+    (tmp_path / "broken_service.py").write_text("raise RuntimeError('no database')\n")
+    (tmp_path / "needs_args.py").write_text(
+        "import trpc\nclass S(trpc.Service):\n    def __init__(self, db):\n        pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main_in_process(capsys, "serve", "broken_service:S") == (
+        2, "trpc: cannot import broken_service: RuntimeError: no database\n")
+    assert main_in_process(capsys, "serve", "needs_args:S") == (
+        2, "trpc: cannot build needs_args:S() with no arguments: TypeError: S.__init__() missing 1 required positional"
+           " argument: 'db'\n")
+
+
+def test_a_port_in_use_is_one_line_with_status_1(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main_in_process(capsys, "serve", "trpc.examples:Greeter", "--port", str(port)) == (
+            1, f"trpc: cannot listen on 127.0.0.1:{port}: Address already in use\n")
+
+
+# ------------------------------------------------------------------------ TLS
+@pytest.fixture
+def tls_files(tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    paths = {"ca": tmp_path / "ca.pem", "server": tmp_path / "server.pem"}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    ca.issue_cert("trpc.example").private_key_and_cert_chain_pem.write_to_path(str(paths["server"]))
+    return ca, {name: str(path) for name, path in paths.items()}
+
+
+async def test_insecure_and_authority_and_tls_errors_that_say_what_to_try(tls_files, nursery, capsys):
+    ca, paths = tls_files
+    server = trpc.Server(Svc())
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(paths["server"])
+    host, port = await nursery.start(partial(server.serve_tcp, 0, ssl_context=context))
+    address = f"{host}:{port}"
+
+    async def run(*argv):
+        code = await _cli.run(_cli._parser().parse_args(["call", address, "greet", "Ada", *argv]))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    # The certificate names trpc.example, not 127.0.0.1:
+    code, out, err = await run("--tls-ca", paths["ca"])
+    assert (code, out) == (64 + 14, "") and err.count("\n") == 1
+    assert err.endswith("; try --authority NAME (a name its certificate has) or --insecure\n")
+    assert await run("--tls-ca", paths["ca"], "--authority", "trpc.example") == (0, "Hello Ada\n", "")
+    code, out, err = await run("--tls")  # the system's CAs do not know this one
+    assert code == 64 + 14
+    assert err.endswith("; try --tls-ca PEM (the CA that signed it), or --insecure to skip verification\n")
+    assert await run("--insecure") == (0, "Hello Ada\n", "")
+    code, out, err = await run()  # plain TCP to a TLS server
+    assert code == 64 + 14 and err.endswith("; try --tls-ca PEM, --tls (the system's CAs) or --insecure\n")
