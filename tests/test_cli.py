@@ -619,3 +619,63 @@ async def test_insecure_and_authority_and_tls_errors_that_say_what_to_try(tls_fi
     assert await run("--insecure") == (0, "Hello Ada\n", "")
     code, out, err = await run()  # plain TCP to a TLS server
     assert code == 64 + 14 and err.endswith("; try --tls-ca PEM, --tls (the system's CAs) or --insecure\n")
+
+
+# ------------------------------------------------------------------------ as a user runs it
+async def test_a_kv_session_in_real_processes(nursery):
+    """``trpc serve`` with an access log; ``trpc list``, ``describe`` and a message by field
+    name through ``trpc call`` processes, which know no message class; SIGTERM ends the server
+    with an INFO line (``--log-level`` after the subcommand), not a warning."""
+    process = await nursery.start(
+        lambda task_status: trio.run_process(
+            [sys.executable, "-m", "trpc", "serve", "trpc.examples:Store", "--port", "0", "--access-log",
+             "--log-level", "INFO"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, task_status=task_status,
+        )
+    )
+    try:
+        address = await listening_address(process)
+        listed = await run_cli("list", address)
+        assert (listed.returncode, listed.stdout) == (
+            0, b"kv.Store\ngrpc.health.v1.Health\ntrpc.reflection.v1.Reflection\n")
+        described = await run_cli("describe", address, "kv.Entry")
+        assert (described.returncode, described.stdout.decode()) == (0, ENTRY_TEXT)
+        entry = '{"@type": "kv.Entry", "key": "alpha", "value": 1, "blob": {"$bytes": "/w=="}}'
+        put = await run_cli("call", address, "put", entry)
+        assert (put.returncode, put.stdout, put.stderr) == (
+            0, b'{"@type": "kv.Entry", "key": "alpha", "value": 0, "blob": {"$bytes": ""}}\n', b"")
+        got = await run_cli("call", address, "kv.Store/get", "key=alpha", "--format", "json")
+        assert (got.returncode, got.stdout.decode()) == (0, entry + "\n")
+        missing = await run_cli("call", address, "get", "beta")
+        assert (missing.returncode, missing.stderr) == (64 + 5, b"NOT_FOUND: no key 'beta'\ndetails: {\"key\": \"beta\"}\n")
+        lines = b""
+        with trio.fail_after(30):
+            while lines.count(b" access ") < 8:
+                lines += await process.stdout.receive_some()
+        output = lines.decode().splitlines()
+        assert [line for line in output if line.startswith("service ")] == [
+            "service kv.Store: kv.Store/get kv.Store/put kv.Store/scan kv.Store/put_many",
+            "service grpc.health.v1.Health: grpc.health.v1.Health/Check grpc.health.v1.Health/Watch",
+            "service trpc.reflection.v1.Reflection: trpc.reflection.v1.Reflection/Describe"]
+        access = [line.split(" ", 3)[3] for line in output if not line.startswith("service ")]
+        assert all(re.fullmatch(r"\S+ from 127\.0\.0\.1:\d+: [A-Z_]+ in \d+\.\d ms", line) for line in access)
+        describe = "trpc.reflection.v1.Reflection/Describe OK"
+        assert [re.sub(r" from \S+: (\w+) in \d+\.\d ms", r" \1", line) for line in access] == [
+            describe,  # list
+            describe,  # describe
+            describe, "kv.Store/put OK",  # call: the method's shape, then the call
+            describe, "kv.Store/get OK",
+            describe, "kv.Store/get NOT_FOUND",
+        ]
+    finally:
+        process.terminate()
+    with trio.fail_after(30):
+        await process.wait()
+    assert process.returncode == 0
+    errors = b""
+    with trio.fail_after(30):
+        while chunk := await process.stderr.receive_some():
+            errors += chunk
+    logged = [line.split(" ", 2)[2] for line in errors.decode().splitlines()]
+    assert logged[-1] == "INFO trpc: SIGTERM: shutting down (up to 10.0 s for running calls)"
+    assert all(line.startswith("INFO ") for line in logged)

@@ -219,13 +219,14 @@ class _Server:
         self._names: MessageNames | None = None
 
     async def reflection(self) -> Reflection | None:
-        """The server's reflection; None for a server that serves none."""
+        """The server's reflection; None for a server that serves none, or whose document
+        this connection cannot take (a ``--config`` may limit response sizes below it): the
+        call goes ahead without it, and a connection that is failing fails the call too."""
         if not self._asked:
             try:
                 self._reflection = await self.client.reflect()
             except RpcError as exc:
-                if exc.status is not Status.UNIMPLEMENTED:
-                    raise
+                logging.getLogger("trpc").debug("trpc: no reflection: %s", exc)
             self._asked = True
         return self._reflection
 
