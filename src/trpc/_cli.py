@@ -821,9 +821,6 @@ def _workers_count(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _octal(text: str) -> int:
-    """File permissions as chmod takes them: ``660``, ``0o660``."""
-    return int(text, 8)
 
 
 def _add_log_level(command: argparse.ArgumentParser, default: Any) -> None:

@@ -81,7 +81,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import trio
 
@@ -474,7 +474,7 @@ async def _serve_worker(server: Server, listeners: list, ssl_context: Any, grace
             status.write(b"ready\n")
             status.close()
             reason = await _stop_requested(signals)
-            logger.warning("trpc: %s: shutting down (up to %s s for running calls)", reason, grace)
+            logger.info("trpc: %s: shutting down (up to %s s for running calls)", reason, grace)
             await server.shutdown(grace)
     # Drained: a second SIGTERM (the supervisor's, after a group's) has nothing left to stop.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -645,7 +645,7 @@ class _Supervisor:
                                  slot + 1, self.count, exc, delay)
                     continue
                 self.slots[slot] = worker
-                logger.warning("trpc: %s started", self.name(worker))
+                logger.info("trpc: %s started", self.name(worker))
                 return
 
     async def _retire(self, worker: _Worker) -> None:
@@ -687,7 +687,7 @@ class _Supervisor:
         try:
             while self.roll_requested and not self.stopping:
                 self.roll_requested = False
-                logger.warning("trpc: SIGHUP: restarting %d workers one at a time", self.count)
+                logger.info("trpc: SIGHUP: restarting %d workers one at a time", self.count)
                 for slot in range(self.count):
                     async with self.slot_locks[slot]:
                         old = self.slots[slot]
@@ -700,7 +700,7 @@ class _Supervisor:
                                          " workers keep serving", slot + 1, self.count, exc)
                             break
                         self.slots[slot] = new
-                        logger.warning("trpc: %s started; draining %s", self.name(new), self.name(old))
+                        logger.info("trpc: %s started; draining %s", self.name(new), self.name(old))
                         await self._retire(old)
         finally:
             self.rolling = False
@@ -726,7 +726,7 @@ class _Supervisor:
                 else:
                     logger.warning("trpc: SIGHUP while workers are starting: ignored")
                 continue
-            logger.warning("trpc: %s: shutting down %d workers (up to %s s for running calls)",
+            logger.info("trpc: %s: shutting down %d workers (up to %s s for running calls)",
                            signal.Signals(signum).name, len(self.alive), self.grace)
             starting.cancel()
             self.stop_requested.set()
