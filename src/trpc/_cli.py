@@ -913,6 +913,10 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--watch", action="store_true",
                         help="print the status, then each change, until interrupted or the server ends the watch")
 
+    from .grpc._proto import add_proto_command  # imports protobuf only when run
+
+    add_proto_command(commands)
+
     serve = command("serve", "serve trpc.Service classes over TCP or a Unix domain socket")
     _add_log_level(serve, argparse.SUPPRESS)
     serve.add_argument("service", metavar="MODULE:SERVICE", nargs="+",
@@ -972,6 +976,8 @@ async def run(args: argparse.Namespace) -> int:
     """Run the command ``args`` (from ``_parser().parse_args``) and return its exit status;
     every failure is reported in one line on stderr (the table in the module's docstring)."""
     try:
+        if args.command == "proto":
+            return args.run(args)
         if args.command == "serve":
             if args.unix_mode is not None and args.unix is None:
                 raise CliError("trpc: --unix-mode needs --unix", EXIT_USAGE)

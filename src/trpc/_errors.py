@@ -15,6 +15,8 @@ Everything trpc raises on purpose derives from :class:`TrpcError`:
 - :class:`TransportError` wraps failures of the underlying byte stream (Trio's
   ``BrokenResourceError``, ``ClosedResourceError``, ``OSError``); they are translated in one
   place, the Trio transport layer, and never leak from the public API in their raw form.
+- :class:`ProtoMappingError` means a method's types have no protobuf mapping (docs/PROTOCOL.md,
+  "gRPC: protobuf mapping"); the message names the method, the parameter and the type.
 - :class:`WorkerStartError` means ``trpc.serve_workers`` could not start its worker processes
   (a factory that does not import, a port in use); its message is the one-line reason.
 
@@ -40,6 +42,7 @@ __all__ = [
     "TruncatedFrameError",
     "TransportError",
     "WorkerStartError",
+    "ProtoMappingError",
 ]
 
 
@@ -160,3 +163,28 @@ class TransportError(TrpcError):
 class WorkerStartError(TrpcError):
     """``trpc.serve_workers`` could not start its workers; the message is the reason, one line
     (``cannot import app: No module named 'app'``, ``cannot listen on 127.0.0.1:50051: ...``)."""
+
+
+class ProtoMappingError(TrpcError):
+    """A method's parameters, return or a message's fields have no protobuf mapping
+    (docs/PROTOCOL.md, "gRPC: protobuf mapping"), or protobuf is not installed.
+
+    The message is one line: ``kv.Store/get: parameter 'key' is tuple[int, int]: a tuple has no
+    protobuf type``.
+
+    Attributes:
+        path: the method's path (``"kv.Store/get"``), or ``""`` when no method is concerned.
+        where: what could not be mapped (``"parameter 'key'"``, ``"return"``,
+            ``"message shop.Order field 'tags'"``).
+        annotation: the annotation as text (``"tuple[int, int]"``), or ``""``.
+        reason: why it does not map.
+    """
+
+    def __init__(self, path: str, where: str, annotation: str, reason: str) -> None:
+        head = f"{path}: " if path else ""
+        typed = f" is {annotation}" if annotation else ""
+        super().__init__(f"{head}{where}{typed}: {reason}")
+        self.path = path
+        self.where = where
+        self.annotation = annotation
+        self.reason = reason
