@@ -384,9 +384,9 @@ class _Analyser:
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 raise _Unmappable("", "*args and **kwargs have no protobuf field", f"parameter {param.name!r}")
 
-        def annotated(name: str, where: str) -> Any:
+        def annotated(name: str) -> Any:
             if name not in hints:
-                raise _Unmappable("", "it has no annotation", where)
+                raise _Unmappable("", "it has no annotation")  # located() says where
             return hints[name]
 
         def located(where: str, build: Callable[[], Any]) -> Any:
@@ -402,13 +402,13 @@ class _Analyser:
                 raise _Unmappable("", "a streaming method's first parameter takes the request stream", "method")
             first = params[0]
             where = f"parameter {first.name!r}"
-            item = located(where, lambda: self._stream_item(annotated(first.name, where)))
+            item = located(where, lambda: self._stream_item(annotated(first.name)))
             request_mode, request = self._wrap(item, f"{qualified}Request", "item")
         else:
             fields = []
             for number, param in enumerate(params, 1):
                 where = f"parameter {param.name!r}"
-                kind, nullable = located(where, lambda: self.field_kind(annotated(param.name, where)))
+                kind, nullable = located(where, lambda: self.field_kind(annotated(param.name)))
                 has_default = param.default is not param.empty
                 fields.append(_FieldPlan(param.name, number, kind, nullable, has_default))
                 plan_params.append((param.name, param.kind, has_default, param.default))
