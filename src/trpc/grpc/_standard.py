@@ -131,7 +131,7 @@ def special_kind(handler: Callable, info: MethodInfo) -> str | None:
     services', None for any other method."""
     owner = getattr(handler, "__self__", None)
     cls = owner if isinstance(owner, type) else type(owner) if owner is not None else None
-    if cls is None:  # a class's function (trpc proto): its qualname says whose
+    if cls is None:  # a class's function (trpc proto): mapped like any other method
         return None
     if issubclass(cls, HealthService) and info.service == HEALTH_SERVICE:
         return "health"
