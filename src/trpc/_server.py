@@ -86,7 +86,7 @@ from ._health import HealthRegistry, HealthService, HealthStatus
 from ._interceptors import run_chain
 from ._keepalive import SERVER_KEEPALIVE_TIME, SERVER_KEEPALIVE_TIMEOUT, Keepalive, check_keepalive, set_tcp_keepalive
 from ._reflection import ReflectionService, build_document
-from ._service import MethodInfo, MethodTable
+from ._service import Cardinality, MethodInfo, MethodTable, explain_mismatch
 from ._status import Status
 from ._tls import send_pending_alert
 from ._transport import Parker, TrioConnection
@@ -171,6 +171,22 @@ def format_peer(stream: Any) -> str:
             address = address.replace(b"\0", b"@", 1).decode(errors="backslashreplace")
         return f"unix:{address}" if address else "unix"
     return str(address)
+
+
+#: Each shape in the words of the server's messages.
+_SHAPE_WORDS = {
+    Cardinality.UNARY: "unary",
+    Cardinality.SERVER_STREAM: "server-streaming",
+    Cardinality.CLIENT_STREAM: "client-streaming",
+    Cardinality.BIDI_STREAM: "bidi-streaming",
+}
+
+
+def _no_arguments(info: MethodInfo) -> str:
+    """INVALID_ARGUMENT's message for a unary or server-streaming call that sent no request
+    message (a client that took it for a client-streaming call, which may send none)."""
+    return (f"{info.name}: the request message is missing ({info.name} is {_SHAPE_WORDS[info.cardinality]}:"
+            " it takes its arguments as one request message)")
 
 
 class _ServerCall:
@@ -353,7 +369,7 @@ class _ServerConnection(TrioConnection):
         if info.cardinality.client_streams:
             self._start(call, None)
         elif event.end_stream:
-            self._finish(call, Status.INVALID_ARGUMENT, f"{info.name}: the request message is missing")
+            self._finish(call, Status.INVALID_ARGUMENT, _no_arguments(info))
 
     def _refuse(self, stream_id: int, status: Status, message: str, *, processed: bool = True) -> None:
         """End a call that never got a task.  ``processed=False`` for a refusal that says
@@ -391,12 +407,21 @@ class _ServerConnection(TrioConnection):
             self._start(call, payloads[0])
             if len(payloads) == 1:
                 return
-        self._abort(call, Status.INVALID_ARGUMENT, f"{call.info.name} takes exactly one request message")
+        info = call.info
+        self._abort(
+            call, Status.INVALID_ARGUMENT,
+            f"{info.name} is {_SHAPE_WORDS[info.cardinality]}: it takes exactly one request message, its arguments"
+            " (the call sent more, as a client-streaming call does)",
+        )
 
     def _on_stream_ended(self, event: StreamEnded) -> None:
         call = self.calls.get(event.stream_id)
         if call is not None:
             call.ended = True
+            if not call.started and not call.info.cardinality.client_streams:
+                # Half-closed without the one request message: no handler will ever run.
+                self._finish(call, Status.INVALID_ARGUMENT, _no_arguments(call.info))
+                return
             call.inbox_wakeup.unpark()
 
     def _on_call_cancelled(self, event: CallCancelled) -> None:
@@ -635,7 +660,8 @@ class _ServerConnection(TrioConnection):
         try:
             target = call.handler(*args, **kwargs)
         except TypeError as exc:  # raised before the body runs: the arguments do not bind
-            raise RpcError(Status.INVALID_ARGUMENT, f"{info.name}: {exc}") from None
+            reason = explain_mismatch(info.name, call.handler, args, kwargs) or f"{info.name}: {exc}"
+            raise RpcError(Status.INVALID_ARGUMENT, reason) from None
         if info.cardinality.server_streams:
             # The per-message loop, kept tight: encode, append to the stream's batch, and every
             # _BATCH_MESSAGES frame the batch, wait for credit if it ran out, and yield.  The

@@ -10,6 +10,16 @@ failure even if the server may have run them.
 :class:`Service` collects the decorated methods of a class (and its bases) when the class is
 created, so the server looks handlers up in a dict built once, never per call.
 
+Per-call options.  A client takes ``timeout=``, ``metadata=`` and ``wait_for_ready=`` in a
+call as options of that call, never as the handler's arguments (:data:`CALL_OPTIONS`), so a
+handler may not have a parameter of those names that a keyword can reach: the class is refused
+when it is created, rather than the argument going silently elsewhere.  A positional-only
+parameter (before ``/``) may have such a name.
+
+Arguments that do not fit.  When a handler cannot take the arguments a call brought, the server
+says so in Python's words, counted as the caller sees them (without the handler's ``self``):
+:func:`explain_mismatch`.
+
 Names.  Every service has a full name, dot-separated identifiers as gRPC's (``kv.Store``), given
 as ``class Store(trpc.Service, name="kv.Store")``.  A subclass keeps the name its nearest base was
 given explicitly (an implementation of a named interface serves that interface); a class that
@@ -46,6 +56,8 @@ __all__ = [
     "service_name",
     "SHAPE_CODES",
     "SHAPE_NAMES",
+    "CALL_OPTIONS",
+    "explain_mismatch",
 ]
 
 
@@ -75,6 +87,10 @@ class Cardinality(enum.Enum):
 SHAPE_CODES = {c: 2 * c.client_streams + c.server_streams for c in Cardinality}
 #: Each shape's name in the reflection document (docs/PROTOCOL.md "Reflection").
 SHAPE_NAMES = {c: c.name.lower() for c in Cardinality}
+
+#: The keywords a client call takes as options of that call (``client.f(x, timeout=1)``), never
+#: as the handler's arguments: a handler may not have a keyword-capable parameter so named.
+CALL_OPTIONS = frozenset({"timeout", "metadata", "wait_for_ready"})
 
 _ATTR = "__trpc_method__"
 #: A service name: identifiers joined by dots (gRPC's package.Service form).
@@ -179,6 +195,7 @@ class Service:
                 if marker is None:
                     continue
                 method, cardinality, idempotent = marker
+                _check_parameters(cls, attribute, value)
                 # A subclass overriding a method replaces it, under whatever name it had.
                 methods = {k: v for k, v in methods.items() if v.attribute != attribute}
                 if method in methods:
@@ -186,6 +203,81 @@ class Service:
                 methods[method] = MethodInfo(method, cardinality, attribute, idempotent, service)
         cls.__trpc_service__ = service
         cls.__trpc_methods__ = methods
+
+
+def _check_parameters(cls: type, attribute: str, func: Callable) -> None:
+    """Refuse a handler with a parameter a keyword can reach that is named as a call option."""
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: nothing to refuse
+        return
+    for parameter in parameters:
+        if parameter.name in CALL_OPTIONS and parameter.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+        ):
+            raise TypeError(
+                f"{cls.__qualname__}.{attribute}: a parameter may not be named {parameter.name!r}: a client's"
+                f" {parameter.name}= is an option of the call ({', '.join(sorted(CALL_OPTIONS))}), never an"
+                " argument; rename it, or make it positional-only (before '/')"
+            )
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _names(names: list[str]) -> str:
+    """Python's way to list missing arguments: 'a', 'a' and 'b', 'a', 'b', and 'c'."""
+    quoted = [repr(name) for name in names]
+    if len(quoted) == 1:
+        return quoted[0]
+    if len(quoted) == 2:
+        return f"{quoted[0]} and {quoted[1]}"
+    return ", ".join(quoted[:-1]) + f", and {quoted[-1]}"
+
+
+def explain_mismatch(name: str, handler: Callable, args: Any, kwargs: dict) -> str | None:
+    """Why ``handler(*args, **kwargs)`` does not bind, in Python's words but counted as the
+    caller sees the method (``handler`` is bound: its ``self`` is not counted), checked in the
+    order Python checks them: ``"greet() takes 1 positional argument but 2 were given"``.
+
+    Returns None when the arguments do bind (the TypeError came from elsewhere).
+    """
+    try:
+        parameters = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    kind = inspect.Parameter
+    positional = [p for p in parameters if p.kind in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD)]
+    by_name = {p.name: p for p in parameters if p.kind in (kind.POSITIONAL_OR_KEYWORD, kind.KEYWORD_ONLY)}
+    var_positional = any(p.kind is kind.VAR_POSITIONAL for p in parameters)
+    var_keyword = any(p.kind is kind.VAR_KEYWORD for p in parameters)
+    filled = {p.name for p in positional[: len(args)]}
+    passed_positionally = [
+        key for key in kwargs if any(p.name == key and p.kind is kind.POSITIONAL_ONLY for p in positional)
+    ]
+    for key in kwargs:
+        if key not in by_name and not var_keyword and key not in passed_positionally:
+            return f"{name}() got an unexpected keyword argument {key!r}"
+        if key in filled and key in by_name:
+            return f"{name}() got multiple values for argument {key!r}"
+    if passed_positionally and not var_keyword:
+        return (f"{name}() got some positional-only arguments passed as keyword arguments: "
+                f"{', '.join(repr(key) for key in passed_positionally)}")
+    if len(args) > len(positional) and not var_positional:
+        required = sum(1 for p in positional if p.default is kind.empty)
+        takes = (f"from {required} to {len(positional)} positional arguments" if required < len(positional)
+                 else _plural(len(positional), "positional argument"))
+        given = "1 was" if len(args) == 1 else f"{len(args)} were"
+        return f"{name}() takes {takes} but {given} given"
+    missing = [p.name for p in positional[len(args):] if p.default is kind.empty and p.name not in kwargs]
+    if missing:
+        return f"{name}() missing {_plural(len(missing), 'required positional argument')}: {_names(missing)}"
+    missing = [p.name for p in parameters if p.kind is kind.KEYWORD_ONLY and p.default is kind.empty
+               and p.name not in kwargs]
+    if missing:
+        return f"{name}() missing {_plural(len(missing), 'required keyword-only argument')}: {_names(missing)}"
+    return None
 
 
 def service_name(service: Any) -> str:
