@@ -18,7 +18,9 @@ Reading is two steps with one owner each:
   catches its :class:`~trpc.ConfigError` and puts the JSON path in front of the field.
 
 Per-method lookup follows gRPC: a wire name ``"kv.Store/get"`` is service ``kv.Store`` and
-method ``get``; a flat name ``"greet"`` is service ``""`` and method ``greet``.  The most
+method ``get``; a flat name ``"greet"`` is service ``""`` and method ``greet``, unless the
+client knows the path it stands for (``ClientConfig.method(name, path)``: the server's INFO
+frame said), when the path's entries come first.  The most
 specific entry wins *whole*: the exact (service, method) entry, else the service's entry, else
 the default ``{}``; fields are never merged across levels, so an entry that sets only
 ``timeout`` has no retry policy even if the service's entry has one.  The answer for a name is
@@ -389,10 +391,25 @@ class ClientConfig:
                 raise ConfigError("methods", f"values are MethodConfig, got {type(config).__name__}")
         object.__setattr__(self, "methods", MappingProxyType(methods))
 
-    def method(self, name: str) -> MethodConfig:
+    @property
+    def has_service_entries(self) -> bool:
+        """Some entry names a service: which applies to a short name depends on its path."""
+        return any(service for service, _ in self.methods)
+
+    def method(self, name: str, path: str | None = None) -> MethodConfig:
         """The configuration of the method with wire name ``name`` (``"kv.Store/get"``,
         ``"greet"``): its own entry, else its service's, else the default, else an empty
-        :class:`MethodConfig` (all ``None``)."""
+        :class:`MethodConfig` (all ``None``).
+
+        ``path``: the path a short ``name`` stands for on the server (the client learns it
+        from the server's INFO frame): then the path's entry, else its service's, else the
+        short name's own entry (``{"method": "get"}``), else the default.
+        """
+        if path is not None and path != name:
+            service, method = split_method_name(path)
+            found = self.methods.get((service, method)) or self.methods.get((service, ""))
+            if found is not None:
+                return found
         try:
             return self._cache[name]
         except KeyError:

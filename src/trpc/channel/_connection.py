@@ -29,7 +29,9 @@ from typing import Any, Callable
 import trio
 
 from .._errors import RpcError
-from .._events import CallEnded, GoAwayReceived, HeadersReceived, MessagesReceived, PrefaceReceived, InfoReceived
+from .._events import (
+    CallEnded, GoAwayReceived, HeadersReceived, InfoReceived, MessagesReceived, PingAcknowledged, PrefaceReceived,
+)
 from .._server import format_peer
 from .._service import Cardinality
 from .._status import Status
@@ -50,6 +52,8 @@ logger = logging.getLogger("trpc")
 CLOSE_GRACE = 1.0
 
 _current_time = trio.current_time
+#: The payload of the PING that tells when a 1.1 server's INFO would have arrived.
+_DECLARED_PING = b"trpcinfo"
 
 
 class ClientCall:
@@ -57,7 +61,7 @@ class ClientCall:
 
     __slots__ = (
         "id", "connection", "inbox", "status", "message", "details", "trailers", "headers", "wakeup",
-        "credit_wakeup", "unsent", "processed",
+        "credit_wakeup", "unsent", "processed", "watchers",
     )
 
     def __init__(self, stream_id: int, connection: "ClientConnection | None" = None) -> None:
@@ -77,6 +81,26 @@ class ClientCall:
         #: False when the server said it never ran the call (TRAILERS "not processed", or the
         #: call was above a GOAWAY's last stream id): it may be retried anywhere.
         self.processed = True
+        #: Set when the response headers arrive or the call ends; made only when another task
+        #: asks to wait for that (``initial_metadata()``), so a call that nobody watches pays
+        #: nothing for it.
+        self.watchers: trio.Event | None = None
+
+    def wake(self) -> None:
+        """The call has ended (its status is set): wake whoever waits on it."""
+        self.wakeup.unpark()
+        self.credit_wakeup.unpark()
+        if self.watchers is not None:
+            self.watchers.set()
+
+    async def wait_for_headers(self) -> None:
+        """Wait until the response headers have arrived or the call has ended."""
+        if self.headers is None and self.status is None:
+            if self.watchers is None:
+                self.watchers = trio.Event()
+            await self.watchers.wait()
+        else:
+            await trio.lowlevel.checkpoint()
 
     def error(self) -> RpcError:
         return RpcError(self.status, self.message, self.details, trailers=self.trailers)
@@ -100,10 +124,16 @@ class ClientConnection(TrioConnection):
         #: Each method's call shape by path (``"kv.Store/get"``), as the INFO frame declared
         #: them (empty: none declared, e.g. a server of protocol 1.0).
         self.methods: dict[str, Cardinality] = {}
-        #: Set once ``idempotent`` and ``methods`` are final: the INFO frame arrived, or none
-        #: will come (a server of version 1.0, a frame for a call without an INFO before it,
-        #: or the connection is lost).  INFO follows the server's preface by a round trip, so
-        #: a call made at once may not know them yet; who needs them waits for this.
+        #: Every name a client may send for a method in :attr:`methods` (its path, and its
+        #: short name when no other declared method has it) -> (path, shape); built once, when
+        #: INFO arrives, for the client's methods to look up once per connection.
+        self.names: dict[str, tuple[str, Cardinality]] = {}
+        #: Set once what the server declares is known: its INFO arrived, or it will send none
+        #: (its preface says protocol 1.0; or the answer to the PING sent right after a 1.1
+        #: server's preface came first, and INFO would have come before it), or the
+        #: connection ended.  INFO follows the server's preface by up to a round
+        #: trip: a call that needs what it says (its shape, the path its short name stands
+        #: for) waits for this, once per connection.
         self.declared = trio.Event()
         #: New calls may start here (see the module's docstring).
         self.usable = False
@@ -121,7 +151,6 @@ class ClientConnection(TrioConnection):
             call.wakeup.unpark()
 
     def _on_call_ended(self, event: CallEnded) -> None:
-        self.declared.set()
         if self.slot_waiters:
             self.slot_waiters.unpark()
         call = self.calls.get(event.stream_id)
@@ -134,23 +163,45 @@ class ClientConnection(TrioConnection):
                 call.processed = False
             call.wakeup.unpark()
             call.credit_wakeup.unpark()
+            if call.watchers is not None:
+                call.watchers.set()
         if not self.usable:
             self.check_drained()
 
     def _on_headers(self, event: HeadersReceived) -> None:
-        self.declared.set()
         call = self.calls.get(event.stream_id)
         if call is not None:
             call.headers = event.metadata
+            if call.watchers is not None:
+                call.watchers.set()
 
     def _on_preface(self, event: PrefaceReceived) -> None:
-        if event.version < (1, INFO_MINOR_VERSION):
-            self.declared.set()
         self.ready.set()
+        if event.version[0] == 1 and event.version[1] < INFO_MINOR_VERSION:
+            self.declared.set()
+        else:
+            self.ping(_DECLARED_PING)
+
+    def _on_ping_ack(self, event: PingAcknowledged) -> None:
+        if event.payload == _DECLARED_PING:
+            self.declared.set()
+        super()._on_ping_ack(event)
 
     def _on_info(self, event: InfoReceived) -> None:
         self.idempotent = event.idempotent
         self.methods = event.methods
+        names: dict[str, tuple[str, Cardinality]] = {}
+        shorts: dict[str, list[str]] = {}
+        for path, shape in event.methods.items():
+            names[path] = (path, shape)
+            shorts.setdefault(path.rpartition("/")[2], []).append(path)
+        for short, paths in shorts.items():
+            # The server resolves a short name that one service alone has (PROTOCOL.md section
+            # 4); INFO may leave methods out, so this can miss an ambiguity the server sees,
+            # which it then reports itself (UNIMPLEMENTED).
+            if len(paths) == 1 and short not in names:
+                names[short] = names[paths[0]]
+        self.names = names
         self.declared.set()
 
     def _on_goaway(self, event: GoAwayReceived) -> None:
@@ -168,8 +219,7 @@ class ClientConnection(TrioConnection):
             if call.status is None:
                 call.status = Status.UNAVAILABLE
                 call.message = f"connection to {self.peer} lost: {reason}"
-                call.wakeup.unpark()
-                call.credit_wakeup.unpark()
+                call.wake()
         self.drained.set()
 
     def _unusable(self) -> None:
@@ -239,8 +289,7 @@ class ClientConnection(TrioConnection):
                         call.status = Status.UNAVAILABLE
                         call.message = "the client was closed"
                         self.cancel(call.id, Status.UNAVAILABLE, reason)
-                        call.wakeup.unpark()
-                        call.credit_wakeup.unpark()
+                        call.wake()
                 self.goaway(Status.OK, "client closing")
                 with trio.move_on_after(CLOSE_GRACE):
                     await self.flush()
@@ -256,6 +305,7 @@ ClientConnection._DISPATCH = {
     PrefaceReceived: ClientConnection._on_preface,
     GoAwayReceived: ClientConnection._on_goaway,
     InfoReceived: ClientConnection._on_info,
+    PingAcknowledged: ClientConnection._on_ping_ack,
 }
 
 
