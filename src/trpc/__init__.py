@@ -34,6 +34,7 @@ from ._errors import (
     TruncatedFrameError,
     TrpcError,
     WorkerStartError,
+    UsageError,
 )
 from ._framer import get_framer
 from ._health import HealthStatus
@@ -94,6 +95,7 @@ __all__ = [
     "TrpcError",
     "TruncatedFrameError",
     "WorkerStartError",
+    "UsageError",
     "__version__",
     "bidi_stream",
     "client_stream",

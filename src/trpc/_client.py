@@ -35,16 +35,30 @@ request messages sent so far are kept (up to ``RETRY_BUFFER`` bytes) and sent ag
 attempt after the first carries its number in the metadata key ``trpc-attempt``.
 
 Streaming calls use :class:`ClientStream`, an explicit send/receive object; server-streaming
-calls can simply be iterated (``async for x in client.count(5)``), and client-streaming calls take
-an async iterable (``await client.total(numbers())``).
+calls can simply be iterated (``async for x in client.count(5)``), client-streaming calls take
+an async iterable (``await client.total(numbers())``), and so do bidi-streaming ones, iterated
+(``async for reply in client.chat(requests())``): a task in the client's nursery sends the
+requests while the caller reads, and the caller's loop object owns the call, so leaving the
+loop (dropping it) cancels the call and that task; what the iterable raises is raised to the
+reader as it is, never inside an ExceptionGroup.
+
+What a method is comes from the server's INFO frame, once per connection: its shape and the
+path a short name stands for (``ClientConnection.names``).  A :class:`Method` keeps what it
+learned and which connection's declarations it learned it from, so the unary path tests one
+identity per call; a use that does not fit the shape raises :class:`~trpc.UsageError` before
+anything is sent, and the config entry of the path (``{"service": "kv.Store"}``) applies to a
+call by short name.  ``timeout=``, ``metadata=`` and ``wait_for_ready=`` in a call are options
+of that call (``trpc._service.CALL_OPTIONS``), never arguments.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import random
 import ssl
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterable, AsyncIterator, Sequence
 
@@ -53,7 +67,7 @@ import trio
 from ._codec import _loads, decode, encode, encode_arguments
 from ._config import ClientConfig, MethodConfig, RetryPolicy, RetryThrottle
 from ._context import _current_or_none
-from ._errors import LocalProtocolError, MessageTooLargeError, RpcError
+from ._errors import LocalProtocolError, MessageTooLargeError, RpcError, UsageError
 from ._framer import get_framer
 from ._interceptors import CallDetails, run_chain
 from ._reflection import DESCRIBE_METHOD, Reflection
@@ -65,6 +79,7 @@ from .wire import (
     DEFAULT_STREAM_WINDOW,
     message_size,
 )
+from ._service import CALL_OPTIONS, Cardinality
 from ._status import Status
 from .channel._channel import Channel
 from .channel._connection import ClientCall, ClientConnection, ConnectOptions
@@ -211,15 +226,7 @@ class Client:
     def method(self, name: str) -> "Method":
         """The server method ``name``: a path (``"kv.Store/get"``), or a short name (for names
         that are not identifiers or clash with ours)."""
-        config = self._config.method(name) if self._config is not None else None
-        timeout = self._timeout
-        wait_for_ready = self._wait_for_ready
-        if config is not None:
-            if config.timeout is not None:
-                timeout = config.timeout
-            if config.wait_for_ready is not None:
-                wait_for_ready = config.wait_for_ready
-        return Method(self, name, timeout, self._metadata, wait_for_ready, config)
+        return Method(self, name, self._metadata)
 
     # ------------------------------------------------------------------ the channel
     @property
@@ -253,10 +260,28 @@ class Client:
         return ready[0] if ready else None
 
     # ------------------------------------------------------------------ plumbing
-    async def _connection_for(self, wait_for_ready: bool) -> ClientConnection:
+    async def _connection_for(self, wait_for_ready: bool, record: "_Call | None" = None) -> ClientConnection:
         """A connection that can take a call now: the balancer's pick, waiting for a ready
         backend if ``wait_for_ready`` (within the caller's deadline), or for a free slot
-        under the server's concurrent-call limit."""
+        under the server's concurrent-call limit.
+
+        ``record``: the call object of an awaited call, which ``cancel()`` may cancel while it
+        waits here (RpcError CANCELLED), and whose ``initial_metadata()`` waiters learn when it
+        stops waiting."""
+        if record is None:
+            return await self._wait_for_connection(wait_for_ready)
+        control = record._control_for()
+        try:
+            with trio.CancelScope() as control.scope:
+                if control.cancelled:
+                    control.scope.cancel()
+                return await self._wait_for_connection(wait_for_ready)
+            raise control.cancelled_error()
+        finally:
+            control.scope = None
+            control.changed.set()
+
+    async def _wait_for_connection(self, wait_for_ready: bool) -> ClientConnection:
         channel = self._channel
         while True:
             if self._closing:
@@ -312,12 +337,14 @@ class Client:
     @staticmethod
     def _cancel(call: ClientCall, reason: Status, message: str) -> None:
         """End a call from this side: it reports ``reason`` as its status (what the caller
-        sees it end with), and the server is told why."""
+        sees it end with), and the server is told why.  Whoever waits on the call (another
+        task: ``cancel()`` is called from one) is woken."""
         connection = call.connection
         connection.calls.pop(call.id, None)
         if call.status is None:
             call.status = reason
             call.message = message
+            call.wake()
             if connection.broken is None:
                 connection.cancel(call.id, reason, message)
                 if connection.slot_waiters:
@@ -329,27 +356,43 @@ class Client:
     def _finish(call: ClientCall) -> None:
         call.connection.calls.pop(call.id, None)
 
-    async def _unary(self, method: "Method", payload: Any, timeout: float | None, record: Any = None) -> Any:
+    async def _unary(
+        self, method: "Method", payload: Any, timeout: float | None, record: "_Call", own: Any = None
+    ) -> Any:
         if timeout is not None:
-            with trio.CancelScope(deadline=_current_time() + timeout) as scope:
-                return await self._unary(method, payload, None, record)
+            start = _current_time()
+            with trio.CancelScope(deadline=start + timeout) as scope:
+                return await self._unary(method, payload, None, record, (scope, start))
             if scope.cancelled_caught:
+                timeout = timeout if method._timeout is None else method._timeout
                 raise RpcError(Status.DEADLINE_EXCEEDED, f"{method.name}: deadline exceeded ({timeout} s)")
         deadline = _current_effective_deadline()
         if deadline != math.inf and deadline <= _current_time():
+            if record._control is not None:
+                record._control.changed.set()
             await trio.lowlevel.checkpoint()  # no time left: the caller's scope cancels us here
         connection = self._channel.pick()
         if connection is None or not connection.conn.can_open_call:
-            connection = await self._connection_for(method._wait_for_ready)
+            connection = await self._connection_for(method._wait_for_ready, record)
+        if connection.names is not method._awaitable_on and await method._learn(connection):
+            # The server's INFO told the method's path, whose config sets another timeout: it
+            # applies to this call too (a UsageError above if the server says it streams).
+            if own is not None:
+                scope, start = own
+                scope.deadline = math.inf if method._timeout is None else start + method._timeout
+                return await self._unary(method, payload, None, record, own)
+            return await self._unary(method, payload, method._timeout, record)
         call = self._open(connection, method.name, method._metadata, deadline, message=payload)
-        if record is not None:
-            record._result = call
+        record._result = call
         try:
             if call.unsent:  # part of the request waits for credit
                 await connection.wait_for_credit(call.id, call.credit_wakeup, call.ended)
             wakeup = call.wakeup
+            inbox = call.inbox
             while call.status is None:
                 await wakeup.park()
+                if len(inbox) > 1 and call.status is None:
+                    raise method._not_one(call)  # a stream of responses, maybe endless
         except BaseException:
             if call.status is None:
                 self._cancel(call, *_cancel_reason(deadline))
@@ -362,7 +405,7 @@ class Client:
                 if method._max_response is not None and message_size(call.inbox[0]) > method._max_response:
                     raise method._response_too_large(message_size(call.inbox[0]))
                 return decode(call.inbox[0], what="response")
-            raise RpcError(Status.INTERNAL, f"{method.name}: expected one response message, got {len(call.inbox)}")
+            raise method._not_one(call)
         return await _Retrier(method, deadline).unary(call, payload, record)
 
     def _record_success(self, method: "Method", connection: ClientConnection) -> None:
@@ -425,26 +468,36 @@ class _Retrier:
     def metadata(self) -> dict:
         return {**self.method._metadata, ATTEMPT_KEY: str(self.attempts)}
 
-    async def unary(self, call: ClientCall, payload: Any, record: Any) -> Any:
+    async def unary(self, call: ClientCall, payload: Any, record: "_Call") -> Any:
         method = self.method
         client = self.client
         deadline = self.deadline
         while True:
+            if record._control is not None and record._control.cancelled:
+                break  # cancel() ended it: never tried again
             delay = self.delay(call)
             if delay is None:
                 break
             if delay:
-                await trio.sleep(delay)
+                control = record._control_for()
+                with trio.CancelScope() as control.scope:
+                    if control.cancelled:
+                        control.scope.cancel()
+                    await trio.sleep(delay)
+                control.scope = None
+                if control.cancelled:
+                    raise control.cancelled_error()
             self.attempts += 1
-            connection = await client._connection_for(method._wait_for_ready)
+            connection = await client._connection_for(method._wait_for_ready, record)
             call = client._open(connection, method.name, self.metadata(), deadline, message=payload)
-            if record is not None:
-                record._result = call
+            record._result = call
             try:
                 if call.unsent:
                     await connection.wait_for_credit(call.id, call.credit_wakeup, call.ended)
                 while call.status is None:
                     await call.wakeup.park()
+                    if len(call.inbox) > 1 and call.status is None:
+                        raise method._not_one(call)
             except BaseException:
                 if call.status is None:
                     client._cancel(call, *_cancel_reason(deadline))
@@ -457,7 +510,7 @@ class _Retrier:
                     if method._max_response is not None and message_size(call.inbox[0]) > method._max_response:
                         raise method._response_too_large(message_size(call.inbox[0]))
                     return decode(call.inbox[0], what="response")
-                raise RpcError(Status.INTERNAL, f"{method.name}: expected one response message, got {len(call.inbox)}")
+                raise method._not_one(call)
         if call.status is Status.DEADLINE_EXCEEDED and deadline != math.inf:
             # The server's clock ran out before ours (they run at slightly different rates):
             # let the caller's own scope fire, so it sees what Trio promises for that scope.
@@ -488,29 +541,132 @@ class ServiceMethods:
         return f"<ServiceMethods {self._service}>"
 
 
+#: How a caller used a method: the shapes each use fits, and the words for it in a UsageError.
+class _Use:
+    __slots__ = ("shapes", "words")
+
+    def __init__(self, shapes: tuple, words: str) -> None:
+        self.shapes = shapes
+        self.words = words
+
+
+_C = Cardinality
+_AWAIT = _Use((_C.UNARY,), "awaited with arguments")
+_AWAIT_ITEMS = _Use((_C.CLIENT_STREAM,), "awaited with an async iterable of request messages")
+_ITERATE = _Use((_C.SERVER_STREAM,), "iterated with arguments (async for)")
+_ITERATE_ITEMS = _Use((_C.BIDI_STREAM,), "iterated with an async iterable of request messages (async for)")
+_ENTER = _Use((_C.UNARY, _C.SERVER_STREAM), "opened with arguments (async with)")
+_ENTER_ITEMS = _Use((_C.CLIENT_STREAM, _C.BIDI_STREAM), "opened with an async iterable of request messages (async with)")
+_OPEN = _Use((_C.CLIENT_STREAM, _C.BIDI_STREAM), "opened with .open() to send request messages")
+#: Every use of a call object that has already started (initial_metadata() before await or
+#: async for): what it sent says which shapes may follow.
+_STARTED = {True: _ENTER_ITEMS, False: _ENTER}
+
+_SHAPE_WORDS = {
+    _C.UNARY: "unary",
+    _C.SERVER_STREAM: "server-streaming",
+    _C.CLIENT_STREAM: "client-streaming",
+    _C.BIDI_STREAM: "bidi-streaming",
+}
+#: The form that fits each shape, ``{}`` the method as the caller reaches it.
+_RIGHT_FORM = {
+    _C.UNARY: "await {}(...)",
+    _C.SERVER_STREAM: "async for item in {}(...)",
+    _C.CLIENT_STREAM: "await {}(requests), requests an async iterable of the request messages"
+                      " (or async with {}.open() as stream)",
+    _C.BIDI_STREAM: "async for reply in {}(requests), requests an async iterable of the request messages"
+                    " (or async with {}.open() as stream)",
+}
+_CANCELLED_MESSAGE = "the call was cancelled (cancel())"
+
+
+def _is_items(args: tuple, kwargs: dict) -> bool:
+    """The arguments of a call are one async iterable: the request messages of a client- or
+    bidi-streaming call (what a server that declared no shapes leaves the client to go by)."""
+    return len(args) == 1 and not kwargs and hasattr(args[0], "__aiter__")
+
+
+def _check_options(options: dict) -> None:
+    """Refuse per-call options of the wrong type (rather than send them, or fail later)."""
+    timeout = options.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
+        raise UsageError(f"timeout= is seconds, a number above 0, or None; got {timeout!r}")
+    metadata = options.get("metadata")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise UsageError(f"metadata= is a dict of metadata, got {type(metadata).__name__}")
+    wait_for_ready = options.get("wait_for_ready")
+    if wait_for_ready is not None and not isinstance(wait_for_ready, bool):
+        raise UsageError(f"wait_for_ready= is True or False, got {wait_for_ready!r}")
+
+
 class Method:
-    """A server method, bound to a client.  Call it; or ``open()`` it for explicit streaming."""
+    """A server method, bound to a client.  Call it; or ``open()`` it for explicit streaming.
+
+    Calling it takes the method's arguments, and three keywords that are options of that one
+    call, never arguments (a service may not name a parameter so, see :class:`~trpc.Service`):
+    ``timeout`` (seconds, or None), ``metadata`` (added to the method's) and
+    ``wait_for_ready``; ``client.greet("Ada", timeout=1)`` is
+    ``client.greet.with_options(timeout=1)("Ada")``.
+
+    What the method is (its path, its call shape, its entry in the client's config) is learned
+    from the server's INFO frame once per connection and kept here, so a call looks nothing up.
+    A use that does not fit the shape raises :class:`~trpc.UsageError` before anything is sent.
+    """
 
     __slots__ = (
         "_client", "name", "_timeout", "_metadata", "_wait_for_ready", "_config", "_retry_policy", "_max_request",
-        "_max_response",
+        "_max_response", "_set_timeout", "_set_wait", "_path", "_shape", "_seen", "_awaitable_on", "_path_matters",
     )
 
     def __init__(
         self,
         client: Client,
         name: str,
-        timeout: float | None,
         metadata: dict,
-        wait_for_ready: bool = False,
-        config: MethodConfig | None = None,
+        *,
+        timeout: Any = _UNSET,
+        wait_for_ready: bool | None = None,
     ) -> None:
         self._client = client
         self.name = name
-        self._timeout = timeout
         self._metadata = metadata
-        self._wait_for_ready = wait_for_ready
+        #: What with_options() set (they win over the config and the client's defaults).
+        self._set_timeout = timeout
+        self._set_wait = wait_for_ready
+        #: The path ``name`` stands for, and its shape, as the last connection's INFO said
+        #: (None: not known); ``_seen`` is that connection's ``names``, ``_awaitable_on`` the
+        #: same once an ``await`` has been checked against it (the unary path's one test).
+        self._path: str | None = name if "/" in name else None
+        self._shape: Cardinality | None = None
+        self._seen: Any = None
+        self._awaitable_on: Any = None
+        self._configure()
+        channel = client._channel
+        if channel is not None and channel.ready:  # learn what it is now, if a server has said
+            self._resolve(channel.ready[0])
+
+    def _configure(self) -> None:
+        """Take this method's settings from the client's config (by path once it is known),
+        the client's defaults and what with_options() set."""
+        client = self._client
+        config = client._config.method(self.name, self._path) if client._config is not None else None
+        timeout = client._timeout
+        wait_for_ready = client._wait_for_ready
+        if config is not None:
+            if config.timeout is not None:
+                timeout = config.timeout
+            if config.wait_for_ready is not None:
+                wait_for_ready = config.wait_for_ready
+        self._timeout = timeout if self._set_timeout is _UNSET else self._set_timeout
+        self._wait_for_ready = wait_for_ready if self._set_wait is None else self._set_wait
         self._config = config
+        #: The name is short and the config has entries by service: the path it stands for
+        #: may change which applies, so a call waits for the server's INFO to learn it.
+        self._path_matters = (
+            self._path is None and client._config is not None and client._config.has_service_entries
+        )
         #: The retry policy when the config says the method is idempotent (else decided per
         #: failed attempt, from what the server declared: see _policy_for).
         self._retry_policy = None
@@ -522,6 +678,62 @@ class Method:
                 self._retry_policy = config.retry_policy or DEFAULT_RETRY_POLICY
             self._max_request = config.max_request_message_size
             self._max_response = config.max_response_message_size
+
+    def _resolve(self, connection: ClientConnection) -> None:
+        """Learn the path and shape of this method from what ``connection``'s INFO declared."""
+        names = connection.names
+        entry = names.get(self.name)
+        if entry is not None:
+            path, self._shape = entry
+            if path != self._path:
+                self._path = path
+                self._configure()
+        else:
+            self._shape = None
+        self._seen = names
+
+    def _check(self, connection: ClientConnection, use: _Use) -> bool:
+        """Raise UsageError if ``use`` does not fit the shape the server declared.  True when
+        what ``connection`` declared changed this method's timeout (its path was learned)."""
+        timeout = self._timeout
+        if connection.names is not self._seen:
+            self._resolve(connection)
+        shape = self._shape
+        if shape is not None and shape not in use.shapes:
+            raise self._misuse(shape, use)
+        if use is _AWAIT:
+            self._awaitable_on = self._seen
+        return self._timeout != timeout
+
+    async def _learn(self, connection: ClientConnection) -> bool:
+        """The unary path's check against a connection not seen yet (see _check), after
+        waiting for the server's INFO when the config may depend on it."""
+        if self._path_matters and not connection.declared.is_set():
+            await connection.declared.wait()
+        return self._check(connection, _AWAIT)
+
+    def _misuse(self, shape: Cardinality, use: _Use) -> UsageError:
+        where = self._display()
+        return UsageError(
+            f"{self.name} is {_SHAPE_WORDS[shape]}, so it cannot be {use.words}: call it as "
+            + _RIGHT_FORM[shape].format(where, where)
+        )
+
+    def _display(self) -> str:
+        """How the caller reaches this method: ``client.greet``, ``client["kv.Store"].get``."""
+        service, slash, name = self.name.rpartition("/")
+        if not name.isidentifier():
+            return f"client.method({self.name!r})"
+        return f"client[{service!r}].{name}" if slash else f"client.{name}"
+
+    def _not_one(self, call: ClientCall) -> RpcError:
+        """The error of an awaited call whose server did not send exactly one response."""
+        return RpcError(
+            Status.INTERNAL,
+            f"{self.name}: expected one response message, got "
+            + (f"{len(call.inbox)}" if call.status is not None else "more than one before the end")
+            + f" (if {self.name} streams its responses, iterate it: async for item in {self._display()}(...))",
+        )
 
     def _check_request(self, payload: Any) -> None:
         """Raise RESOURCE_EXHAUSTED for a request message over the config's limit."""
@@ -553,11 +765,17 @@ class Method:
         self, *, timeout: float | None = _UNSET, metadata: dict | None = None, wait_for_ready: bool | None = None
     ) -> "Method":
         """The same method with another timeout, extra metadata for each call, or another
-        ``wait_for_ready`` (wait for a ready backend instead of failing at once)."""
+        ``wait_for_ready`` (wait for a ready backend instead of failing at once).
+
+        Raises:
+            UsageError: an option of the wrong type (a timeout that is not a number above 0).
+        """
+        _check_options({"timeout": None if timeout is _UNSET else timeout, "metadata": metadata,
+                        "wait_for_ready": wait_for_ready})
         return self._replace(
-            timeout=self._timeout if timeout is _UNSET else timeout,
+            timeout=self._set_timeout if timeout is _UNSET else timeout,
             metadata={**self._metadata, **(metadata or {})},
-            wait_for_ready=self._wait_for_ready if wait_for_ready is None else wait_for_ready,
+            wait_for_ready=self._set_wait if wait_for_ready is None else wait_for_ready,
         )
 
     def _replace(self, *, name: str | None = None, timeout: Any = _UNSET, metadata: dict | None = None,
@@ -565,13 +783,15 @@ class Method:
         return Method(
             self._client,
             self.name if name is None else name,
-            self._timeout if timeout is _UNSET else timeout,
             self._metadata if metadata is None else metadata,
-            self._wait_for_ready if wait_for_ready is None else wait_for_ready,
-            self._config,
+            timeout=self._set_timeout if timeout is _UNSET else timeout,
+            wait_for_ready=self._set_wait if wait_for_ready is None else wait_for_ready,
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> "_Call":
+        if kwargs and not CALL_OPTIONS.isdisjoint(kwargs):
+            options = {key: kwargs.pop(key) for key in CALL_OPTIONS & kwargs.keys()}
+            return _Call(self.with_options(**options), args, kwargs)
         return _Call(self, args, kwargs)
 
     def open(self) -> "ClientStream":
@@ -581,11 +801,34 @@ class Method:
                 await stream.send("hi")
                 print(await stream.receive())
                 await stream.done_sending()
+
+        A method the server declared unary or server-streaming raises UsageError when the
+        stream starts.
         """
-        return ClientStream(self, None)
+        return ClientStream(self, None, use=_OPEN)
 
     def __repr__(self) -> str:
         return f"<trpc method {self.name} on {self._client.peer}>"
+
+
+class _CallControl:
+    """What ``cancel()`` and ``initial_metadata()`` need of an awaited call that has not opened
+    its stream yet (it waits for a connection, or its interceptors run): made only when one of
+    them is used, or the call waits, so a call that does neither pays nothing for it."""
+
+    __slots__ = ("cancelled", "scope", "changed")
+
+    def __init__(self) -> None:
+        #: cancel() was called: the call must not open, nor be retried.
+        self.cancelled = False
+        #: The scope of what the call waits on before it opens (cancel() cancels it).
+        self.scope: trio.CancelScope | None = None
+        #: Set when the call's progress changes (it stopped waiting, or ended before opening).
+        self.changed = trio.Event()
+
+    @staticmethod
+    def cancelled_error() -> RpcError:
+        return RpcError(Status.CANCELLED, _CANCELLED_MESSAGE)
 
 
 class _Call:
@@ -593,12 +836,18 @@ class _Call:
 
     - ``await`` it: the one response (unary; client-streaming when the only argument is an
       async iterable, whose items are the request messages);
-    - ``async for`` over it: the responses of a server-streaming call;
+    - ``async for`` over it: the responses of a server-streaming call, or of a bidi-streaming
+      call when the only argument is an async iterable of the request messages (sent by a
+      task of the client's beside the caller's reads);
     - ``async with`` it: the :class:`ClientStream` of the call, for its responses, headers and
-      trailers, cancelled on exit if unfinished.
+      trailers, cancelled on exit if unfinished;
+    - ``await call.initial_metadata()``: the response headers; ``call.cancel()``: cancel it.
+
+    A use that does not fit the method's shape (as the server declared it) raises
+    :class:`~trpc.UsageError` before anything is sent.
     """
 
-    __slots__ = ("_method", "_args", "_kwargs", "_stream", "_coro", "_result")
+    __slots__ = ("_method", "_args", "_kwargs", "_stream", "_coro", "_result", "_control")
 
     def __init__(self, method: Method, args: tuple, kwargs: dict) -> None:
         self._method = method
@@ -608,13 +857,22 @@ class _Call:
         self._coro: Any = None
         #: The finished call's record (headers, trailers, status), once awaited.
         self._result: ClientCall | None = None
+        self._control: _CallControl | None = None
+
+    def _control_for(self) -> _CallControl:
+        control = self._control
+        if control is None:
+            control = self._control = _CallControl()
+        return control
 
     def _coroutine(self) -> Any:
         """The coroutine that performs an awaited call (created on first use)."""
         coro = self._coro
         if coro is None:
             method = self._method
-            if method._client._interceptors:
+            if self._stream is not None:  # initial_metadata() started it: take its response
+                coro = self._finish_started()
+            elif method._client._interceptors:
                 coro = self._intercepted()
             else:
                 coro = self._direct(method)
@@ -643,6 +901,11 @@ class _Call:
         deadline = _current_effective_deadline()
 
         async def invoke() -> Any:
+            control = self._control
+            if control is not None:
+                if control.cancelled:
+                    raise control.cancelled_error()
+                control.changed.set()  # its waiters look again once the call has opened
             return await self._direct(method._replace(name=details.method, timeout=details.timeout, metadata=details.metadata))
 
         try:
@@ -656,10 +919,77 @@ class _Call:
         except BaseException as exc:
             details._done(Status.UNKNOWN, repr(exc))
             raise
+        finally:
+            if self._control is not None:
+                self._control.changed.set()
         details._done(Status.OK)
         return result
 
-    # After the call: what the server sent besides the result.
+    # While and after the call: what the server sent besides the result.
+    async def initial_metadata(self) -> dict:
+        """The response headers (metadata the server sent before any response message): waits
+        until they arrive or the call ends; ``{}`` if the server sent none (as gRPC).
+
+        A call runs in the task that awaits (or iterates) it: ask from another task while it
+        runs.  Asked before any task has started the call, it starts the call here (it sends
+        the request), and ``await call`` or ``async for`` then take its responses, as with
+        gRPC's ``call = stub.f(x); await call.initial_metadata(); await call``.  With retries,
+        the headers are those of the attempt running when asked (``{}`` if it failed without
+        any).
+        """
+        while True:
+            stream = self._stream
+            if stream is not None:
+                return await stream.initial_metadata()
+            record = self._result
+            if record is not None:
+                await record.wait_for_headers()
+                return dict(record.headers) if record.headers is not None else {}
+            coro = self._coro
+            if coro is None:
+                # Nobody has started the call: start it here; await or async for take it on.
+                self._stream = self._open_stream(_STARTED[_is_items(self._args, self._kwargs)])
+                continue
+            if inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED:
+                await trio.lowlevel.checkpoint()
+                return {}  # it ended before it opened (an error, or cancelled)
+            # It has started in another task and waits before opening (for a connection, or in
+            # its interceptors): those say when that changes.
+            control = self._control_for()
+            control.changed = trio.Event()
+            await control.changed.wait()
+
+    def cancel(self) -> bool:
+        """Cancel the call, from any task: the task awaiting it gets RpcError CANCELLED, and
+        the server is told (a CANCEL frame).  A call not started yet fails so when awaited.
+
+        Returns:
+            False if the call had already ended (or been cancelled), else True.
+        """
+        if self._stream is not None:
+            return self._stream.cancel()
+        control = self._control_for()
+        if control.cancelled:
+            return False
+        record = self._result
+        if record is not None:
+            if record.status is not None:
+                return False
+            control.cancelled = True
+            Client._cancel(record, Status.CANCELLED, _CANCELLED_MESSAGE)
+            return True
+        coro = self._coro
+        if coro is None:
+            control.cancelled = True
+            self._coro = _raise(control.cancelled_error())
+            return True
+        if inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED:
+            return False
+        control.cancelled = True
+        if control.scope is not None:
+            control.scope.cancel()
+        return True
+
     @property
     def headers(self) -> dict | None:
         """Response headers of the finished call (None if the server sent none)."""
@@ -698,32 +1028,79 @@ class _Call:
             self._coro.close()
 
     async def _client_stream(self, method: Method, items: AsyncIterable) -> Any:
-        async with ClientStream(method, None, intercept=False) as stream:
-            self._result = stream._call
+        self._stream = ClientStream(method, None, intercept=False, use=_AWAIT_ITEMS)
+        async with self._stream as stream:
             async for item in items:
                 if not await stream.send(item):
                     break  # the server already ended the call; its status follows
             await stream.done_sending()
             return await stream.receive_one()
 
-    def __aiter__(self) -> AsyncIterator:
-        return self._open_stream()  # a ClientStream opens itself on the first __anext__
+    async def _finish_started(self) -> Any:
+        """``await call`` after initial_metadata() started it: the one response."""
+        stream = self._stream
+        try:
+            stream._check_use(_AWAIT_ITEMS if stream._items is not None else _AWAIT)
+            return await stream.receive_one()
+        finally:
+            await stream.aclose()
 
-    def _open_stream(self) -> "ClientStream":
+    def __aiter__(self) -> AsyncIterator:
+        stream = self._stream
+        if stream is not None:  # started by initial_metadata()
+            stream._check_use(_ITERATE_ITEMS if stream._items is not None else _ITERATE)
+            return _Replies(stream) if stream._items is not None else stream
+        if _is_items(self._args, self._kwargs):
+            return _Replies(ClientStream(self._method, None, use=_ITERATE_ITEMS, items=self._args[0]))
+        return self._open_stream(_ITERATE)  # a ClientStream opens itself on the first __anext__
+
+    def _open_stream(self, use: _Use) -> "ClientStream":
+        if _is_items(self._args, self._kwargs):
+            return ClientStream(self._method, None, use=use, items=self._args[0])
         try:
             payload = encode_arguments(self._args, self._kwargs)
         except Exception as exc:
             raise RpcError(Status.INVALID_ARGUMENT, f"cannot encode the arguments: {exc}") from None
         if self._method._max_request is not None:
             self._method._check_request(payload)
-        return ClientStream(self._method, payload)
+        return ClientStream(self._method, payload, use=use)
 
     async def __aenter__(self) -> "ClientStream":
-        self._stream = self._open_stream()
+        if self._stream is None:
+            self._stream = self._open_stream(_STARTED[_is_items(self._args, self._kwargs)])
         return await self._stream.__aenter__()
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self._stream.__aexit__(*exc_info)
+
+
+class _Replies:
+    """``async for reply in client.chat(requests)``: the responses of a bidi-streaming call
+    whose request messages a task of the client's sends meanwhile.  The caller holds this
+    object and the sending task does not, so a caller that leaves the loop early drops it, and
+    that cancels the call and stops the sender at once (Python does not close an iterator
+    that ``break`` leaves)."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: "ClientStream") -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> "_Replies":
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._stream.__anext__()
+
+    async def aclose(self) -> None:
+        """Cancel the call if it has not ended, and stop sending."""
+        await self._stream.aclose()
+
+    def __del__(self) -> None:
+        try:
+            self._stream._close_sync()
+        except Exception:  # outside Trio (interpreter exit): nothing left to tell
+            pass
 
 
 async def _raise(exc: BaseException) -> Any:
@@ -739,8 +1116,25 @@ class ClientStream:
     sent before that status has been received).  Iterating with ``async for`` receives until the end.
     """
 
-    def __init__(self, method: Method, first: bytes | None, *, intercept: bool = True) -> None:
+    def __init__(
+        self, method: Method, first: bytes | None, *, intercept: bool = True, use: _Use = _OPEN,
+        items: AsyncIterable | None = None,
+    ) -> None:
         self._method = method
+        #: How the caller uses the call, checked against the shape the server declared.
+        self._use = use
+        #: The request messages a task of the client's sends (a bidi call iterated with
+        #: ``async for``), its cancel scope once it runs, and what it failed with.
+        self._items = items
+        self._sender: trio.CancelScope | None = None
+        self._sender_error: BaseException | None = None
+        #: start() has begun (and has finished); what waits before the call opens, for
+        #: cancel(); initial_metadata() waiters on that (made when one waits).
+        self._starting = False
+        self._started = False
+        self._wait_scope: trio.CancelScope | None = None
+        self._progress: trio.Event | None = None
+        self._cancelled = False
         self._client = method._client
         self._first = first
         self._details: CallDetails | None = None
@@ -748,7 +1142,7 @@ class ClientStream:
         self._call: ClientCall | None = None
         self._deadline = math.inf
         self._own_deadline = math.inf
-        self._sending_done = first is not None
+        self._sending_done = first is not None and items is None
         self._count = 0
         self._unacked = 0
         #: The request messages sent so far, kept to be sent again if the call is retried;
@@ -766,8 +1160,30 @@ class ClientStream:
         await self.aclose()
 
     async def start(self) -> None:
-        """Open the call (``async with`` does this)."""
+        """Open the call (``async with`` does this); a no-op once it has begun.
+
+        Raises:
+            UsageError: the server declared a shape this use does not fit (nothing was sent).
+            RpcError: CANCELLED after cancel().
+        """
+        if self._starting:
+            await trio.lowlevel.checkpoint()
+            return
+        self._starting = True
+        try:
+            await self._begin()
+        finally:
+            self._started = True
+            if self._progress is not None:
+                self._progress.set()
+        if self._items is not None and self._call is not None:
+            self._sender = trio.CancelScope()
+            self._client._channel.nursery.start_soon(self._send_items, self._items, self._sender)
+
+    async def _begin(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
+        if self._cancelled:
+            raise _CallControl.cancelled_error()
         if self._intercept:
             method = self._method
             details = self._details = CallDetails(method.name, dict(method._metadata), method._timeout, streaming=True)
@@ -802,7 +1218,14 @@ class ClientStream:
         method = self._method
         connection = client._channel.pick()
         if connection is None or not connection.conn.can_open_call:
-            connection = await self._with_deadline(client._connection_for(method._wait_for_ready))
+            with trio.CancelScope() as self._wait_scope:
+                connection = await self._with_deadline(client._connection_for(method._wait_for_ready))
+            self._wait_scope = None
+            if self._cancelled:
+                raise _CallControl.cancelled_error()
+        if method._path_matters and not connection.declared.is_set():
+            await self._with_deadline(connection.declared.wait())
+        method._check(connection, self._use)  # a UsageError if the server declared another shape
         first = self._first
         self._call = client._open(connection, method.name, method._metadata, self._deadline)
         if first is not None:
@@ -829,7 +1252,7 @@ class ClientStream:
         rules allow (see the module's docstring).  True when a new attempt is running."""
         call = self._call
         replay = self._replay
-        if replay is None or call.headers is not None:
+        if replay is None or call.headers is not None or self._cancelled:
             return False
         client = self._client
         method = self._method
@@ -858,7 +1281,10 @@ class ClientStream:
             self._client._record_success(self._method, self._call.connection)
 
     async def aclose(self) -> None:
-        """Cancel the call if it has not ended; a no-op afterwards."""
+        """Cancel the call if it has not ended, and stop sending request messages; a no-op
+        afterwards."""
+        if self._sender is not None:
+            self._sender.cancel()
         call = self._call
         if call is not None and call.status is None:
             reason, message = _cancel_reason(self._deadline)
@@ -870,6 +1296,8 @@ class ClientStream:
         await trio.lowlevel.checkpoint()
 
     def _close_sync(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
         call = self._call
         if call is not None and call.status is None:
             try:
@@ -932,6 +1360,8 @@ class ClientStream:
                     return await self.receive()
                 self._client._finish(call)
                 self._ended(call.status, call.message)
+                if self._sender_error is not None:
+                    raise self._sender_error
                 if call.status is _OK:
                     self._succeeded()
                     raise trio.EndOfChannel
@@ -982,11 +1412,13 @@ class ClientStream:
                 break
         self._client._finish(call)
         self._ended(call.status, call.message)
+        if self._sender_error is not None:
+            raise self._sender_error
         if call.status is not _OK:
             raise call.error()
         self._succeeded()
         if len(call.inbox) != 1:
-            raise RpcError(Status.INTERNAL, f"{self._method.name}: expected one response message, got {len(call.inbox)}")
+            raise self._method._not_one(call)
         payload = call.inbox.popleft()
         if self._method._max_response is not None and message_size(payload) > self._method._max_response:
             raise self._method._response_too_large(message_size(payload))
@@ -1018,6 +1450,86 @@ class ClientStream:
             self._close_sync()
         except Exception:  # outside Trio (interpreter exit): nothing left to tell
             pass
+
+    # ----------------------------------------------------------- the request iterable
+    async def _send_items(self, items: AsyncIterable, scope: trio.CancelScope) -> None:
+        """The sender of ``async for reply in client.chat(requests)``, in the client's nursery:
+        sends each request message, then half-closes.  It never raises: what the iterable (or
+        sending) fails with cancels the call and is raised to the reader instead; ``aclose()``,
+        the reader leaving the loop, or the client closing cancel it."""
+        with scope:
+            try:
+                iterator = items.__aiter__()
+                try:
+                    while True:
+                        try:
+                            item = await iterator.__anext__()
+                        except StopAsyncIteration:
+                            break
+                        if not await self.send(item):
+                            return  # the call has ended: the reader reports how
+                    await self.done_sending()
+                finally:
+                    aclose = getattr(iterator, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+            except Exception as exc:
+                self._sender_error = exc
+                call = self._call
+                if call.status is None:
+                    message = f"the request messages failed: {type(exc).__name__}"
+                    self._client._cancel(call, Status.CANCELLED, message)
+                    self._ended(Status.CANCELLED, message)
+                else:
+                    call.wake()
+
+    def _check_use(self, use: _Use) -> None:
+        """``await`` or ``async for`` on a call that initial_metadata() started: does that use
+        fit the shape the server declared?"""
+        self._use = use
+        shape = self._method._shape
+        if shape is not None and shape not in use.shapes:
+            raise self._method._misuse(shape, use)
+
+    # ----------------------------------------------------------- headers, cancel
+    async def initial_metadata(self) -> dict:
+        """The response headers: waits until they arrive or the call ends; ``{}`` if the
+        server sent none (as gRPC).  Opens the call if nothing has yet."""
+        while self._call is None:
+            if not self._starting:
+                await self.start()
+            elif self._started:  # it did not open: the error went to whoever started it
+                await trio.lowlevel.checkpoint()
+                return {}
+            else:
+                self._progress = trio.Event()
+                await self._progress.wait()
+        call = self._call
+        await call.wait_for_headers()
+        return dict(call.headers) if call.headers is not None else {}
+
+    def cancel(self) -> bool:
+        """Cancel the call, from any task: whoever reads it gets RpcError CANCELLED, and the
+        server is told (a CANCEL frame).
+
+        Returns:
+            False if the call had already ended (or been cancelled), else True.
+        """
+        if self._cancelled:
+            return False
+        call = self._call
+        if call is not None and call.status is not None:
+            return False
+        self._cancelled = True
+        if self._sender is not None:
+            self._sender.cancel()
+        if call is None:
+            if self._wait_scope is not None:
+                self._wait_scope.cancel()
+            return True
+        self._client._cancel(call, Status.CANCELLED, _CANCELLED_MESSAGE)
+        self._ended(Status.CANCELLED, _CANCELLED_MESSAGE)
+        return True
 
     # ----------------------------------------------------------- results
     @property

@@ -12,6 +12,10 @@ Everything trpc raises on purpose derives from :class:`TrpcError`:
   errors with their own subclasses so tests (and users) can tell them apart.
 - :class:`ConfigError` means a client configuration (``docs/CONFIG.md``) broke its rules; it is
   also a ``ValueError``, and names the JSON path of the bad value.
+- :class:`UsageError` means the calling code used a method in a way it cannot be called: the
+  wrong call shape (``await`` on a server-streaming method, ``async for`` over a unary one), a
+  per-call option where an argument was meant.  Nothing was sent.  It is also a ``TypeError``,
+  as Python's own error for a call that does not fit the function.
 - :class:`TransportError` wraps failures of the underlying byte stream (Trio's
   ``BrokenResourceError``, ``ClosedResourceError``, ``OSError``); they are translated in one
   place, the Trio transport layer, and never leak from the public API in their raw form.
@@ -43,6 +47,7 @@ __all__ = [
     "TransportError",
     "WorkerStartError",
     "ProtoMappingError",
+    "UsageError",
 ]
 
 
@@ -154,6 +159,17 @@ class ConfigError(TrpcError, ValueError):
         super().__init__(f"{path or 'config'}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class UsageError(TrpcError, TypeError):
+    """A method was called in a way its call shape (or the call options) does not allow.
+
+    Raised before anything is sent, by the client, when it knows the method's shape (the
+    server's INFO frame declared it; docs/PROTOCOL.md section 3); its message names the form
+    that fits: ``count is server-streaming: iterate it, async for item in client.count(...)``.
+    Without that knowledge the client cannot tell, and the first wrong use fails with the
+    server's answer instead (an :class:`RpcError`).
+    """
 
 
 class TransportError(TrpcError):
