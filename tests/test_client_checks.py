@@ -187,6 +187,20 @@ async def test_a_wrong_shape_fails_at_once_naming_the_right_form_and_sends_nothi
     assert shapes.runs == 0 and informed.calls_in_flight == 0
 
 
+async def test_the_first_call_on_a_fresh_client_is_checked_too(shapes, nursery, autojump_clock):
+    """INFO may not have arrived when open_client returns: the first call waits for it."""
+    stream, _ = await _connect(nursery, shapes)
+    async with trpc.open_client(stream) as client:
+        with trio.fail_after(1):
+            with pytest.raises(UsageError, match="async for item in client.watch"):
+                await client.watch()
+    async with trpc.open_client((await _connect(nursery, shapes))[0]) as client:
+        with pytest.raises(UsageError, match="await client.greet"):
+            async for _ in client.greet("Ada"):
+                pass
+    assert shapes.runs == 0
+
+
 async def test_the_message_says_what_the_caller_did_and_what_the_method_is(informed):
     with pytest.raises(UsageError) as caught:
         await informed.watch(3)

@@ -375,8 +375,9 @@ class Client:
         if connection is None or not connection.conn.can_open_call:
             connection = await self._connection_for(method._wait_for_ready, record)
         if connection.names is not method._awaitable_on and await method._learn(connection):
-            # The server's INFO told the method's path, whose config sets another timeout: it
-            # applies to this call too (a UsageError above if the server says it streams).
+            # It waited for the server's INFO, or that told the method's path, whose config
+            # sets another timeout, which applies to this call too: start over (a UsageError
+            # above if the server says the method streams).
             if own is not None:
                 scope, start = own
                 scope.deadline = math.inf if method._timeout is None else start + method._timeout
@@ -388,10 +389,9 @@ class Client:
             if call.unsent:  # part of the request waits for credit
                 await connection.wait_for_credit(call.id, call.credit_wakeup, call.ended)
             wakeup = call.wakeup
-            inbox = call.inbox
             while call.status is None:
                 await wakeup.park()
-                if len(inbox) > 1 and call.status is None:
+                if call.status is None and len(call.inbox) > 1:
                     raise method._not_one(call)  # a stream of responses, maybe endless
         except BaseException:
             if call.status is None:
@@ -617,7 +617,7 @@ class Method:
 
     __slots__ = (
         "_client", "name", "_timeout", "_metadata", "_wait_for_ready", "_config", "_retry_policy", "_max_request",
-        "_max_response", "_set_timeout", "_set_wait", "_path", "_shape", "_seen", "_awaitable_on", "_path_matters",
+        "_max_response", "_set_timeout", "_set_wait", "_path", "_shape", "_seen", "_awaitable_on",
     )
 
     def __init__(
@@ -662,11 +662,6 @@ class Method:
         self._timeout = timeout if self._set_timeout is _UNSET else self._set_timeout
         self._wait_for_ready = wait_for_ready if self._set_wait is None else self._set_wait
         self._config = config
-        #: The name is short and the config has entries by service: the path it stands for
-        #: may change which applies, so a call waits for the server's INFO to learn it.
-        self._path_matters = (
-            self._path is None and client._config is not None and client._config.has_service_entries
-        )
         #: The retry policy when the config says the method is idempotent (else decided per
         #: failed attempt, from what the server declared: see _policy_for).
         self._retry_policy = None
@@ -706,10 +701,14 @@ class Method:
         return self._timeout != timeout
 
     async def _learn(self, connection: ClientConnection) -> bool:
-        """The unary path's check against a connection not seen yet (see _check), after
-        waiting for the server's INFO when the config may depend on it."""
-        if self._path_matters and not connection.declared.is_set():
+        """The unary path's check against a connection not seen yet (see _check), once what
+        the server declares is known (it comes with, or just after, the server's preface).
+        True when the call must start over: it waited (the connection's state may have
+        changed meanwhile), or its timeout changed."""
+        if not connection.declared.is_set():
             await connection.declared.wait()
+            self._check(connection, _AWAIT)
+            return True
         return self._check(connection, _AWAIT)
 
     def _misuse(self, shape: Cardinality, use: _Use) -> UsageError:
@@ -870,9 +869,7 @@ class _Call:
         coro = self._coro
         if coro is None:
             method = self._method
-            if self._stream is not None:  # initial_metadata() started it: take its response
-                coro = self._finish_started()
-            elif method._client._interceptors:
+            if method._client._interceptors:
                 coro = self._intercepted()
             else:
                 coro = self._direct(method)
@@ -949,8 +946,9 @@ class _Call:
             if coro is None:
                 # Nobody has started the call: start it here; await or async for take it on.
                 self._stream = self._open_stream(_STARTED[_is_items(self._args, self._kwargs)])
+                self._coro = _Later(self._finish_started)
                 continue
-            if inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED:
+            if _has_ended(coro):
                 await trio.lowlevel.checkpoint()
                 return {}  # it ended before it opened (an error, or cancelled)
             # It has started in another task and waits before opening (for a connection, or in
@@ -983,7 +981,7 @@ class _Call:
             control.cancelled = True
             self._coro = _raise(control.cancelled_error())
             return True
-        if inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED:
+        if _has_ended(coro):
             return False
         control.cancelled = True
         if control.scope is not None:
@@ -1072,6 +1070,39 @@ class _Call:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self._stream.__aexit__(*exc_info)
+
+
+def _has_ended(coro: Any) -> bool:
+    return type(coro) is not _Later and inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+
+
+class _Later:
+    """The coroutine of ``await call`` for a call that initial_metadata() started, made only
+    if the call is awaited (not iterated), so that none is left never awaited."""
+
+    __slots__ = ("_factory", "_coro")
+
+    def __init__(self, factory: Any) -> None:
+        self._factory = factory
+        self._coro: Any = None
+
+    def _get(self) -> Any:
+        if self._coro is None:
+            self._coro = self._factory()
+        return self._coro
+
+    def __await__(self):
+        return self._get().__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._get().send(value)
+
+    def throw(self, *exc_info: Any) -> Any:
+        return self._get().throw(*exc_info)
+
+    def close(self) -> None:
+        if self._coro is not None:
+            self._coro.close()
 
 
 class _Replies:
@@ -1223,7 +1254,7 @@ class ClientStream:
             self._wait_scope = None
             if self._cancelled:
                 raise _CallControl.cancelled_error()
-        if method._path_matters and not connection.declared.is_set():
+        if not connection.declared.is_set():  # the first call on a new connection
             await self._with_deadline(connection.declared.wait())
         method._check(connection, self._use)  # a UsageError if the server declared another shape
         first = self._first

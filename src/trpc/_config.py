@@ -391,11 +391,6 @@ class ClientConfig:
                 raise ConfigError("methods", f"values are MethodConfig, got {type(config).__name__}")
         object.__setattr__(self, "methods", MappingProxyType(methods))
 
-    @property
-    def has_service_entries(self) -> bool:
-        """Some entry names a service: which applies to a short name depends on its path."""
-        return any(service for service, _ in self.methods)
-
     def method(self, name: str, path: str | None = None) -> MethodConfig:
         """The configuration of the method with wire name ``name`` (``"kv.Store/get"``,
         ``"greet"``): its own entry, else its service's, else the default, else an empty
