@@ -71,6 +71,18 @@ class Shapes(trpc.Service, name="kv.Store"):
         for i in range(n):
             yield i
 
+    @trpc.server_stream
+    async def ticks(self, n: int):
+        """Sends its headers and n items, then waits for ``release`` (records a cancellation)."""
+        trpc.current_call().send_headers({"ticks": str(n)})
+        for i in range(n):
+            yield i
+        try:
+            await self.release.wait()
+        except trio.Cancelled:
+            self.cancelled.set()
+            raise
+
     @trpc.client_stream
     async def total(self, numbers) -> int:
         self.runs += 1
@@ -629,3 +641,24 @@ async def test_without_info_a_config_by_service_does_not_hold_the_first_call(sha
         with trio.fail_after(10):  # longer than the entry's: the entry's deadline is what arrives
             assert 5 < await client.deadline() <= 6
         assert client._connection.declared.is_set() and client.deadline._path is None
+
+
+async def test_an_iterated_call_can_be_cancelled_and_asked_for_headers_from_another_task(informed, shapes):
+    call = informed.ticks(3)
+    received = []
+
+    async def reader():
+        with pytest.raises(RpcError) as caught:
+            async for item in call:
+                received.append(item)
+        assert caught.value.status is Status.CANCELLED
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            assert await call.initial_metadata() == {"ticks": "3"}
+            while len(received) < 3:
+                await trio.sleep(0.01)
+            assert call.cancel() is True
+        await shapes.cancelled.wait()
+    assert received == [0, 1, 2] and informed.calls_in_flight == 0

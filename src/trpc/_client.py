@@ -1048,9 +1048,12 @@ class _Call:
         if stream is not None:  # started by initial_metadata()
             stream._check_use(_ITERATE_ITEMS if stream._items is not None else _ITERATE)
             return _Replies(stream) if stream._items is not None else stream
+        # Kept here too, for cancel() and initial_metadata() from another task.
         if _is_items(self._args, self._kwargs):
-            return _Replies(ClientStream(self._method, None, use=_ITERATE_ITEMS, items=self._args[0]))
-        return self._open_stream(_ITERATE)  # a ClientStream opens itself on the first __anext__
+            stream = self._stream = ClientStream(self._method, None, use=_ITERATE_ITEMS, items=self._args[0])
+            return _Replies(stream)
+        stream = self._stream = self._open_stream(_ITERATE)  # it opens itself on the first __anext__
+        return stream
 
     def _open_stream(self, use: _Use) -> "ClientStream":
         if _is_items(self._args, self._kwargs):
