@@ -4,9 +4,9 @@
  *
  * Theory of operation.  cbor2 is trpc's codec: it knows every CBOR type, the message hooks
  * (tag 27) and all the error cases.  But it is slow on what trpc sends most, small plain
- * values: on the reference machine cbor2.dumps takes about 0.4 us for an int and 1.2 us for
- * {"i": 1}, more than the rest of a streamed message's send path together, and cbor2.loads
- * 0.2 to 0.4 us, a third of a streamed message's receive path.
+ * values: encoding one cost more than the rest of a streamed message's send path together, and
+ * decoding one a large share of its receive path (docs/PERFORMANCE.md has the figures;
+ * bench/codec.py measures them).
  *
  * Encoding (make_encoder).  This module encodes
  * exactly the plain types (None, bool, int, float, str, bytes, list, tuple, dict, each of its

@@ -8,9 +8,9 @@ there are any, a map of the keyword arguments); results and streamed items trave
 
 Encoding and decoding go through ``trpc._speedups`` (``csrc/cbor.c``) when it is built: it writes
 plain values (None, bool, int, float, str, bytes, list, tuple, dict) to the same bytes as cbor2
-and reads plain payloads to the same values (encoding 10-27 times faster, decoding 2-9 times:
-``bench/codec.py``), and hands anything else (messages, tags, malformed input) to cbor2.
-Without it (no C compiler at install, or ``TRPC_SPEEDUPS=0``), cbor2 does all of it (see
+and reads plain payloads to the same values, faster than cbor2 on the small values trpc sends
+most (docs/PERFORMANCE.md, ``bench/codec.py``), and hands anything else (messages, tags,
+malformed input) to cbor2.  Without it (no C compiler at install, or ``TRPC_SPEEDUPS=0``), cbor2 does all of it (see
 ``_cext``).  Either way a payload with bytes after its one data item is refused.
 
 Decoding failures become :class:`~trpc.RpcError` with INVALID_ARGUMENT on the server (the
@@ -76,9 +76,10 @@ else:
     #: One payload (bytes) decoded; raises what the cbor2 path raises on a malformed one.
     _loads = speedups.make_decoder(_cbor2_loads)
 _EMPTY_ARGS = _dumps([[]])
-#: Byte strings at least this long are encoded here rather than by cbor2, whose encoder takes
-#: about 1.3 ms per MiB for them; here it is one copy (header + bytes).  64 KiB: below it the
-#: difference does not matter.
+#: Byte strings at least this long are encoded here rather than by cbor2, whose encoder copies
+#: them through its own output buffer (docs/PERFORMANCE.md, "Large messages"); here they are
+#: not copied at all (the head and the bytes go out as two parts).  64 KiB: below it the copy
+#: is small next to the rest of the call.
 _BIG_BYTES = 64 * 1024
 
 

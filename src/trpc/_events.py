@@ -9,8 +9,9 @@ unchanged.
 
 ``Connection.receive_data(data)`` returns a list of these.  They are small keyword-only
 dataclasses with slots (h11/h2 style): plain data, no behaviour.  Treat them as read-only; they
-are not ``frozen`` only because a frozen dataclass costs twice as much to create, and several
-are created per call.  Which side can see which event is noted on each class; the full rules
+are not ``frozen`` only because a frozen dataclass is slower to create (its ``__init__``
+assigns through ``object.__setattr__``; docs/PERFORMANCE.md has the figure), and several are
+created per call.  Which side can see which event is noted on each class; the full rules
 are in ``docs/PROTOCOL.md``.
 """
 

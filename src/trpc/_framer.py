@@ -1,7 +1,7 @@
 """Choosing a frame scanner: the C one when it is available, else its pure-Python twin.
 
-Both have the same interface and behaviour (see ``_framer_py``); the C one scans reads full of
-small frames about twice as fast (``bench/framer.py``).  ``get_framer()`` picks one by name, by
+Both have the same interface and behaviour (see ``_framer_py``); the C one is faster on reads
+full of small frames, where Python pays per frame (docs/PERFORMANCE.md, ``bench/framer.py``).  ``get_framer()`` picks one by name, by
 default from the environment:
 
 - ``TRPC_FRAMER``: ``c`` (the default) or ``python``.
@@ -81,12 +81,12 @@ def _warn_once(*, framer_missing: bool) -> None:
     missing = []
     if framer_missing:
         missing.append(
-            "its pure-Python framer, which scans bulk traffic about half as fast, because the C"
+            "its pure-Python framer, which scans bulk traffic more slowly, because the C"
             f" framer is unavailable ({c_framer_error}); set TRPC_FRAMER=python to choose it silently"
         )
     if speedups_error:
         missing.append(
-            "cbor2 alone to encode and decode, several times slower on small values, because its C"
+            "cbor2 alone to encode and decode, slower on small values, because its C"
             f" codec is unavailable ({speedups_error}); set TRPC_SPEEDUPS=0 to choose it silently"
         )
     logging.getLogger("trpc").warning("trpc is using %s.", "; and ".join(missing))

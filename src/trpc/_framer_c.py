@@ -4,7 +4,7 @@ This is the only module that touches the cffi ``ffi`` and ``lib`` objects.  Impo
 ImportError if the compiled module ``trpc._framer_cffi`` is missing or was built for another
 trpc version.
 
-A cffi call costs as much as parsing a couple of frames in Python, so:
+A cffi call has a fixed cost, more than parsing one small frame in Python, so:
 
 - One C call scans a whole chunk and describes its complete frames in the C framer's output
   (see ``csrc/framer.h``): columns of type, flags and stream id, which ``zip`` iterates
@@ -63,8 +63,8 @@ if lib.TRPC_FRAMER_HEADER_SIZE != HEADER_SIZE or (
 __all__ = ["CFramer"]
 
 # Frames described per C call, at 14 + 12 bytes of output each: 26 KiB per framer.  A 64 KiB
-# chunk of 16-byte frames holds 2520 frames: three calls, each costing under 1% of the Python
-# work its frames need.
+# chunk of 16-byte frames holds 2520 frames: three calls, whose fixed cost is small next to
+# the Python work that 1024 frames need afterwards.
 _CAPACITY = 1024
 # Below this many frames in one call, reading the descriptors one by one beats compiling a
 # Struct.

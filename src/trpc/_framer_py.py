@@ -23,8 +23,8 @@ list of pieces (the chunks are immutable ``bytes``, so keeping them is safe) tha
 ``b"".join`` turns into the payload when the last piece arrives.  The payload is then allocated
 once, at its exact size, and copied once.  Growing a carry instead would reallocate it as the
 frame arrives and copy the payload twice more, and fresh megabyte buffers are what large frames
-cost: the kernel faults their pages in as they are first touched, at several times the cost of
-copying into them.
+cost: the kernel faults their pages in as they are first touched, which costs far more than
+copying into them (docs/PERFORMANCE.md, "Large messages").
 
 ``trpc._framer_c.CFramer`` does the same in C, one call per chunk (collecting large payloads in
 Python likewise), and behaves identically, errors included.  A framer is not thread-safe.
@@ -55,9 +55,10 @@ HEADER_SIZE = 10
 assert HEADER.size == HEADER_SIZE
 
 #: Default limit on a payload: 2 MiB, the default stream window, so that a message the window
-#: lets through at once also goes in one frame (no join on arrival: measured, 1 MiB echoes
-#: 30% faster than with 1 MiB frames), while what one peer can make us buffer per connection
-#: stays bounded (larger messages are split over several DATA frames).
+#: lets through at once also goes in one frame and is not joined on arrival (a join is a fresh
+#: buffer the size of the message: docs/PERFORMANCE.md, "Large messages"), while what one peer
+#: can make us buffer per connection stays bounded (larger messages are split over several
+#: DATA frames).
 DEFAULT_MAX_FRAME_SIZE = 2 << 20
 #: The limit may not be set below 16 KiB: a peer must be able to rely on frames of that size
 #: (as in HTTP/2's SETTINGS_MAX_FRAME_SIZE) without asking first.

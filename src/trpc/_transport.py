@@ -87,10 +87,10 @@ SEND_HIGH_WATER = 4 << 20
 #: reply would be ready only after the last call ran and would leave in one write, so the peer
 #: would sit idle meanwhile: the two sides would take turns, each waiting for the other's whole
 #: batch.  Processed in halves, the first half's replies leave while the second half runs, and
-#: the peer works on them in parallel (64 unary calls in flight on one connection: about twice
-#: the calls/s on this project's 2-core machine, see docs/PERFORMANCE.md).  A chunk of fewer than
-#: 2 x _TURN_MIN frames goes in one turn (a turn costs two scheduling rounds, a few
-#: microseconds, and the peer one more read); no turn exceeds _TURN_MAX frames, which bounds
+#: the peer works on them in parallel (docs/PERFORMANCE.md, "Where the time goes in a unary
+#: call", has what it gives).  A chunk of fewer than 2 x _TURN_MIN frames goes in one turn (a
+#: turn costs two scheduling rounds, and the peer one more read, which only a chunk of many
+#: calls repays); no turn exceeds _TURN_MAX frames, which bounds
 #: how long one connection's burst holds up other tasks (a unary request is two frames,
 #: HEADERS and DATA; a reply two, DATA and TRAILERS).
 _TURN_MIN = 8
@@ -400,9 +400,9 @@ class TrioConnection:
     # ----------------------------------------------------------- reading
     async def _receive(self, max_bytes: int) -> bytes:
         """``SocketStream.receive_some`` for the reader of a plain TCP stream, without its
-        layers (a context manager and an async one per read: 6% of a lone call's instructions
-        on each side).  Same schedule point: data there at once is followed by a checkpoint,
-        otherwise the wait for it is one."""
+        layers (a context manager and an async one per read, a share of a lone call's work
+        that docs/PERFORMANCE.md measures).  Same schedule point: data there at once is
+        followed by a checkpoint, otherwise the wait for it is one."""
         sock = self._socket
         try:
             data = _read(sock.fileno(), max_bytes)
