@@ -286,6 +286,7 @@ class BlockingClient:
 
     @property
     def closed(self) -> bool:
+        """Whether the client was closed (``close()``, or leaving its ``with`` block)."""
         return self._runner.closed
 
     def __enter__(self) -> "BlockingClient":

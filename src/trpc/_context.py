@@ -32,10 +32,6 @@ class CallContext:
         cardinality: the method's :class:`~trpc.Cardinality`.
         start_time: ``trio.current_time()`` when the call arrived (when the bytes that opened
             it were received).
-        cancel_reason: ``None`` while the call runs; once it is being cancelled, why:
-            CANCELLED (the caller's scope was cancelled), DEADLINE_EXCEEDED (the caller's
-            deadline, or the call's own deadline here, passed), UNAVAILABLE (the client or its
-            connection went away), RESOURCE_EXHAUSTED (a request message was too large).
         cancel_message: text the client sent with its cancellation.
     """
 
@@ -78,7 +74,12 @@ class CallContext:
 
     @property
     def cancel_reason(self) -> Status | None:
-        """Why the call is being cancelled, or None if it is not (see the class docstring)."""
+        """``None`` while the call runs; once it is being cancelled, why.
+
+        CANCELLED: the caller's scope was cancelled.  DEADLINE_EXCEEDED: the caller's
+        deadline, or the call's own deadline here, passed.  UNAVAILABLE: the client or its
+        connection went away.  RESOURCE_EXHAUSTED: a request message was too large.
+        """
         if self._cancel_reason is not None:
             return self._cancel_reason
         if self.deadline != math.inf:

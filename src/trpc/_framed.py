@@ -115,4 +115,5 @@ class FramedChannel(trio.abc.Channel[Any]):
             raise RemoteProtocolError(f"a frame does not hold valid CBOR: {exc}") from None
 
     async def aclose(self) -> None:
+        """Close the underlying stream."""
         await self.stream.aclose()

@@ -119,6 +119,52 @@ class MethodInfo:
             object.__setattr__(self, "path", f"{self.service}/{self.name}" if self.service else self.name)
 
 
+#: The decorators' docstrings name the shapes so.
+_SHAPE_WORDS = {
+    Cardinality.UNARY: "unary",
+    Cardinality.SERVER_STREAM: "server-streaming",
+    Cardinality.CLIENT_STREAM: "client-streaming",
+    Cardinality.BIDI_STREAM: "bidirectional-streaming",
+}
+#: What each decorator's handler does, for its docstring.
+_SHAPE_PROSE = {
+    Cardinality.UNARY: "The handler takes the request's arguments and returns the one response.",
+    Cardinality.SERVER_STREAM: (
+        "The handler takes the request's arguments and yields the responses, any number of them."
+    ),
+    Cardinality.CLIENT_STREAM: (
+        "The handler takes an async iterator of the request messages the client streams and\n"
+        "returns the one response."
+    ),
+    Cardinality.BIDI_STREAM: (
+        "The handler takes an async iterator of the request messages the client streams and\n"
+        "yields responses, any number of them, whenever it likes."
+    ),
+}
+
+#: The docstring of the four decorators (what ``help(trpc.unary)`` shows).
+_DECORATOR_DOC = """Mark {what} as a {shape} method of its service.
+
+{messages}
+
+Use it bare, ``@trpc.{decorator}``, or with options,
+``@trpc.{decorator}(name="Name", idempotent=True)``.  The function stays an ordinary method;
+the decorator only records the call shape, the name and the idempotency, which
+:class:`~trpc.Service` collects when the class is created.
+
+Args:
+    name: the method's name in its service (its path is ``service/name``); by default the
+        function's name.
+    idempotent: running the method twice has the effect of running it once, so a client may
+        retry it after a failure even if the server may have run it (the server announces it
+        in its INFO frame: docs/PROTOCOL.md, section 3).
+
+Raises:
+    TypeError: the function is not {what}, or the name is empty or
+        contains ``/``.
+"""
+
+
 def _decorator(cardinality: Cardinality, check: Callable[[Callable], bool], what: str):
     def decorate(func: Callable | None = None, *, name: str | None = None, idempotent: bool = False):
         def mark(func: Callable) -> Callable:
@@ -132,13 +178,12 @@ def _decorator(cardinality: Cardinality, check: Callable[[Callable], bool], what
 
         return mark if func is None else mark(func)
 
-    decorate.__name__ = cardinality.name.lower()
-    decorate.__doc__ = (
-        f"Mark {what} as a {cardinality.name.lower().replace('_', '-')} method.\n\n"
-        "Use as ``@trpc.X`` or ``@trpc.X(name=\"Name\", idempotent=True)``; the method's name in\n"
-        "its service (its path is ``service/name``) defaults to the function's name.  ``idempotent=True`` declares that running the method\n"
-        "twice has the effect of running it once, so a client may retry it after a failure even\n"
-        "if the server may have run it (the server announces it: docs/PROTOCOL.md, INFO)."
+    decorate.__name__ = decorate.__qualname__ = cardinality.name.lower()
+    decorate.__doc__ = _DECORATOR_DOC.format(
+        decorator=decorate.__name__,
+        what=what,
+        shape=_SHAPE_WORDS[cardinality],
+        messages=_SHAPE_PROSE[cardinality],
     )
     return decorate
 

@@ -160,6 +160,7 @@ class Metrics:
         self._methods: dict[str, dict[str, Any]] = {}
 
     def record(self, method: str, status: Status, seconds: float) -> None:
+        """Count one call of ``method`` that ended with ``status`` after ``seconds``."""
         entry = self._methods.get(method)
         if entry is None:
             entry = self._methods[method] = {
@@ -172,6 +173,7 @@ class Metrics:
             entry["errors"][status.name] = entry["errors"].get(status.name, 0) + 1
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
+        """The counts so far, per method, in the shape the class docstring gives (a copy)."""
         out = {}
         for method, entry in self._methods.items():
             bounds = [*self.BUCKETS, "inf"]
