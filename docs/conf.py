@@ -49,23 +49,3 @@ except ImportError:  # pragma: no cover - the docs extra installs it
 else:
     html_theme = "furo"
 html_title = f"trpc {release}"
-
-# Docstrings in files being edited on other branches when this site was added, whose reST is
-# repaired here until their source is fixed (then remove the name; the build fails with -W if
-# one is removed too early).  ``trpc.Method.open``: its summary line ends with ``::`` and the
-# code follows with no prose line after it, so ``inspect.cleandoc`` dedents the code to the
-# margin and it is no longer a literal block (``help()`` shows it flat too).
-_DEDENTED_LITERAL_BLOCKS = {"trpc.Method.open"}
-
-
-def _indent_dedented_literal_block(app, what, name, obj, options, lines):
-    if name not in _DEDENTED_LITERAL_BLOCKS:
-        return
-    for i, line in enumerate(lines):
-        if line.rstrip().endswith("::"):
-            lines[i + 1 :] = ["    " + rest if rest.strip() else rest for rest in lines[i + 1 :]]
-            return
-
-
-def setup(app):
-    app.connect("autodoc-process-docstring", _indent_dedented_literal_block)

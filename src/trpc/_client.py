@@ -251,6 +251,7 @@ class Client:
 
     @property
     def framer_name(self) -> str:
+        """The frame scanner this client's connections use: ``"c"`` or ``"python"``."""
         return self._channel.options.framer.name
 
     @property
@@ -788,13 +789,18 @@ class Method:
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> "_Call":
+        """A call of this method with these arguments: await it, iterate it, or enter it (see
+        :class:`_Call`).  The keywords ``timeout``, ``metadata`` and ``wait_for_ready`` are
+        options of this one call (as :meth:`with_options`), never arguments of the handler."""
         if kwargs and not CALL_OPTIONS.isdisjoint(kwargs):
             options = {key: kwargs.pop(key) for key in CALL_OPTIONS & kwargs.keys()}
             return _Call(self.with_options(**options), args, kwargs)
         return _Call(self, args, kwargs)
 
     def open(self) -> "ClientStream":
-        """Open a call whose request messages you send yourself (client- or bidi-streaming)::
+        """Open a call whose request messages you send yourself (client- or bidi-streaming).
+
+        For example::
 
             async with client.echo.open() as stream:
                 await stream.send("hi")
@@ -1185,8 +1191,8 @@ class ClientStream:
         self._replay_size = 0
         self._retrier: _Retrier | None = None
 
-    # ----------------------------------------------------------- lifecycle
     async def __aenter__(self) -> "ClientStream":
+        """Open the call; leaving the block cancels it if it has not ended."""
         await self.start()
         return self
 
