@@ -65,7 +65,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Sequence
 import trio
 
 from ._codec import _loads, decode, encode, encode_arguments
-from ._config import ClientConfig, MethodConfig, RetryPolicy, RetryThrottle
+from ._config import ClientConfig, RetryPolicy, RetryThrottle
 from ._context import _current_or_none
 from ._errors import LocalProtocolError, MessageTooLargeError, RpcError, UsageError
 from ._framer import get_framer
@@ -400,14 +400,18 @@ class Client:
             raise
         connection.calls.pop(call.id, None)
         if call.status is _OK:
-            if self._throttle is not None:
-                self._record_success(method, connection)
-            if len(call.inbox) == 1:
-                if method._max_response is not None and message_size(call.inbox[0]) > method._max_response:
-                    raise method._response_too_large(message_size(call.inbox[0]))
-                return decode(call.inbox[0], what="response")
-            raise method._not_one(call)
+            return self._value(method, call, connection)
         return await _Retrier(method, deadline).unary(call, payload, record)
+
+    def _value(self, method: "Method", call: ClientCall, connection: ClientConnection) -> Any:
+        """The result of a unary call (an attempt) that ended OK."""
+        if self._throttle is not None:
+            self._record_success(method, connection)
+        if len(call.inbox) == 1:
+            if method._max_response is not None and message_size(call.inbox[0]) > method._max_response:
+                raise method._response_too_large(message_size(call.inbox[0]))
+            return decode(call.inbox[0], what="response")
+        raise method._not_one(call)
 
     def _record_success(self, method: "Method", connection: ClientConnection) -> None:
         """A call ended OK: it refills the retry budget if a retry policy covered it (the
@@ -492,12 +496,14 @@ class _Retrier:
             connection = await client._connection_for(method._wait_for_ready, record)
             call = client._open(connection, method.name, self.metadata(), deadline, message=payload)
             record._result = call
+            # The wait of Client._unary, repeated rather than shared so that a call that needs
+            # no retry does not pay a coroutine more for it.
             try:
                 if call.unsent:
                     await connection.wait_for_credit(call.id, call.credit_wakeup, call.ended)
                 while call.status is None:
                     await call.wakeup.park()
-                    if len(call.inbox) > 1 and call.status is None:
+                    if call.status is None and len(call.inbox) > 1:
                         raise method._not_one(call)
             except BaseException:
                 if call.status is None:
@@ -505,13 +511,7 @@ class _Retrier:
                 raise
             connection.calls.pop(call.id, None)
             if call.status is _OK:
-                if client._throttle is not None:
-                    client._record_success(method, connection)
-                if len(call.inbox) == 1:
-                    if method._max_response is not None and message_size(call.inbox[0]) > method._max_response:
-                        raise method._response_too_large(message_size(call.inbox[0]))
-                    return decode(call.inbox[0], what="response")
-                raise method._not_one(call)
+                return client._value(method, call, connection)
         if call.status is Status.DEADLINE_EXCEEDED and deadline != math.inf:
             # The server's clock ran out before ours (they run at slightly different rates):
             # let the caller's own scope fire, so it sees what Trio promises for that scope.
