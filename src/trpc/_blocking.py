@@ -43,7 +43,7 @@ import concurrent.futures
 import math
 import threading
 import weakref
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import trio
 
