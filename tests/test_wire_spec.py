@@ -12,6 +12,7 @@ import struct
 import cbor2
 import pytest
 import trio
+import trpc
 
 from . import wire_spec_client as w
 from .wire_spec_client import (
@@ -96,10 +97,29 @@ def test_incremental_frame_parser_any_slicing():
     assert info.value.status == w.RESOURCE_EXHAUSTED
 
 
-async def test_server_preface_is_the_doc_example_and_sent_without_waiting(server):
-    """§2: each side sends its preface without waiting for the peer's; trpc's defaults."""
+async def test_server_preface_is_the_doc_example_and_sent_without_waiting(service, nursery):
+    """§2: each side sends its preface without waiting for the peer's; trpc's defaults (a
+    server that does not also speak gRPC on the port)."""
+    address = await nursery.start(trpc.Server(service, grpc=False).serve_tcp, 0)
+    with trio.fail_after(T):
+        tcp = await trio.open_tcp_stream(*address)
+        buf = b""
+        while len(buf) < 28:
+            data = await tcp.receive_some(1000)
+            assert data, "EOF before the server's preface"
+            buf += data
+        await tcp.aclose()
+    assert buf[:28] == DOC_PREFACE
+
+
+async def test_a_server_that_speaks_grpc_too_sends_its_preface_after_the_clients_first_byte(server):
+    """§2 and "gRPC": the server tells the wires apart by the client's first byte, then
+    answers with its own preface."""
     with trio.fail_after(T):
         tcp = await trio.open_tcp_stream(*server.address)
+        with trio.move_on_after(0.2):
+            assert await tcp.receive_some(1000) == b"", "a preface before the client's first byte"
+        await tcp.send_all(DOC_PREFACE[:1])
         buf = b""
         while len(buf) < 28:
             data = await tcp.receive_some(1000)

@@ -65,6 +65,8 @@ class CallOpened(Event):
 
     ``timeout`` is the time the client had left, in seconds, when it sent the call, or ``None``
     for no deadline.  ``end_stream`` is true when the client will send no request message.
+    ``codec`` is how the call's messages are encoded when not in trpc's CBOR (``None``): a
+    protobuf codec of the gRPC wire (its methods: ``trpc.grpc``'s docstring).
     """
 
     stream_id: int
@@ -72,6 +74,7 @@ class CallOpened(Event):
     metadata: dict[str, str | bytes]
     timeout: float | None
     end_stream: bool = False
+    codec: Any = None
 
 
 @dataclass(**_EVENT)

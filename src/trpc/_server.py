@@ -89,7 +89,7 @@ from ._reflection import ReflectionService, build_document
 from ._service import Cardinality, MethodInfo, MethodTable, explain_mismatch
 from ._status import Status
 from ._tls import send_pending_alert
-from ._transport import Parker, TrioConnection
+from ._transport import RECEIVE_SIZE, Parker, TrioConnection
 from ._unix import open_unix_listener
 
 __all__ = ["Server", "serve", "serve_unix", "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_CONCURRENT_CALLS", "DEFAULT_MAX_BUFFERED_BYTES"]
@@ -206,6 +206,7 @@ class _ServerCall:
         "finished",
         "inbox_wakeup",
         "credit_wakeup",
+        "codec",
     )
 
     def __init__(self, stream_id: int, handler: Callable, info: MethodInfo, context: CallContext):
@@ -225,6 +226,8 @@ class _ServerCall:
         self.finished = False  # the stream is closed: nothing more may be sent on it
         self.inbox_wakeup = Parker()
         self.credit_wakeup = Parker()
+        #: How the call's messages are encoded when not in CBOR (see trpc.grpc); None: CBOR.
+        self.codec: Any = None
 
     def is_finished(self) -> bool:
         return self.finished
@@ -307,6 +310,9 @@ class _RequestStream:
         if self._unacked >= _ACK_BATCH or not inbox:
             self._connection.consumed(call.id, self._unacked)
             self._unacked = 0
+        codec = call.codec
+        if codec is not None:
+            return codec.decode_item(payload if type(payload) is bytes else b"".join(payload))
         return decode(payload, what="request message", status=Status.INVALID_ARGUMENT)
 
 
@@ -364,6 +370,7 @@ class _ServerConnection(TrioConnection):
         context._stream_id = event.stream_id
         call = _ServerCall(event.stream_id, handler, info, context)
         call.ended = event.end_stream
+        call.codec = event.codec
         self.calls[event.stream_id] = call
         server._open_calls += 1
         if info.cardinality.client_streams:
@@ -605,7 +612,9 @@ class _ServerConnection(TrioConnection):
     def _encode(self, call: _ServerCall, value: Any) -> bytes | list:
         """A response value as message bytes."""
         try:
-            return encode(value)
+            return encode(value) if call.codec is None else call.codec.encode_response(value)
+        except RpcError:
+            raise
         except Exception as exc:
             raise RpcError(Status.INTERNAL, f"{call.info.name}: cannot encode the response: {exc}") from None
 
@@ -653,10 +662,13 @@ class _ServerConnection(TrioConnection):
         ones), for interceptors to see.
         """
         info = call.info
+        codec = call.codec
         if payload is None:
             args, kwargs = [_RequestStream(call, self)], {}
-        else:
+        elif codec is None:
             args, kwargs = decode_arguments(payload)
+        else:
+            args, kwargs = codec.decode_request(payload if type(payload) is bytes else b"".join(payload))
         try:
             target = call.handler(*args, **kwargs)
         except TypeError as exc:  # raised before the body runs: the arguments do not bind
@@ -676,7 +688,12 @@ class _ServerConnection(TrioConnection):
             async with aclosing(target) as items:
                 async for item in items:
                     try:
-                        payload = _dumps(item) if type(item) is not bytes else encode(item)
+                        if codec is not None:
+                            payload = codec.encode_item(item)
+                        else:
+                            payload = _dumps(item) if type(item) is not bytes else encode(item)
+                    except RpcError:
+                        raise
                     except Exception as exc:
                         raise RpcError(Status.INTERNAL, f"{info.name}: cannot encode a response: {exc}") from None
                     if type(payload) is bytes and len(payload) <= small:
@@ -820,6 +837,7 @@ class Server:
         max_connection_age_grace: float = DEFAULT_MAX_CONNECTION_AGE_GRACE,
         health: bool = True,
         reflection: bool = True,
+        grpc: bool = True,
     ) -> None:
         from ._framer import get_framer
 
@@ -859,6 +877,8 @@ class Server:
             methods={path: info.cardinality for path, (_, info) in self._table.methods.items()},
         )
         Connection("server", framer=self._framer, **self._connection_options)  # validate now
+        self._set_grpc(grpc, max_message_size, max_concurrent_streams, max_frame_size, stream_window,
+                       connection_window, max_incomplete_bytes, keepalive_min_ping_interval, keepalive_max_ping_strikes)
         if max_concurrent_calls is None:
             max_concurrent_calls = DEFAULT_MAX_CONCURRENT_CALLS
         if max_concurrent_calls < 1:
@@ -897,6 +917,45 @@ class Server:
         #: Set when no call runs any more, while a shutdown waits for that.
         self._idle: trio.Event | None = None
         self.shutting_down = False
+        #: The cancel scopes of connections waiting for their first bytes (shutdown ends them).
+        self._sniffing: set[trio.CancelScope] = set()
+
+    def _set_grpc(self, enabled: bool, max_message_size: int, max_concurrent_streams: int, max_frame_size: int,
+                  stream_window: int, connection_window: int, max_incomplete_bytes: int | None,
+                  min_ping_interval: float | None, max_ping_strikes: int) -> None:
+        """Get ready to speak gRPC too (trpc.grpc): its options, the same limits as trpc's
+        wire, and the protobuf codecs, built now so that a method whose types do not map
+        fails here rather than at its first call."""
+        #: The trpc.grpc module, or None when gRPC is off (``grpc=False``).
+        self._grpc: Any = None
+        #: Protobuf codecs by every name a client may send (see trpc.grpc).
+        self._grpc_codecs: dict[str, Any] = {}
+        if not enabled:
+            return
+        import importlib.util
+
+        from . import grpc as grpc_wire
+
+        self._grpc = grpc_wire
+        if importlib.util.find_spec("trpc.grpc._proto") is not None:
+            from .grpc._proto import build_codecs
+
+            by_path = build_codecs(self.methods)
+            self._grpc_codecs = {
+                name: by_path[info.path] for name, (_, info) in self._methods.items() if info.path in by_path
+            }
+        self._grpc_options = dict(
+            max_message_size=max_message_size,
+            max_concurrent_streams=max_concurrent_streams,
+            max_frame_size=max_frame_size,
+            stream_window=stream_window,
+            connection_window=connection_window,
+            max_incomplete_bytes=max_incomplete_bytes,
+            min_ping_interval=min_ping_interval,
+            max_ping_strikes=max_ping_strikes,
+            codecs=self._grpc_codecs,
+            known=frozenset(self._methods),
+        )
 
     def _set_lifetimes(self, keepalive_time: float | None, keepalive_timeout: float, max_idle: float | None,
                        max_age: float | None, age_grace: float) -> None:
@@ -959,8 +1018,47 @@ class Server:
         The client's preface must arrive within ``preface_timeout`` seconds."""
         await self._serve_connection(stream, peer, trio.current_time() + self.preface_timeout)
 
+    async def _first_bytes(self, stream: trio.abc.Stream, peer: str, preface_deadline: float) -> bytes | None:
+        """The client's first bytes, which say which wire it speaks; None (and the stream
+        closed) if none came within the preface timeout, or the server is shutting down."""
+        data = None
+        scope = trio.CancelScope(deadline=preface_deadline)
+        self._sniffing.add(scope)
+        try:
+            with scope:
+                try:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+        finally:
+            self._sniffing.discard(scope)
+        if scope.cancelled_caught and not self.shutting_down:
+            self._admission_log.warning(
+                "preface", "trpc: closed a connection from %s: no trpc preface within %s s", peer, self.preface_timeout,
+            )
+        if not data:
+            await trio.aclose_forcefully(stream)
+            return None
+        return data
+
     async def _serve_connection(self, stream: trio.abc.Stream, peer: str | None, preface_deadline: float) -> None:
-        conn = Connection("server", framer=self._framer, **self._connection_options)
+        first = b""
+        speaks_grpc = False
+        if self._grpc is not None:
+            # Which wire: ALPN says it under TLS; otherwise the client's first bytes do.
+            alpn = stream.selected_alpn_protocol() if isinstance(stream, trio.SSLStream) else None
+            if alpn == self._grpc.ALPN_GRPC:
+                speaks_grpc = True
+            elif alpn != self._grpc.ALPN_TRPC:
+                peer = peer or format_peer(stream)
+                first = await self._first_bytes(stream, peer, preface_deadline)
+                if first is None:
+                    return
+                speaks_grpc = self._grpc.looks_like_http2(first)
+        if speaks_grpc:
+            conn = self._grpc.GrpcConnection(**self._grpc_options)
+        else:
+            conn = Connection("server", framer=self._framer, **self._connection_options)
         conn.initiate()
         connection = _ServerConnection(self, stream, conn, peer or format_peer(stream))
         if self._keepalive_time is not None:
@@ -974,7 +1072,7 @@ class Server:
                 nursery.start_soon(connection.run_timers)
                 connection.wake_writer()  # the preface
                 connection.expect_preface_by(preface_deadline)
-                await connection.reader()
+                await connection.reader(first)
                 if connection.preface_timed_out():
                     self._admission_log.warning(
                         "preface", "trpc: closed a connection from %s: no trpc preface within %s s",
@@ -1090,8 +1188,16 @@ class Server:
         )
 
     def _connection_server(self, ssl_context: ssl.SSLContext | None) -> Callable:
-        """What serves one accepted stream: serve_stream, or the TLS handshake first."""
-        return self.serve_stream if ssl_context is None else partial(self._serve_tls_connection, ssl_context)
+        """What serves one accepted stream: serve_stream, or the TLS handshake first.  The
+        TLS context is made to offer the wires served by ALPN: ``h2`` (gRPC, unless
+        ``grpc=False``) and ``trpc/1``."""
+        if ssl_context is None:
+            return self.serve_stream
+        if self._grpc is not None:
+            ssl_context.set_alpn_protocols([self._grpc.ALPN_GRPC, self._grpc.ALPN_TRPC])
+        else:
+            ssl_context.set_alpn_protocols(["trpc/1"])
+        return partial(self._serve_tls_connection, ssl_context)
 
     async def _serve_listeners(
         self, listeners: list, serve: Callable, where: str, address: Any,
@@ -1164,7 +1270,7 @@ class Server:
         deadline = trio.current_time() + grace
         self.shutting_down = True
         self._health.shut_down()
-        for scope in list(self._listening):
+        for scope in list(self._listening) + list(self._sniffing):
             scope.cancel()
         with trio.move_on_at(deadline):
             await self._health.wait_for_watches()

@@ -416,8 +416,10 @@ class TrioConnection:
         await _checkpoint()
         return data
 
-    async def reader(self) -> None:
-        """Receive, parse and dispatch until the peer closes or breaks the connection."""
+    async def reader(self, first: bytes = b"") -> None:
+        """Receive, parse and dispatch until the peer closes or breaks the connection.
+        ``first``: bytes already received from the stream (the server reads some to tell
+        which wire the client speaks), processed before any others."""
         conn = self.conn
         receive_some = self.stream.receive_some if self._socket is None else self._receive
         handle = self.handle_event
@@ -425,7 +427,10 @@ class TrioConnection:
             with self._reader_scope:
                 while True:
                     try:
-                        data = await receive_some(RECEIVE_SIZE)
+                        if first:
+                            data, first = first, b""
+                        else:
+                            data = await receive_some(RECEIVE_SIZE)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                         self._fail(f"receiving failed: {_stream_error(exc)}")
                         return

@@ -1,0 +1,954 @@
+"""The gRPC wire, server side: a sans-IO adapter over ``h2`` with trpc's wire methods and events.
+
+Theory of operation
+-------------------
+:class:`GrpcConnection` owns one ``h2.connection.H2Connection`` (server side), which keeps the
+HTTP/2 connection: frames, HPACK, settings, stream states, both directions of flow control,
+pings.  Around it, the adapter keeps what gRPC adds (PROTOCOL-HTTP2.md), one record per call
+(:class:`_Call`):
+
+- **in**: ``receive_data`` hands bytes to h2 and keeps h2's events, untranslated, in a
+  backlog; ``process_backlog`` translates them into trpc's events (``trpc._events``) in order,
+  so this object's own records change only as the events reach the call layer, as trpc's core
+  does.  A request's HEADERS become :class:`CallOpened` (``:path`` without its ``/`` is the
+  method's path, ``grpc-timeout`` the timeout, the other non-reserved headers the metadata,
+  ``-bin`` values base64-decoded); DATA is cut into the 5-byte length-prefixed messages
+  (:class:`MessagesReceived`); the client's END_STREAM is :class:`StreamEnded`; RST_STREAM is
+  :class:`CallCancelled` (CANCELLED).  A request that is not gRPC (not POST, another content
+  type, no ``te: trailers``, a bad ``grpc-timeout``, an unknown ``grpc-encoding``) is answered
+  here, at once, and never reaches the call layer.
+- **out**: response headers go with the first message (or never, for a Trailers-Only
+  response); messages are queued per call and given to h2 as the peer's windows allow (h2
+  refuses anything beyond them), the trailers behind them; ``SendCreditAvailable`` reports a
+  call whose queue drained after a WINDOW_UPDATE.  A call ended while the client still sends
+  is reset with NO_ERROR after its trailers (RFC 9113 section 8.1).
+- **credit we grant**: connection credit goes back as soon as DATA is handed to a call (in
+  batches of half the window); a call's credit goes back at once while none of its messages
+  waits unread, else only as the call layer consumes them (``consumed``), so a call holds at
+  most its stream window of unread messages, as on trpc's wire (docs/PROTOCOL.md section 8).
+  The bytes of a message still arriving are bounded by the max message size per call and
+  ``max_incomplete_bytes`` per connection.
+- **GOAWAY**: graceful, in two phases as gRPC's servers do: a GOAWAY with the largest stream id
+  and a PING, then, once the PING is answered (so every call the client sent before it has
+  arrived), a GOAWAY with the last stream id received.  Calls after it are refused with
+  RST_STREAM REFUSED_STREAM, which gRPC clients retry elsewhere.  h2's own ``close_connection``
+  would refuse every later frame, the finishing calls' too, so the frames are built here.
+
+h2 formats every received frame for a trace log, on or off; ``_quiet_frames`` gives DATA
+frames a constant description, so that the formatting does not copy their payload.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import zlib
+from collections import deque
+from typing import Any, Mapping
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from hyperframe.frame import DataFrame, GoAwayFrame
+
+from .._codec import _dumps
+from .._errors import LocalProtocolError, MessageTooLargeError, RemoteProtocolError
+from .._events import (
+    CallCancelled,
+    CallOpened,
+    ConnectionClosed,
+    Event,
+    GoAwayReceived,
+    MessagesReceived,
+    PingAcknowledged,
+    PingReceived,
+    PrefaceReceived,
+    SendCreditAvailable,
+    StreamEnded,
+)
+from .._status import Status
+from ..wire import StreamState, message_size
+
+__all__ = ["GrpcConnection", "ALPN_GRPC", "ALPN_TRPC", "HTTP2_PREFACE", "looks_like_http2",
+           "parse_timeout", "percent_encode"]
+
+#: The ALPN ids a TLS server offers: HTTP/2 (gRPC) and trpc's own wire (docs/PROTOCOL.md).
+ALPN_GRPC = "h2"
+ALPN_TRPC = "trpc/1"
+#: The HTTP/2 client connection preface (RFC 9113 section 3.4).
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+#: The largest message length the 5-byte prefix can carry.
+_MAX_PREFIX_LENGTH = (1 << 32) - 1
+#: gRPC's timeout units (PROTOCOL-HTTP2.md, "Timeout"), in seconds.
+_TIMEOUT_UNITS = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9}
+#: Request headers that are HTTP/2's or gRPC's, never metadata (every ``grpc-`` one is reserved
+#: too, tested apart).
+_RESERVED = frozenset({b"content-type", b"te", b"content-length", b"connection", b"keep-alive",
+                       b"transfer-encoding", b"upgrade", b"host", b"proxy-connection", b"trpc-codec"})
+#: The opaque PING payload of the first GOAWAY's PING (its ACK starts the second phase).
+_GOAWAY_PING = b"trpc-gaw"
+#: HTTP/2's largest stream id: the first GOAWAY's last stream id ("any stream may still come").
+_MAX_STREAM_ID = (1 << 31) - 1
+#: HTTP/2's connection window before any WINDOW_UPDATE (RFC 9113 section 6.9.2).
+_INITIAL_CONNECTION_WINDOW = 65535
+#: What a response's HEADERS say about compression: we read identity and gzip.
+_ACCEPT_ENCODING = (b"grpc-accept-encoding", b"identity,gzip")
+_OK_TRAILERS = [(b"grpc-status", b"0")]
+
+_GRPC_CT = b"application/grpc"
+_CBOR_CT = b"application/grpc+cbor"
+
+
+def looks_like_http2(data: bytes) -> bool:
+    """``data`` (at least one byte) starts as the HTTP/2 client preface does."""
+    size = min(len(data), len(HTTP2_PREFACE))
+    return size > 0 and data[:size] == HTTP2_PREFACE[:size]
+
+
+def parse_timeout(value: bytes) -> float:
+    """A ``grpc-timeout`` value (1 to 8 digits and a unit) in seconds; ValueError if malformed."""
+    if not 2 <= len(value) <= 9 or not value[:-1].isdigit():
+        raise ValueError(f"malformed grpc-timeout {value!r}")
+    unit = _TIMEOUT_UNITS.get(value[-1])
+    if unit is None:
+        raise ValueError(f"unknown grpc-timeout unit in {value!r}")
+    return int(value[:-1]) * unit
+
+
+def percent_encode(text: str) -> bytes:
+    """``grpc-message``'s encoding: UTF-8, with every byte outside ``0x20``-``0x7E`` and ``%``
+    as ``%XX``."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if all(0x20 <= byte <= 0x7E and byte != 0x25 for byte in raw):
+        return raw
+    return b"".join(bytes((byte,)) if 0x20 <= byte <= 0x7E and byte != 0x25 else b"%%%02X" % byte for byte in raw)
+
+
+def _b64decode(value: bytes) -> bytes:
+    """A ``-bin`` header value: base64, padded or not (gRPC allows both)."""
+    return base64.b64decode(value + b"=" * (-len(value) % 4), validate=False)
+
+
+def decode_metadata(headers: list) -> dict[str, str | bytes]:
+    """Request headers -> trpc metadata: pseudo-headers, HTTP/2's and gRPC's own left out;
+    ``-bin`` values decoded to bytes; a key sent twice keeps its values joined by ``,``."""
+    metadata: dict[str, str | bytes] = {}
+    for name, value in headers:
+        if name[:1] == b":" or name in _RESERVED or name[:5] == b"grpc-":
+            continue
+        key = name.decode("ascii", "replace")
+        if key.endswith("-bin"):
+            try:
+                item: str | bytes = b"".join(_b64decode(part.strip()) for part in value.split(b","))
+            except (binascii.Error, ValueError):
+                continue  # not base64: gRPC drops such a value
+        else:
+            item = value.decode("utf-8", "replace")
+            if key in metadata:
+                item = f"{metadata[key]},{item}"
+        metadata[key] = item
+    return metadata
+
+
+def encode_metadata(metadata: Mapping[str, str | bytes] | None) -> list:
+    """trpc metadata -> response headers: reserved keys dropped; bytes (and ``-bin`` keys)
+    base64, under a key ending in ``-bin``."""
+    headers = []
+    if not metadata:
+        return headers
+    for key, value in metadata.items():
+        name = key.lower().encode("ascii", "replace")
+        if name[:1] == b":" or name in _RESERVED or name[:5] == b"grpc-":
+            continue
+        if type(value) is not str or name.endswith(b"-bin"):
+            raw = value if type(value) is not str else value.encode("utf-8")
+            if not name.endswith(b"-bin"):
+                name += b"-bin"
+            headers.append((name, base64.b64encode(bytes(raw)).rstrip(b"=")))
+        else:
+            headers.append((name, value.encode("utf-8")))
+    return headers
+
+
+def _quiet_frames() -> None:
+    """h2 4.4 formats every frame it receives for its trace log (``repr(frame)``), whether or
+    not the log is on; a DATA frame's repr copies its whole payload to show 20 bytes of it.
+    Describe DATA frames by their length instead (only the trace log ever shows it)."""
+    if DataFrame.__dict__.get("_body_repr") is None:
+        DataFrame._body_repr = lambda self: f"<{len(self.data)} bytes>"  # type: ignore[method-assign]
+
+
+_quiet_frames()
+
+
+class _Call:
+    """One gRPC call (an HTTP/2 stream) as the adapter sees it."""
+
+    __slots__ = ("id", "content_type", "codec", "gzip", "headers_sent", "buf", "remote_ended",
+                 "pending", "trailers", "unconsumed", "held", "credit", "batch")
+
+    def __init__(self, stream_id: int, content_type: bytes, codec: Any, gzip: bool) -> None:
+        self.id = stream_id
+        self.content_type = content_type
+        self.codec = codec
+        self.gzip = gzip
+        self.headers_sent = False
+        #: Received bytes not yet a whole message (a prefix, or part of a message).
+        self.buf = bytearray()
+        self.remote_ended = False
+        #: Outgoing DATA waiting for the peer's credit, in order (None: nothing waits).
+        self.pending: deque | None = None
+        #: Trailers waiting behind ``pending`` (the call is over for the call layer).
+        self.trailers: list | None = None
+        #: Bytes of messages handed on and not yet consumed; received bytes whose credit is
+        #: held until they are; credit owed and not yet granted.
+        self.unconsumed = 0
+        self.held = 0
+        self.credit = 0
+        self.batch: list | None = None
+
+
+class GrpcConnection:
+    """The server side of a gRPC connection over HTTP/2, with no I/O: trpc's
+    :class:`~trpc._events.WireConnection` (its server half) over h2.
+
+    Args:
+        max_message_size: largest request message accepted, after decompression (a larger
+            one ends its call with RESOURCE_EXHAUSTED).
+        max_send_message_size: largest response message sent (RESOURCE_EXHAUSTED beyond;
+            gRPC peers announce no limit of their own).
+        max_frame_size: largest frame payload accepted (SETTINGS_MAX_FRAME_SIZE; at most
+            2^24-1).
+        stream_window: credit granted per call (SETTINGS_INITIAL_WINDOW_SIZE).
+        connection_window: credit granted for the connection.
+        max_concurrent_streams: calls at once on this connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+        max_incomplete_bytes: bytes of messages still arriving, all calls together; the call
+            whose bytes go beyond ends with RESOURCE_EXHAUSTED.
+        min_ping_interval, max_ping_strikes: ping policing, as on trpc's wire
+            (docs/PROTOCOL.md section 9): too many early PINGs end the connection with GOAWAY
+            ENHANCE_YOUR_CALM, debug data ``too_many_pings``.
+        codecs: protobuf codecs by method name (see ``trpc.grpc``); ``known``: every name the
+            server serves, so that a protobuf call to a method with no codec is told so.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int,
+        max_send_message_size: int = _MAX_PREFIX_LENGTH,
+        max_frame_size: int = 16384,
+        stream_window: int = 65535,
+        connection_window: int = 65535,
+        max_concurrent_streams: int = 100,
+        max_incomplete_bytes: int | None = None,
+        min_ping_interval: float | None = None,
+        max_ping_strikes: int = 2,
+        codecs: Mapping[str, Any] | None = None,
+        known: Mapping[str, Any] | frozenset = frozenset(),
+    ) -> None:
+        self.max_message_size = max_message_size
+        self.max_send_message_size = min(max_send_message_size, _MAX_PREFIX_LENGTH)
+        self.max_frame_size = min(max(max_frame_size, 16384), (1 << 24) - 1)
+        self.stream_window = min(stream_window, _MAX_STREAM_ID)
+        self.connection_window = min(connection_window, _MAX_STREAM_ID)
+        self.max_incomplete_bytes = max(max_incomplete_bytes or 0, max_message_size)
+        self.min_ping_interval = min_ping_interval
+        self.max_ping_strikes = max_ping_strikes
+        self._codecs = codecs or {}
+        self._known = known
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self._h2 = conn = h2.connection.H2Connection(config=config)
+        # Our settings hold from the first frame: every one is at least as generous as
+        # HTTP/2's default, so a client sending before it has our SETTINGS breaks nothing.
+        codes = h2.settings.SettingCodes
+        conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            codes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+            codes.MAX_HEADER_LIST_SIZE: conn.DEFAULT_MAX_HEADER_LIST_SIZE,
+            codes.INITIAL_WINDOW_SIZE: self.stream_window,
+            codes.MAX_FRAME_SIZE: self.max_frame_size,
+            codes.ENABLE_PUSH: 0,
+        })
+        conn.max_inbound_frame_size = self.max_frame_size
+        self._calls: dict[int, _Call] = {}
+        #: Calls whose queued output waits for credit.
+        self._blocked: dict[int, None] = {}
+        #: Calls with a batch (open_batch), framed whenever output is collected.
+        self._batching: dict[int, _Call] = {}
+        self._backlog: list = []
+        self._out: list = []
+        self._incomplete = 0
+        self._connection_credit = 0
+        self.peer_preface: PrefaceReceived | None = None
+        self._now = 0.0
+        self._last_ping_at: float | None = None
+        self._ping_strikes = 0
+        #: GOAWAY: 0 none sent, 1 the first (all streams), 2 the final one (``_last_stream``).
+        self._goaway_phase = 0
+        self._last_stream = _MAX_STREAM_ID
+        self._goaway_received = False
+        self._failed = False
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def open_streams(self) -> int:
+        return len(self._calls)
+
+    def stream_state(self, stream_id: int) -> StreamState:
+        call = self._calls.get(stream_id)
+        if call is None:
+            return StreamState.CLOSED
+        if call.trailers is not None:
+            return StreamState.CLOSING
+        return StreamState.HALF_CLOSED_REMOTE if call.remote_ended else StreamState.OPEN
+
+    def send_buffered(self, stream_id: int) -> int:
+        call = self._calls.get(stream_id)
+        if call is None or not call.pending:
+            return 0
+        return sum(map(len, call.pending))
+
+    @property
+    def accepting_calls(self) -> bool:
+        return not (self._goaway_phase or self._goaway_received or self._failed)
+
+    @property
+    def can_open_call(self) -> bool:
+        return False  # the server's half only
+
+    @property
+    def peer_connection_window(self) -> int:
+        return self._h2.outbound_flow_control_window
+
+    @property
+    def batch_limit(self) -> int:
+        return self._h2.max_outbound_frame_size
+
+    @property
+    def output_size(self) -> int:
+        return sum(map(len, self._out)) + len(self._h2._data_to_send)
+
+    @property
+    def has_data_to_send(self) -> bool:
+        # h2 keeps its output in one buffer; its length is the only way to ask.
+        return bool(self._out) or bool(self._h2._data_to_send) or any(c.batch for c in self._batching.values())
+
+    # ------------------------------------------------------------------ output
+    def initiate(self) -> None:
+        """Queue our SETTINGS and open the connection window to ``connection_window``."""
+        conn = self._h2
+        conn.initiate_connection()
+        if self.connection_window > _INITIAL_CONNECTION_WINDOW:
+            conn.increment_flow_control_window(self.connection_window - _INITIAL_CONNECTION_WINDOW)
+
+    def data_to_send(self) -> bytes:
+        parts = self.data_to_send_list()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def data_to_send_list(self) -> list:
+        if self._batching:
+            for call in list(self._batching.values()):
+                if call.batch:
+                    self._frame_batch(call)
+        out = self._out
+        self._out = []
+        data = self._h2.data_to_send()
+        if data:
+            out.append(data)
+        return out
+
+    def requeue(self, data: bytes) -> None:
+        if data:
+            self._h2_output()
+            self._out.insert(0, data)
+
+    def _h2_output(self) -> None:
+        """Move h2's queued output into ours (before a frame of our own, to keep the order)."""
+        data = self._h2.data_to_send()
+        if data:
+            self._out.append(data)
+
+    # ------------------------------------------------------------------ calls (server)
+    def _call(self, stream_id: int) -> _Call:
+        call = self._calls.get(stream_id)
+        if call is None or call.trailers is not None:
+            raise LocalProtocolError(f"stream {stream_id} is closed or does not exist")
+        return call
+
+    def _send_response_headers(self, call: _Call, metadata: Mapping | None = None) -> None:
+        headers = [(b":status", b"200"), (b"content-type", call.content_type), _ACCEPT_ENCODING]
+        headers += encode_metadata(metadata)
+        call.headers_sent = True
+        self._h2.send_headers(call.id, headers)
+
+    def send_headers(self, stream_id: int, metadata: dict | None = None) -> None:
+        """Response headers, at most once, before any message."""
+        call = self._call(stream_id)
+        if call.headers_sent:
+            raise LocalProtocolError(f"stream {stream_id} has sent its response headers")
+        self._send_response_headers(call, metadata)
+
+    def send_message(self, stream_id: int, payload: Any, *, end_stream: bool = False) -> bool:
+        """Queue one response message; False if some of it waits for credit."""
+        if end_stream:
+            raise LocalProtocolError("only a client half-closes; a server ends a call with trailers")
+        call = self._call(stream_id)
+        if call.batch:
+            self._frame_batch(call)
+        size = message_size(payload) if type(payload) is list else len(payload)
+        if size > self.max_send_message_size:
+            raise MessageTooLargeError(size, self.max_send_message_size)
+        if not call.headers_sent:
+            self._send_response_headers(call)
+        prefix = b"\0" + size.to_bytes(4, "big")
+        if call.pending is None:
+            call.pending = deque()
+        if type(payload) is list:
+            call.pending.append(prefix + payload[0])
+            call.pending.append(payload[1])
+        elif size < 65536:
+            call.pending.append(prefix + payload)
+        else:  # not copied: the prefix goes in the same DATA frame only if it fits
+            call.pending.append(prefix)
+            call.pending.append(payload)
+        return self._flush(call)
+
+    def open_batch(self, stream_id: int) -> list:
+        """A list of small response messages (bytes) framed together when output is collected,
+        at ``flush_batch``, and before anything else the call sends."""
+        call = self._call(stream_id)
+        if call.batch is None:
+            call.batch = []
+            self._batching[stream_id] = call
+        return call.batch
+
+    def flush_batch(self, stream_id: int) -> bool:
+        call = self._calls.get(stream_id)
+        if call is None:
+            return True
+        if call.batch:
+            self._frame_batch(call)
+        return not call.pending
+
+    def _frame_batch(self, call: _Call) -> None:
+        batch = call.batch
+        if call.trailers is not None:
+            batch.clear()
+            return
+        if not call.headers_sent:
+            self._send_response_headers(call)
+        data = b"".join([b"\0" + len(payload).to_bytes(4, "big") + payload for payload in batch])
+        batch.clear()
+        if call.pending is None:
+            call.pending = deque()
+        call.pending.append(data)
+        self._flush(call)
+
+    def _flush(self, call: _Call) -> bool:
+        """Give h2 as much of the call's queued output as the peer's windows allow (joining
+        small pieces into one DATA frame), then its trailers; True if nothing waits."""
+        pending = call.pending
+        conn = self._h2
+        stream_id = call.id
+        while pending:
+            room = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+            if room <= 0:
+                self._blocked[stream_id] = None
+                return False
+            first = pending[0]
+            if len(first) > room:
+                view = memoryview(first)
+                conn.send_data(stream_id, view[:room])
+                pending[0] = view[room:]
+                continue
+            pending.popleft()
+            if pending and len(first) + len(pending[0]) <= room:
+                pieces = [first]
+                size = len(first)
+                while pending and size + len(pending[0]) <= room:
+                    piece = pending.popleft()
+                    pieces.append(piece)
+                    size += len(piece)
+                first = b"".join(pieces)
+            conn.send_data(stream_id, first)
+        call.pending = None
+        self._blocked.pop(stream_id, None)
+        if call.trailers is not None:
+            conn.send_headers(stream_id, call.trailers, end_stream=True)
+            self._close(call)
+        return True
+
+    def _trailers(self, call: _Call, status: Status, message: str, details: Any, metadata: Mapping | None) -> list:
+        if status == 0 and not message and details is None and not metadata:
+            headers = list(_OK_TRAILERS)
+        else:
+            headers = [(b"grpc-status", str(int(status)).encode())]
+            if message:
+                headers.append((b"grpc-message", percent_encode(message)))
+            if details is not None:
+                encoded = self._encode_details(call, details)
+                if encoded is not None:
+                    headers.append((b"grpc-status-details-bin", base64.b64encode(encoded).rstrip(b"=")))
+            headers += encode_metadata(metadata)
+        if not call.headers_sent:  # Trailers-Only
+            call.headers_sent = True
+            headers[:0] = [(b":status", b"200"), (b"content-type", call.content_type)]
+        return headers
+
+    @staticmethod
+    def _encode_details(call: _Call, details: Any) -> bytes | None:
+        """The error details as ``grpc-status-details-bin`` bytes: CBOR on a CBOR call; a
+        protobuf call's codec may offer ``encode_details`` (else none are sent)."""
+        if call.codec is None:
+            try:
+                return _dumps(details)
+            except Exception:
+                return None
+        encode = getattr(call.codec, "encode_details", None)
+        return encode(details) if encode is not None else None
+
+    def send_trailers(self, stream_id: int, status: Status, message: str = "", details: Any = None,
+                      metadata: dict | None = None) -> None:
+        """End the call with its status: after its queued messages, or at once as a
+        Trailers-Only response if it sent nothing."""
+        call = self._call(stream_id)
+        if call.batch:
+            self._frame_batch(call)
+        self._drop_batch(call)
+        call.trailers = self._trailers(call, status, message, details, metadata)
+        self._drop_input(call)
+        if not call.pending:
+            self._flush(call)
+
+    def refuse_call(self, stream_id: int, status: Status, message: str = "") -> None:
+        """End a call never run (going away, over a limit).  UNAVAILABLE is RST_STREAM
+        REFUSED_STREAM, which tells a gRPC client the call was not processed (it retries it
+        elsewhere); any other status, plain trailers (gRPC has no other such mark)."""
+        call = self._call(stream_id)
+        if status == 0:
+            raise LocalProtocolError("a refused call cannot end with OK")
+        if call.headers_sent or call.batch:
+            raise LocalProtocolError(f"stream {stream_id} has responded, so its call was processed")
+        if status == Status.UNAVAILABLE:
+            self._forget(call)
+            self._reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        self.send_trailers(stream_id, status, message)
+
+    def consumed(self, stream_id: int, size: int) -> None:
+        """The call layer took ``size`` bytes of messages: once none waits, the credit held
+        back for them goes back."""
+        call = self._calls.get(stream_id)
+        if call is None:
+            return
+        call.unconsumed -= size
+        if call.unconsumed <= 0:
+            call.unconsumed = 0
+            if call.held:
+                self._grant(call, call.held)
+                call.held = 0
+
+    def ping(self, payload: bytes) -> None:
+        if len(payload) != 8:
+            raise LocalProtocolError("a ping payload is exactly 8 bytes")
+        self._h2.ping(payload)
+
+    def goaway(self, status: Status = Status.OK, message: str = "") -> None:
+        """Going away.  OK: gracefully, in two phases (see the module's docstring); calls
+        already received finish.  Any other status: at once, last stream id the last received."""
+        if self._goaway_phase or self._failed:
+            return
+        if status == 0:
+            self._goaway_phase = 1
+            self._send_goaway(_MAX_STREAM_ID, h2.errors.ErrorCodes.NO_ERROR, message)
+            self._h2.ping(_GOAWAY_PING)
+        else:
+            self._goaway_phase = 2
+            self._last_stream = self._h2.highest_inbound_stream_id
+            code = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM if status == Status.RESOURCE_EXHAUSTED else h2.errors.ErrorCodes.INTERNAL_ERROR
+            self._send_goaway(self._last_stream, code, message)
+
+    def _send_goaway(self, last_stream_id: int, code: int, message: str) -> None:
+        self._h2_output()
+        frame = GoAwayFrame(0, last_stream_id=last_stream_id, error_code=code,
+                            additional_data=message.encode("utf-8", "replace")[:1024])
+        self._out.append(frame.serialize())
+
+    # the client's half: not served on this wire
+    def open_call(self, *args: Any, **kwargs: Any) -> int:
+        raise LocalProtocolError("trpc speaks gRPC as a server only")
+
+    open_unary_call = open_call
+
+    def end_stream(self, stream_id: int) -> None:
+        raise LocalProtocolError("trpc speaks gRPC as a server only")
+
+    def cancel(self, stream_id: int, reason: Status = Status.CANCELLED, message: str = "") -> None:
+        raise LocalProtocolError("trpc speaks gRPC as a server only")
+
+    # ------------------------------------------------------------------ records
+    def _drop_batch(self, call: _Call) -> None:
+        if call.batch is not None:
+            call.batch.clear()
+            call.batch = None
+            self._batching.pop(call.id, None)
+
+    def _drop_input(self, call: _Call) -> None:
+        """The call takes no more messages: forget the one arriving."""
+        self._incomplete -= len(call.buf)
+        call.buf = bytearray()
+
+    def _forget(self, call: _Call) -> None:
+        self._calls.pop(call.id, None)
+        self._blocked.pop(call.id, None)
+        self._drop_batch(call)
+        self._drop_input(call)
+        call.pending = None
+
+    def _close(self, call: _Call) -> None:
+        """The trailers went to h2: the call is over; a client still sending is told to stop."""
+        self._forget(call)
+        if not call.remote_ended:
+            self._reset(call.id, h2.errors.ErrorCodes.NO_ERROR)
+
+    def _reset(self, stream_id: int, code: int) -> None:
+        try:
+            self._h2.reset_stream(stream_id, code)
+        except h2.exceptions.StreamClosedError:
+            pass  # the client reset it first
+
+    def _grant(self, call: _Call, size: int) -> None:
+        """Owe the call ``size`` bytes of credit; grant it once half the window is owed."""
+        call.credit += size
+        if call.credit >= self.stream_window >> 1 and not call.remote_ended:
+            credit, call.credit = call.credit, 0
+            try:
+                self._h2.increment_flow_control_window(credit, call.id)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+                pass  # the stream ended under us: nothing to grant
+
+    def _grant_connection(self, size: int) -> None:
+        self._connection_credit += size
+        if self._connection_credit >= self.connection_window >> 1:
+            credit, self._connection_credit = self._connection_credit, 0
+            self._h2.increment_flow_control_window(credit)
+
+    # ------------------------------------------------------------------ input
+    def receive_data(self, data: bytes, *, max_frames: int | None = None, now: float | None = None) -> list[Event]:
+        """Bytes from the client (``b""``: it closed its side).  As trpc's core: events of the
+        first ``max_frames`` h2 events (all for None), the rest in the backlog; the preface
+        (the client's first SETTINGS) and the end of the connection are reported at once.
+        Raises RemoteProtocolError when the client broke HTTP/2 (h2 has queued the GOAWAY)."""
+        if self._failed:
+            raise RemoteProtocolError("the connection has already failed")
+        if now is not None:
+            self._now = now
+        events: list[Event] = []
+        if not data:
+            events += self.process_backlog()
+            events.append(ConnectionClosed())
+            return events
+        try:
+            received = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self._failed = True
+            raise RemoteProtocolError(f"HTTP/2: {exc}", events=self.process_backlog()) from None
+        if self.peer_preface is None:
+            for event in received:
+                if type(event) is h2.events.RemoteSettingsChanged:
+                    settings = self._h2.remote_settings
+                    self.peer_preface = PrefaceReceived(
+                        version=(2, 0), max_frame_size=settings.max_frame_size,
+                        initial_window=settings.initial_window_size,
+                    )
+                    events.append(self.peer_preface)
+                    break
+        self._backlog = self._backlog + received if self._backlog else received
+        if max_frames != 0:
+            events += self.process_backlog(max_frames)
+        return events
+
+    @property
+    def backlog(self) -> int:
+        return len(self._backlog)
+
+    def process_backlog(self, max_frames: int | None = None) -> list[Event]:
+        if not self._backlog:
+            return []
+        if max_frames is None or max_frames >= len(self._backlog):
+            taken, self._backlog = self._backlog, []
+        else:
+            taken, self._backlog = self._backlog[:max_frames], self._backlog[max_frames:]
+        events: list[Event] = []
+        translate = self._TRANSLATE
+        try:
+            for event in taken:
+                handler = translate.get(type(event))
+                if handler is not None:
+                    handler(self, event, events)
+        except RemoteProtocolError as exc:
+            self._failed = True
+            self._backlog = []
+            exc.events[:0] = events
+            raise
+        return events
+
+    def _on_request(self, event: h2.events.RequestReceived, events: list) -> None:
+        stream_id = event.stream_id
+        ended = event.stream_ended is not None
+        if self._goaway_phase == 2 and stream_id > self._last_stream:
+            self._reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        method = path = content_type = te = timeout = encoding = choice = None
+        for name, value in event.headers:
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"te":
+                te = value
+            elif name == b"grpc-timeout":
+                timeout = value
+            elif name == b"grpc-encoding":
+                encoding = value
+            elif name == b"trpc-codec":
+                choice = value
+        if method != b"POST":
+            self._reject(stream_id, ended, b"405", Status.INTERNAL, f"gRPC calls are POST requests, not {method!r}")
+            return
+        base = content_type.split(b";", 1)[0].strip().lower() if content_type else b""
+        if not (base == _GRPC_CT or base.startswith(_GRPC_CT + b"+")):
+            self._reject(stream_id, ended, b"415", Status.INTERNAL,
+                         f"content-type {content_type!r} is not gRPC (application/grpc+cbor or +proto)")
+            return
+        if te != b"trailers":
+            self._reject(stream_id, ended, b"400", Status.INTERNAL, "a gRPC request needs the header te: trailers")
+            return
+        name = path.decode("utf-8", "replace")[1:] if path and path[:1] == b"/" else ""
+        if not name:
+            self._reject(stream_id, ended, b"200", Status.UNIMPLEMENTED, f"bad :path {path!r}")
+            return
+        if base == _CBOR_CT:
+            codec = None
+        elif base == _GRPC_CT and (choice == b"cbor" or name not in self._codecs):
+            # No subtype: CBOR unless the method maps to protobuf (grpcio cannot name a
+            # subtype, so a CBOR client of a mapped method says ``trpc-codec: cbor``).
+            codec = None
+        elif base in (_GRPC_CT, _GRPC_CT + b"+proto"):
+            codec = self._codecs.get(name)
+            if codec is None and name in self._known:
+                self._reject(stream_id, ended, b"200", Status.UNIMPLEMENTED,
+                             f"no protobuf mapping for this method ({name}); call it with application/grpc+cbor")
+                return
+        else:
+            self._reject(stream_id, ended, b"200", Status.UNIMPLEMENTED,
+                         f"content-type {content_type.decode('ascii', 'replace')} is not served:"
+                         " application/grpc+cbor and application/grpc+proto are")
+            return
+        gzip = False
+        if encoding is not None and encoding != b"identity":
+            if encoding != b"gzip":
+                self._reject(stream_id, ended, b"200", Status.UNIMPLEMENTED,
+                             f"grpc-encoding {encoding.decode('ascii', 'replace')} is not supported",
+                             [_ACCEPT_ENCODING])
+                return
+            gzip = True
+        seconds = None
+        if timeout is not None:
+            try:
+                seconds = parse_timeout(timeout)
+            except ValueError as exc:
+                self._reject(stream_id, ended, b"200", Status.INTERNAL, str(exc))
+                return
+        call = _Call(stream_id, base, codec, gzip)
+        call.remote_ended = ended
+        self._calls[stream_id] = call
+        events.append(CallOpened(stream_id=stream_id, method=name, metadata=decode_metadata(event.headers),
+                                 timeout=seconds, end_stream=ended, codec=codec))
+
+    def _reject(self, stream_id: int, ended: bool, http_status: bytes, status: Status, message: str,
+                extra: list = ()) -> None:
+        """Answer a request that never becomes a call: one HEADERS with END_STREAM."""
+        headers = [(b":status", http_status), (b"content-type", _GRPC_CT),
+                   (b"grpc-status", str(int(status)).encode()), (b"grpc-message", percent_encode(message)), *extra]
+        self._h2.send_headers(stream_id, headers, end_stream=True)
+        if not ended:
+            self._reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+
+    def _on_data(self, event: h2.events.DataReceived, events: list) -> None:
+        size = event.flow_controlled_length
+        self._grant_connection(size)
+        call = self._calls.get(event.stream_id)
+        if call is None or call.trailers is not None:
+            return  # the call is over for us; the client will learn it
+        data = event.data
+        if call.unconsumed:
+            call.held += size
+        else:
+            self._grant(call, size)
+        buf = call.buf
+        messages = []
+        if not buf and len(data) >= 5 and not data[0] and int.from_bytes(data[1:5], "big") == len(data) - 5:
+            # The common case: one whole uncompressed message in this frame.
+            if len(data) - 5 > self.max_message_size:
+                self._too_large(call, len(data) - 5, events)
+                return
+            messages.append(data[5:])
+        else:
+            before = len(buf)
+            buf += data
+            while len(buf) >= 5:
+                flag = buf[0]
+                length = int.from_bytes(buf[1:5], "big")
+                if length > self.max_message_size:
+                    self._incomplete += len(buf) - before
+                    self._too_large(call, length, events)
+                    return
+                if len(buf) < 5 + length:
+                    break
+                message = bytes(buf[5:5 + length])
+                del buf[:5 + length]
+                if flag:
+                    message = self._decompress(call, flag, message, events)
+                    if message is None:
+                        self._incomplete += len(buf) - before
+                        return
+                messages.append(message)
+            self._incomplete += len(buf) - before
+            if self._incomplete > self.max_incomplete_bytes:
+                self._end(call, Status.RESOURCE_EXHAUSTED,
+                          f"the server holds {self.max_incomplete_bytes} bytes of incomplete messages per connection at most",
+                          events)
+                return
+        if messages:
+            if len(messages) == 1:
+                call.unconsumed += len(messages[0])
+            else:
+                call.unconsumed += sum(map(len, messages))
+            events.append(MessagesReceived(stream_id=call.id, payloads=messages))
+
+    def _decompress(self, call: _Call, flag: int, message: bytes, events: list) -> bytes | None:
+        if flag != 1:
+            self._end(call, Status.INTERNAL, f"bad compressed flag {flag}", events)
+            return None
+        if not call.gzip:
+            self._end(call, Status.INTERNAL, "a compressed message without grpc-encoding", events)
+            return None
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            plain = inflater.decompress(message, self.max_message_size + 1)
+        except zlib.error as exc:
+            self._end(call, Status.INTERNAL, f"cannot decompress a message: {exc}", events)
+            return None
+        if len(plain) > self.max_message_size:
+            self._too_large(call, len(plain), events)
+            return None
+        return plain
+
+    def _too_large(self, call: _Call, size: int, events: list) -> None:
+        self._end(call, Status.RESOURCE_EXHAUSTED,
+                  f"request message of {size} bytes exceeds the server's limit of {self.max_message_size}", events)
+
+    def _end(self, call: _Call, status: Status, message: str, events: list) -> None:
+        """End a call from here (its input broke a rule): trailers, and tell the call layer."""
+        self.send_trailers(call.id, status, message)
+        events.append(CallCancelled(stream_id=call.id, reason=status, message=message))
+
+    def _on_stream_ended(self, event: h2.events.StreamEnded, events: list) -> None:
+        call = self._calls.get(event.stream_id)
+        if call is None or call.remote_ended:
+            return
+        call.remote_ended = True
+        if call.trailers is not None:
+            return
+        if call.buf:
+            self._end(call, Status.INTERNAL, "the request ended inside a message", events)
+            return
+        events.append(StreamEnded(stream_id=call.id))
+
+    def _on_reset(self, event: h2.events.StreamReset, events: list) -> None:
+        call = self._calls.get(event.stream_id)
+        if call is None:
+            return
+        self._forget(call)
+        if call.trailers is None:
+            events.append(CallCancelled(stream_id=call.id, reason=Status.CANCELLED,
+                                        message=f"the client reset the stream (HTTP/2 error {int(event.error_code)})"))
+
+    def _on_window(self, event: h2.events.WindowUpdated, events: list) -> None:
+        if event.stream_id:
+            if event.stream_id in self._blocked:
+                self._unblock(self._calls.get(event.stream_id), events)
+        else:
+            self._unblock_all(events)
+
+    def _unblock(self, call: _Call | None, events: list) -> None:
+        if call is None:
+            return
+        if self._flush(call) and call.trailers is None:
+            events.append(SendCreditAvailable(stream_id=call.id))
+
+    def _unblock_all(self, events: list) -> None:
+        for stream_id in list(self._blocked):
+            if self._h2.outbound_flow_control_window <= 0:
+                return
+            self._unblock(self._calls.get(stream_id), events)
+
+    def _on_settings(self, event: h2.events.RemoteSettingsChanged, events: list) -> None:
+        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            self._unblock_all(events)
+
+    def _on_ping(self, event: h2.events.PingReceived, events: list) -> None:
+        if self.min_ping_interval is not None:
+            now, last = self._now, self._last_ping_at
+            self._last_ping_at = now
+            if last is None or now - last >= self.min_ping_interval:
+                self._ping_strikes = 0
+            else:
+                self._ping_strikes += 1
+                if self._ping_strikes > self.max_ping_strikes:
+                    self._goaway_phase = 2
+                    self._send_goaway(self._h2.highest_inbound_stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
+                                      "too_many_pings")
+                    raise RemoteProtocolError(
+                        f"too many pings (more than {self.max_ping_strikes} in a row less than"
+                        f" {self.min_ping_interval:g} s apart)",
+                        error_code=Status.RESOURCE_EXHAUSTED,
+                    )
+        events.append(PingReceived(payload=event.ping_data))
+
+    def _on_ping_ack(self, event: h2.events.PingAckReceived, events: list) -> None:
+        if event.ping_data == _GOAWAY_PING and self._goaway_phase == 1:
+            # Every call the client sent before our PING has arrived: the final GOAWAY.
+            self._goaway_phase = 2
+            self._last_stream = self._h2.highest_inbound_stream_id
+            self._send_goaway(self._last_stream, h2.errors.ErrorCodes.NO_ERROR, "")
+            return
+        events.append(PingAcknowledged(payload=event.ping_data))
+
+    def _on_terminated(self, event: h2.events.ConnectionTerminated, events: list) -> None:
+        self._goaway_received = True
+        code = event.error_code or 0
+        events.append(GoAwayReceived(
+            last_stream_id=event.last_stream_id or 0,
+            status=Status.OK if code == 0 else Status.INTERNAL,
+            message=(event.additional_data or b"").decode("utf-8", "replace"),
+        ))
+
+    _TRANSLATE = {
+        h2.events.RequestReceived: _on_request,
+        h2.events.DataReceived: _on_data,
+        h2.events.StreamEnded: _on_stream_ended,
+        h2.events.StreamReset: _on_reset,
+        h2.events.WindowUpdated: _on_window,
+        h2.events.RemoteSettingsChanged: _on_settings,
+        h2.events.PingReceived: _on_ping,
+        h2.events.PingAckReceived: _on_ping_ack,
+        h2.events.ConnectionTerminated: _on_terminated,
+    }
