@@ -291,6 +291,10 @@ class GrpcConnection:
         self._last_stream = _MAX_STREAM_ID
         self._goaway_received = False
         self._failed = False
+        #: The frame scan (``_check_frame_lengths``): bytes before the next frame header (the
+        #: client preface first), and a frame header received in part.
+        self._skip = len(HTTP2_PREFACE)
+        self._head = b""
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -651,6 +655,7 @@ class GrpcConnection:
             events += self.process_backlog()
             events.append(ConnectionClosed())
             return events
+        self._check_frame_lengths(data)
         try:
             received = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -670,6 +675,34 @@ class GrpcConnection:
         if max_frames != 0:
             events += self.process_backlog(max_frames)
         return events
+
+    def _check_frame_lengths(self, data: bytes) -> None:
+        """Refuse a frame longer than our SETTINGS_MAX_FRAME_SIZE from its header alone: h2
+        checks only once the whole frame has arrived, so a client announcing a huge frame
+        would make it buffer the frame first."""
+        pos, size = 0, len(data)
+        while True:
+            if self._skip:
+                take = min(self._skip, size - pos)
+                self._skip -= take
+                pos += take
+                if self._skip:
+                    return
+            need = 9 - len(self._head)
+            if size - pos < need:
+                self._head += data[pos:]
+                return
+            header = self._head + data[pos:pos + need] if self._head else data[pos:pos + 9]
+            pos += need
+            self._head = b""
+            length = int.from_bytes(header[:3], "big")
+            if length > self.max_frame_size:
+                self._failed = True
+                self._goaway_phase = 2
+                message = f"a frame of {length} bytes exceeds SETTINGS_MAX_FRAME_SIZE {self.max_frame_size}"
+                self._send_goaway(self._h2.highest_inbound_stream_id, h2.errors.ErrorCodes.FRAME_SIZE_ERROR, message)
+                raise RemoteProtocolError(message, error_code=Status.RESOURCE_EXHAUSTED, events=self.process_backlog())
+            self._skip = length
 
     @property
     def backlog(self) -> int:
