@@ -16,7 +16,9 @@ import grpc
 import grpc.aio
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+from hyperframe.frame import Frame, GoAwayFrame, PingFrame
 import pytest
 import trio
 import trustme
@@ -440,3 +442,68 @@ def test_cbor_details_are_base64_of_the_cbor_value():
     assert decode_metadata([(b"d-bin", b"AA"), (b"grpc-x", b"y"), (b":path", b"/")]) == {"d-bin": b"\x00"}
     assert parse_timeout(b"1500m") == 1.5 and parse_timeout(b"2H") == 7200
     assert percent_encode("a%b ü") == b"a%25b %C3%BC"
+
+
+async def test_shutdown_lets_a_running_grpc_call_finish_and_refuses_new_ones(wire, nursery):
+    server = trpc.Server(Svc(), wire)
+    address = await nursery.start(server.serve_tcp, 0)
+    channel = grpc.insecure_channel(target(address))
+    try:
+        sleeper = channel.unary_unary(f"/{SVC}/sleep_then", request_serializer=cbor2.dumps,
+                                      response_deserializer=cbor2.loads)
+        future = await in_thread(partial(sleeper.future, [[1.0, "done"]], timeout=T))
+        await trio.sleep(0.3)  # the call is running
+        async with trio.open_nursery() as inner:
+            inner.start_soon(server.shutdown, 10)
+            assert await in_thread(future.result) == "done"
+        with pytest.raises(grpc.RpcError) as info:
+            await in_thread(stubs(channel)["greet"], [["late"]], T)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        channel.close()
+
+
+async def test_a_client_pinging_too_often_gets_goaway_enhance_your_calm(wire, nursery):
+    server = trpc.Server(Svc(), keepalive_min_ping_interval=10, keepalive_max_ping_strikes=2)
+    address = await nursery.start(server.serve_tcp, 0)
+    client = await RawH2.open(address)
+    for i in range(5):
+        client.conn.ping(b"%08d" % i)
+    await client.flush()
+    ended = None
+    with trio.fail_after(T):
+        while ended is None:
+            data = await client.stream.receive_some(65536)
+            assert data
+            for event in client.conn.receive_data(data):
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    ended = event
+    assert ended.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    assert ended.additional_data == b"too_many_pings"
+    await client.stream.aclose()
+
+
+async def test_the_server_pings_a_quiet_grpc_client_and_max_connection_age_sends_goaway(nursery):
+    server = trpc.Server(Svc(), keepalive_time=0.2, max_connection_age=0.5, max_connection_age_grace=1)
+    address = await nursery.start(server.serve_tcp, 0)
+    client = await RawH2.open(address)
+    # Read frames with hyperframe: h2's client refuses the PING that follows a GOAWAY, which
+    # is how the graceful GOAWAY's first phase goes.
+    received = b""
+    frames: list = []
+    with trio.fail_after(T):
+        while not any(isinstance(f, GoAwayFrame) for f in frames):
+            data = await client.stream.receive_some(65536)
+            assert data
+            received += data
+            while len(received) >= 9:
+                frame, length = Frame.parse_frame_header(memoryview(received[:9]))
+                if len(received) < 9 + length:
+                    break
+                frame.parse_body(memoryview(received[9:9 + length]))
+                received = received[9 + length:]
+                frames.append(frame)
+    assert any(isinstance(f, PingFrame) and "ACK" not in f.flags for f in frames)
+    goaway = next(f for f in frames if isinstance(f, GoAwayFrame))
+    assert goaway.error_code == 0 and goaway.last_stream_id == (1 << 31) - 1  # the first phase
+    await client.stream.aclose()
