@@ -810,6 +810,8 @@ class Server:
         reflection: serve the reflection service (``trpc.reflection.v1.Reflection/Describe``,
             docs/PROTOCOL.md "Reflection"; default True): the document is built when the
             server is, from the services and the message classes registered by then.
+        grpc: also speak gRPC (HTTP/2, trpc.grpc; docs/PROTOCOL.md section 14) on the same
+            listeners, told apart by the client's first bytes or by ALPN (default True).
         Every limit and why its default: docs/LIMITS.md.
     """
 
@@ -1123,7 +1125,8 @@ class Server:
         of the first listener, so ``await nursery.start(server.serve_tcp, 0)`` returns it.
         With ``ssl_context`` (a server-side ``ssl.SSLContext``), every connection is TLS; make
         the context require client certificates for mutual TLS, and read the client's
-        certificate in a handler from ``trpc.current_call().peer_certificate``.
+        certificate in a handler from ``trpc.current_call().peer_certificate``.  The context's
+        ALPN protocols are set to the wires served (``h2``, ``trpc/1``).
         """
         listeners = await trio.open_tcp_listeners(port, host=host)
         await self.serve_listeners(listeners, ssl_context=ssl_context, handler_nursery=handler_nursery,

@@ -457,6 +457,9 @@ class GrpcConnection:
         pending = call.pending
         conn = self._h2
         stream_id = call.id
+        # As gRPC's servers: sending a call's frames forgives the client's early pings (its
+        # stack pings to measure bandwidth while data flows).
+        self._last_ping_at = None
         while pending:
             room = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
             if room <= 0:
