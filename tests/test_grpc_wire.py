@@ -178,7 +178,9 @@ async def test_a_passed_deadline_cancels_the_handler(served, wire):
     assert await in_thread(run) == grpc.StatusCode.DEADLINE_EXCEEDED
     with trio.fail_after(T):
         await wire.cancelled.wait()
-    assert wire.cancel_reasons == [Status.DEADLINE_EXCEEDED]
+    # The server's timer and the client's RST_STREAM, sent when its own deadline passed, race:
+    # gRPC's RST_STREAM carries no reason (trpc's CANCEL does), so the loser is CANCELLED.
+    assert wire.cancel_reasons[0] in (Status.DEADLINE_EXCEEDED, Status.CANCELLED)
 
 
 async def test_a_client_cancel_is_rst_stream_and_cancels_the_handler(served, wire):

@@ -52,7 +52,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import DataFrame, GoAwayFrame
+from hyperframe.frame import ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame
 
 from .._codec import _dumps
 from .._errors import LocalProtocolError, MessageTooLargeError, RemoteProtocolError
@@ -176,10 +176,15 @@ def encode_metadata(metadata: Mapping[str, str | bytes] | None) -> list:
 
 def _quiet_frames() -> None:
     """h2 4.4 formats every frame it receives for its trace log (``repr(frame)``), whether or
-    not the log is on; a DATA frame's repr copies its whole payload to show 20 bytes of it.
-    Describe DATA frames by their length instead (only the trace log ever shows it)."""
-    if DataFrame.__dict__.get("_body_repr") is None:
-        DataFrame._body_repr = lambda self: f"<{len(self.data)} bytes>"  # type: ignore[method-assign]
+    not the log is on; a DATA frame's repr copies its whole payload to show 20 bytes of it, a
+    HEADERS frame's formats its header block.  Describe them by their length instead (only a
+    trace log ever shows it)."""
+    for cls in (DataFrame, HeadersFrame, ContinuationFrame):
+        cls._body_repr = _length_repr  # type: ignore[method-assign]
+
+
+def _length_repr(frame: Any) -> str:
+    return f"<{len(frame.data)} bytes>"
 
 
 _quiet_frames()
@@ -848,7 +853,8 @@ class GrpcConnection:
                     return
                 if len(buf) < 5 + length:
                     break
-                message = bytes(buf[5:5 + length])
+                with memoryview(buf) as view:  # one copy, not a slice's and then bytes'
+                    message = bytes(view[5:5 + length])
                 del buf[:5 + length]
                 if flag:
                     message = self._decompress(call, flag, message, events)
