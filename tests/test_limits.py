@@ -297,8 +297,9 @@ async def test_a_closed_connection_is_freed_without_the_garbage_collector(nurser
 
     # 3. A peer that breaks the protocol.
     raw = await trio.open_tcp_stream(*address)
-    await raw.send_all(preface() + frame(0x42, 0, 0))
+    await raw.send_all(preface())  # the server serves a connection once its first bytes arrive
     refs = await _connections_of(server, 1)
+    await raw.send_all(frame(0x42, 0, 0))
     await _all_closed(server)
     await raw.aclose()
     assert [r() for pair in refs for r in pair] == [None, None]
