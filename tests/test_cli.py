@@ -126,13 +126,18 @@ async def test_serve_serves_several_services_and_prints_their_paths(nursery):
         address = await listening_address(process)
         lines = b""
         with trio.fail_after(30):
-            while lines.count(b"\n") < 4:
+            while lines.count(b"\n") < 6:
                 lines += await process.stdout.receive_some()
         services = lines.decode().splitlines()
         assert services[0].startswith("service hello.Greeter: hello.Greeter/greet ")
         assert services[1].startswith("service tests.services.Svc: tests.services.Svc/greet tests.services.Svc/add ")
-        assert services[2:] == ["service grpc.health.v1.Health: grpc.health.v1.Health/Check grpc.health.v1.Health/Watch",
-                                "service trpc.reflection.v1.Reflection: trpc.reflection.v1.Reflection/Describe"]
+        assert services[2:] == [
+            "service grpc.health.v1.Health: grpc.health.v1.Health/Check grpc.health.v1.Health/Watch",
+            "service trpc.reflection.v1.Reflection: trpc.reflection.v1.Reflection/Describe",
+            "service grpc.reflection.v1.ServerReflection: grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "service grpc.reflection.v1alpha.ServerReflection:"
+            " grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
         greeted = await run_cli("call", address, "hello.Greeter/greet", "Ada")
         added = await run_cli("call", address, "add", "1", "2")
         assert (greeted.stdout, added.stdout) == (b"Hello Ada\n", b"3\n")
@@ -320,12 +325,14 @@ ENTRY_TEXT = """message kv.Entry
 
 async def test_list_prints_the_services_then_one_services_paths(cli, kv):
     assert await cli(kv, "list") == (0, "kv.Store\ntests.services.Svc\nt.Failing\ngrpc.health.v1.Health\n"
-                                        "trpc.reflection.v1.Reflection\n", "")
+                                        "trpc.reflection.v1.Reflection\ngrpc.reflection.v1.ServerReflection\n"
+                                        "grpc.reflection.v1alpha.ServerReflection\n", "")
     assert await cli(kv, "list", "kv.Store", "--json") == (
         0, '["kv.Store/get", "kv.Store/put", "kv.Store/scan", "kv.Store/put_many"]\n', "")
     assert await cli(kv, "list", "kv.Nope") == (
         1, "", "trpc: no service 'kv.Nope' (services: kv.Store, tests.services.Svc, t.Failing, grpc.health.v1.Health,"
-               " trpc.reflection.v1.Reflection)\n")
+               " trpc.reflection.v1.Reflection, grpc.reflection.v1.ServerReflection,"
+               " grpc.reflection.v1alpha.ServerReflection)\n")
 
 
 async def test_describe_a_message_a_method_and_a_service_readably(cli, kv):
@@ -639,7 +646,8 @@ async def test_a_kv_session_in_real_processes(nursery):
         address = await listening_address(process)
         listed = await run_cli("list", address)
         assert (listed.returncode, listed.stdout) == (
-            0, b"kv.Store\ngrpc.health.v1.Health\ntrpc.reflection.v1.Reflection\n")
+            0, b"kv.Store\ngrpc.health.v1.Health\ntrpc.reflection.v1.Reflection\n"
+               b"grpc.reflection.v1.ServerReflection\ngrpc.reflection.v1alpha.ServerReflection\n")
         described = await run_cli("describe", address, "kv.Entry")
         assert (described.returncode, described.stdout.decode()) == (0, ENTRY_TEXT)
         entry = '{"@type": "kv.Entry", "key": "alpha", "value": 1, "blob": {"$bytes": "/w=="}}'
@@ -658,7 +666,10 @@ async def test_a_kv_session_in_real_processes(nursery):
         assert [line for line in output if line.startswith("service ")] == [
             "service kv.Store: kv.Store/get kv.Store/put kv.Store/scan kv.Store/put_many",
             "service grpc.health.v1.Health: grpc.health.v1.Health/Check grpc.health.v1.Health/Watch",
-            "service trpc.reflection.v1.Reflection: trpc.reflection.v1.Reflection/Describe"]
+            "service trpc.reflection.v1.Reflection: trpc.reflection.v1.Reflection/Describe",
+            "service grpc.reflection.v1.ServerReflection: grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "service grpc.reflection.v1alpha.ServerReflection:"
+            " grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"]
         access = [line.split(" ", 3)[3] for line in output if not line.startswith("service ")]
         assert all(re.fullmatch(r"\S+ from 127\.0\.0\.1:\d+: [A-Z_]+ in \d+\.\d ms", line) for line in access)
         describe = "trpc.reflection.v1.Reflection/Describe OK"

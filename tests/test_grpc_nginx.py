@@ -18,6 +18,7 @@ import trpc
 from trpc import Status
 
 from .test_grpc_wire import T, Wire, in_thread, stubs
+from .grpc_cbor import cbor_channel
 from .services import Svc
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
@@ -104,7 +105,7 @@ async def proxied(nursery, tmp_path, wire):
 
 async def test_a_grpcio_client_calls_two_trpc_backends_through_nginx(proxied):
     def run():
-        with grpc.insecure_channel(f"{proxied[0]}:{proxied[1]}") as channel:
+        with cbor_channel(f"{proxied[0]}:{proxied[1]}") as channel:
             who = channel.unary_unary("/t.Who/whoami", request_serializer=cbor2.dumps, response_deserializer=cbor2.loads)
             names = {who([[]], timeout=T) for _ in range(8)}
             s = stubs(channel)
@@ -118,7 +119,7 @@ async def test_a_grpcio_client_calls_two_trpc_backends_through_nginx(proxied):
 
 async def test_a_deadline_crosses_nginx_and_cancels_the_handler(proxied, wire):
     def run():
-        with grpc.insecure_channel(f"{proxied[0]}:{proxied[1]}") as channel:
+        with cbor_channel(f"{proxied[0]}:{proxied[1]}") as channel:
             remaining = stubs(channel)["remaining"]([[]], timeout=5)
             with pytest.raises(grpc.RpcError) as info:
                 stubs(channel)["block"]([[]], timeout=0.5)
@@ -135,7 +136,7 @@ async def test_a_deadline_crosses_nginx_and_cancels_the_handler(proxied, wire):
 
 
 async def test_a_cancel_crosses_nginx_and_cancels_the_handler(proxied, wire):
-    channel = grpc.insecure_channel(f"{proxied[0]}:{proxied[1]}")
+    channel = cbor_channel(f"{proxied[0]}:{proxied[1]}")
     try:
         future = await in_thread(partial(stubs(channel)["block"].future, [[]], timeout=T))
         with trio.fail_after(T):

@@ -26,6 +26,7 @@ import trustme
 import trpc
 from trpc import RpcError, Status
 
+from .grpc_cbor import cbor_aio_channel, cbor_channel
 from .services import Svc
 
 T = 20  # bound on every wait
@@ -113,7 +114,7 @@ async def in_thread(fn, *args):
 
 
 def sync_calls(address) -> dict:
-    with grpc.insecure_channel(target(address)) as channel:
+    with cbor_channel(target(address)) as channel:
         s = stubs(channel)
         return {
             "unary": s["greet"]([["Ada"]], timeout=T),
@@ -134,7 +135,7 @@ async def test_a_sync_grpcio_client_makes_every_call_shape(served):
 
 def aio_calls(address) -> dict:
     async def main():
-        async with grpc.aio.insecure_channel(target(address)) as channel:
+        async with cbor_aio_channel(target(address)) as channel:
             s = stubs(channel)
 
             async def requests():
@@ -158,7 +159,7 @@ async def test_a_grpc_aio_client_makes_every_call_shape(served):
 
 async def test_the_handler_sees_the_grpc_timeout_as_its_deadline_and_nested_calls_inherit_it(served):
     def run():
-        with grpc.insecure_channel(target(served.address)) as channel:
+        with cbor_channel(target(served.address)) as channel:
             s = stubs(channel)
             return s["remaining"]([[]], timeout=5), s["nested"]([[list(served.address)]], timeout=3)
 
@@ -170,7 +171,7 @@ async def test_the_handler_sees_the_grpc_timeout_as_its_deadline_and_nested_call
 
 async def test_a_passed_deadline_cancels_the_handler(served, wire):
     def run():
-        with grpc.insecure_channel(target(served.address)) as channel:
+        with cbor_channel(target(served.address)) as channel:
             with pytest.raises(grpc.RpcError) as info:
                 stubs(channel)["block"]([[]], timeout=0.5)
             return info.value.code()
@@ -184,7 +185,7 @@ async def test_a_passed_deadline_cancels_the_handler(served, wire):
 
 
 async def test_a_client_cancel_is_rst_stream_and_cancels_the_handler(served, wire):
-    channel = grpc.insecure_channel(target(served.address))
+    channel = cbor_channel(target(served.address))
     try:
         future = await in_thread(stubs(channel)["block"].future, [[]])
         with trio.fail_after(T):
@@ -204,7 +205,7 @@ async def test_a_client_cancel_is_rst_stream_and_cancels_the_handler(served, wir
 ])
 async def test_statuses_and_unicode_messages_reach_the_client_with_cbor_details(served, code, message):
     def run():
-        with grpc.insecure_channel(target(served.address)) as channel:
+        with cbor_channel(target(served.address)) as channel:
             with pytest.raises(grpc.RpcError) as info:
                 stubs(channel)["fail"]([[int(code), message]], timeout=T)
             return info.value
@@ -218,7 +219,7 @@ async def test_statuses_and_unicode_messages_reach_the_client_with_cbor_details(
 
 async def test_an_unknown_method_is_unimplemented_and_an_internal_error_hides_its_text(served):
     def run():
-        with grpc.insecure_channel(target(served.address)) as channel:
+        with cbor_channel(target(served.address)) as channel:
             missing = channel.unary_unary(f"/{SVC}/nope", request_serializer=cbor2.dumps)
             with pytest.raises(grpc.RpcError) as unknown:
                 missing([[]], timeout=T)
@@ -234,7 +235,7 @@ async def test_an_unknown_method_is_unimplemented_and_an_internal_error_hides_it
 
 async def test_metadata_travels_both_ways_with_bin_keys(served):
     def run():
-        with grpc.insecure_channel(target(served.address)) as channel:
+        with cbor_channel(target(served.address)) as channel:
             value, call = stubs(channel)["meta"].with_call(
                 [[]], timeout=T, metadata=[("m-text", "hi"), ("m-bin", b"\x00\x10\xff")])
             return value, dict(call.initial_metadata()), dict(call.trailing_metadata())
@@ -250,7 +251,7 @@ async def test_messages_near_the_size_limit_pass_and_over_it_are_resource_exhaus
     limit = 1 << 20
 
     def run():
-        with grpc.insecure_channel(target(served.address)) as channel:
+        with cbor_channel(target(served.address)) as channel:
             echo = channel.unary_unary(f"/{SVC}/echo", request_serializer=cbor2.dumps,
                                        response_deserializer=cbor2.loads)
             near = echo([[b"x" * (limit - 16)]], timeout=T)
@@ -272,7 +273,7 @@ async def test_trpc_and_grpc_clients_share_the_port_at_the_same_time(served):
                 assert await client.method(f"{SVC}/greet")(f"t{i}") == f"Hello t{i}"
 
     def grpc_side():
-        with grpc.insecure_channel(target(served.address)) as channel:
+        with cbor_channel(target(served.address)) as channel:
             greet = stubs(channel)["greet"]
             return [greet([[f"g{i}"]], timeout=T) for i in range(20)]
 
@@ -283,7 +284,7 @@ async def test_trpc_and_grpc_clients_share_the_port_at_the_same_time(served):
 
 async def test_the_health_check_answers_over_grpc_cbor(served):
     def check():
-        with grpc.insecure_channel(target(served.address)) as channel:
+        with cbor_channel(target(served.address)) as channel:
             return stubs(channel)["check"]([[""]], timeout=T)
 
     assert await in_thread(check) == "SERVING"
@@ -295,7 +296,7 @@ async def test_grpc_false_turns_the_grpc_wire_off(nursery):
     address = await nursery.start(trpc.Server(Svc(), grpc=False).serve_tcp, 0)
 
     def run():
-        with grpc.insecure_channel(target(address)) as channel:
+        with cbor_channel(target(address)) as channel:
             with pytest.raises(grpc.RpcError) as info:
                 stubs(channel)["greet"]([["Ada"]], timeout=2)
             return info.value.code()
@@ -314,7 +315,7 @@ async def test_tls_serves_grpc_by_alpn_h2_and_trpc_on_the_same_port(nursery):
 
     def run():
         credentials = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
-        with grpc.secure_channel(f"localhost:{address[1]}", credentials) as channel:
+        with cbor_channel(f"localhost:{address[1]}", credentials) as channel:
             return stubs(channel)["greet"]([["tls"]], timeout=T)
 
     assert await in_thread(run) == "Hello tls"
@@ -449,7 +450,7 @@ def test_cbor_details_are_base64_of_the_cbor_value():
 async def test_shutdown_lets_a_running_grpc_call_finish_and_refuses_new_ones(wire, nursery):
     server = trpc.Server(Svc(), wire)
     address = await nursery.start(server.serve_tcp, 0)
-    channel = grpc.insecure_channel(target(address))
+    channel = cbor_channel(target(address))
     try:
         sleeper = channel.unary_unary(f"/{SVC}/sleep_then", request_serializer=cbor2.dumps,
                                       response_deserializer=cbor2.loads)

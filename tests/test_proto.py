@@ -190,6 +190,7 @@ def test_a_type_that_does_not_map_is_named_with_its_method_and_parameter(method)
 
 
 def test_the_server_logs_one_line_naming_the_methods_without_a_mapping(caplog):
+    caplog.set_level("INFO", logger="trpc")  # (INFO: a server need not map to protobuf)
     codecs = build_codecs(methods_of(Store(), Unmappable()))
     assert isinstance(codecs["prototest.Store/get"], _proto.MethodCodec)
     lines = [record.getMessage() for record in caplog.records if "protobuf mapping" in record.getMessage()]
@@ -467,10 +468,10 @@ async def test_reflection_answers_files_by_name_and_not_found_for_the_unknown():
 
 
 async def test_reflection_is_a_service_a_trpc_server_can_serve(nursery):
-    reflection = _proto.grpc_services(None)  # bound below, read at the first request
-    server = trpc.Server(Store(), *reflection)
-    for service in reflection:
-        service._methods = lambda: server._table.methods
+    """Every Server with gRPC on (the default) and protobuf installed serves it."""
+    server = trpc.Server(Store())
+    reflection = [service for service in server._table.services.values()
+                  if type(service).__name__ == "ServerReflectionService"]
     address = await nursery.start(server.serve_tcp, 0)
     schema, request_type, response_type = reflection[0]._ready()
     async with trpc.open_client(address) as client:

@@ -76,7 +76,7 @@ def test_annotations_read_as_they_do_in_source():
 
 
 def document() -> dict:
-    server = trpc.Server(Store(), health=False)
+    server = trpc.Server(Store(), health=False, grpc=False)  # (gRPC would add its own reflection)
     return build_document(server._table.services, server.methods.values())
 
 
@@ -153,7 +153,8 @@ async def test_a_client_reads_the_document_into_dataclasses(nursery):
         reflection = await client.reflect()
     assert isinstance(reflection, trpc.Reflection) and reflection.version == 1
     assert [s.name for s in reflection.services] == [
-        "refl.Store", "grpc.health.v1.Health", "trpc.reflection.v1.Reflection"]
+        "refl.Store", "grpc.health.v1.Health", "trpc.reflection.v1.Reflection",
+        "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]
     get = reflection.method("refl.Store/get")
     assert reflection.method("get") is get and reflection.service("refl.Store").methods[0] is get
     assert get == trpc.MethodDescription(

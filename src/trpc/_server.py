@@ -851,6 +851,12 @@ class Server:
         self._health = HealthRegistry(self._table.services)
         describe = ReflectionService() if reflection else None
         extra = ((HealthService(self._health),) if health else ()) + ((describe,) if describe else ())
+        if reflection and grpc:
+            # gRPC's own reflection (v1 and v1alpha), in protobuf, for grpcurl and friends:
+            # only with the protobuf package (trpc.grpc._proto), which it answers from.
+            from .grpc._proto import grpc_services
+
+            extra += tuple(grpc_services(self))
         if extra:
             self._table = MethodTable((*services, *extra))
         if describe is not None:
@@ -940,11 +946,18 @@ class Server:
 
         self._grpc = grpc_wire
         if importlib.util.find_spec("trpc.grpc._proto") is not None:
+            from ._errors import ProtoMappingError
             from .grpc._proto import build_codecs
 
-            by_path = build_codecs(self.methods)
+            # A codec for each method whose types map to protobuf; for the others, the reason
+            # (logged once by build_codecs): a protobuf call to one ends with UNIMPLEMENTED.
+            try:
+                by_path = build_codecs(self._table.methods)
+            except ProtoMappingError:  # protobuf is not installed: gRPC in CBOR only
+                by_path = {}
             self._grpc_codecs = {
-                name: by_path[info.path] for name, (_, info) in self._methods.items() if info.path in by_path
+                name: by_path[info.path] for name, (_, info) in self._methods.items()
+                if not isinstance(by_path.get(info.path, ""), str)
             }
         self._grpc_options = dict(
             max_message_size=max_message_size,

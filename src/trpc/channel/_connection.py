@@ -39,6 +39,7 @@ from .._tls import describe_tls_failure
 from .._transport import _SPEAKS_TLS, Parker, TrioConnection
 from .._address import Address, open_stream
 from .._keepalive import Keepalive
+from ..wire._frames import ALPN_TRPC
 from ..wire import Connection
 from ..wire._frames import INFO_MINOR_VERSION
 
@@ -382,6 +383,9 @@ async def open_stream_to(
         return stream, where
     # A Unix socket has no host name: check the certificate against "localhost", as gRPC does.
     hostname = server_hostname or (target.host if target.kind == "tcp" else "localhost")
+    # ALPN names the wire, so that a server that also speaks gRPC on the port knows at once
+    # (docs/PROTOCOL.md section 14); the context is the caller's, and says so to every server.
+    ssl_context.set_alpn_protocols([ALPN_TRPC])
     tls = trio.SSLStream(stream, ssl_context, server_hostname=hostname)
     try:
         with trio.fail_at(limit.deadline):

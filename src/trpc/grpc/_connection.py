@@ -71,13 +71,14 @@ from .._events import (
 )
 from .._status import Status
 from ..wire import StreamState, message_size
+from ..wire._frames import ALPN_TRPC
 
 __all__ = ["GrpcConnection", "ALPN_GRPC", "ALPN_TRPC", "HTTP2_PREFACE", "looks_like_http2",
            "parse_timeout", "percent_encode"]
 
-#: The ALPN ids a TLS server offers: HTTP/2 (gRPC) and trpc's own wire (docs/PROTOCOL.md).
+#: The ALPN id a TLS server offers for HTTP/2 (gRPC), beside trpc's own (``ALPN_TRPC``, a fact
+#: of the trpc wire: trpc.wire._frames).
 ALPN_GRPC = "h2"
-ALPN_TRPC = "trpc/1"
 #: The HTTP/2 client connection preface (RFC 9113 section 3.4).
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 

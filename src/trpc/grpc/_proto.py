@@ -950,7 +950,7 @@ def build_codecs(methods: Mapping[str, tuple[Callable, MethodInfo]]) -> dict[str
     missing = [f"{path} ({reason.removeprefix(path + ': ')})" for path, reason in codecs.items()
                if isinstance(reason, str) and not path.startswith(_CBOR_ONLY)]
     if missing:
-        logger.warning("trpc: methods without a protobuf mapping (gRPC serves them as application/grpc+cbor"
+        logger.info("trpc: methods without a protobuf mapping (gRPC serves them as application/grpc+cbor"
                        " only): %s", "; ".join(missing))
     return codecs
 

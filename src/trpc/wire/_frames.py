@@ -14,6 +14,7 @@ import struct
 from .._framer_py import DEFAULT_MAX_FRAME_SIZE, HEADER, MAX_FRAME_SIZE_LIMIT, MIN_FRAME_SIZE_LIMIT
 
 __all__ = [
+    "ALPN_TRPC",
     "FrameType",
     "Flags",
     "PingFlags",
@@ -122,3 +123,7 @@ MAX_HEADERS_SIZE = 64 << 10
 MAX_WINDOW = (1 << 31) - 1
 #: Stream ids are 32-bit; when they run out the client opens a new connection.
 MAX_STREAM_ID = (1 << 32) - 1
+
+#: The ALPN protocol id of trpc's wire over TLS; a server that also speaks gRPC on the port
+#: tells the wires apart by it (docs/PROTOCOL.md section 14).
+ALPN_TRPC = "trpc/1"
