@@ -17,13 +17,13 @@ handler runs inside a cancel scope carrying the caller's deadline (measured on t
 process's clock, from when the call arrived), so a CANCEL frame, a passed deadline or a lost
 connection cancels the handler and, through Trio's scopes, every outgoing call it has in flight.
 
-Handler tasks are reused: starting a Trio task costs several times what waking a waiting one
-does, so a task whose call is over waits (up to ``_IDLE_WORKERS`` per connection) for the
+Handler tasks are reused: starting a Trio task costs more than waking a waiting one (measured
+in docs/PERFORMANCE.md), so a task whose call is over waits (up to ``_IDLE_WORKERS`` per connection) for the
 connection's next call.  Each call still runs in a fresh copy of the context its task started
 with (``_in_context`` drives the handler's coroutine one step at a time inside that copy), so
 context variables never carry over from one call to the next.  The cancel scope is shared by
-a task's run of calls, since entering and leaving one costs about as much as the rest of a
-small call's handling: a call's deadline is set on it while the call runs, and a cancellation
+a task's run of calls, since entering and leaving one is a large part of a small call's
+handling: a call's deadline is set on it while the call runs, and a cancellation
 ends the run, so the next call starts in a fresh scope (``_work``).  What a handler can tell
 apart is only ``trio.lowlevel.current_task()``, which may be the task of an earlier call.
 
@@ -122,10 +122,9 @@ _BATCH_MESSAGE_SIZE = 1024
 #: they are all there already, so that other calls get their turn.
 _YIELD_EVERY = 128
 #: Handler tasks a connection keeps waiting for its next call once their call is over (a call
-#: that finds none starts a task of its own).  Starting a Trio task costs several times what
-#: handing a call to a waiting one does; 64 covers a client with 64 calls in flight.  A waiting
-#: task holds about 5.5 KB (tracemalloc), so a connection that once ran 64 calls at a time
-#: keeps about 350 KB until it closes.
+#: that finds none starts a task of its own).  Starting a Trio task costs more than handing a
+#: call to a waiting one does; 64 covers a client with 64 calls in flight.  What the waiting
+#: tasks hold until the connection closes is measured in docs/PERFORMANCE.md.
 _IDLE_WORKERS = 64
 #: Calls the whole server runs at once, all connections together (``max_concurrent_calls``);
 #: beyond, a call is refused at once with RESOURCE_EXHAUSTED, so a flood of connections x
@@ -527,8 +526,8 @@ class _ServerConnection(TrioConnection):
 
         Every call runs in a fresh copy of the context this task started with, so context
         variables set by one call are never seen by the next, exactly as with a task per call.
-        One cancel scope serves a run of calls (entering and leaving a Trio scope cost ~5 us a
-        call): a call with a deadline sets it on the scope while it runs, and a cancellation
+        One cancel scope serves a run of calls (entering and leaving a Trio scope per call would
+        cost much: docs/PERFORMANCE.md): a call with a deadline sets it on the scope while it runs, and a cancellation
         (the deadline, the client's CANCEL, an abort, a lost connection) unwinds its call to
         the scope, which ends the run; the next call gets a fresh scope.
         """
