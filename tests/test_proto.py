@@ -94,6 +94,16 @@ def test_two_services_of_one_package_name_their_messages_apart(schema):
     assert list(schema.files["prototest.proto"].dependency) == ["tests/proto_services.proto"]
 
 
+def test_a_file_is_found_by_any_symbol_it_defines_a_method_among_them(schema):
+    for symbol in ("prototest.Store", "prototest.Store.get", "prototest.Entry", "prototest.Entry.key",
+                   "prototest.StoreGetRequest"):
+        assert schema.file_for_symbol(symbol) == "prototest.proto", symbol
+    assert schema.file_for_symbol("tests.proto_services.Color") == "tests/proto_services.proto"
+    for unknown in ("prototest.Store.nope", "prototest.Nope", "nope"):
+        with pytest.raises(KeyError):
+            schema.file_for_symbol(unknown)
+
+
 class Shade(enum.Enum):
     LIGHT = 1
 

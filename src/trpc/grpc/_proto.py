@@ -823,7 +823,16 @@ class ProtoSchema:
         Raises:
             KeyError: no such symbol.
         """
-        return self.pool.FindFileContainingSymbol(symbol).name
+        try:
+            return self.pool.FindFileContainingSymbol(symbol).name
+        except KeyError:
+            pass
+        # upb's pool (protobuf's default) finds messages, enums, services and fields by name
+        # here, but not methods: a method is found through its service.
+        try:
+            return self.pool.FindMethodByName(symbol).containing_service.file.name
+        except KeyError:
+            raise KeyError(symbol) from None
 
     def with_dependencies(self, name: str) -> list[Any]:
         """The file ``name`` and every file it imports, transitively, each once, ``name`` first.
