@@ -361,3 +361,97 @@ async def test_messages_near_the_size_limit_pass_and_over_it_are_resource_exhaus
     assert accepted == LIMIT - 8
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "exceeds" in refused.details()
     assert big == 3 << 20
+
+
+# ------------------------------------------------------------------------- health
+async def test_grpcio_health_checkings_client_sees_serving_then_not_serving(served):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    def check(service: str):
+        with grpc.insecure_channel(target(served.address)) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=T).status
+            except grpc.RpcError as error:
+                return error.code()
+
+    SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    assert await in_thread(check, "") == SERVING
+    assert await in_thread(check, "e2eshop.Shop") == SERVING
+    assert await in_thread(check, "no.Such") == grpc.StatusCode.NOT_FOUND
+    served.set_health("e2eshop.Shop", "NOT_SERVING")
+    assert await in_thread(check, "e2eshop.Shop") == NOT_SERVING
+    assert await in_thread(check, "") == SERVING
+
+
+async def test_grpcio_health_checkings_watch_streams_a_change(served):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    def watch():
+        with grpc.insecure_channel(target(served.address)) as channel:
+            call = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="e2eshop.Shop"), timeout=T)
+            statuses = [next(call).status]
+            trio.from_thread.run_sync(served.set_health, "e2eshop.Shop", "NOT_SERVING")
+            statuses.append(next(call).status)
+            trio.from_thread.run_sync(served.set_health, "e2eshop.Shop", "SERVING")
+            statuses.append(next(call).status)
+            call.cancel()
+            return statuses
+
+    response = health_pb2.HealthCheckResponse
+    assert await in_thread(watch) == [response.SERVING, response.NOT_SERVING, response.SERVING]
+
+
+# ------------------------------------------------------------------------- reflection
+async def test_grpcio_reflections_descriptor_database_lists_services_and_resolves_a_method(pb, served):
+    from google.protobuf import descriptor_pool, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    def run():
+        with grpc.insecure_channel(target(served.address)) as channel:
+            database = ProtoReflectionDescriptorDatabase(channel)
+            services = list(database.get_services())
+            pool = descriptor_pool.DescriptorPool(database)
+            quote = pool.FindMethodByName("e2eshop.Shop.quote")
+            restock = pool.FindMethodByName("e2eshop.Shop.restock")
+            check = pool.FindMethodByName("grpc.health.v1.Health.Check")
+            # The types reflection gave, with no .proto at hand, make a call the server understands.
+            item = message_factory.GetMessageClass(quote.input_type)
+            call = channel.unary_unary("/e2eshop.Shop/quote", request_serializer=item.SerializeToString,
+                                       response_deserializer=message_factory.GetMessageClass(
+                                           quote.output_type).FromString)
+            answer = call(item(sku="r", quantity=2), timeout=T)
+            return services, quote, restock, check, (answer.sku, answer.price, list(answer.tags))
+
+    services, quote, restock, check, answer = await in_thread(run)
+    assert set(services) == {"e2eshop.Shop", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                             "grpc.reflection.v1alpha.ServerReflection"}
+    assert (quote.input_type.full_name, quote.output_type.full_name) == ("e2eshop.Item", "e2eshop.Item")
+    assert [f.name for f in quote.input_type.fields] == ["sku", "quantity", "price", "tags", "note"]
+    assert (restock.input_type.full_name, restock.output_type.full_name, restock.server_streaming) == (
+        "e2eshop.ShopRestockRequest", "e2eshop.Item", True)
+    assert check.output_type.fields_by_name["status"].enum_type.values_by_name["SERVING"].number == 1
+    assert answer == ("r", 5.0, ["quoted"])
+
+
+async def test_reflection_v1_answers_a_grpcio_client_with_the_same_messages(served):
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2  # v1's messages are the same bytes
+
+    def run():
+        with grpc.insecure_channel(target(served.address)) as channel:
+            info = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                         request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                         response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+            return list(info(iter([reflection_pb2.ServerReflectionRequest(list_services=""),
+                                   reflection_pb2.ServerReflectionRequest(file_containing_symbol="e2eshop.Item"),
+                                   reflection_pb2.ServerReflectionRequest(file_containing_symbol="e2eshop.Nope")]),
+                             timeout=T))
+
+    listed, found, missing = await in_thread(run)
+    assert "e2eshop.Shop" in [s.name for s in listed.list_services_response.service]
+    [data] = found.file_descriptor_response.file_descriptor_proto
+    fdp = descriptor_pb2.FileDescriptorProto.FromString(data)
+    assert (fdp.name, fdp.package, [s.name for s in fdp.service]) == ("e2eshop.proto", "e2eshop", ["Shop"])
+    assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
