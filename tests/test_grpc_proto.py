@@ -455,3 +455,17 @@ async def test_reflection_v1_answers_a_grpcio_client_with_the_same_messages(serv
     fdp = descriptor_pb2.FileDescriptorProto.FromString(data)
     assert (fdp.name, fdp.package, [s.name for s in fdp.service]) == ("e2eshop.proto", "e2eshop", ["Shop"])
     assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+async def test_a_client_that_refuses_a_large_response_says_so_and_the_connection_serves_on(pb, served):
+    m = pb["pb2"]
+
+    def run():
+        options = [("grpc.max_receive_message_length", LIMIT)]
+        with grpc.insecure_channel(target(served.address), options=options) as channel:
+            stub = pb["grpc"].ShopStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.size(m.ShopSizeRequest(n=LIMIT), timeout=T)  # the field's tag and length make it over
+            return refused.value.code(), len(stub.size(m.ShopSizeRequest(n=LIMIT - 8), timeout=T).value)
+
+    assert await in_thread(run) == (grpc.StatusCode.RESOURCE_EXHAUSTED, LIMIT - 8)
