@@ -294,7 +294,7 @@ async def test_sighup_under_steady_load_fails_no_call_and_replaces_every_worker(
                 load = Load(client, callers=8, seconds=0.02)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(load.run, 30)
-                    await wait_until(lambda: load.answered_by() == old, 5, "calls on both workers")
+                    await wait_until(lambda: load.answered_by() & old, 5, "calls answered")
                     sup.process.send_signal(signal.SIGHUP)
 
                     def replaced() -> set[int] | None:
@@ -302,7 +302,9 @@ async def test_sighup_under_steady_load_fails_no_call_and_replaces_every_worker(
                         return now if len(now) == 2 and not now & old else None
 
                     new = await wait_until(replaced, 20, "two new workers")
-                    await wait_until(lambda: load.answered_by() >= new, 5, "calls on both new workers")
+                    # The kernel spreads connections over the workers by a hash, so the six may
+                    # all land on one of the new ones: what must hold is that new workers answer.
+                    await wait_until(lambda: load.answered_by() & new, 5, "calls on the new workers")
                     load.stop.set()
 
     assert load.failures("read") == [] and load.failures("write") == []
