@@ -765,6 +765,14 @@ _ServerConnection._DISPATCH = {
 }
 
 
+#: The options of trpc's wire connection that the gRPC wire takes as they are (its limits and
+#: ping policing: docs/LIMITS.md applies to both).
+_GRPC_SHARED_OPTIONS = (
+    "max_message_size", "max_concurrent_streams", "max_frame_size", "stream_window", "connection_window",
+    "max_incomplete_bytes", "min_ping_interval", "max_ping_strikes",
+)
+
+
 class Server:
     """Serves one or more :class:`~trpc.Service` objects.
 
@@ -884,8 +892,7 @@ class Server:
             methods={path: info.cardinality for path, (_, info) in self._table.methods.items()},
         )
         Connection("server", framer=self._framer, **self._connection_options)  # validate now
-        self._set_grpc(grpc, max_message_size, max_concurrent_streams, max_frame_size, stream_window,
-                       connection_window, max_incomplete_bytes, keepalive_min_ping_interval, keepalive_max_ping_strikes)
+        self._set_grpc(grpc)
         if max_concurrent_calls is None:
             max_concurrent_calls = DEFAULT_MAX_CONCURRENT_CALLS
         if max_concurrent_calls < 1:
@@ -927,9 +934,7 @@ class Server:
         #: The cancel scopes of connections waiting for their first bytes (shutdown ends them).
         self._sniffing: set[trio.CancelScope] = set()
 
-    def _set_grpc(self, enabled: bool, max_message_size: int, max_concurrent_streams: int, max_frame_size: int,
-                  stream_window: int, connection_window: int, max_incomplete_bytes: int | None,
-                  min_ping_interval: float | None, max_ping_strikes: int) -> None:
+    def _set_grpc(self, enabled: bool) -> None:
         """Get ready to speak gRPC too (trpc.grpc): its options, the same limits as trpc's
         wire, and the protobuf codecs, built now so that a method whose types do not map
         fails here rather than at its first call."""
@@ -958,15 +963,10 @@ class Server:
                 name: by_path[info.path] for name, (_, info) in self._methods.items()
                 if not isinstance(by_path.get(info.path, ""), str)
             }
+        # The same limits as trpc's wire: one set of options, the trpc connection's.
+        options = self._connection_options
         self._grpc_options = dict(
-            max_message_size=max_message_size,
-            max_concurrent_streams=max_concurrent_streams,
-            max_frame_size=max_frame_size,
-            stream_window=stream_window,
-            connection_window=connection_window,
-            max_incomplete_bytes=max_incomplete_bytes,
-            min_ping_interval=min_ping_interval,
-            max_ping_strikes=max_ping_strikes,
+            {name: options[name] for name in _GRPC_SHARED_OPTIONS},
             codecs=self._grpc_codecs,
             known=frozenset(self._methods),
         )
