@@ -45,3 +45,5 @@ def test_ci_runs_readmes_two_commands_each_from_a_fresh_environment():
         assert command.startswith("python3 -m venv --clear .venv && ")
     assert commands[0].endswith("python -m trpc.examples.demo")
     assert commands[1].endswith("python -m pytest")
+    for command in commands:  # and .ci/run runs each as written, on a line of its own
+        assert f"\n{command}\n" in script

@@ -17,6 +17,7 @@ backend fails (``request()``), but never twice within ``DNS_MIN_INTERVAL``.
 
 from __future__ import annotations
 
+import abc
 import socket
 from typing import Any, Sequence
 
@@ -35,13 +36,14 @@ DNS_REFRESH = 30.0
 DNS_MIN_INTERVAL = 2.0
 
 
-class Resolver:
+class Resolver(abc.ABC):
     """Where a channel's backends are.  ``refresh`` is None for targets that never change."""
 
     refresh: float | None = None
 
+    @abc.abstractmethod
     async def resolve(self) -> list[Address]:
-        raise NotImplementedError
+        """The backends' addresses now; OSError when they cannot be found."""
 
 
 class StaticResolver(Resolver):
