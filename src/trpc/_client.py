@@ -58,9 +58,9 @@ import logging
 import math
 import random
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterable, AsyncIterator, Sequence
+from typing import Any, AsyncIterable, AsyncIterator, Sequence, TypeVar, cast
 
 import trio
 
@@ -81,6 +81,7 @@ from .wire import (
 )
 from ._service import CALL_OPTIONS, Cardinality
 from ._status import Status
+from ._stub import make_stub
 from .channel._channel import Channel
 from .channel._connection import ClientCall, ClientConnection, ConnectOptions
 from .channel._resolver import make_resolver
@@ -126,6 +127,8 @@ RETRY_BUFFER = 256 * 1024
 _MAX_TRANSPARENT = 8
 #: The metadata key that carries the attempt number on every attempt after the first.
 ATTEMPT_KEY = "trpc-attempt"
+
+_S = TypeVar("_S")
 
 _current_time = trio.current_time
 _current_effective_deadline = trio.current_effective_deadline
@@ -227,6 +230,47 @@ class Client:
         """The server method ``name``: a path (``"kv.Store/get"``), or a short name (for names
         that are not identifiers or clash with ours)."""
         return Method(self, name, self._metadata)
+
+    def stub(
+        self,
+        service: type[_S] | Callable[..., _S],
+        *,
+        name: str | None = None,
+        timeout: float | None = _UNSET,
+        metadata: Mapping[str, str | bytes] | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> _S:
+        """The methods of ``service`` on this client, typed as the class declares them.
+
+        ``service`` is a :class:`~trpc.Service` subclass, or a ``typing.Protocol`` whose
+        methods are decorated as the service's are (bodies ``...``), so that a client need not
+        import the server's code.  Type checkers see the stub as an instance of ``service``:
+        ``await stub.greet("Ada")`` is what ``greet`` returns, ``stub.count(3)`` an async
+        iterator of what ``count`` yields, a client- or bidi-streaming method takes its
+        requests as any iterable or async iterable, and a wrong argument is a type error.  Only
+        the decorated methods exist on the stub.
+
+        Args:
+            service: the class that declares the methods (typed ``type[S] | Callable[..., S]``
+                only so that mypy takes a Protocol, which it refuses where ``type[S]`` is
+                expected; anything but a class raises TypeError).
+            name: the service's full name (``"hello.Greeter"``); default: a Service subclass's
+                own, else none, and each method is called by its short name.
+            timeout, metadata, wait_for_ready: options of every call the stub makes, as
+                :meth:`Method.with_options` takes them; make another stub for other options.
+
+        Raises:
+            TypeError: ``service`` is not a class, or declares no method.
+            UsageError: an option of the wrong type.
+        """
+        options: dict[str, Any] = {}
+        if timeout is not _UNSET:
+            options["timeout"] = timeout
+        if metadata is not None:
+            options["metadata"] = dict(metadata)
+        if wait_for_ready is not None:
+            options["wait_for_ready"] = wait_for_ready
+        return cast(_S, make_stub(service, name, self.method, options))
 
     # ------------------------------------------------------------------ the channel
     @property

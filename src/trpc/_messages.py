@@ -22,10 +22,16 @@ values that are not messages cost what they always did.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any, Callable
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast, overload
 
 import cbor2
+
+if sys.version_info >= (3, 11):
+    from typing import dataclass_transform
+else:
+    from typing_extensions import dataclass_transform
 
 __all__ = ["message", "field", "MESSAGE_TAG", "encode_default", "decode_tag", "registered_messages"]
 
@@ -35,7 +41,19 @@ MESSAGE_TAG = 27
 _NUMBER = "trpc.field_number"
 _registry: dict[str, type] = {}
 
+_T = TypeVar("_T")
+_C = TypeVar("_C", bound=type)
 
+
+# As type checkers see it: a field with a default has the default's type, so ``quantity: int =
+# trpc.field(2, default=1)`` checks, and (with @message's dataclass_transform) the field is
+# optional in the constructor.
+@overload
+def field(number: int, *, default: _T) -> _T: ...
+@overload
+def field(number: int, *, default_factory: Callable[[], _T]) -> _T: ...
+@overload
+def field(number: int) -> Any: ...
 def field(number: int, *, default: Any = dataclasses.MISSING,
           default_factory: Callable[[], Any] | Any = dataclasses.MISSING) -> Any:
     """A message field with its stable number (a positive integer, unique in its message).
@@ -48,9 +66,11 @@ def field(number: int, *, default: Any = dataclasses.MISSING,
     return dataclasses.field(default=default, default_factory=default_factory, metadata={_NUMBER: number})
 
 
-def message(name: str) -> Callable[[type], type]:
+@dataclass_transform(field_specifiers=(field,))
+def message(name: str) -> Callable[[_C], _C]:
     """Make a class a message type registered under ``name`` (a dataclass is made of it if it is
-    not one already).
+    not one already).  Type checkers see it as a dataclass (``typing.dataclass_transform``):
+    ``Order(item="tea", quantity=2)`` is checked against the fields.
 
     Raises:
         TypeError: a field has no number, two fields share one, or another class already
@@ -59,9 +79,9 @@ def message(name: str) -> Callable[[type], type]:
     if not isinstance(name, str) or not name:
         raise TypeError("a message needs a name, e.g. @trpc.message('shop.Order')")
 
-    def register(cls: type) -> type:
-        if not dataclasses.is_dataclass(cls):
-            cls = dataclasses.dataclass(cls)
+    def register(given: _C) -> _C:
+        # Any: dataclass() returns the class it was given, which no checker says of it.
+        cls: Any = given if dataclasses.is_dataclass(given) else dataclasses.dataclass(given)
         by_number: dict[int, str] = {}
         for f in dataclasses.fields(cls):
             number = f.metadata.get(_NUMBER)
@@ -73,9 +93,9 @@ def message(name: str) -> Callable[[type], type]:
         existing = _registry.get(name)
         if existing is not None and existing.__qualname__ != cls.__qualname__:
             raise TypeError(f"message name {name!r} is already registered by {existing!r}")
-        cls.__trpc_message__ = (name, tuple(by_number.items()))
+        setattr(cls, "__trpc_message__", (name, tuple(by_number.items())))
         _registry[name] = cls
-        return cls
+        return cast(_C, cls)
 
     return register
 
@@ -111,7 +131,8 @@ def decode_tag(first: Any, second: Any) -> Any:
     if cls is None:
         return tag
     values = content[1]
-    return cls(**{attr: _thaw(values[n]) for n, attr in cls.__trpc_message__[1] if n in values})
+    numbered: tuple[tuple[int, str], ...] = getattr(cls, "__trpc_message__")[1]
+    return cls(**{attr: _thaw(values[n]) for n, attr in numbered if n in values})
 
 
 def _thaw(value: Any) -> Any:

@@ -39,10 +39,12 @@ explained (:meth:`MethodTable.explain_unknown`) off that path.
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import re
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar, Union, cast, overload
 
 __all__ = [
     "Cardinality",
@@ -58,6 +60,9 @@ __all__ = [
     "SHAPE_NAMES",
     "CALL_OPTIONS",
     "explain_mismatch",
+    "collect_methods",
+    "Requests",
+    "as_async_iterator",
 ]
 
 
@@ -165,14 +170,125 @@ Raises:
 """
 
 
-def _decorator(cardinality: Cardinality, check: Callable[[Callable], bool], what: str):
-    def decorate(func: Callable | None = None, *, name: str | None = None, idempotent: bool = False):
-        def mark(func: Callable) -> Callable:
+_S = TypeVar("_S")  # the class that holds the method (its ``self``)
+_P = ParamSpec("_P")  # the method's parameters after ``self``
+_R = TypeVar("_R")  # the one response of a unary or client-streaming method
+_T = TypeVar("_T")  # a request message of a client- or bidi-streaming method
+_U = TypeVar("_U")  # a response message of a server- or bidi-streaming method
+
+#: What a client- or bidi-streaming method takes when called (by a client, or directly): the
+#: request messages, as any iterable or async iterable; its handler receives them as an async
+#: iterator whichever it was.
+Requests = Union[Iterable[_T], AsyncIterable[_T]]
+
+
+# The decorators as type checkers see them.  A handler keeps its own signature (a ParamSpec
+# after ``self``), except that a streaming request is taken as any ``Requests[T]`` where the
+# handler reads an ``AsyncIterator[T]``: that is what a stub's callers pass
+# (``Client.stub``), and what the method, called directly, accepts (see _any_requests).
+class _Unary(Protocol):
+    def __call__(
+        self, func: Callable[Concatenate[_S, _P], Coroutine[Any, Any, _R]], /
+    ) -> Callable[Concatenate[_S, _P], Coroutine[Any, Any, _R]]: ...
+
+
+class _ServerStream(Protocol):
+    def __call__(
+        self, func: Callable[Concatenate[_S, _P], AsyncIterator[_U]], /
+    ) -> Callable[Concatenate[_S, _P], AsyncIterator[_U]]: ...
+
+
+class _ClientStream(Protocol):
+    def __call__(
+        self, func: Callable[[_S, AsyncIterator[_T]], Coroutine[Any, Any, _R]], /
+    ) -> Callable[[_S, Requests[_T]], Coroutine[Any, Any, _R]]: ...
+
+
+class _BidiStream(Protocol):
+    def __call__(
+        self, func: Callable[[_S, AsyncIterator[_T]], AsyncIterator[_U]], /
+    ) -> Callable[[_S, Requests[_T]], AsyncIterator[_U]]: ...
+
+
+class _UnaryDecorator(Protocol):
+    @overload
+    def __call__(
+        self, func: Callable[Concatenate[_S, _P], Coroutine[Any, Any, _R]], /
+    ) -> Callable[Concatenate[_S, _P], Coroutine[Any, Any, _R]]: ...
+    @overload
+    def __call__(self, *, name: str | None = None, idempotent: bool = False) -> _Unary: ...
+
+
+class _ServerStreamDecorator(Protocol):
+    @overload
+    def __call__(
+        self, func: Callable[Concatenate[_S, _P], AsyncIterator[_U]], /
+    ) -> Callable[Concatenate[_S, _P], AsyncIterator[_U]]: ...
+    @overload
+    def __call__(self, *, name: str | None = None, idempotent: bool = False) -> _ServerStream: ...
+
+
+class _ClientStreamDecorator(Protocol):
+    @overload
+    def __call__(
+        self, func: Callable[[_S, AsyncIterator[_T]], Coroutine[Any, Any, _R]], /
+    ) -> Callable[[_S, Requests[_T]], Coroutine[Any, Any, _R]]: ...
+    @overload
+    def __call__(self, *, name: str | None = None, idempotent: bool = False) -> _ClientStream: ...
+
+
+class _BidiStreamDecorator(Protocol):
+    @overload
+    def __call__(
+        self, func: Callable[[_S, AsyncIterator[_T]], AsyncIterator[_U]], /
+    ) -> Callable[[_S, Requests[_T]], AsyncIterator[_U]]: ...
+    @overload
+    def __call__(self, *, name: str | None = None, idempotent: bool = False) -> _BidiStream: ...
+
+
+def as_async_iterator(requests: Requests[_T]) -> AsyncIterator[_T]:
+    """The request messages of a streaming call as an async iterator, whether they came as an
+    async iterable (returned as its iterator) or a plain iterable (wrapped)."""
+    if isinstance(requests, AsyncIterable):
+        return aiter(requests)
+    return _from_iterable(requests)
+
+
+async def _from_iterable(requests: Iterable[_T]) -> AsyncIterator[_T]:
+    for item in requests:
+        yield item
+
+
+def _any_requests(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A client- or bidi-streaming handler that also takes its requests as a plain iterable, so
+    that calling the method directly (``await Store().put_many([e1, e2])``) works as the types
+    say; the server's async iterator passes through as it is."""
+
+    @functools.wraps(func)
+    def handler(self: Any, requests: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return func(self, as_async_iterator(requests), *args, **kwargs)
+
+    return handler
+
+
+def _is_declaration(func: Callable[..., Any]) -> bool:
+    """A plain ``def`` (no ``async``): in a ``typing.Protocol`` that describes a service, how a
+    streaming-response method is declared (``def count(self, n: int) -> AsyncIterator[int]: ...``)."""
+    return inspect.isfunction(func) and not inspect.iscoroutinefunction(func) and not inspect.isasyncgenfunction(func)
+
+
+def _decorator(cardinality: Cardinality, check: Callable[[Callable[..., Any]], bool], what: str) -> Any:
+    def decorate(
+        func: Callable[..., Any] | None = None, *, name: str | None = None, idempotent: bool = False
+    ) -> Any:
+        def mark(func: Callable[..., Any]) -> Callable[..., Any]:
             if not check(func):
                 raise TypeError(f"@{cardinality.name.lower()} needs {what}, got {func!r}")
             method = func.__name__ if name is None else name
             if not isinstance(method, str) or not method or "/" in method:
                 raise TypeError(f"a method name is non-empty text without '/', not {method!r}")
+            if cardinality.client_streams:
+                func = _any_requests(func)
             setattr(func, _ATTR, (method, cardinality, bool(idempotent)))
             return func
 
@@ -188,10 +304,20 @@ def _decorator(cardinality: Cardinality, check: Callable[[Callable], bool], what
     return decorate
 
 
-unary = _decorator(Cardinality.UNARY, inspect.iscoroutinefunction, "an async function")
-client_stream = _decorator(Cardinality.CLIENT_STREAM, inspect.iscoroutinefunction, "an async function")
-server_stream = _decorator(Cardinality.SERVER_STREAM, inspect.isasyncgenfunction, "an async generator function")
-bidi_stream = _decorator(Cardinality.BIDI_STREAM, inspect.isasyncgenfunction, "an async generator function")
+def _async_generator_or_declaration(func: Callable[..., Any]) -> bool:
+    return inspect.isasyncgenfunction(func) or _is_declaration(func)
+
+
+unary: _UnaryDecorator = _decorator(Cardinality.UNARY, inspect.iscoroutinefunction, "an async function")
+client_stream: _ClientStreamDecorator = _decorator(
+    Cardinality.CLIENT_STREAM, inspect.iscoroutinefunction, "an async function"
+)
+server_stream: _ServerStreamDecorator = _decorator(
+    Cardinality.SERVER_STREAM, _async_generator_or_declaration, "an async generator function"
+)
+bidi_stream: _BidiStreamDecorator = _decorator(
+    Cardinality.BIDI_STREAM, _async_generator_or_declaration, "an async generator function"
+)
 
 
 def _derived_name(cls: type) -> str:
@@ -223,6 +349,9 @@ class Service:
 
     __trpc_service__: str = ""
     __trpc_methods__: dict[str, MethodInfo] = {}
+    #: The name given with ``name=``, set only on a class given one (so that its subclasses
+    #: inherit it, and a class that was given none anywhere has none).
+    __trpc_named__: ClassVar[str]
 
     def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -233,24 +362,43 @@ class Service:
                 )
             cls.__trpc_named__ = name  # inherited by subclasses that name none
         service = getattr(cls, "__trpc_named__", None) or _derived_name(cls)
-        methods: dict[str, MethodInfo] = {}
-        for klass in reversed(cls.__mro__):
-            for attribute, value in vars(klass).items():
-                marker = getattr(value, _ATTR, None)
-                if marker is None:
-                    continue
-                method, cardinality, idempotent = marker
-                _check_parameters(cls, attribute, value)
-                # A subclass overriding a method replaces it, under whatever name it had.
-                methods = {k: v for k, v in methods.items() if v.attribute != attribute}
-                if method in methods:
-                    raise TypeError(f"{cls.__name__}: two methods are named {method!r}")
-                methods[method] = MethodInfo(method, cardinality, attribute, idempotent, service)
+        methods = collect_methods(cls, service)
+        for info in methods.values():
+            handler = inspect.unwrap(getattr(cls, info.attribute))
+            if info.cardinality.server_streams and not inspect.isasyncgenfunction(handler):
+                raise TypeError(
+                    f"{cls.__qualname__}.{info.attribute}: a {_SHAPE_WORDS[info.cardinality]} handler is an async"
+                    f" generator function (async def with yield), not {handler!r}"
+                )
         cls.__trpc_service__ = service
         cls.__trpc_methods__ = methods
 
 
-def _check_parameters(cls: type, attribute: str, func: Callable) -> None:
+def collect_methods(cls: type, service: str) -> dict[str, MethodInfo]:
+    """The decorated methods of ``cls`` and its bases, by name, as methods of ``service``: what
+    :class:`Service` keeps of a service class, and what a stub reads of any class that declares
+    a service's methods (a ``typing.Protocol`` too).
+
+    Raises:
+        TypeError: two methods with one name, or a parameter named as a call option.
+    """
+    methods: dict[str, MethodInfo] = {}
+    for klass in reversed(cls.__mro__):
+        for attribute, value in vars(klass).items():
+            marker = getattr(value, _ATTR, None)
+            if marker is None:
+                continue
+            method, cardinality, idempotent = marker
+            _check_parameters(cls, attribute, value)
+            # A subclass overriding a method replaces it, under whatever name it had.
+            methods = {k: v for k, v in methods.items() if v.attribute != attribute}
+            if method in methods:
+                raise TypeError(f"{cls.__name__}: two methods are named {method!r}")
+            methods[method] = MethodInfo(method, cardinality, attribute, idempotent, service)
+    return methods
+
+
+def _check_parameters(cls: type, attribute: str, func: Callable[..., Any]) -> None:
     """Refuse a handler with a parameter a keyword can reach that is named as a call option."""
     try:
         parameters = inspect.signature(func).parameters.values()
@@ -281,7 +429,7 @@ def _names(names: list[str]) -> str:
     return ", ".join(quoted[:-1]) + f", and {quoted[-1]}"
 
 
-def explain_mismatch(name: str, handler: Callable, args: Any, kwargs: dict) -> str | None:
+def explain_mismatch(name: str, handler: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> str | None:
     """Why ``handler(*args, **kwargs)`` does not bind, in Python's words but counted as the
     caller sees the method (``handler`` is bound: its ``self`` is not counted), checked in the
     order Python checks them: ``"greet() takes 1 positional argument but 2 were given"``.
@@ -358,7 +506,7 @@ class MethodTable:
 
     def __init__(self, services: Iterable[Any]) -> None:
         self.services: dict[str, Any] = {}
-        self.methods: dict[str, tuple[Callable, MethodInfo]] = {}
+        self.methods: dict[str, tuple[Callable[..., Any], MethodInfo]] = {}
         by_short: dict[str, list[str]] = {}
         for service in services:
             methods = getattr(type(service), "__trpc_methods__", None)

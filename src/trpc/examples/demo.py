@@ -19,6 +19,7 @@ def main() -> int:
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert server.stdout is not None  # stdout=PIPE
     try:
         line = server.stdout.readline()
         if not line.startswith("listening on "):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import AsyncIterator
+
 import trio
 
 import trpc
@@ -16,18 +18,18 @@ class Greeter(trpc.Service, name="hello.Greeter"):
         return f"Hello {name}"
 
     @trpc.server_stream
-    async def count(self, n: int):
+    async def count(self, n: int) -> AsyncIterator[int]:
         """Yields 0, 1, ... n-1."""
         for i in range(n):
             yield i
 
     @trpc.client_stream
-    async def total(self, numbers) -> int:
+    async def total(self, numbers: AsyncIterator[int]) -> int:
         """The sum of the numbers the client streams."""
         return sum([x async for x in numbers])
 
     @trpc.bidi_stream
-    async def echo(self, messages):
+    async def echo(self, messages: AsyncIterator[str]) -> AsyncIterator[str]:
         """Sends every message back as it arrives."""
         async for message in messages:
             yield message
