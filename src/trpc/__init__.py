@@ -114,14 +114,19 @@ __all__ = [
 ]
 
 # Public names say they live here (tracebacks and reprs read ``trpc.RpcError``).
-for _name in __all__:
-    _obj = globals()[_name]
-    if "._" in getattr(_obj, "__module__", ""):  # trpc._client, trpc.channel._subchannel...
-        try:
-            _obj.__module__ = "trpc"
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj
+
+def _name_public_module() -> None:
+    for name in __all__:
+        obj = globals()[name]
+        if "._" in getattr(obj, "__module__", ""):  # trpc._client, trpc.channel._subchannel...
+            try:
+                obj.__module__ = "trpc"
+            except (AttributeError, TypeError):
+                pass
+
+
+_name_public_module()
+del _name_public_module
 
 from . import interceptors  # noqa: E402, F401  (the ready-made ones; imports the names above)
 from . import testing  # noqa: E402, F401  (open_test_client: trpc.testing.open_test_client)

@@ -43,11 +43,11 @@ import concurrent.futures
 import math
 import threading
 import weakref
-from typing import Any, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import trio
 
-from ._client import Client, Method, open_client
+from ._client import Client, ClientStream, Method, open_client
 from ._errors import RpcError
 from ._reflection import Reflection
 from ._service import Cardinality
@@ -63,6 +63,9 @@ __all__ = ["BlockingClient", "BlockingMethod", "BlockingStream", "connect", "CLO
 CLOSE_TIMEOUT = 5.0
 
 _CLOSED_MESSAGE = "the client is closed"
+
+#: What a blocking call runs in the Trio thread: an async function of the async client's.
+_Job = Callable[..., Awaitable[Any]]
 
 
 class _Runner:
@@ -93,7 +96,7 @@ class _Runner:
             self.close()
             raise
 
-    async def _main(self, target: Any, options: dict[str, Any], opened: concurrent.futures.Future) -> None:
+    async def _main(self, target: Any, options: dict[str, Any], opened: concurrent.futures.Future[None]) -> None:
         self.token = trio.lowlevel.current_trio_token()
         self._stop = trio.Event()
         try:
@@ -113,15 +116,20 @@ class _Runner:
         finally:
             self.jobs = None
 
-    def _spawn(self, future: concurrent.futures.Future, scope: trio.CancelScope, fn: Callable, args: tuple) -> None:
+    def _spawn(
+        self, future: concurrent.futures.Future[Any], scope: trio.CancelScope, fn: _Job, args: tuple[Any, ...]
+    ) -> None:
         """In the Trio thread: start a job, or fail it when the client is closed."""
-        if self.jobs is None or self._stop.is_set():
+        if self.jobs is None or self._stop is None or self._stop.is_set():
             future.set_exception(RpcError(Status.UNAVAILABLE, _CLOSED_MESSAGE))
             return
         self.jobs.start_soon(self._job, future, scope, fn, args)
 
     @staticmethod
-    async def _job(future: concurrent.futures.Future, scope: trio.CancelScope, fn: Callable, args: tuple) -> None:
+    async def _job(
+        future: concurrent.futures.Future[Any], scope: trio.CancelScope, fn: _Job, args: tuple[Any, ...]
+    ) -> None:
+        value: Any = None
         try:
             with scope:
                 value = await fn(*args)
@@ -137,15 +145,16 @@ class _Runner:
                 future.set_result(value)
 
     # ------------------------------------------------------------------ calling threads
-    def run(self, fn: Callable, *args: Any) -> Any:
+    def run(self, fn: _Job, *args: Any) -> Any:
         """Run ``await fn(*args)`` in the Trio thread and return its result (or raise its
         exception).  An exception raised in this thread while it waits (KeyboardInterrupt)
         cancels the job, waits for it to end, and propagates."""
         if threading.current_thread() is self.thread:
             raise RuntimeError("a blocking trpc call from the client's own Trio thread would wait on itself")
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         scope = trio.CancelScope()
-        if self.closed:
+        token = self.token
+        if self.closed or token is None:
             raise RpcError(Status.UNAVAILABLE, _CLOSED_MESSAGE)
         # True before the job is handed over: an interrupt may come at any bytecode from here
         # on, and the job may then be running already (at worst it never started, and the
@@ -153,31 +162,33 @@ class _Runner:
         submitted = True
         try:
             try:
-                self.token.run_sync_soon(self._spawn, future, scope, fn, args)
+                token.run_sync_soon(self._spawn, future, scope, fn, args)
             except trio.RunFinishedError:
                 submitted = False
                 raise RpcError(Status.UNAVAILABLE, _CLOSED_MESSAGE) from None
             return future.result()
         except BaseException:
             if submitted and not future.done():
-                self._cancel(scope)
+                self._cancel(token, scope)
                 concurrent.futures.wait([future], timeout=CLOSE_TIMEOUT)
             raise
 
-    def _cancel(self, scope: trio.CancelScope) -> None:
+    @staticmethod
+    def _cancel(token: trio.lowlevel.TrioToken, scope: trio.CancelScope) -> None:
         try:
-            self.token.run_sync_soon(scope.cancel)
+            token.run_sync_soon(scope.cancel)
         except trio.RunFinishedError:
             pass
 
-    def run_soon(self, fn: Callable, *args: Any) -> None:
+    def run_soon(self, fn: _Job, *args: Any) -> None:
         """Start ``await fn(*args)`` in the Trio thread without waiting for it (cleanup that
         must run there, such as closing a dropped stream); nothing if the client is closed."""
-        if self.token is None:
+        token = self.token
+        if token is None:
             return
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         try:
-            self.token.run_sync_soon(self._spawn, future, trio.CancelScope(), fn, args)
+            token.run_sync_soon(self._spawn, future, trio.CancelScope(), fn, args)
         except trio.RunFinishedError:
             pass
 
@@ -205,7 +216,7 @@ def _declared_shape(methods: dict[str, Cardinality], name: str) -> Cardinality |
     return shape
 
 
-async def _async_items(items: Iterator[Any]) -> Any:
+async def _async_items(items: Iterator[Any]) -> AsyncIterator[Any]:
     """The items of a plain iterator, as an async iterator.  Items of a list, tuple or range
     are taken in the Trio thread; any other iterator (a generator reading input, say) is
     advanced in a worker thread, so that a slow one never stalls the client's other calls."""
@@ -263,7 +274,8 @@ class BlockingClient:
 
     def reflect(self) -> Reflection:
         """What the server serves (see :meth:`trpc.Client.reflect`)."""
-        return self._runner.run(self._async_client.reflect)
+        reflection: Reflection = self._runner.run(self._async_client.reflect)
+        return reflection
 
     @property
     def state(self) -> ConnectivityState:
@@ -338,7 +350,7 @@ class BlockingMethod:
             return self._runner.run(self._invoke, args, kwargs, _iterator_or_none(args[0]))
         return self._runner.run(self._invoke, args, kwargs, None)
 
-    async def _invoke(self, args: tuple, kwargs: dict, items: Iterator | None) -> Any:
+    async def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any], items: Iterator[Any] | None) -> Any:
         """In the Trio thread: make the call the method's shape asks for."""
         method = self._method
         shape = await self._shape()
@@ -355,9 +367,12 @@ class BlockingMethod:
             )
         if not shape.server_streams:
             return await method(_async_items(items))
+        jobs = self._runner.jobs
+        if jobs is None:
+            raise RpcError(Status.UNAVAILABLE, _CLOSED_MESSAGE)
         stream = await method.open().__aenter__()
         blocking = BlockingStream(self._runner, stream, items)
-        self._runner.jobs.start_soon(blocking._feed)
+        jobs.start_soon(blocking._feed)
         return blocking
 
     async def _shape(self) -> Cardinality | None:
@@ -380,7 +395,7 @@ class BlockingMethod:
         return f"<trpc blocking method {self.name}>"
 
 
-def _iterator_or_none(value: Any) -> Iterator | None:
+def _iterator_or_none(value: Any) -> Iterator[Any] | None:
     """An iterator over ``value`` if it is an iterable of request messages (not text, bytes or
     a mapping, which are single messages); else None."""
     if isinstance(value, (str, bytes, bytearray, memoryview, dict)):
@@ -388,7 +403,8 @@ def _iterator_or_none(value: Any) -> Iterator | None:
     if isinstance(value, (list, tuple, range)):
         return value  # type: ignore[return-value]  # taken in the Trio thread (_async_items)
     try:
-        return iter(value)
+        items: Iterator[Any] = iter(value)
+        return items
     except TypeError:
         return None
 
@@ -404,7 +420,7 @@ class BlockingStream:
     what the server sent.
     """
 
-    def __init__(self, runner: _Runner, stream: Any, items: Iterator | None) -> None:
+    def __init__(self, runner: _Runner, stream: ClientStream, items: Iterator[Any] | None) -> None:
         self._runner = runner
         self._stream = stream
         self._items = items
@@ -415,6 +431,7 @@ class BlockingStream:
     async def _feed(self) -> None:
         """In the Trio thread (a bidi call): send the request items, then half-close."""
         stream = self._stream
+        assert self._items is not None  # a bidi call's stream has its items
         try:
             async for item in _async_items(self._items):
                 if not await stream.send(item):
@@ -438,7 +455,9 @@ class BlockingStream:
                 # The feeder failed and cancelled the call: its error is the one to report.
             finally:
                 self._receiving = None
-        raise self._feed_error  # the feeder cancelled this scope, or the call, after failing
+        # The feeder cancelled this scope, or the call, after failing.
+        assert self._feed_error is not None
+        raise self._feed_error
 
     def __iter__(self) -> "BlockingStream":
         return self
@@ -491,12 +510,12 @@ class BlockingStream:
         return self._stream.status
 
     @property
-    def headers(self) -> dict | None:
+    def headers(self) -> dict[str, Any] | None:
         """Response headers, once the server has sent them."""
         return self._stream.headers
 
     @property
-    def trailers(self) -> dict:
+    def trailers(self) -> dict[str, Any]:
         """Trailing metadata, once the call has ended."""
         return self._stream.trailers
 

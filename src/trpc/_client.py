@@ -60,7 +60,7 @@ import random
 import ssl
 from collections.abc import Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterable, AsyncIterator, Sequence, TypeVar, cast
+from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Coroutine, Generator, Sequence, TypeVar, cast
 
 import trio
 
@@ -129,6 +129,7 @@ _MAX_TRANSPARENT = 8
 ATTEMPT_KEY = "trpc-attempt"
 
 _S = TypeVar("_S")
+_T = TypeVar("_T")
 
 _current_time = trio.current_time
 _current_effective_deadline = trio.current_effective_deadline
@@ -181,7 +182,7 @@ class Client:
         channel: Channel,
         *,
         timeout: float | None,
-        metadata: dict | None,
+        metadata: dict[str, Any] | None,
         interceptors: Sequence[Any] = (),
         config: ClientConfig | None = None,
         wait_for_ready: bool = False,
@@ -296,7 +297,8 @@ class Client:
     @property
     def framer_name(self) -> str:
         """The frame scanner this client's connections use: ``"c"`` or ``"python"``."""
-        return self._channel.options.framer.name
+        name: str = self._channel.options.framer.name
+        return name
 
     @property
     def _connection(self) -> ClientConnection | None:
@@ -341,7 +343,7 @@ class Client:
                 await connection.slot_waiters.park()
 
     def _open(
-        self, connection: ClientConnection, name: str, metadata: dict, deadline: float, message: Any = None
+        self, connection: ClientConnection, name: str, metadata: dict[str, Any], deadline: float, message: Any = None
     ) -> ClientCall:
         """Open a call; with ``message``, also send it as the call's one request message and
         half-close (``call.unsent`` says whether some of it waits for credit)."""
@@ -364,7 +366,7 @@ class Client:
             call.unsent = True
         return call
 
-    async def _send(self, call: ClientCall, payload: bytes, end_stream: bool = False) -> bool:
+    async def _send(self, call: ClientCall, payload: bytes | list[bytes], end_stream: bool = False) -> bool:
         """Queue a message; wait while it waits for credit.  False if the call already ended."""
         if call.status is not None:
             return False
@@ -460,7 +462,7 @@ class Client:
     def _record_success(self, method: "Method", connection: ClientConnection) -> None:
         """A call ended OK: it refills the retry budget if a retry policy covered it (the
         config's, or the default one of a method the server declares idempotent)."""
-        if method._policy_for(connection) is not None:
+        if method._policy_for(connection) is not None and self._throttle is not None:
             self._throttle.record_success()
 
     async def aclose(self) -> None:
@@ -514,7 +516,7 @@ class _Retrier:
             return None
         return delay
 
-    def metadata(self) -> dict:
+    def metadata(self) -> dict[str, Any]:
         return {**self.method._metadata, ATTEMPT_KEY: str(self.attempts)}
 
     async def unary(self, call: ClientCall, payload: Any, record: "_Call") -> Any:
@@ -590,7 +592,7 @@ class ServiceMethods:
 class _Use:
     __slots__ = ("shapes", "words")
 
-    def __init__(self, shapes: tuple, words: str) -> None:
+    def __init__(self, shapes: tuple[Cardinality, ...], words: str) -> None:
         self.shapes = shapes
         self.words = words
 
@@ -623,15 +625,17 @@ _RIGHT_FORM = {
                     " (or async with {}.open() as stream)",
 }
 _CANCELLED_MESSAGE = "the call was cancelled (cancel())"
+#: A ClientStream used before it was opened.
+_NOT_OPEN = "the stream is not open yet: use it in async with, or await its start() first"
 
 
-def _is_items(args: tuple, kwargs: dict) -> bool:
+def _is_items(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """The arguments of a call are one async iterable: the request messages of a client- or
     bidi-streaming call (what a server that declared no shapes leaves the client to go by)."""
     return len(args) == 1 and not kwargs and hasattr(args[0], "__aiter__")
 
 
-def _check_options(options: dict) -> None:
+def _check_options(options: dict[str, Any]) -> None:
     """Refuse per-call options of the wrong type (rather than send them, or fail later)."""
     timeout = options.get("timeout")
     if timeout is not None and (
@@ -669,7 +673,7 @@ class Method:
         self,
         client: Client,
         name: str,
-        metadata: dict,
+        metadata: dict[str, Any],
         *,
         timeout: Any = _UNSET,
         wait_for_ready: bool | None = None,
@@ -782,7 +786,7 @@ class Method:
     def _check_request(self, payload: Any) -> None:
         """Raise RESOURCE_EXHAUSTED for a request message over the config's limit."""
         size = message_size(payload)
-        if size > self._max_request:
+        if self._max_request is not None and size > self._max_request:
             raise RpcError(
                 Status.RESOURCE_EXHAUSTED,
                 f"{self.name}: request message of {size} bytes exceeds the method's limit of {self._max_request}"
@@ -806,7 +810,7 @@ class Method:
         return None
 
     def with_options(
-        self, *, timeout: float | None = _UNSET, metadata: dict | None = None, wait_for_ready: bool | None = None
+        self, *, timeout: float | None = _UNSET, metadata: dict[str, Any] | None = None, wait_for_ready: bool | None = None
     ) -> "Method":
         """The same method with another timeout, extra metadata for each call, or another
         ``wait_for_ready`` (wait for a ready backend instead of failing at once).
@@ -822,7 +826,7 @@ class Method:
             wait_for_ready=self._set_wait if wait_for_ready is None else wait_for_ready,
         )
 
-    def _replace(self, *, name: str | None = None, timeout: Any = _UNSET, metadata: dict | None = None,
+    def _replace(self, *, name: str | None = None, timeout: Any = _UNSET, metadata: dict[str, Any] | None = None,
                  wait_for_ready: bool | None = None) -> "Method":
         return Method(
             self._client,
@@ -898,7 +902,7 @@ class _Call:
 
     __slots__ = ("_method", "_args", "_kwargs", "_stream", "_coro", "_result", "_control")
 
-    def __init__(self, method: Method, args: tuple, kwargs: dict) -> None:
+    def __init__(self, method: Method, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._method = method
         self._args = args
         self._kwargs = kwargs
@@ -914,9 +918,9 @@ class _Call:
             control = self._control = _CallControl()
         return control
 
-    def _coroutine(self) -> Any:
+    def _coroutine(self) -> Coroutine[Any, Any, Any]:
         """The coroutine that performs an awaited call (created on first use)."""
-        coro = self._coro
+        coro: Coroutine[Any, Any, Any] | None = self._coro
         if coro is None:
             method = self._method
             if method._client._interceptors:
@@ -926,7 +930,7 @@ class _Call:
             self._coro = coro
         return coro
 
-    def _direct(self, method: Method) -> Any:
+    def _direct(self, method: Method) -> Coroutine[Any, Any, Any]:
         args = self._args
         if len(args) == 1 and not self._kwargs and hasattr(args[0], "__aiter__"):
             return self._client_stream(method, args[0])
@@ -973,7 +977,7 @@ class _Call:
         return result
 
     # While and after the call: what the server sent besides the result.
-    async def initial_metadata(self) -> dict:
+    async def initial_metadata(self) -> dict[str, Any]:
         """The response headers (metadata the server sent before any response message): waits
         until they arrive or the call ends; ``{}`` if the server sent none (as gRPC).
 
@@ -1039,13 +1043,13 @@ class _Call:
         return True
 
     @property
-    def headers(self) -> dict | None:
+    def headers(self) -> dict[str, Any] | None:
         """Response headers of the finished call (None if the server sent none)."""
         record = self._record()
         return None if record is None else record.headers
 
     @property
-    def trailers(self) -> dict:
+    def trailers(self) -> dict[str, Any]:
         """Trailing metadata of the finished call."""
         record = self._record()
         return {} if record is None else record.trailers
@@ -1062,7 +1066,7 @@ class _Call:
         return None if self._stream is None else self._stream._call
 
     # A coroutine in every respect, so ``nursery.start_soon(client.greet, "Ada")`` works too.
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Any]:
         return self._coroutine().__await__()
 
     def send(self, value: Any) -> Any:
@@ -1075,7 +1079,7 @@ class _Call:
         if self._coro is not None:
             self._coro.close()
 
-    async def _client_stream(self, method: Method, items: AsyncIterable) -> Any:
+    async def _client_stream(self, method: Method, items: AsyncIterable[Any]) -> Any:
         self._stream = ClientStream(method, None, intercept=False, use=_AWAIT_ITEMS)
         async with self._stream as stream:
             async for item in items:
@@ -1087,13 +1091,14 @@ class _Call:
     async def _finish_started(self) -> Any:
         """``await call`` after initial_metadata() started it: the one response."""
         stream = self._stream
+        assert stream is not None  # initial_metadata() opened it
         try:
             stream._check_use(_AWAIT_ITEMS if stream._items is not None else _AWAIT)
             return await stream.receive_one()
         finally:
             await stream.aclose()
 
-    def __aiter__(self) -> AsyncIterator:
+    def __aiter__(self) -> AsyncIterator[Any]:
         stream = self._stream
         if stream is not None:  # started by initial_metadata()
             stream._check_use(_ITERATE_ITEMS if stream._items is not None else _ITERATE)
@@ -1122,6 +1127,7 @@ class _Call:
         return await self._stream.__aenter__()
 
     async def __aexit__(self, *exc_info: Any) -> None:
+        assert self._stream is not None  # __aenter__ made it
         await self._stream.__aexit__(*exc_info)
 
 
@@ -1135,16 +1141,18 @@ class _Later:
 
     __slots__ = ("_factory", "_coro")
 
-    def __init__(self, factory: Any) -> None:
+    def __init__(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         self._factory = factory
         self._coro: Any = None
 
-    def _get(self) -> Any:
-        if self._coro is None:
-            self._coro = self._factory()
-        return self._coro
+    def _get(self) -> Coroutine[Any, Any, Any]:
+        coro: Coroutine[Any, Any, Any] | None = self._coro
+        if coro is None:
+            coro = self._factory()
+            self._coro = coro
+        return coro
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Any]:
         return self._get().__await__()
 
     def send(self, value: Any) -> Any:
@@ -1201,8 +1209,8 @@ class ClientStream:
     """
 
     def __init__(
-        self, method: Method, first: bytes | None, *, intercept: bool = True, use: _Use = _OPEN,
-        items: AsyncIterable | None = None,
+        self, method: Method, first: bytes | list[bytes] | None, *, intercept: bool = True, use: _Use = _OPEN,
+        items: AsyncIterable[Any] | None = None,
     ) -> None:
         self._method = method
         #: How the caller uses the call, checked against the shape the server declared.
@@ -1231,7 +1239,7 @@ class ClientStream:
         self._unacked = 0
         #: The request messages sent so far, kept to be sent again if the call is retried;
         #: None once it is committed (a response arrived, or more than RETRY_BUFFER was sent).
-        self._replay: list | None = []
+        self._replay: list[Any] | None = []
         self._replay_size = 0
         self._retrier: _Retrier | None = None
 
@@ -1288,8 +1296,8 @@ class ClientStream:
             return
         await self._start()
 
-    def _ended(self, status: Status, message: str = "") -> None:
-        if self._details is not None:
+    def _ended(self, status: Status | None, message: str = "") -> None:
+        if self._details is not None and status is not None:
             self._details._done(status, message)
 
     async def _start(self) -> None:
@@ -1305,7 +1313,7 @@ class ClientStream:
             with trio.CancelScope() as self._wait_scope:
                 connection = await self._with_deadline(client._connection_for(method._wait_for_ready))
             self._wait_scope = None
-            if self._cancelled:
+            if self._cancelled or connection is None:  # None: cancel() cancelled the wait
                 raise _CallControl.cancelled_error()
         if not connection.declared.is_set():  # the first call on a new connection
             await self._with_deadline(connection.declared.wait())
@@ -1335,6 +1343,7 @@ class ClientStream:
         """The attempt ended with an error before any response: start another if the retry
         rules allow (see the module's docstring).  True when a new attempt is running."""
         call = self._call
+        assert call is not None  # an attempt has ended
         replay = self._replay
         if replay is None or call.headers is not None or self._cancelled:
             return False
@@ -1362,6 +1371,7 @@ class ClientStream:
 
     def _succeeded(self) -> None:
         if self._client._throttle is not None:
+            assert self._call is not None  # the call has ended OK
             self._client._record_success(self._method, self._call.connection)
 
     async def aclose(self) -> None:
@@ -1391,7 +1401,7 @@ class ClientStream:
             self._client._cancel(call, *reason)
             self._ended(*reason)
 
-    async def _with_deadline(self, awaitable: Any) -> Any:
+    async def _with_deadline(self, awaitable: Awaitable[_T]) -> _T:
         if self._own_deadline == math.inf:
             return await awaitable
         with trio.move_on_at(self._own_deadline):
@@ -1413,8 +1423,11 @@ class ClientStream:
             raise RpcError(Status.INVALID_ARGUMENT, f"cannot encode the message: {exc}") from None
         if self._method._max_request is not None:
             self._method._check_request(payload)
+        call = self._call
+        if call is None:
+            raise UsageError(_NOT_OPEN)
         self._keep(payload)
-        if await self._with_deadline(self._client._send(self._call, payload)):
+        if await self._with_deadline(self._client._send(call, payload)):
             return True
         # The call has ended: if it may be retried, the new attempt has been sent this
         # message too (it was kept); else receive() reports how it ended.
@@ -1424,8 +1437,10 @@ class ClientStream:
         """Half-close: the server's ``async for`` over the request messages ends."""
         if self._sending_done:
             return
-        self._sending_done = True
         call = self._call
+        if call is None:
+            raise UsageError(_NOT_OPEN)
+        self._sending_done = True
         connection = call.connection
         if call.status is None and connection.broken is None:
             connection.end_stream(call.id)
@@ -1435,6 +1450,8 @@ class ClientStream:
     async def receive(self) -> Any:
         """The next response message; ``trio.EndOfChannel`` after the last one."""
         call = self._call
+        if call is None:
+            raise UsageError(_NOT_OPEN)
         inbox = call.inbox
         if not inbox:
             if call.status is None:
@@ -1490,6 +1507,8 @@ class ClientStream:
         """The single response of a client-streaming call, checking that there is just one."""
         while True:
             call = self._call
+            if call is None:
+                raise UsageError(_NOT_OPEN)
             while call.status is None:
                 await self._with_deadline(call.wakeup.park())
             if call.status is _OK or call.inbox or not await self._retry():
@@ -1516,6 +1535,7 @@ class ClientStream:
         if call is None:  # ``async for x in client.count(5)``: open on first use
             await self.start()
             call = self._call
+            assert call is not None  # start() opened it, or raised
         inbox = call.inbox
         if inbox:
             # The fast path of receive(), inlined: messages are waiting.
@@ -1536,7 +1556,7 @@ class ClientStream:
             pass
 
     # ----------------------------------------------------------- the request iterable
-    async def _send_items(self, items: AsyncIterable, scope: trio.CancelScope) -> None:
+    async def _send_items(self, items: AsyncIterable[Any], scope: trio.CancelScope) -> None:
         """The sender of ``async for reply in client.chat(requests)``, in the client's nursery:
         sends each request message, then half-closes.  It never raises: what the iterable (or
         sending) fails with cancels the call and is raised to the reader instead; ``aclose()``,
@@ -1560,6 +1580,7 @@ class ClientStream:
             except Exception as exc:
                 self._sender_error = exc
                 call = self._call
+                assert call is not None  # the sender starts once the call is open
                 if call.status is None:
                     message = f"the request messages failed: {type(exc).__name__}"
                     self._client._cancel(call, Status.CANCELLED, message)
@@ -1576,7 +1597,7 @@ class ClientStream:
             raise self._method._misuse(shape, use)
 
     # ----------------------------------------------------------- headers, cancel
-    async def initial_metadata(self) -> dict:
+    async def initial_metadata(self) -> dict[str, Any]:
         """The response headers: waits until they arrive or the call ends; ``{}`` if the
         server sent none (as gRPC).  Opens the call if nothing has yet."""
         while self._call is None:
@@ -1622,12 +1643,12 @@ class ClientStream:
         return None if self._call is None else self._call.status
 
     @property
-    def headers(self) -> dict | None:
+    def headers(self) -> dict[str, Any] | None:
         """Response headers, once the server has sent them."""
         return None if self._call is None else self._call.headers
 
     @property
-    def trailers(self) -> dict:
+    def trailers(self) -> dict[str, Any]:
         """Trailing metadata, once the call has ended."""
         return {} if self._call is None else self._call.trailers
 
@@ -1651,7 +1672,7 @@ async def open_client(
     keepalive_time: float | None = CLIENT_KEEPALIVE_TIME,
     keepalive_timeout: float = CLIENT_KEEPALIVE_TIMEOUT,
     load_balancing: str | None = None,
-    config: ClientConfig | dict | str | None = None,
+    config: ClientConfig | dict[str, Any] | str | None = None,
     wait_for_ready: bool | None = None,
     health_check: bool | None = None,
     health_service: str = "",

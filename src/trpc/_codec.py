@@ -90,7 +90,7 @@ def _bytes_head(size: int) -> bytes:
     return b"\x5b" + size.to_bytes(8, "big")
 
 
-def encode(value: Any) -> bytes | list:
+def encode(value: Any) -> bytes | list[bytes]:
     """One value as a CBOR data item: bytes, or for a large byte string the list
     ``[head, value]`` (the message is their concatenation; the value is not copied)."""
     if type(value) is bytes and len(value) >= _BIG_BYTES:
@@ -98,20 +98,21 @@ def encode(value: Any) -> bytes | list:
     return _dumps(value)
 
 
-def decode(payload: bytes | list, *, what: str = "message", status: Status = Status.INTERNAL) -> Any:
+def decode(payload: bytes | list[bytes], *, what: str = "message", status: Status = Status.INTERNAL) -> Any:
     """Decode one message (bytes, or ``[head, body]``); a malformed one raises RpcError(status)."""
     if type(payload) is list:
         head, body = payload
         if head == _bytes_head(len(body)):
             return body  # a large byte string that arrived as its own frame: no copy
         payload = head + body
+    assert type(payload) is bytes
     try:
         return _loads(payload)
     except Exception as exc:  # cbor2 raises a handful of types on hostile input
         raise RpcError(status, f"cannot decode the {what}: {exc}") from None
 
 
-def encode_arguments(args: tuple, kwargs: dict) -> bytes | list:
+def encode_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes | list[bytes]:
     """Encode call arguments: ``[args]``, or ``[args, kwargs]`` when there are keyword arguments
     (bytes, or a list of parts for one large byte string, as :func:`encode`)."""
     if kwargs:
@@ -123,7 +124,7 @@ def encode_arguments(args: tuple, kwargs: dict) -> bytes | list:
     return _dumps([args])
 
 
-def decode_arguments(payload: bytes | list) -> tuple[list, dict]:
+def decode_arguments(payload: bytes | list[bytes]) -> tuple[list[Any], dict[str, Any]]:
     """Decode call arguments; anything but ``[array]`` / ``[array, map]`` is INVALID_ARGUMENT."""
     if type(payload) is list:
         head, body = payload

@@ -43,10 +43,12 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from random import Random
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, TypeGuard, TypeVar
 
 from ._errors import ConfigError
 from ._status import Status
+
+_T = TypeVar("_T")
 
 __all__ = [
     "LOAD_BALANCING_POLICIES",
@@ -89,7 +91,7 @@ def split_method_name(name: str) -> tuple[str, str]:
 # The settings (range checks live in __post_init__)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -534,7 +536,7 @@ def _members(value: Any, path: str, keys: Mapping[str, str], required: Iterable[
     return members
 
 
-def _build(cls: type, path: str, values: dict[str, Any], keys: Mapping[str, str]) -> Any:
+def _build(cls: type[_T], path: str, values: dict[str, Any], keys: Mapping[str, str]) -> _T:
     """``cls(**values)``, with a range error's field turned back into its JSON path."""
     try:
         return cls(**values)

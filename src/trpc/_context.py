@@ -54,7 +54,7 @@ class CallContext:
         self,
         method: str,
         peer: str,
-        metadata: dict,
+        metadata: dict[str, Any],
         deadline: float,
         cardinality: Any = None,
         start_time: float | None = None,
@@ -92,7 +92,7 @@ class CallContext:
         self.cancel_message = message
 
     @property
-    def peer_certificate(self) -> dict | None:
+    def peer_certificate(self) -> dict[str, Any] | None:
         """The client's TLS certificate (``ssl.SSLSocket.getpeercert()``'s dict) when the
         connection is TLS and the client presented one (mutual TLS), else None."""
         stream = getattr(self._connection, "stream", None)

@@ -71,7 +71,7 @@ class RpcError(TrpcError):
         message: str = "",
         details: Any = None,
         *,
-        trailers: dict | None = None,
+        trailers: dict[str, Any] | None = None,
     ) -> None:
         status = Status(status)
         super().__init__(status, message, details)
@@ -103,8 +103,8 @@ class ProtocolError(TrpcError):
     #: The GOAWAY error code of this class's errors, unless the constructor says otherwise.
     error_code = Status.INTERNAL
 
-    def __init__(self, message: str, *, error_code: Status | None = None, events: list | None = None,
-                 frames: list | None = None) -> None:
+    def __init__(self, message: str, *, error_code: Status | None = None, events: list[Any] | None = None,
+                 frames: list[Any] | None = None) -> None:
         super().__init__(message)
         if error_code is not None:
             self.error_code = error_code

@@ -33,7 +33,7 @@ from __future__ import annotations
 import enum
 import logging
 from contextlib import aclosing
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncGenerator, AsyncIterator, Iterable
 
 import trio
 
@@ -156,7 +156,7 @@ class HealthRegistry:
         while not all(watch.waiting_on_client for watch in self._watches):
             await self._progress.park()
 
-    async def watch(self, service: str) -> AsyncIterator[HealthStatus]:
+    async def watch(self, service: str) -> AsyncGenerator[HealthStatus, None]:
         """The statuses of ``service`` as a Watch sends them: the current one, then each
         change, never the same twice in a row, coalesced while the client does not read
         (must run inside the Watch handler: it waits on the call's credit); ends after the

@@ -78,7 +78,7 @@ class CallDetails:
 
     __slots__ = ("method", "metadata", "timeout", "streaming", "start_time", "status", "message", "_callbacks")
 
-    def __init__(self, method: str, metadata: dict, timeout: float | None, streaming: bool) -> None:
+    def __init__(self, method: str, metadata: dict[str, Any], timeout: float | None, streaming: bool) -> None:
         self.method = method
         self.metadata = metadata
         self.timeout = timeout
@@ -110,7 +110,7 @@ class CallDetails:
         return f"<CallDetails {self.method} status={self.status}>"
 
 
-async def run_chain(interceptors: tuple, call: Any, invoke: Callable[[], Awaitable[Any]]) -> Any:
+async def run_chain(interceptors: tuple[Any, ...], call: Any, invoke: Callable[[], Awaitable[Any]]) -> Any:
     """Run ``invoke`` inside the chain of interceptors, the first one outermost."""
 
     async def proceed_from(index: int) -> Any:

@@ -125,7 +125,7 @@ def _doc(text: str | None) -> str | None:
     return inspect.cleandoc(text) if text else None
 
 
-def _describe_method(service: Any, info: MethodInfo) -> dict:
+def _describe_method(service: Any, info: MethodInfo) -> dict[str, Any]:
     function = inspect.unwrap(getattr(type(service), info.attribute))
     hints = _hints(function)
     method: dict[str, Any] = {
@@ -162,7 +162,7 @@ def _auto_doc(cls: type) -> str | None:
         return None
 
 
-def _describe_field(field: dataclasses.Field, number: int, hints: dict | None) -> dict:
+def _describe_field(field: dataclasses.Field[Any], number: int, hints: dict[str, Any] | None) -> dict[str, Any]:
     described: dict[str, Any] = {"number": number, "name": field.name,
                                  "annotation": _annotation(hints, field.name, field.type)}
     if field.default is not dataclasses.MISSING:
@@ -178,7 +178,7 @@ def _describe_field(field: dataclasses.Field, number: int, hints: dict | None) -
     return described
 
 
-def _describe_message(name: str, cls: type) -> dict:
+def _describe_message(name: str, cls: type) -> dict[str, Any]:
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     doc = cls.__doc__
@@ -186,11 +186,11 @@ def _describe_message(name: str, cls: type) -> dict:
         "name": name,
         "doc": None if not doc or doc == _auto_doc(cls) else inspect.cleandoc(doc),
         "fields": [_describe_field(fields[attr], number, hints)
-                   for number, attr in sorted(cls.__trpc_message__[1])],
+                   for number, attr in sorted(getattr(cls, "__trpc_message__")[1])],
     }
 
 
-def build_document(services: dict[str, Any], methods: Iterable[MethodInfo]) -> dict:
+def build_document(services: dict[str, Any], methods: Iterable[MethodInfo]) -> dict[str, Any]:
     """The reflection document of a server (docs/PROTOCOL.md "Reflection").
 
     Args:
@@ -221,12 +221,12 @@ class ReflectionService(Service, name=REFLECTION_SERVICE):
     def __init__(self) -> None:
         self._document: Encoded | None = None
 
-    def publish(self, document: dict) -> None:
+    def publish(self, document: dict[str, Any]) -> None:
         """Encode ``document`` (once) as the answer of every later Describe."""
         self._document = Encoded(cbor2.dumps(document))
 
     @unary(name="Describe", idempotent=True)
-    async def describe(self) -> dict:
+    async def describe(self) -> dict[str, Any]:
         """The reflection document: {"version": 1, "services": [...], "messages": [...]}."""
         assert self._document is not None, "the server publishes the document when it is built"
         return self._document  # type: ignore[return-value]  # encodes as the document's bytes

@@ -50,7 +50,7 @@ class Stub:
         return f"<trpc stub of {self._trpc_class.__qualname__} ({self._trpc_service or 'short names'})>"
 
 
-def stub_methods(cls: type, name: str | None) -> tuple[str, dict[str, MethodInfo]]:
+def stub_methods(cls: object, name: str | None) -> tuple[str, dict[str, MethodInfo]]:
     """The service name a stub of ``cls`` calls (``""``: short names) and its methods.
 
     Raises:
@@ -110,7 +110,7 @@ _SHAPES: dict[Cardinality, Callable[[Any], Callable[..., Any]]] = {
 
 
 def make_stub(
-    cls: type, name: str | None, method: Callable[[str], Any], options: Mapping[str, Any]
+    cls: object, name: str | None, method: Callable[[str], Any], options: Mapping[str, Any]
 ) -> Stub:
     """A stub of ``cls`` whose calls go through ``method(path)`` (a client's
     :meth:`~trpc.Client.method`, given ``options`` with ``with_options``)."""
@@ -121,4 +121,5 @@ def make_stub(
         if options:
             target = target.with_options(**options)
         calls[info.attribute] = _SHAPES[info.cardinality](target)
+    assert isinstance(cls, type)  # stub_methods refused anything else
     return Stub(service, cls, calls)

@@ -138,9 +138,11 @@ class ClientLogging(ClientInterceptor):
         return await proceed()
 
     def _log(self, call: CallDetails) -> None:
+        status = call.status
+        assert status is not None  # a done callback: the call has ended
         self.logger.log(
-            logging.INFO if call.status is Status.OK else logging.WARNING,
-            "call %s: %s in %.1f ms", call.method, call.status.name, call.elapsed * 1000,
+            logging.INFO if status is Status.OK else logging.WARNING,
+            "call %s: %s in %.1f ms", call.method, status.name, call.elapsed * 1000,
         )
 
 
@@ -203,5 +205,9 @@ class ClientMetrics(ClientInterceptor, Metrics):
         Metrics.__init__(self)
 
     async def intercept(self, call: CallDetails, proceed: Callable[[], Awaitable[Any]]) -> Any:
-        call.add_done_callback(lambda done: self.record(done.method, done.status, done.elapsed))
+        call.add_done_callback(self._record_done)
         return await proceed()
+
+    def _record_done(self, call: CallDetails) -> None:
+        assert call.status is not None  # a done callback: the call has ended
+        self.record(call.method, call.status, call.elapsed)

@@ -79,7 +79,7 @@ class Channel:
         #: A caller's stream: one connection, never re-made.
         self._stream = stream
         self.single_use = stream is not None
-        self.nursery: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None
         self.subchannels: list[Subchannel] = []
         #: Every connection still open, usable or draining.
         self.connections: set[ClientConnection] = set()
@@ -101,9 +101,17 @@ class Channel:
         return Backoff(self.backoff, self.random)
 
     # ------------------------------------------------------------------ running
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The nursery :meth:`start` was given: the subchannels, their connections and a
+        bidi call's sending task run there."""
+        if self._nursery is None:
+            raise RuntimeError("the channel has not been started")
+        return self._nursery
+
     def start(self, nursery: trio.Nursery) -> None:
         """Start resolving and connecting, in ``nursery`` (the client's)."""
-        self.nursery = nursery
+        self._nursery = nursery
         if self._stream is not None:
             self._set_targets([[self._stream]])
         else:
@@ -111,6 +119,7 @@ class Channel:
 
     async def _resolve_loop(self) -> None:
         resolver = self.resolver
+        assert resolver is not None  # started only for a channel that resolves
         while True:
             self._last_resolution = trio.current_time()
             self._resolve_now = trio.Event()

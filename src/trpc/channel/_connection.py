@@ -65,7 +65,7 @@ class ClientCall:
         "credit_wakeup", "unsent", "processed", "watchers",
     )
 
-    def __init__(self, stream_id: int, connection: "ClientConnection | None" = None) -> None:
+    def __init__(self, stream_id: int, connection: "ClientConnection") -> None:
         self.id = stream_id
         #: The connection the call runs on (every later action on the call goes there).
         self.connection = connection
@@ -75,8 +75,8 @@ class ClientCall:
         self.status: Status | None = None
         self.message = ""
         self.details: Any = None
-        self.trailers: dict = {}
-        self.headers: dict | None = None
+        self.trailers: dict[str, Any] = {}
+        self.headers: dict[str, Any] | None = None
         self.wakeup = Parker()
         self.credit_wakeup = Parker()
         #: False when the server said it never ran the call (TRAILERS "not processed", or the
@@ -104,6 +104,7 @@ class ClientCall:
             await trio.lowlevel.checkpoint()
 
     def error(self) -> RpcError:
+        assert self.status is not None  # asked only of a call that has ended
         return RpcError(self.status, self.message, self.details, trailers=self.trailers)
 
     def ended(self) -> bool:
@@ -408,6 +409,18 @@ class ConnectOptions:
         "max_incomplete_bytes", "ssl_context", "server_hostname", "keepalive_time", "keepalive_timeout",
         "connect_timeout", "timeout",
     )
+    framer: Any
+    max_message_size: int
+    max_frame_size: int
+    stream_window: int
+    connection_window: int
+    max_incomplete_bytes: int | None
+    ssl_context: ssl.SSLContext | None
+    server_hostname: str | None
+    keepalive_time: float | None
+    keepalive_timeout: float
+    connect_timeout: float
+    timeout: float | None
 
     def __init__(self, **options: Any) -> None:
         for name in self.__slots__:

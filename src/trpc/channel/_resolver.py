@@ -77,7 +77,7 @@ class DnsResolver(Resolver):
         for family, _type, _proto, _name, sockaddr in records:
             if family not in (socket.AF_INET, socket.AF_INET6):
                 continue
-            address = Address.tcp(sockaddr[0], self.port)
+            address = Address.tcp(str(sockaddr[0]), self.port)
             if address not in addresses:
                 addresses.append(address)
         if not addresses:
@@ -95,7 +95,7 @@ def _parse_dns(target: str) -> DnsResolver:
         if not slash:
             raise ValueError(f"expected dns:///NAME:PORT, got {target!r}")
     address = parse_address(rest)
-    if address.kind != "tcp":
+    if address.kind != "tcp" or address.host is None or address.port is None:
         raise ValueError(f"expected dns:///NAME:PORT, got {target!r}")
     return DnsResolver(address.host, address.port)
 
