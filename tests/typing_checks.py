@@ -32,6 +32,7 @@ async def check(client: trpc.Client) -> None:
     store = client.stub(Store)
     reveal_type(await store.get("k"))  # reveal: Entry
     reveal_type(await Greeter().total([1, 2]))  # reveal: int
+    reveal_type(Entry(key="a", value=1).value)  # reveal: int
     await greeter.greet(42)  # error
     greeter.count("3")  # error
     await greeter.total(["a"])  # error

@@ -174,7 +174,9 @@ class Client:
     ``"greet"``, which the server resolves if exactly one of its services has such a method.
     ``client["kv.Store"].get(...)`` calls a service's method by its path (``"kv.Store/get"``),
     as does ``client.method("kv.Store/get")``.  A method whose name clashes with an attribute of
-    this class is reached with ``client.method("aclose")``.
+    this class is reached with ``client.method("aclose")``.  Those calls are untyped; for calls
+    that type checkers check against the service's own signatures, make a stub of the service
+    class (or of a Protocol that describes it): :meth:`stub`.
     """
 
     def __init__(

@@ -30,6 +30,15 @@ script being run is ``Store``.  The name is the class attribute ``__trpc_service
 (:func:`service_name` reads it from a class or an instance).  A method's wire name is its
 *path* ``"kv.Store/get"`` (:attr:`MethodInfo.path`).
 
+Types.  The decorators keep a handler's signature for type checkers (a ParamSpec after
+``self``), so ``await Greeter().greet("Ada")`` is a ``str``; a client- or bidi-streaming method is
+typed, and at run time works, as taking its requests as any iterable or async iterable
+(:data:`Requests`; the handler still receives an async iterator), because that is also what a
+typed stub's caller passes (``Client.stub``, ``trpc._stub``): one type serves the server's own
+calls and the client's.  :func:`collect_methods` reads the decorated methods of any class, so a
+``typing.Protocol`` that declares a service's methods (a streaming-response one with a plain
+``def``, which the decorators accept and :class:`Service` refuses) describes it to a stub.
+
 :class:`MethodTable` is a server's dispatch table over several services: one dict from every
 name a client may send (each path, and each short name ``"get"`` that exactly one service
 has) to its handler, so a call costs one lookup whichever form it uses; a name that misses is
@@ -42,9 +51,9 @@ import enum
 import functools
 import inspect
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar, Union, cast, overload
+from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar, Union, overload
 
 __all__ = [
     "Cardinality",
