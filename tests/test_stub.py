@@ -142,3 +142,24 @@ def test_a_protocols_streaming_response_declared_with_def_is_refused_in_a_servic
         @trpc.server_stream
         async def not_a_generator(self: Any) -> int:
             return 1
+
+
+class Renamed(trpc.Service, name="probe.Renamed"):
+    @trpc.bidi_stream(name="Shout")
+    async def shout(self, words: AsyncIterator[str]) -> AsyncIterator[str]:
+        async for word in words:
+            yield word.upper()
+
+
+class RenamedImpl(Renamed):
+    """An implementation of a named service keeps its name (and its methods' names)."""
+
+
+async def test_a_stub_calls_a_method_by_its_wire_name_through_its_python_attribute():
+    async with trpc.testing.open_test_client(RenamedImpl()) as client:
+        for cls in (Renamed, RenamedImpl):
+            renamed = client.stub(cls)
+            assert [word async for word in renamed.shout(["hi", "yo"])] == ["HI", "YO"]
+        with pytest.raises(trpc.RpcError) as info:
+            await client.stub(Renamed, name="probe.Other").shout(["x"]).__anext__()
+        assert info.value.status is trpc.Status.UNIMPLEMENTED
