@@ -123,6 +123,8 @@ async def test_a_stub_is_made_only_from_a_class_that_declares_methods():
             client.stub(Greeter())  # type: ignore[arg-type]
         with pytest.raises(trpc.UsageError):
             client.stub(Greeter, timeout=-1)
+        with pytest.raises(TypeError, match="identifiers joined by dots"):
+            client.stub(GreeterAPI, name="hello.Greeter/greet")
 
 
 async def test_a_streaming_request_method_called_directly_takes_any_iterable():
@@ -139,7 +141,7 @@ def test_a_protocols_streaming_response_declared_with_def_is_refused_in_a_servic
             def count(self, n: int) -> AsyncIterator[int]: ...
 
     with pytest.raises(TypeError, match="async generator function"):
-        @trpc.server_stream
+        @trpc.server_stream  # type: ignore[arg-type]  # the checkers refuse it too
         async def not_a_generator(self: Any) -> int:
             return 1
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from ._service import Cardinality, MethodInfo, Requests, Service, as_async_iterator, collect_methods
+from ._service import _SERVICE_NAME, Cardinality, MethodInfo, Requests, Service, as_async_iterator, collect_methods
 
 __all__ = ["Stub", "make_stub", "stub_methods"]
 
@@ -54,11 +54,14 @@ def stub_methods(cls: object, name: str | None) -> tuple[str, dict[str, MethodIn
     """The service name a stub of ``cls`` calls (``""``: short names) and its methods.
 
     Raises:
-        TypeError: ``cls`` is not a class, or declares no method.
+        TypeError: ``cls`` is not a class, or declares no method; ``name`` is not identifiers
+            joined by dots.
     """
     if not isinstance(cls, type):
         raise TypeError(f"a stub is made from a class (a trpc.Service or a typing.Protocol), not {cls!r}")
     if name is not None:
+        if not isinstance(name, str) or not _SERVICE_NAME.match(name):
+            raise TypeError(f"a service name is identifiers joined by dots (e.g. 'kv.Store'), not {name!r}")
         service = name
     elif issubclass(cls, Service):
         service = cls.__trpc_service__
