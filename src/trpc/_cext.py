@@ -15,13 +15,38 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, cast
 
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._events import CborValue
 
 __all__ = ["speedups", "speedups_disabled", "speedups_error"]
 
 
-def _load():
+class SpeedupsModule(Protocol):
+    """The module's interface, as the rest of the package sees it (a module can be typed only by
+    a protocol).  ``_speedups.pyi`` describes the compiled module itself; the check below this
+    class makes the checkers compare the two."""
+
+    @property
+    def __version__(self) -> str: ...
+    def frame_run(
+        self, payloads: list[bytes], stream_id: int, credit: int, max_size: int, /
+    ) -> tuple[bytes, int, int]: ...
+    def make_encoder(self, fallback: Callable[[CborValue], bytes], /) -> Callable[[CborValue], bytes]: ...
+    def make_decoder(self, fallback: Callable[[bytes], CborValue], /) -> Callable[[bytes], CborValue]: ...
+
+
+if TYPE_CHECKING:
+    from . import _speedups
+
+    _stub_matches: SpeedupsModule = _speedups
+
+
+def _load() -> SpeedupsModule:
     """The extension module; ImportError (with how to get it) if it is missing or stale."""
     try:
         # (Not ``from . import``: inside the package's own import, that hides a missing module
@@ -35,11 +60,12 @@ def _load():
         ) from exc
     if module.__version__ != __version__:
         raise ImportError(f"trpc._speedups was built for trpc {module.__version__}, not {__version__}")
-    return module
+    # A ModuleType, whose attributes the checkers cannot see; the cast runs once, at import.
+    return cast("SpeedupsModule", module)
 
 
 #: The extension module, or None.
-speedups = None
+speedups: SpeedupsModule | None = None
 #: Why it is unavailable, or None if it is loaded.
 speedups_error: str | None = None
 #: True if TRPC_SPEEDUPS=0 asked for the pure-Python path (nothing to warn about).

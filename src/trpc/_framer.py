@@ -13,14 +13,30 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Protocol
 
 from . import _cext
-from ._framer_py import PyFramer
+from ._framer_py import Frame, PyFramer, Run
 
-__all__ = ["FRAMERS", "c_framer_error", "default_framer_name", "get_framer"]
+__all__ = ["FRAMERS", "Framer", "c_framer_error", "default_framer_name", "get_framer"]
+
+
+class Framer(Protocol):
+    """What both framers offer (``PyFramer`` documents each member)."""
+
+    name: str
+    max_frame_size: int
+
+    def __init__(self, max_frame_size: int = ...) -> None: ...
+    @property
+    def buffered(self) -> int: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]: ...
+    def feed_grouped(self, data: bytes | bytearray | memoryview) -> list[Run]: ...
+    def close(self) -> None: ...
+
 
 #: The available framer classes by name.
-FRAMERS: dict[str, type] = {"python": PyFramer}
+FRAMERS: dict[str, type[Framer]] = {"python": PyFramer}
 
 #: Why the C framer is unavailable (the ImportError's message), or None if it is available.
 c_framer_error: str | None = None
@@ -42,7 +58,7 @@ def default_framer_name() -> str:
     return os.environ.get("TRPC_FRAMER", "c").strip().lower() or "c"
 
 
-def get_framer(name: str | None = None) -> type:
+def get_framer(name: str | None = None) -> type[Framer]:
     """Return the framer class called ``name`` (``"c"`` or ``"python"``).
 
     Args:
@@ -78,7 +94,7 @@ def _warn_once(*, framer_missing: bool) -> None:
     if _warned or not (framer_missing or speedups_error):
         return
     _warned = True
-    missing = []
+    missing: list[str] = []
     if framer_missing:
         missing.append(
             "its pure-Python framer, which scans bulk traffic more slowly, because the C"

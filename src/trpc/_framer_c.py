@@ -22,6 +22,7 @@ A cffi call has a fixed cost, more than parsing one small frame in Python, so:
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING, Callable, Iterable, cast
 
 from ._errors import FrameTooLargeError, TruncatedFrameError
 from ._framer_py import (
@@ -31,6 +32,7 @@ from ._framer_py import (
     LARGE_PAYLOAD,
     MAX_FRAME_SIZE_LIMIT,
     Frame,
+    Piece,
     Run,
     check_max_frame_size,
     frame_too_large,
@@ -49,7 +51,14 @@ except ImportError as exc:
         " the install)"
     ) from exc
 
-_built_for = ffi.string(lib.trpc_framer_version()).decode("ascii", "replace")
+if TYPE_CHECKING:
+    from _cffi_backend import buffer
+    from cffi import FFI
+
+    CData = FFI.CData
+
+# (The casts say what cffi gives for a ``char *``: bytes, never str or a list.)
+_built_for = cast(bytes, ffi.string(lib.trpc_framer_version())).decode("ascii", "replace")
 if _built_for != __version__:
     raise ImportError(
         f"trpc._framer_cffi was built for trpc {_built_for}, but this is trpc {__version__};"
@@ -76,7 +85,7 @@ _FAST_FRAMES = range(16)
 _unpack_header = HEADER.unpack_from
 _feed = lib.trpc_framer_feed
 _carried = lib.trpc_framer_carried
-_unpack = ffi.unpack
+_unpack = cast("Callable[[CData, int], bytes]", ffi.unpack)
 _Struct = struct.Struct
 _COLLECTED = lib.TRPC_FRAMER_COLLECTED
 _join = b"".join
@@ -112,11 +121,11 @@ class CFramer:
         self._fast = True
         # The C framer and views of its output (26 KiB), made when first needed: a connection
         # that only ever receives whole small frames never needs them.
-        self._framer = None
+        self._framer: CData | None = None
         # The pieces received so far of the large frame C is collecting (see keep_piece).
-        self._pieces: list = []
+        self._pieces: list[Piece] = []
 
-    def _start(self):
+    def _start(self) -> CData:
         framer = lib.trpc_framer_new(self.max_frame_size, _CAPACITY, self._large_payload)
         if framer == ffi.NULL:
             raise MemoryError("cannot allocate a framer")
@@ -140,7 +149,10 @@ class CFramer:
     @property
     def buffered(self) -> int:
         """Bytes held of the incomplete frame at the end (0 at a frame boundary)."""
-        return 0 if self._fast else lib.trpc_framer_buffered(self._framer)
+        if self._fast:
+            return 0
+        assert self._framer is not None  # made before C could hold anything
+        return lib.trpc_framer_buffered(self._framer)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Append one received chunk; return every frame it completes (see PyFramer.feed)."""
@@ -170,6 +182,7 @@ class CFramer:
             if pos == end:
                 return frames
         framer = self._framer or self._start()
+        tf: CData | buffer  # the type and flags columns: read one by one, or sliced
         while True:
             status = _feed(framer, data, end, pos)
             if not status:  # no frame completed: C now holds a partial one (or still does)
@@ -230,7 +243,7 @@ class CFramer:
         runs: list[Run] = []
         # The last run's payload list, and its stream id if it is a run of plain DATA frames
         # (-1 otherwise): a DATA frame with flags 0 on that stream joins it.
-        run: list = []
+        run: list[bytes] = []
         tail = -1
         pos = 0
         if self._fast:
@@ -255,6 +268,8 @@ class CFramer:
             if pos == end:
                 return runs
         framer = self._framer or self._start()
+        tf: CData | memoryview  # the type and flags columns, of frames or of runs
+        lists: Iterable[list[bytes]]
         while True:
             status = _feed(framer, data, end, pos)
             if not status:  # no frame completed: C now holds a partial one (or still does)
@@ -329,7 +344,7 @@ class CFramer:
         if collect:
             keep_piece(self._pieces, data, end - collect)
 
-    def _carried_payload(self, framer, data: bytes, end: int, carried: int, carried_length: int) -> bytes:
+    def _carried_payload(self, framer: CData, data: bytes, end: int, carried: int, carried_length: int) -> bytes:
         """The payload of the frame that started in an earlier chunk (frame 0 of this call):
         a large one is joined from its pieces, a small one copied out of C's carry."""
         if carried == _COLLECTED:
@@ -358,12 +373,15 @@ class CFramer:
         """The peer sent EOF (see PyFramer.close)."""
         if self._fast:
             return  # C holds nothing and has seen no error
+        assert self._framer is not None  # made before C could hold anything
         status = lib.trpc_framer_close(self._framer)
         if status:
             raise self._error(status, [])
 
-    def _error(self, status: int, frames: list[Frame]) -> Exception:
+    def _error(self, status: int, frames: list[Frame] | list[Run]) -> Exception:
         self._pieces.clear()  # the framer is poisoned: nothing more will be parsed
+        assert self._framer is not None  # made by the call that found the error
+        error: FrameTooLargeError | TruncatedFrameError
         if status == _TOO_LARGE:
             error = frame_too_large(lib.trpc_framer_announced(self._framer), self.max_frame_size)
         elif status == _TRUNCATED:

@@ -84,12 +84,14 @@ PIECE_MIN = 1 << 10
 Frame = tuple[int, int, int, bytes]
 #: What ``feed_grouped()`` returns, one per run of frames: ``(type, flags, stream_id, payloads)``.
 Run = tuple[int, int, int, list[bytes]]
+#: A received piece of a large payload, kept until the frame completes (see ``keep_piece``).
+Piece = bytes | bytearray | memoryview
 
 _unpack_header = HEADER.unpack_from
 _unpack_length = struct.Struct(">I").unpack_from
 
 
-def keep_piece(pieces: list, data: bytes, start: int) -> None:
+def keep_piece(pieces: list[Piece], data: bytes, start: int) -> None:
     """Append ``data[start:]``, more of an incomplete large payload, to ``pieces`` (both
     framers use it).  ``data`` must be ``bytes``: a piece may be a view of it."""
     size = len(data) - start
@@ -171,7 +173,7 @@ class PyFramer:
         # Total size of the carried frame; valid once the carry holds its whole header.
         self._carry_size = 0
         # The received pieces of a large frame's payload, or None if the frame is not large.
-        self._pieces: list | None = None
+        self._pieces: list[Piece] | None = None
         # Their total length.
         self._collected = 0
         # The error that poisoned the framer, if any.
@@ -306,7 +308,9 @@ class PyFramer:
             length = _unpack_length(carry)[0] if len(carry) >= HEADER_SIZE else None
             raise self._poison(truncated_frame(self.buffered, length), [])
 
-    def _poison(self, error: FrameTooLargeError | TruncatedFrameError, frames: list[Frame]):
+    def _poison(
+        self, error: FrameTooLargeError | TruncatedFrameError, frames: list[Frame]
+    ) -> FrameTooLargeError | TruncatedFrameError:
         # A copy without a traceback: the raised error's traceback holds this framer's frame,
         # so keeping that one would be a reference cycle (freed only by the garbage collector).
         self._error = type(error)(*error.args)
@@ -315,7 +319,9 @@ class PyFramer:
         return error
 
     def _poisoned(self) -> FrameTooLargeError | TruncatedFrameError:
-        error = type(self._error)(*self._error.args)
+        poison = self._error
+        assert poison is not None  # set by _poison before any call here
+        error = type(poison)(*poison.args)
         error.frames = []
         return error
 

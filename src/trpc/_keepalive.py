@@ -28,7 +28,10 @@ connection is busy, and the kernel does it.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._transport import TrioConnection
 
 __all__ = [
     "Keepalive",
@@ -122,7 +125,7 @@ class Keepalive:
         if payload == self._payload:
             self._payload = None
 
-    def step(self, connection: Any, now: float) -> float:
+    def step(self, connection: TrioConnection, now: float) -> float:
         """Act on the keepalive's deadline if it has passed (ping, or fail the connection);
         return the next time to look again."""
         if self._payload is not None:

@@ -80,7 +80,9 @@ def is_tls_record(data: bytes) -> bool:
     return len(data) >= 1 and data[0] in _TLS_CONTENT_TYPES and (len(data) == 1 or data[1] == 0x03)
 
 
-async def send_pending_alert(tls: trio.SSLStream, transport: trio.abc.Stream, exc: BaseException) -> None:
+async def send_pending_alert(
+    tls: trio.SSLStream[trio.abc.Stream], transport: trio.abc.Stream, exc: BaseException
+) -> None:
     """After a failed server handshake (``exc``): send what OpenSSL queued (the alert saying
     why) on the transport under ``tls``, or to a client that spoke no TLS at all a plaintext
     protocol_version alert, within a second; errors are ignored (we are closing anyway)."""
