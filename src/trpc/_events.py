@@ -18,7 +18,7 @@ are in ``docs/PROTOCOL.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, TypeAlias, runtime_checkable
 
 from ._service import Cardinality
 from ._status import Status
@@ -112,7 +112,7 @@ class MessagesReceived(Event):
     """
 
     stream_id: int
-    payloads: list[bytes]
+    payloads: Sequence[Payload]
 
 
 @dataclass(**_EVENT)

@@ -57,9 +57,10 @@ from __future__ import annotations
 import enum
 from collections import deque
 from functools import partial
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence, cast
 
 from .. import _framer
+from .._framer_py import Run
 from .._cext import speedups
 from .._errors import LocalProtocolError, MessageTooLargeError, RemoteProtocolError
 from .._events import (
@@ -72,6 +73,7 @@ from .._events import (
     HeadersReceived,
     InfoReceived,
     MessagesReceived,
+    Payload,
     PingAcknowledged,
     PingReceived,
     PrefaceReceived,
@@ -131,11 +133,11 @@ _parse_simple_headers = _control.parse_simple_headers
 _CLOSING = StreamState.CLOSING
 
 
-def _frame_run_py(payloads: list, stream_id: int, credit: int, max_size: int) -> tuple[bytes, int, int]:
+def _frame_run_py(payloads: list[bytes], stream_id: int, credit: int, max_size: int) -> tuple[bytes, int, int]:
     """The first payloads whose total fits in ``credit``, as DATA frames of ``stream_id`` in one
     buffer: ``(frames, how many payloads, their total size)``.  Every payload must be bytes of
     1 to ``max_size`` bytes.  The pure-Python twin of ``frame_run`` in ``csrc/speedups.c``."""
-    parts = []
+    parts: list[bytes] = []
     count = total = 0
     fits = True
     for index, payload in enumerate(payloads):
@@ -162,7 +164,7 @@ _HEAD_PART = 16
 _BODY_PART = 64 * 1024
 
 
-def message_size(payload: bytes | list) -> int:
+def message_size(payload: Payload) -> int:
     """The size of an encoded message given as bytes or as a list of parts."""
     if type(payload) is list:
         return sum(map(len, payload))
@@ -218,7 +220,7 @@ _LIFECYCLE: dict[tuple[ConnectionState, bool, str], tuple[ConnectionState, bool]
 }
 
 
-def _drop_queued(ledger: Ledger, blocked: dict, batching: dict, stream: Stream) -> None:
+def _drop_queued(ledger: Ledger, blocked: dict[int, None], batching: dict[int, Stream], stream: Stream) -> None:
     """A stream reached CLOSED (``Streams.step`` calls this, bound to one connection's ledger
     and indexes): it drops what it still had queued (its output, its batch, its place among
     the blocked) and the message it was still receiving."""
@@ -268,7 +270,7 @@ class Connection:
         self,
         role: Role | str,
         *,
-        framer: type | None = None,
+        framer: type[_framer.Framer] | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         stream_window: int = DEFAULT_STREAM_WINDOW,
@@ -340,7 +342,7 @@ class Connection:
         #: (client) The server's INFO, once received (None: none yet, maybe never).
         self.info_received: InfoReceived | None = None
 
-        self._out: list = []
+        self._out: list[bytes | memoryview] = []
         self._preface_buf = b""
         self.peer_preface: PrefaceReceived | None = None
         # What the peer accepts; until its preface arrives, assume the protocol's minimums.
@@ -357,7 +359,7 @@ class Connection:
         #: Frames received but not processed yet (``receive_data(..., max_frames=N)``), in
         #: order, as ``Framer.feed_grouped`` gives them.  At most one received chunk's frames
         #: if the caller takes them all before it reads again, as the Trio layer does.
-        self._backlog: list = []
+        self._backlog: list[Run] = []
         #: Ping policing (see the module's docstring): the rule, the time of the data being
         #: processed (the caller's ``now``), when the last PING came, early PINGs in a row.
         self.min_ping_interval = min_ping_interval
@@ -465,7 +467,7 @@ class Connection:
         if data:
             self._out.insert(0, data)
 
-    def data_to_send_list(self) -> list:
+    def data_to_send_list(self) -> list[bytes | memoryview]:
         """Everything queued for the peer since the last call, as a list of bytes-like parts
         (large messages are parts of their own: an I/O layer can send them without copying
         them into one buffer with the rest)."""
@@ -501,7 +503,7 @@ class Connection:
             self._batching.pop(stream.id, None)
 
     # ------------------------------------------------------------------ batches
-    def open_batch(self, stream_id: int) -> list:
+    def open_batch(self, stream_id: int) -> list[bytes]:
         """A list on which to queue this stream's small messages with ``list.append``: no call
         into the protocol per message, for a sender of many small messages (a streaming
         handler).  Returns the same list while the stream lives.
@@ -549,6 +551,7 @@ class Connection:
 
     def _flush_batch(self, stream: Stream) -> None:
         batch = stream.batch
+        assert batch is not None  # callers flush a stream that has a batch
         try:
             self._step(stream, _SEND_DATA)
         except LocalProtocolError:
@@ -612,7 +615,7 @@ class Connection:
     def open_unary_call(
         self,
         method: str,
-        message: bytes | list,
+        message: Payload,
         *,
         metadata: dict[str, str | bytes] | None = None,
         timeout: float | None = None,
@@ -628,7 +631,7 @@ class Connection:
         stream_id = self.open_call(method, metadata=metadata, timeout=timeout)
         return stream_id, self.send_message(stream_id, message, end_stream=True)
 
-    def send_message(self, stream_id: int, payload: bytes | list, *, end_stream: bool = False) -> bool:
+    def send_message(self, stream_id: int, payload: Payload, *, end_stream: bool = False) -> bool:
         """Queue one message on a stream; returns True if all of it was framed.
 
         ``payload`` is the encoded message: bytes, or ``[head, body]`` whose concatenation it
@@ -660,13 +663,15 @@ class Connection:
         if stream.pending is None and size <= self._peer_max_frame and self._ledger.try_spend(stream, size):
             # The whole message in one frame (or, given as [head, body], in two).
             if parts:
-                head, body = payload
+                head, body = cast("list[bytes]", payload)  # a large message: no cost that counts
                 self._out += (
                     pack_header(len(head), _DATA, _MORE, stream_id), head,
                     pack_header(len(body), _DATA, flags, stream_id), body,
                 )
             else:
-                self._out += (pack_header(size, _DATA, flags, stream_id), payload)
+                # payload is bytes here (parts is false); a check to tell the checkers so would
+                # cost one per message.
+                self._out += (pack_header(size, _DATA, flags, stream_id), payload)  # type: ignore[arg-type]
             return True
         pending = stream.pending
         if pending is None:
@@ -674,11 +679,11 @@ class Connection:
         if parts:
             # The head and the body wait as two pieces of one message (the head's frames
             # carry MORE), so the body is not copied to join them.
-            head, body = payload
+            head, body = cast("list[bytes]", payload)
             pending.append([memoryview(head), _MORE])
             pending.append([memoryview(body), flags])
         else:
-            pending.append([memoryview(payload), flags])
+            pending.append([memoryview(cast(bytes, payload)), flags])
         self._flush_stream(stream)
         return not stream.pending
 
@@ -712,6 +717,7 @@ class Connection:
                 out.append(item)
                 pending.popleft()
                 continue
+            item = cast("list[Any]", item)  # [memoryview, flags]: not bytes, which went above
             view, flags = item
             if not view:  # a bare END_STREAM
                 out.append(pack_header(0, _DATA, flags, stream.id))
@@ -988,7 +994,7 @@ class Connection:
         if payload is not None and self._move("send_info"):
             self._frame(FrameType.INFO, 0, 0, payload)
 
-    def _process_frames(self, groups, events: list[Event]) -> None:
+    def _process_frames(self, groups: Iterable[Run], events: list[Event]) -> None:
         """Process what ``Framer.feed_grouped`` returned: frames, with each run of
         consecutive flag-less DATA frames on one stream given as one entry."""
         live = self._streams.live
@@ -1024,9 +1030,11 @@ class Connection:
                         ledger.deliver(stream, size)
                         received += size
                         if stream is batch_stream:
+                            assert batch is not None  # set with batch_stream
                             batch += payloads
                         else:
                             if batch is not None:
+                                assert batch_stream is not None  # set with batch
                                 events.append(MessagesReceived(stream_id=batch_stream.id, payloads=batch))
                             batch_stream = stream
                             batch = payloads  # a fresh list per entry: ours to keep
@@ -1039,6 +1047,7 @@ class Connection:
                     size = len(payload)
                     if 0 < size <= max_message and size <= stream.recv_granted and received + size <= ledger.recv_credit:
                         if batch is not None:
+                            assert batch_stream is not None  # set with batch
                             events.append(MessagesReceived(stream_id=batch_stream.id, payloads=batch))
                             batch = batch_stream = None
                         # RECV_DATA leaves these states as they are (the set says so), so
@@ -1050,6 +1059,7 @@ class Connection:
                         events.append(StreamEnded(stream_id=stream_id))
                         continue
             if batch is not None:
+                assert batch_stream is not None  # set with batch
                 events.append(MessagesReceived(stream_id=batch_stream.id, payloads=batch))
                 batch = batch_stream = None
             if received:
@@ -1064,6 +1074,7 @@ class Connection:
                         raise RemoteProtocolError(f"unknown frame type 0x{ftype:02x}")
                     handler(self, flags, stream_id, payload, events)
         if batch is not None:
+            assert batch_stream is not None  # set with batch
             events.append(MessagesReceived(stream_id=batch_stream.id, payloads=batch))
         if received:
             self._take_connection_credit(received)
@@ -1117,6 +1128,7 @@ class Connection:
                     self._out += (pack_header(4, FrameType.WINDOW_UPDATE, 0, stream_id), grant.to_bytes(4, "big"))
                 return
             total = size
+            message: Payload = payload
             if stream.recv_parts is not None:
                 parts = stream.recv_parts
                 parts.append(payload)
@@ -1128,14 +1140,14 @@ class Connection:
                 if len(parts) == 2 and len(parts[0]) <= _HEAD_PART and size >= _BODY_PART:
                     # A small head then a large body (see send_message): the message stays
                     # [head, body], so that the body need not be copied (see _codec.decode).
-                    payload = parts
+                    message = parts
                 else:
-                    payload = b"".join(parts)
+                    message = b"".join(parts)
             elif size > self.max_message_size:
                 self._message_too_large(stream, events)
                 return
             self._ledger.hold(stream, total)
-            events.append(MessagesReceived(stream_id=stream_id, payloads=[payload]))
+            events.append(MessagesReceived(stream_id=stream_id, payloads=[message]))
         elif stream.recv_parts is not None:
             raise RemoteProtocolError("END_STREAM in the middle of a message")
         if flags & _END_STREAM:
@@ -1192,7 +1204,7 @@ class Connection:
         events.append(HeadersReceived(stream_id=stream_id, metadata=metadata))
 
     def _open_remote_call(
-        self, flags: int, stream_id: int, method: str, timeout_us: int | None, metadata: dict, events: list[Event]
+        self, flags: int, stream_id: int, method: str, timeout_us: int | None, metadata: dict[str, str | bytes], events: list[Event]
     ) -> None:
         """A client's HEADERS, decoded: open the stream (server side)."""
         streams = self._streams
@@ -1303,6 +1315,7 @@ class Connection:
         """A PING arrived at ``self._now``: a strike if it is early; too many end the connection."""
         now, last = self._now, self._last_ping_at
         self._last_ping_at = now
+        assert self.min_ping_interval is not None  # called only when pings are policed
         if last is None or now - last >= self.min_ping_interval:
             self._ping_strikes = 0
             return

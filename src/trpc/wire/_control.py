@@ -10,12 +10,12 @@ client's HEADERS ``{1: method}`` / ``{1: method, 2: timeout_us}``, and the OK tr
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
 
 import cbor2
 
 from .._codec import _dumps, _loads
 from .._errors import LocalProtocolError, RemoteProtocolError
+from .._events import CborValue
 from .._service import SHAPE_CODES, Cardinality
 from .._status import Status
 from ._frames import MAX_HEADERS_SIZE
@@ -58,7 +58,7 @@ _METHOD_CACHE_SIZE = 1024
 _GOAWAY_MESSAGE_LIMIT = 1024
 
 
-def validate_metadata(metadata: Any, *, remote: bool) -> dict:
+def validate_metadata(metadata: CborValue, *, remote: bool) -> dict[str, str | bytes]:
     """``metadata`` if it is a map of text keys to text or bytes values ({} for None)."""
     error = RemoteProtocolError if remote else LocalProtocolError
     if metadata is None:
@@ -91,7 +91,9 @@ class RequestHeadersEncoder:
     def __init__(self) -> None:
         self._heads: dict[str, bytes] = {}
 
-    def encode(self, method: str, timeout: float | None, metadata: dict | None, peer_max_frame: int) -> bytes:
+    def encode(
+        self, method: str, timeout: float | None, metadata: dict[str, str | bytes] | None, peer_max_frame: int
+    ) -> bytes:
         head = self._heads.get(method)
         if head is None:
             if not isinstance(method, str):
@@ -114,19 +116,24 @@ class RequestHeadersEncoder:
         return payload
 
 
-def encode_response_headers(metadata: dict | None, peer_max_frame: int) -> bytes:
+def encode_response_headers(metadata: dict[str, str | bytes] | None, peer_max_frame: int) -> bytes:
     fields = {_H_METADATA: validate_metadata(metadata, remote=False)} if metadata else {}
     return _check_size("response HEADERS", _dumps(fields), peer_max_frame)
 
 
 def encode_trailers(
-    status: Status, message: str, details: Any, metadata: dict | None, peer_max_frame: int, processed: bool = True
+    status: Status,
+    message: str,
+    details: CborValue,
+    metadata: dict[str, str | bytes] | None,
+    peer_max_frame: int,
+    processed: bool = True,
 ) -> bytes:
     """The TRAILERS map; ``processed=False`` adds key 5 (not processed: the handler never ran
     and never will).  Never fails: when the details or metadata cannot be sent, the trailers
     say INTERNAL and why, since the status must reach the caller.  (A plain OK is
     ``OK_TRAILERS``, which the connection sends without calling this.)"""
-    fields: dict[int, Any] = {_T_STATUS: int(status)}
+    fields: dict[int, CborValue] = {_T_STATUS: int(status)}
     if message:
         fields[_T_MESSAGE] = message
     if details is not None:
@@ -145,14 +152,14 @@ def encode_trailers(
 
 
 def encode_cancel(reason: Status, message: str, peer_max_frame: int) -> bytes:
-    fields: dict[int, Any] = {_C_REASON: int(reason)}
+    fields: dict[int, CborValue] = {_C_REASON: int(reason)}
     if message:
         fields[_C_MESSAGE] = message
     return _check_size("CANCEL", _dumps(fields), peer_max_frame)
 
 
 def encode_goaway(last_stream_id: int, status: Status, message: str) -> bytes:
-    fields: dict[int, Any] = {_G_LAST_STREAM: last_stream_id, _G_STATUS: int(status)}
+    fields: dict[int, CborValue] = {_G_LAST_STREAM: last_stream_id, _G_STATUS: int(status)}
     if message:
         fields[_G_MESSAGE] = message[:_GOAWAY_MESSAGE_LIMIT]
     return cbor2.dumps(fields)
@@ -193,7 +200,7 @@ def encode_info(idempotent: frozenset[str], methods: frozenset[tuple[str, int]],
         if used + 1 + _map_head_size(len(shapes) + 1) + size + encoded <= limit:
             shapes[path] = code
             size += encoded
-    fields: dict[int, Any] = {}
+    fields: dict[int, CborValue] = {}
     if names:
         fields[_I_IDEMPOTENT] = names
     if shapes:
@@ -206,7 +213,7 @@ def encode_info(idempotent: frozenset[str], methods: frozenset[tuple[str, int]],
 
 
 # ------------------------------------------------------------------------- decoding
-def _decode_map(kind: str, payload: bytes) -> dict:
+def _decode_map(kind: str, payload: bytes) -> dict[CborValue, CborValue]:
     if len(payload) > MAX_HEADERS_SIZE:
         raise RemoteProtocolError(f"{kind} payload of {len(payload)} bytes exceeds {MAX_HEADERS_SIZE}")
     try:
@@ -256,7 +263,7 @@ def parse_simple_headers(payload: bytes) -> tuple[str, int | None] | None:
     return method, timeout_us
 
 
-def parse_request_headers(payload: bytes) -> tuple[str, int | None, dict]:
+def parse_request_headers(payload: bytes) -> tuple[str, int | None, dict[str, str | bytes]]:
     """A client's HEADERS: ``(method, timeout_us or None, metadata)``.  (The connection tries
     ``parse_simple_headers`` first.)"""
     fields = _decode_map("HEADERS", payload)
@@ -270,12 +277,12 @@ def parse_request_headers(payload: bytes) -> tuple[str, int | None, dict]:
     return method, timeout_us, metadata
 
 
-def parse_response_headers(payload: bytes) -> dict:
+def parse_response_headers(payload: bytes) -> dict[str, str | bytes]:
     """A server's response HEADERS: the metadata."""
     return validate_metadata(_decode_map("HEADERS", payload).get(_H_METADATA), remote=True)
 
 
-def parse_trailers(payload: bytes) -> tuple[Status, str, Any, dict, bool]:
+def parse_trailers(payload: bytes) -> tuple[Status, str, CborValue, dict[str, str | bytes], bool]:
     """TRAILERS: ``(status, message, details, metadata, processed)``; ``processed`` is False
     when key 5 (not processed) is true.  (``OK_TRAILERS``, the common case, the connection
     recognises without calling this.)"""

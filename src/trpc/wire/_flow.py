@@ -23,6 +23,8 @@ to the max message size, or a message larger than the window could never complet
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from .._errors import RemoteProtocolError
 from .._status import Status
 from ._frames import MAX_WINDOW
@@ -76,7 +78,7 @@ class Ledger:
         self._unannounced = 0
 
     # ------------------------------------------------------------------ streams
-    def peer_windows(self, stream_window: int, connection_window: int, streams) -> None:
+    def peer_windows(self, stream_window: int, connection_window: int, streams: Iterable[Stream]) -> None:
         """The peer's preface arrived: its initial windows apply, to the streams already open
         too (they had no credit yet)."""
         self.peer_stream_window = stream_window

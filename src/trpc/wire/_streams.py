@@ -27,11 +27,17 @@ before it; :meth:`Streams.step` keeps it, for the same inputs.
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from collections import deque
+from typing import Any, Callable, TypeAlias
 
 from .._errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = ["Role", "StreamState", "StreamInput", "TRANSITIONS", "Stream", "Streams"]
+
+#: An item of a stream's output waiting for credit (``Stream.pending``): ``[memoryview, flags]``
+#: for data (a list, not a tuple: the view is replaced in place as credit sends its head), or
+#: the bytes of a frame (TRAILERS) that must follow the data.
+PendingItem: TypeAlias = "list[Any] | bytes"
 
 
 class Role(enum.Enum):
@@ -160,7 +166,7 @@ class Stream:
         self.recv_partial = 0
         #: Outgoing items waiting for credit: [memoryview, flags] for data, bytes for a frame
         #: (TRAILERS) that must follow the data.  None when nothing waits.
-        self.pending = None
+        self.pending: deque[PendingItem] | None = None
         #: Small messages queued by open_batch()'s caller, not yet framed (None: no batch).
         self.batch: list[bytes] | None = None
         #: Chunks of a message still arriving (MORE flag).
