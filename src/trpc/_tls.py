@@ -75,7 +75,7 @@ def describe_tls_failure(exc: BaseException) -> str | None:
     return f"TLS failed: {reason or error}"
 
 
-def is_tls_record(data: bytes) -> bool:
+def is_tls_record(data: bytes | bytearray) -> bool:
     """``data`` starts like a TLS alert or handshake record."""
     return len(data) >= 1 and data[0] in _TLS_CONTENT_TYPES and (len(data) == 1 or data[1] == 0x03)
 

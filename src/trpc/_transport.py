@@ -42,23 +42,27 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import trio
 
 from ._errors import RemoteProtocolError
 from ._tls import describe_tls_failure, is_tls_record
 from ._events import (
+    CborValue,
     ConnectionClosed,
+    Event,
     GoAwayReceived,
     InfoReceived,
     PingAcknowledged,
     PingReceived,
+    Payload,
     PrefaceReceived,
     SendCreditAvailable,
     WireConnection,
 )
 from ._keepalive import Keepalive
+from ._status import Status
 
 __all__ = ["TrioConnection", "Parker", "RECEIVE_SIZE", "WRITE_HIGH_WATER", "SEND_HIGH_WATER"]
 
@@ -125,7 +129,7 @@ class Parker:
     __slots__ = ("_task", "_flag")
 
     def __init__(self) -> None:
-        self._task: Any = None
+        self._task: trio.lowlevel.Task | None = None
         self._flag = False
 
     def unpark(self) -> None:
@@ -145,12 +149,12 @@ class Parker:
         self._task = _current_task()
         await _wait_task_rescheduled(self._abort)
 
-    def _abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
+    def _abort(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
         self._task = None
         return _SUCCEEDED
 
 
-def _coalesce(parts: list) -> list:
+def _coalesce(parts: Sequence[bytes | memoryview]) -> Sequence[bytes | memoryview]:
     """The buffers to write for ``parts``: runs of small parts joined into one, large parts
     (a big message's payload) on their own, so that they are never copied."""
     if len(parts) == 1:
@@ -160,8 +164,8 @@ def _coalesce(parts: list) -> list:
         total += len(part)
     if total < _SEND_BIG:
         return [b"".join(parts)]
-    buffers = []
-    run: list = []
+    buffers: list[bytes | memoryview] = []
+    run: list[bytes | memoryview] = []
     for part in parts:
         if len(part) >= _SEND_BIG:
             if run:
@@ -222,20 +226,24 @@ class TrioConnection:
         self.calls: dict[int, Any] = {}
 
     # ----------------------------------------------------------- queuing output
-    def open_call(self, method: str, metadata: dict | None, timeout: float | None, end_stream: bool = False) -> int:
+    def open_call(
+        self, method: str, metadata: dict[str, str | bytes] | None, timeout: float | None, end_stream: bool = False
+    ) -> int:
         """Open a call (client); see ``Connection.open_call``."""
         stream_id = self.conn.open_call(method, metadata=metadata, timeout=timeout, end_stream=end_stream)
         self._writer_wakeup.unpark()
         return stream_id
 
-    def open_unary_call(self, method: str, message: Any, metadata: dict | None, timeout: float | None) -> tuple[int, bool]:
+    def open_unary_call(
+        self, method: str, message: Payload, metadata: dict[str, str | bytes] | None, timeout: float | None
+    ) -> tuple[int, bool]:
         """Open a call with its one request message (client), sent at once if it is the only
         call in flight (see ``_send_soon``); see ``Connection.open_unary_call``."""
         result = self.conn.open_unary_call(method, message, metadata=metadata, timeout=timeout)
         self._send_soon()
         return result
 
-    def send_message(self, stream_id: int, payload: Any, end_stream: bool = False) -> bool:
+    def send_message(self, stream_id: int, payload: Payload, end_stream: bool = False) -> bool:
         """Queue a message; False if some waits for credit (see ``Connection.send_message``)."""
         sent = self.conn.send_message(stream_id, payload, end_stream=end_stream)
         self._writer_wakeup.unpark()
@@ -246,24 +254,24 @@ class TrioConnection:
         self.conn.end_stream(stream_id)
         self._writer_wakeup.unpark()
 
-    def send_headers(self, stream_id: int, metadata: dict | None) -> None:
+    def send_headers(self, stream_id: int, metadata: dict[str, str | bytes] | None) -> None:
         """Response headers (server)."""
         self.conn.send_headers(stream_id, metadata)
         self._writer_wakeup.unpark()
 
-    def send_trailers(self, stream_id: int, status: Any, message: str = "", details: Any = None,
-                      metadata: dict | None = None) -> None:
+    def send_trailers(self, stream_id: int, status: Status, message: str = "", details: CborValue = None,
+                      metadata: dict[str, str | bytes] | None = None) -> None:
         """End a call with its status (server), sent at once if it was the only call running."""
         self.conn.send_trailers(stream_id, status, message, details, metadata)
         self._send_soon()
 
-    def refuse_call(self, stream_id: int, status: Any, message: str = "") -> None:
+    def refuse_call(self, stream_id: int, status: Status, message: str = "") -> None:
         """End a call never run, saying so (server; see ``Connection.refuse_call``): the
         client may retry it anywhere."""
         self.conn.refuse_call(stream_id, status, message)
         self._send_soon()
 
-    def cancel(self, stream_id: int, reason: Any, message: str) -> None:
+    def cancel(self, stream_id: int, reason: Status, message: str) -> None:
         """Cancel a call (client); a no-op for a call that has ended."""
         self.conn.cancel(stream_id, reason, message)
         self._writer_wakeup.unpark()
@@ -275,7 +283,7 @@ class TrioConnection:
         if conn.has_data_to_send:
             self._writer_wakeup.unpark()
 
-    def goaway(self, status: Any, message: str) -> None:
+    def goaway(self, status: Status, message: str) -> None:
         """Say we are going away (once)."""
         self.conn.goaway(status, message)
         self._writer_wakeup.unpark()
@@ -285,7 +293,7 @@ class TrioConnection:
         self.conn.ping(payload)
         self._writer_wakeup.unpark()
 
-    def open_batch(self, stream_id: int) -> list:
+    def open_batch(self, stream_id: int) -> list[bytes]:
         """A stream's batch (see ``Connection.open_batch``).  Its owner appends to it and
         calls ``wake_writer`` when a batch starts, so the writer frames it when it runs."""
         return self.conn.open_batch(stream_id)
@@ -294,7 +302,7 @@ class TrioConnection:
         """Let the writer send what is queued (for a batch's owner, and for the preface)."""
         self._writer_wakeup.unpark()
 
-    async def wait_for_credit(self, stream_id: int, wakeup: Parker, ended: Any) -> None:
+    async def wait_for_credit(self, stream_id: int, wakeup: Parker, ended: Callable[[], bool]) -> None:
         """After a send that left output waiting for credit: wait until the peer's credit has
         let all of this stream's messages go, or ``ended()`` says the call is over (its owner
         unparks ``wakeup`` on SendCreditAvailable and when the call ends)."""
@@ -374,6 +382,7 @@ class TrioConnection:
         task that sends, and errors are handled by the caller.  A cancel point only if the
         socket is full (the writer parks between batches, which is its schedule point)."""
         sock = self._socket
+        assert sock is not None  # the writer's choice for a plain TCP stream only
         while True:
             try:
                 sent = _write(sock.fileno(), data)
@@ -404,6 +413,7 @@ class TrioConnection:
         that docs/PERFORMANCE.md measures).  Same schedule point: data there at once is
         followed by a checkpoint, otherwise the wait for it is one."""
         sock = self._socket
+        assert sock is not None  # the reader's choice for a plain TCP stream only
         try:
             data = _read(sock.fileno(), max_bytes)
         except BlockingIOError:
@@ -423,6 +433,7 @@ class TrioConnection:
         conn = self.conn
         receive_some = self.stream.receive_some if self._socket is None else self._receive
         handle = self.handle_event
+        data: bytes | bytearray
         try:
             with self._reader_scope:
                 while True:
@@ -526,7 +537,7 @@ class TrioConnection:
     def connection_lost(self, reason: str) -> None:
         """The byte stream is dead: subclasses end everything still running on it."""
 
-    def handle_event(self, event: Any) -> None:
+    def handle_event(self, event: Event) -> None:
         """React to one protocol event (called by the reader, synchronously)."""
         self._DISPATCH[type(event)](self, event)
 
@@ -535,13 +546,13 @@ class TrioConnection:
         if call is not None:
             call.credit_wakeup.unpark()
 
-    def _ignore(self, event: Any) -> None:
+    def _ignore(self, event: Event) -> None:
         pass
 
     #: Event class -> handler, for handle_event: plain functions in a class attribute (a table
     #: of bound methods would be a reference cycle, keeping a closed connection in memory until
     #: the garbage collector runs).  Subclasses extend it with theirs.
-    _DISPATCH: dict[type, Any] = {
+    _DISPATCH: dict[type[Event], Callable[[Any, Any], None]] = {
         SendCreditAvailable: _on_credit,
         PrefaceReceived: _ignore,
         PingReceived: _ignore,

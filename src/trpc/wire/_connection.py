@@ -843,7 +843,7 @@ class Connection:
             self._frame(FrameType.GOAWAY, 0, 0, _control.encode_goaway(last, status, message))
 
     # ------------------------------------------------------------------ input
-    def receive_data(self, data: bytes, *, max_frames: int | None = None, now: float | None = None) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray, *, max_frames: int | None = None, now: float | None = None) -> list[Event]:
         """Process bytes received from the peer; ``b""`` means the peer closed its side.
 
         ``now`` is when the bytes arrived, on any clock in seconds (the core reads none); only
@@ -939,7 +939,7 @@ class Connection:
             message = f"protocol error: {exc}"
             self._frame(FrameType.GOAWAY, 0, 0, _control.encode_goaway(self._streams.last_id, exc.error_code, message))
 
-    def _receive_preface(self, data: bytes, events: list[Event]) -> bytes:
+    def _receive_preface(self, data: bytes | bytearray, events: list[Event]) -> bytes:
         buf = self._preface_buf + bytes(data)
         size = PREFACE.size
         # Check the magic as soon as it could be wrong, not only once the whole preface is here.
