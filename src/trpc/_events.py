@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CborValue",
+    "MessageCodec",
     "Payload",
     "WireConnection",
     "Event",
@@ -54,6 +55,16 @@ CborValue: TypeAlias = Any
 Payload: TypeAlias = "bytes | list[bytes]"
 
 _EVENT = dict(slots=True, kw_only=True)
+
+
+class MessageCodec(Protocol):
+    """How a call's messages are encoded when not in trpc's CBOR: a protobuf codec of the gRPC
+    wire (``trpc.grpc._proto.MethodCodec``, and the standard services' in ``trpc.grpc``)."""
+
+    def decode_request(self, data: bytes) -> tuple[list[Any], dict[str, Any]]: ...
+    def decode_item(self, data: bytes) -> CborValue: ...
+    def encode_response(self, value: CborValue) -> bytes: ...
+    def encode_item(self, value: CborValue) -> bytes: ...
 
 
 class Event:
@@ -86,7 +97,7 @@ class CallOpened(Event):
     metadata: dict[str, str | bytes]
     timeout: float | None
     end_stream: bool = False
-    codec: Any = None
+    codec: MessageCodec | None = None
 
 
 @dataclass(**_EVENT)
@@ -229,7 +240,7 @@ class WireConnection(Protocol):
     @property
     def backlog(self) -> int: ...
     def data_to_send(self) -> bytes: ...
-    def data_to_send_list(self) -> list[bytes]: ...
+    def data_to_send_list(self) -> Sequence[bytes | memoryview]: ...
     def requeue(self, data: bytes) -> None: ...
     @property
     def has_data_to_send(self) -> bool: ...

@@ -54,7 +54,7 @@ import types
 from collections import deque
 from contextlib import aclosing
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Literal, Sequence, TypedDict, TypeVar, cast
 
 import trio
 
@@ -65,10 +65,14 @@ from ._errors import LocalProtocolError, MessageTooLargeError, RpcError
 from ._events import (
     CallCancelled,
     CallOpened,
+    CborValue,
     GoAwayReceived,
+    MessageCodec,
     MessagesReceived,
+    Payload,
     PrefaceReceived,
     StreamEnded,
+    WireConnection,
 )
 from .wire import (
     DEFAULT_CONNECTION_WINDOW,
@@ -86,7 +90,7 @@ from ._health import HealthRegistry, HealthService, HealthStatus
 from ._interceptors import run_chain
 from ._keepalive import SERVER_KEEPALIVE_TIME, SERVER_KEEPALIVE_TIMEOUT, Keepalive, check_keepalive, set_tcp_keepalive
 from ._reflection import ReflectionService, build_document
-from ._service import Cardinality, MethodInfo, MethodTable, explain_mismatch
+from ._service import Cardinality, MethodInfo, MethodTable, Service, explain_mismatch
 from ._status import Status
 from ._tls import send_pending_alert
 from ._transport import RECEIVE_SIZE, Parker, TrioConnection
@@ -208,7 +212,7 @@ class _ServerCall:
         "codec",
     )
 
-    def __init__(self, stream_id: int, handler: Callable, info: MethodInfo, context: CallContext):
+    def __init__(self, stream_id: int, handler: Callable[..., Any], info: MethodInfo, context: CallContext):
         self.id = stream_id
         self.info = info
         self.handler = handler
@@ -217,7 +221,7 @@ class _ServerCall:
         #: a cancellation is only recorded (cancel_requested), and applied when it starts.
         self.scope: trio.CancelScope | None = None
         self.cancel_requested = False
-        self.inbox: deque[bytes] = deque()
+        self.inbox: deque[Payload] = deque()
         #: Bytes of request messages in the inbox (counted in the server's max_buffered_bytes).
         self.buffered = 0
         self.ended = False  # the client sent END_STREAM
@@ -226,7 +230,7 @@ class _ServerCall:
         self.inbox_wakeup = Parker()
         self.credit_wakeup = Parker()
         #: How the call's messages are encoded when not in CBOR (see trpc.grpc); None: CBOR.
-        self.codec: Any = None
+        self.codec: MessageCodec | None = None
 
     def is_finished(self) -> bool:
         return self.finished
@@ -239,7 +243,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self.wakeup = Parker()
-        self.job: tuple | None = None
+        self.job: tuple[_ServerCall, Payload | None] | None = None
 
 
 @types.coroutine
@@ -311,12 +315,12 @@ class _RequestStream:
             self._unacked = 0
         codec = call.codec
         if codec is not None:
-            return codec.decode_item(payload if type(payload) is bytes else b"".join(payload))
+            return codec.decode_item(payload if type(payload) is bytes else b"".join(cast("list[bytes]", payload)))
         return decode(payload, what="request message", status=Status.INVALID_ARGUMENT)
 
 
 class _ServerConnection(TrioConnection):
-    def __init__(self, server: "Server", stream: trio.abc.Stream, conn: Connection, peer: str) -> None:
+    def __init__(self, server: "Server", stream: trio.abc.Stream, conn: WireConnection, peer: str) -> None:
         super().__init__(stream, conn, peer)
         self.server = server
         self.calls: dict[int, _ServerCall]
@@ -509,7 +513,7 @@ class _ServerConnection(TrioConnection):
                 self._calls_ended()
         return call
 
-    def _start(self, call: _ServerCall, payload: bytes | None) -> None:
+    def _start(self, call: _ServerCall, payload: Payload | None) -> None:
         call.started = True
         self.server._running += 1
         idle = self._idle_workers
@@ -518,9 +522,10 @@ class _ServerConnection(TrioConnection):
             worker.job = (call, payload)
             worker.wakeup.unpark()
         else:
+            assert self.nursery is not None  # set before the reader hands on any call
             self.nursery.start_soon(self._work, call, payload)
 
-    async def _work(self, call: _ServerCall | None, payload: bytes | None) -> None:
+    async def _work(self, call: _ServerCall | None, payload: Payload | None) -> None:
         """A handler task: runs ``call``, then, while fewer than _IDLE_WORKERS wait, waits for
         the next call of this connection and runs it.
 
@@ -562,7 +567,7 @@ class _ServerConnection(TrioConnection):
                     ran = None
                 call, payload, worker = await self._next_call(worker)
 
-    async def _next_call(self, worker: _Worker | None) -> tuple:
+    async def _next_call(self, worker: _Worker | None) -> tuple[_ServerCall | None, Payload | None, _Worker | None]:
         """Wait for this connection's next call, unless enough tasks wait already; returns
         ``(call, payload, worker)``, with call None when this task should end."""
         idle = self._idle_workers
@@ -589,10 +594,12 @@ class _ServerConnection(TrioConnection):
                         pass
                 self.server._call_ended()
             raise
-        (call, payload), worker.job = worker.job, None
+        job = worker.job
+        assert job is not None  # _start hands a call over before the wake-up
+        (call, payload), worker.job = job, None
         return call, payload, worker
 
-    def _finish(self, call: _ServerCall, status: Status, message: str = "", details: Any = None) -> None:
+    def _finish(self, call: _ServerCall, status: Status, message: str = "", details: CborValue = None) -> None:
         """Send the trailers (once) and forget the call."""
         if call.finished:
             return
@@ -608,7 +615,7 @@ class _ServerConnection(TrioConnection):
         self._finish(call, status, message)
         _cancel_handler(call)
 
-    def _encode(self, call: _ServerCall, value: Any) -> bytes | list:
+    def _encode(self, call: _ServerCall, value: CborValue) -> Payload:
         """A response value as message bytes."""
         try:
             return encode(value) if call.codec is None else call.codec.encode_response(value)
@@ -617,7 +624,7 @@ class _ServerConnection(TrioConnection):
         except Exception as exc:
             raise RpcError(Status.INTERNAL, f"{call.info.name}: cannot encode the response: {exc}") from None
 
-    def _queue(self, call: _ServerCall, payload: bytes | list) -> bool:
+    def _queue(self, call: _ServerCall, payload: Payload) -> bool:
         """Queue one response message on the wire connection (False: some waits for credit);
         one the client would refuse ends the call with RESOURCE_EXHAUSTED.  The writer is
         not woken: the caller sends the message with the next thing it queues (a unary
@@ -630,7 +637,7 @@ class _ServerConnection(TrioConnection):
                 f"{call.info.name}: response message of {exc.size} bytes exceeds the client's limit of {exc.limit}",
             ) from None
 
-    async def _send(self, call: _ServerCall, payload: bytes | list) -> None:
+    async def _send(self, call: _ServerCall, payload: Payload) -> None:
         """Send one response message, waiting for credit if the client is slow."""
         if call.finished:
             # The call ended while the handler was still producing (cancelled by the client).
@@ -654,7 +661,7 @@ class _ServerConnection(TrioConnection):
             return
         await self.wait_for_credit(stream_id, call.credit_wakeup, call.is_finished)
 
-    async def _invoke(self, call: _ServerCall, payload: bytes | None) -> Any:
+    async def _invoke(self, call: _ServerCall, payload: Payload | None) -> Any:
         """Decode the arguments, run the handler and send what it produces.
 
         Returns the result of a unary or client-streaming handler (None for the streaming
@@ -662,12 +669,14 @@ class _ServerConnection(TrioConnection):
         """
         info = call.info
         codec = call.codec
+        args: Sequence[Any]
+        kwargs: dict[str, Any]
         if payload is None:
             args, kwargs = [_RequestStream(call, self)], {}
         elif codec is None:
             args, kwargs = decode_arguments(payload)
         else:
-            args, kwargs = codec.decode_request(payload if type(payload) is bytes else b"".join(payload))
+            args, kwargs = codec.decode_request(payload if type(payload) is bytes else b"".join(cast("list[bytes]", payload)))
         try:
             target = call.handler(*args, **kwargs)
         except TypeError as exc:  # raised before the body runs: the arguments do not bind
@@ -726,7 +735,7 @@ class _ServerConnection(TrioConnection):
             await self.wait_for_credit(call.id, call.credit_wakeup, call.is_finished)  # rare
         return result
 
-    async def _run(self, call: _ServerCall, payload: bytes | None) -> None:
+    async def _run(self, call: _ServerCall, payload: Payload | None) -> None:
         _current.set(call.context)
         info = call.info
         status, message, details = Status.OK, "", None
@@ -767,7 +776,30 @@ _ServerConnection._DISPATCH = {
 
 #: The options of trpc's wire connection that the gRPC wire takes as they are (its limits and
 #: ping policing: docs/LIMITS.md applies to both).
-_GRPC_SHARED_OPTIONS = (
+#: What serves one accepted stream (see ``Server._connection_server``).
+_StreamServer = Callable[[trio.SocketStream], Awaitable[None]]
+_ListenerT = TypeVar("_ListenerT", bound=trio.abc.Listener[trio.SocketStream])
+
+
+class _ConnectionOptions(TypedDict):
+    """The options of every trpc wire connection of a server (``Connection``'s arguments)."""
+
+    max_message_size: int
+    max_concurrent_streams: int
+    max_frame_size: int
+    stream_window: int
+    connection_window: int
+    max_incomplete_bytes: int | None
+    min_ping_interval: float | None
+    max_ping_strikes: int
+    idempotent_methods: frozenset[str]
+    methods: dict[str, Cardinality]
+
+
+_GRPC_SHARED_OPTIONS: tuple[Literal[
+    "max_message_size", "max_concurrent_streams", "max_frame_size", "stream_window", "connection_window",
+    "max_incomplete_bytes", "min_ping_interval", "max_ping_strikes",
+], ...] = (
     "max_message_size", "max_concurrent_streams", "max_frame_size", "stream_window", "connection_window",
     "max_incomplete_bytes", "min_ping_interval", "max_ping_strikes",
 )
@@ -857,7 +889,7 @@ class Server:
         #: Every service's serving status (see trpc._health): "" and each service's name.
         self._health = HealthRegistry(self._table.services)
         describe = ReflectionService() if reflection else None
-        extra = ((HealthService(self._health),) if health else ()) + ((describe,) if describe else ())
+        extra: tuple[Service, ...] = ((HealthService(self._health),) if health else ()) + ((describe,) if describe else ())
         if reflection and grpc:
             # gRPC's own reflection (v1 and v1alpha), in protobuf, for grpcurl and friends:
             # only with the protobuf package (trpc.grpc._proto), which it answers from.
@@ -879,7 +911,7 @@ class Server:
         )
         self._interceptors = tuple(interceptors)
         self._framer = get_framer(framer)
-        self._connection_options = dict(
+        self._connection_options = _ConnectionOptions(
             max_message_size=max_message_size,
             max_concurrent_streams=max_concurrent_streams,
             max_frame_size=max_frame_size,
@@ -1032,7 +1064,9 @@ class Server:
         The client's preface must arrive within ``preface_timeout`` seconds."""
         await self._serve_connection(stream, peer, trio.current_time() + self.preface_timeout)
 
-    async def _first_bytes(self, stream: trio.abc.Stream, peer: str, preface_deadline: float) -> bytes | None:
+    async def _first_bytes(
+        self, stream: trio.abc.Stream, peer: str, preface_deadline: float
+    ) -> bytes | bytearray | None:
         """The client's first bytes, which say which wire it speaks; None (and the stream
         closed) if none came within the preface timeout, or the server is shutting down."""
         data = None
@@ -1056,6 +1090,7 @@ class Server:
         return data
 
     async def _serve_connection(self, stream: trio.abc.Stream, peer: str | None, preface_deadline: float) -> None:
+        first: bytes | bytearray | None  # (declared apart, so that the checkers narrow it)
         first = b""
         speaks_grpc = False
         if self._grpc is not None:
@@ -1070,6 +1105,7 @@ class Server:
                     return
                 speaks_grpc = self._grpc.looks_like_http2(first)
         if speaks_grpc:
+            assert self._grpc is not None  # speaks_grpc only when gRPC is on
             conn = self._grpc.GrpcConnection(**self._grpc_options)
         else:
             conn = Connection("server", framer=self._framer, **self._connection_options)
@@ -1202,7 +1238,7 @@ class Server:
             handler_nursery, task_status,
         )
 
-    def _connection_server(self, ssl_context: ssl.SSLContext | None) -> Callable:
+    def _connection_server(self, ssl_context: ssl.SSLContext | None) -> _StreamServer:
         """What serves one accepted stream: serve_stream, or the TLS handshake first.  The
         TLS context is made to offer the wires served by ALPN: ``h2`` (gRPC, unless
         ``grpc=False``) and ``trpc/1``."""
@@ -1215,7 +1251,7 @@ class Server:
         return partial(self._serve_tls_connection, ssl_context)
 
     async def _serve_listeners(
-        self, listeners: list, serve: Callable, where: str, address: Any,
+        self, listeners: list[_ListenerT], serve: _StreamServer, where: str, address: Any,
         handler_nursery: trio.Nursery | None, task_status: trio.TaskStatus[Any],
     ) -> None:
         """Accept on ``listeners`` until shutdown or cancellation, passing every stream through
@@ -1225,7 +1261,7 @@ class Server:
         handler = partial(self._admit, serve)
         listen_scope = trio.CancelScope()
 
-        async def listen(task_status: trio.TaskStatus[None]) -> None:
+        async def listen(task_status: trio.TaskStatus[list[_ListenerT]]) -> None:
             with listen_scope:
                 await trio.serve_listeners(handler, listeners, handler_nursery=connections, task_status=task_status)
 
@@ -1241,7 +1277,7 @@ class Server:
         finally:
             self._listening.discard(listen_scope)
 
-    async def _admit(self, serve: Callable, stream: trio.SocketStream) -> None:
+    async def _admit(self, serve: _StreamServer, stream: trio.SocketStream) -> None:
         """Serve an accepted socket, or close it at once if max_connections are open (see
         trpc._admission): counted from accept to close, TLS handshakes included."""
         if self._sockets >= self.max_connections:
@@ -1259,7 +1295,7 @@ class Server:
             self._sockets -= 1
 
     async def _handshake_failed(
-        self, tls: trio.SSLStream, stream: trio.SocketStream, peer: str, exc: BaseException
+        self, tls: trio.SSLStream[trio.SocketStream], stream: trio.SocketStream, peer: str, exc: BaseException
     ) -> None:
         """Log a failed TLS handshake (rate-limited, per reason), tell the client why (the
         alert OpenSSL wrote), and close."""

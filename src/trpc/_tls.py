@@ -23,6 +23,7 @@ OpenSSL's ``WRONG_VERSION_NUMBER`` (the server's "TRPC" preface is no TLS record
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 import trio
 
@@ -81,7 +82,7 @@ def is_tls_record(data: bytes | bytearray) -> bool:
 
 
 async def send_pending_alert(
-    tls: trio.SSLStream[trio.abc.Stream], transport: trio.abc.Stream, exc: BaseException
+    tls: trio.SSLStream[Any], transport: trio.abc.Stream, exc: BaseException
 ) -> None:
     """After a failed server handshake (``exc``): send what OpenSSL queued (the alert saying
     why) on the transport under ``tls``, or to a client that spoke no TLS at all a plaintext

@@ -426,7 +426,7 @@ class TrioConnection:
         await _checkpoint()
         return data
 
-    async def reader(self, first: bytes = b"") -> None:
+    async def reader(self, first: bytes | bytearray = b"") -> None:
         """Receive, parse and dispatch until the peer closes or breaks the connection.
         ``first``: bytes already received from the stream (the server reads some to tell
         which wire the client speaks), processed before any others."""
