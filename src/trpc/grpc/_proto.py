@@ -25,12 +25,12 @@ implementation.  It works in three steps, each owning one fact:
 
 The codec interface (the HTTP/2 adapter calls it)::
 
-    build_codecs(methods: Mapping[str, tuple[handler, MethodInfo]]) -> dict[str, MethodCodec | str]
+    build_codecs(methods: Mapping[str, tuple[handler, MethodInfo]]) -> dict[str, MessageCodec | str]
         methods: path -> (bound handler, MethodInfo), as MethodTable.methods holds them.
         Returns path -> a MethodCodec, or the one-line reason the method has none (the adapter
         answers such a call with UNIMPLEMENTED and that reason).  Logs one warning listing the
         methods without a mapping.
-    MethodCodec.decode_request(data: bytes) -> tuple[list, dict]   # args, kwargs of the handler
+    MethodCodec.decode_request(data: bytes) -> tuple[list[Any], dict[str, Any]]   # args, kwargs of the handler
     MethodCodec.encode_response(value) -> bytes                    # unary / client-stream result
     MethodCodec.decode_item(data: bytes) -> value                  # one client-stream item
     MethodCodec.encode_item(value) -> bytes                        # one server-stream item
@@ -56,12 +56,19 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, cast
 
 from .._errors import ProtoMappingError, RpcError
 from .._reflection import type_text
 from .._service import Cardinality, MethodInfo, Service
 from .._status import Status
+
+if TYPE_CHECKING:
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from google.protobuf.message import Message
+
+    from .._events import MessageCodec
+    from .._server import Server
 
 __all__ = [
     "MethodCodec",
@@ -123,7 +130,7 @@ _MAP_KEYS = (str, int, bool)
 class _EnumRef:
     """A Python enum whose values are integers, as a proto3 enum."""
 
-    cls: type
+    cls: type[enum.Enum]
     name: str  # the full protobuf name
 
 
@@ -312,12 +319,12 @@ class _Analyser:
                                 "(int, float, bool, str, bytes, list[T], dict[K, V], T | None, "
                                 "@trpc.message classes and int enums map)")
 
-    def enum(self, cls: type) -> _EnumRef:
+    def enum(self, cls: type[enum.Enum]) -> _EnumRef:
         ref = self.enums.get(cls)
         if ref is not None:
             return ref
         text = type_text(cls)
-        values = [member.value for member in cls]  # type: ignore[attr-defined]
+        values = [member.value for member in cls]
         if not all(isinstance(v, int) and not isinstance(v, bool) and _INT32[0] <= v <= _INT32[1] for v in values):
             raise _Unmappable(text, "an enum maps only if its values are 32-bit integers")
         if 0 not in values:
@@ -329,7 +336,7 @@ class _Analyser:
         return ref
 
     def message(self, cls: type) -> _MessageRef:
-        name = cls.__trpc_message__[0]
+        name = cls.__trpc_message__[0]  # type: ignore[attr-defined]  # kind() found it on the class
         ref = _MessageRef(cls, name)
         known = self.messages.get(cls)
         if isinstance(known, _Unmappable):
@@ -346,7 +353,7 @@ class _Analyser:
         try:
             hints = _hints(cls)
             by_attr = {f.name: f for f in dataclasses.fields(cls)}
-            for number, attr in sorted(cls.__trpc_message__[1]):
+            for number, attr in sorted(cls.__trpc_message__[1]):  # type: ignore[attr-defined]  # as above
                 data_field = by_attr[attr]
                 if attr not in hints:
                     raise _Unmappable("", "it has no annotation", f"message {name} field {attr!r}")
@@ -365,7 +372,7 @@ class _Analyser:
         return ref
 
     # ----------------------------------------------------------------- one method
-    def method(self, service: str, handler: Callable, info: MethodInfo) -> _MethodPlan:
+    def method(self, service: str, handler: Callable[..., Any], info: MethodInfo) -> _MethodPlan:
         prefix = f"{_split(service)[1]}{_camel(info.name)}"
         package = _split(service)[0]
         qualified = f"{package}.{prefix}" if package else prefix
@@ -542,7 +549,7 @@ class _Files:
         package, short = _split(ref.name)
         enum_proto = self.file(package).enum_type.add(name=short)
         prefix = _enum_prefix(ref)
-        members = sorted(ref.cls, key=lambda m: (m.value != 0, m.value))  # type: ignore[attr-defined]
+        members = sorted(ref.cls, key=lambda m: (m.value != 0, m.value))
         for member in members:
             enum_proto.value.add(name=prefix + member.name.upper(), number=member.value)
 
@@ -641,8 +648,8 @@ def _write_message(target: Any, ref: _MessageRef, value: Any) -> None:
 
 def _enum_number(ref: _EnumRef, value: Any) -> int:
     if isinstance(value, ref.cls):
-        return value.value  # type: ignore[attr-defined]
-    return ref.cls(value).value  # type: ignore[call-arg]  # ValueError for a number it has not
+        return value.value  # type: ignore[no-any-return]  # an int: enum() maps only int enums
+    return ref.cls(value).value  # type: ignore[no-any-return]  # as above; ValueError for a number it has not
 
 
 def _read(source: Any, plan: _MessagePlan) -> dict[str, Any]:
@@ -663,7 +670,7 @@ def _read_field(value: Any, kind: Any) -> Any:
     if isinstance(kind, _Scalar):
         return value
     if isinstance(kind, _EnumRef):
-        return kind.cls(value)  # type: ignore[call-arg]  # ValueError: a number it has not
+        return kind.cls(value)  # ValueError: a number it has not
     if isinstance(kind, _MessageRef):
         return _read_message(value, kind)
     if isinstance(kind, _Repeated):
@@ -689,8 +696,8 @@ class MethodCodec:
             (items, for the streaming sides).
     """
 
-    def __init__(self, path: str, request_type: type, response_type: type, *,
-                 decode_request: Callable[[Any], tuple[list, dict]] | None = None,
+    def __init__(self, path: str, request_type: type[Message], response_type: type[Message], *,
+                 decode_request: Callable[[Any], tuple[list[Any], dict[str, Any]]] | None = None,
                  encode_response: Callable[[Any, Any], None] | None = None,
                  decode_item: Callable[[Any], Any] | None = None) -> None:
         self.path = path
@@ -706,7 +713,7 @@ class MethodCodec:
         except Exception as exc:  # DecodeError, and whatever a malformed buffer raises
             raise RpcError(Status.INVALID_ARGUMENT, f"{self.path}: cannot decode the request: {exc}") from None
 
-    def decode_request(self, data: bytes) -> tuple[list, dict]:
+    def decode_request(self, data: bytes) -> tuple[list[Any], dict[str, Any]]:
         """The handler's positional and keyword arguments from a request message.
 
         Raises:
@@ -751,23 +758,27 @@ class MethodCodec:
     encode_item = encode_response
 
 
-def _codec(plan: _MethodPlan, classes: Callable[[str], type]) -> MethodCodec:
+def _codec(plan: _MethodPlan, classes: Callable[[str], type[Message]]) -> MethodCodec:
     request = plan.request
     response = plan.response
+    decode_request: Callable[[Any], tuple[list[Any], dict[str, Any]]] | None
+    decode_item: Callable[[Any], Any] | None
     decode_request = decode_item = None
     if plan.request_mode == "params":
         params = plan.params
 
-        def decode_request(message: Any) -> tuple[list, dict]:
+        def decode_params(message: Any) -> tuple[list[Any], dict[str, Any]]:
             values = _read(message, request)
-            args: list = []
-            kwargs: dict = {}
+            args: list[Any] = []
+            kwargs: dict[str, Any] = {}
             for name, kind, has_default, default in params:
                 if kind is inspect.Parameter.POSITIONAL_ONLY:
                     args.append(values.get(name, default))
                 elif name in values:
                     kwargs[name] = values[name]
             return args, kwargs
+
+        decode_request = decode_params
     elif plan.request_mode == "message":
         ref = _MessageRef(request.cls, request.name)  # type: ignore[arg-type]
         decode_request = lambda message: ([_read_message(message, ref)], {})  # noqa: E731
@@ -801,8 +812,8 @@ class ProtoSchema:
         services: the full names of the services with at least one method in protobuf, in order.
     """
 
-    def __init__(self, files: list[Any], standard: dict[str, Any], pool: Any,
-                 codecs: dict[str, MethodCodec | str], services: list[str]) -> None:
+    def __init__(self, files: list[Any], standard: dict[str, Any], pool: DescriptorPool,
+                 codecs: dict[str, MessageCodec | str], services: list[str]) -> None:
         self.files = {fdp.name: fdp for fdp in files}
         self.standard = standard
         self.pool = pool
@@ -854,14 +865,14 @@ class ProtoSchema:
         return out
 
 
-def _special(handler: Callable, info: MethodInfo) -> str | None:
+def _special(handler: Callable[..., Any], info: MethodInfo) -> str | None:
     """Which standard codec a method takes: "health" or "reflection", else None."""
     from ._standard import special_kind
 
     return special_kind(handler, info)
 
 
-def build_schema(methods: Mapping[str, tuple[Callable, MethodInfo]], *, strict: bool = False) -> ProtoSchema:
+def build_schema(methods: Mapping[str, tuple[Callable[..., Any], MethodInfo]], *, strict: bool = False) -> ProtoSchema:
     """Map ``methods`` (path -> (handler, MethodInfo)) to protobuf.
 
     A handler is a bound method, or a class's function (its first parameter, ``self``, is
@@ -908,9 +919,9 @@ def build_schema(methods: Mapping[str, tuple[Callable, MethodInfo]], *, strict: 
                 reasons[path] = str(error)
                 del plans[path]
                 break
-    for plan in analyser.messages.values():
-        if isinstance(plan, _MessagePlan):
-            _PLANS[plan.cls] = plan  # type: ignore[index]
+    for message_plan in analyser.messages.values():
+        if isinstance(message_plan, _MessagePlan):
+            _PLANS[message_plan.cls] = message_plan  # type: ignore[index]
     files = _Files(pb)
     by_service: dict[str, list[_MethodPlan]] = {}
     for plan in plans.values():
@@ -928,10 +939,10 @@ def build_schema(methods: Mapping[str, tuple[Callable, MethodInfo]], *, strict: 
         except Exception as exc:  # a name defined twice (a user package named like a standard one)
             raise ProtoMappingError("", f"file {fdp.name}", "", f"protobuf refuses it: {exc}") from None
 
-    def classes(name: str) -> type:
-        return pb.message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+    def classes(name: str) -> type[Message]:
+        return cast("type[Message]", pb.message_factory.GetMessageClass(pool.FindMessageTypeByName(name)))
 
-    codecs: dict[str, MethodCodec | str] = {}
+    codecs: dict[str, MessageCodec | str] = {}
     for path in methods:
         if path in plans:
             codecs[path] = _codec(plans[path], classes)
@@ -948,7 +959,7 @@ def build_schema(methods: Mapping[str, tuple[Callable, MethodInfo]], *, strict: 
 _CBOR_ONLY = ("trpc.reflection.v1.Reflection/",)
 
 
-def build_codecs(methods: Mapping[str, tuple[Callable, MethodInfo]]) -> dict[str, MethodCodec | str]:
+def build_codecs(methods: Mapping[str, tuple[Callable[..., Any], MethodInfo]]) -> dict[str, MessageCodec | str]:
     """path -> a :class:`MethodCodec`, or the one-line reason the method has none; logs one
     warning listing the methods without one (see the module docstring).
 
@@ -1009,8 +1020,8 @@ def render_proto(fdp: Any, *, header: str = "") -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _methods_of(services: Iterable[Any]) -> dict[str, tuple[Callable, MethodInfo]]:
-    methods: dict[str, tuple[Callable, MethodInfo]] = {}
+def _methods_of(services: Iterable[Any]) -> dict[str, tuple[Callable[..., Any], MethodInfo]]:
+    methods: dict[str, tuple[Callable[..., Any], MethodInfo]] = {}
     for service in services:
         cls = service if isinstance(service, type) else type(service)
         if not issubclass(cls, Service) or cls is Service:
@@ -1020,7 +1031,7 @@ def _methods_of(services: Iterable[Any]) -> dict[str, tuple[Callable, MethodInfo
     return methods
 
 
-def proto_files(services: Iterable[Any]) -> dict[str, str]:
+def proto_files(services: Iterable[Service | type[Service]]) -> dict[str, str]:
     """file name -> ``.proto`` text for ``services`` (Service classes or instances), one file
     per package, dependencies first.
 
@@ -1087,7 +1098,7 @@ def proto_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def grpc_services(server: Any) -> list[Service]:
+def grpc_services(server: Server) -> list[Service]:
     """The standard services gRPC tools expect that trpc serves only over gRPC: reflection
     ``grpc.reflection.v1`` and ``v1alpha`` (``ServerReflectionInfo``), answering from the
     protobuf descriptors of the server's methods, read from ``server._table.methods`` when the
@@ -1100,7 +1111,7 @@ def grpc_services(server: Any) -> list[Service]:
         return []
     from ._standard import ServerReflectionService, ServerReflectionV1Alpha
 
-    def source() -> Mapping[str, tuple[Callable, MethodInfo]]:
+    def source() -> Mapping[str, tuple[Callable[..., Any], MethodInfo]]:
         return server._table.methods
 
     return [ServerReflectionService(source), ServerReflectionV1Alpha(source)]

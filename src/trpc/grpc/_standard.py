@@ -26,11 +26,16 @@ message.  v1alpha is the same service under its older name: its messages are v1'
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Mapping, cast
 
 from .._health import HEALTH_SERVICE, HealthService, HealthStatus
 from .._service import MethodInfo, Service, bidi_stream
 from .._status import Status
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+    from .._events import MessageCodec
 
 __all__ = ["HEALTH_FILE", "REFLECTION_FILE", "REFLECTION_V1ALPHA_FILE", "ServerReflectionService",
            "ServerReflectionV1Alpha", "files", "special_kind", "codec"]
@@ -45,7 +50,7 @@ _STRING, _INT32, _BYTES, _MESSAGE, _ENUM = 9, 5, 12, 11, 14
 _OPTIONAL, _REPEATED = 1, 3
 
 
-def _file(pb: Any, name: str, package: str, messages: list[tuple], services: list[tuple]) -> Any:
+def _file(pb: Any, name: str, package: str, messages: list[tuple[Any, ...]], services: list[tuple[Any, ...]]) -> Any:
     """A FileDescriptorProto from (message name, [(field, number, type, label, type name,
     oneof index)], [oneof names], [(enum name, [values])]) and (service, [(method, input,
     output, client streams, server streams)])."""
@@ -126,7 +131,7 @@ def files(pb: Any) -> dict[str, Any]:
     }
 
 
-def special_kind(handler: Callable, info: MethodInfo) -> str | None:
+def special_kind(handler: Callable[..., Any], info: MethodInfo) -> str | None:
     """"health" for the methods of trpc's health service, "reflection" for the reflection
     services', None for any other method."""
     owner = getattr(handler, "__self__", None)
@@ -140,13 +145,13 @@ def special_kind(handler: Callable, info: MethodInfo) -> str | None:
     return None
 
 
-def codec(kind: str, path: str, pool: Any, pb: Any) -> Any:
+def codec(kind: str, path: str, pool: Any, pb: Any) -> MessageCodec:
     """The codec of a health or reflection method (see the module docstring)."""
     from ._proto import MethodCodec
 
     if kind == "health":
-        def message_class(name: str) -> type:
-            return pb.message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+        def message_class(name: str) -> type[Message]:
+            return cast("type[Message]", pb.message_factory.GetMessageClass(pool.FindMessageTypeByName(name)))
 
         request = message_class("grpc.health.v1.HealthCheckRequest")
         response = message_class("grpc.health.v1.HealthCheckResponse")
@@ -173,7 +178,7 @@ class _BytesCodec:
 
     encode_response = encode_item
 
-    def decode_request(self, data: bytes) -> tuple[list, dict]:
+    def decode_request(self, data: bytes) -> tuple[list[Any], dict[str, Any]]:
         raise AssertionError(f"{self.path} takes a request stream")
 
 
@@ -182,19 +187,21 @@ class ServerReflectionService(Service, name=REFLECTION_SERVICE):
     protobuf descriptors of ``methods()`` (path -> (handler, MethodInfo)), read at the first
     request; see the module docstring."""
 
-    def __init__(self, methods: Callable[[], Mapping[str, tuple[Callable, MethodInfo]]]) -> None:
+    def __init__(self, methods: Callable[[], Mapping[str, tuple[Callable[..., Any], MethodInfo]]]) -> None:
         self._methods = methods
         self._schema: Any = None
-        self._classes: tuple[type, type] | None = None
+        # Message classes made at run time from descriptors: their fields are not known to the
+        # checkers, hence type[Any].
+        self._classes: tuple[type[Any], type[Any]] | None = None
 
-    def _ready(self) -> tuple[Any, type, type]:
+    def _ready(self) -> tuple[Any, type[Any], type[Any]]:
         if self._schema is None:
             from ._proto import _protobuf, build_schema
 
             pb = _protobuf()
             self._schema = build_schema(self._methods())
             pool = self._schema.pool
-            self._classes = tuple(  # type: ignore[assignment]
+            self._classes = tuple(
                 pb.message_factory.GetMessageClass(pool.FindMessageTypeByName(f"grpc.reflection.v1.{name}"))
                 for name in ("ServerReflectionRequest", "ServerReflectionResponse"))
         return (self._schema, *self._classes)  # type: ignore[misc]
