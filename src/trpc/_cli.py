@@ -56,7 +56,7 @@ import signal
 import ssl
 import sys
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import trio
 
@@ -177,10 +177,10 @@ async def _read_data(spec: str) -> str:
         raise CliError(f"trpc: -d {spec}: {reason}", EXIT_USAGE) from None
 
 
-async def _request(args: argparse.Namespace) -> tuple[list, dict]:
+async def _request(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
     """The call's positional and keyword arguments, as parsed JSON (messages not yet read)."""
-    positional: list = []
-    keywords: dict = {}
+    positional: list[Any] = []
+    keywords: dict[str, Any] = {}
     for text in args.args:
         match = _KEYWORD.match(text)
         if match is None:
@@ -342,9 +342,9 @@ def _version_text() -> str:
 
 
 # ============================================================================ connecting
-def _parse_metadata(items: Sequence[str]) -> dict[str, str]:
+def _parse_metadata(items: Sequence[str]) -> dict[str, str | bytes]:
     """``-m KEY=VALUE`` (or grpcurl's ``-H 'KEY: VALUE'``) as a metadata map."""
-    metadata = {}
+    metadata: dict[str, str | bytes] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or ":" in key:
@@ -449,7 +449,7 @@ async def _call(args: argparse.Namespace) -> int:
     raise _no_answer(args)
 
 
-async def _call_on(client: Any, args: argparse.Namespace, positional: list, keywords: dict) -> int:
+async def _call_on(client: Any, args: argparse.Namespace, positional: list[Any], keywords: dict[str, Any]) -> int:
     server = _Server(client)
     declared = await server.shape(args.method)
     path, shape = declared if declared is not None else (args.method, None)
@@ -495,7 +495,7 @@ async def _call_on(client: Any, args: argparse.Namespace, positional: list, keyw
 
 
 def _print_outcome(call: Any, status: Status | None, message: str, seconds: float,
-                   trailers: dict | None = None) -> None:
+                   trailers: dict[str, str | bytes] | None = None) -> None:
     """``-v``: the call's response headers, trailers, status and time, on stderr."""
     headers = getattr(call, "headers", None)
     if trailers is None or not trailers:
@@ -692,7 +692,7 @@ async def _serve(args: argparse.Namespace) -> int:
                     where = await nursery.start(listen)
                 except OSError as exc:  # the port or the path is taken, or cannot be used
                     place = (Address.tcp(listen.args[1], listen.args[0]) if listen.func == server.serve_tcp
-                             else Address.unix(args.unix))
+                             else Address.unix(cast(str, args.unix)))  # the Unix listener: args.unix is set
                     failure = CliError(f"trpc: cannot listen on {place}: {exc.strerror or exc}")
                     nursery.cancel_scope.cancel()
                     break
@@ -977,7 +977,7 @@ async def run(args: argparse.Namespace) -> int:
     every failure is reported in one line on stderr (the table in the module's docstring)."""
     try:
         if args.command == "proto":
-            return args.run(args)
+            return cast(int, args.run(args))  # trpc.grpc._proto.proto_command
         if args.command == "serve":
             if args.unix_mode is not None and args.unix is None:
                 raise CliError("trpc: --unix-mode needs --unix", EXIT_USAGE)

@@ -126,7 +126,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def describe_json(symbol: Symbol) -> dict:
+def describe_json(symbol: Symbol) -> dict[str, Any]:
     """The description as a JSON object: ``{"kind": "service" | "method" | "message", ...}``."""
     kind = {ServiceDescription: "service", MethodDescription: "method", MessageDescription: "message"}[type(symbol)]
     return {"kind": kind, **_plain(symbol)}

@@ -76,7 +76,7 @@ class MessageNames:
         return number
 
 
-def _as_message(value: Any) -> tuple[str, Mapping] | None:
+def _as_message(value: Any) -> tuple[str, Mapping[int, Any]] | None:
     """``(name, {number: value})`` if ``value`` is a message (a tag 27 or a registered
     class's instance), else None."""
     if isinstance(value, cbor2.CBORTag):
@@ -187,7 +187,7 @@ def from_json(value: Any, names: MessageNames) -> Any:
     return {key: from_json(item, names) for key, item in value.items()}
 
 
-def _message(value: dict, names: MessageNames) -> cbor2.CBORTag:
+def _message(value: dict[str, Any], names: MessageNames) -> cbor2.CBORTag:
     name = value[TYPE_KEY]
     if not isinstance(name, str) or name not in names.numbers:
         known = ", ".join(sorted(names.numbers)) or "none"

@@ -215,6 +215,7 @@ def _pack_factory(factory: Any) -> list[Any]:
             if spec is not None and spec.name:
                 packed.append(_MainRef(item.__qualname__, module=spec.name))
             elif getattr(main, "__file__", None):
+                assert main.__file__ is not None  # (the test above)
                 packed.append(_MainRef(item.__qualname__, path=os.path.abspath(main.__file__)))
             else:
                 raise TypeError(f"{item!r} is defined where no worker can find it (interactively): define it in a module")
@@ -273,10 +274,13 @@ def _build_services(packed: list[Any]) -> list[Service]:
                 if item.module is not None:
                     namespace: Any = importlib.import_module(item.module)
                 else:
+                    assert item.path is not None  # a _MainRef has a module or a path
                     namespace = runpy.run_path(item.path, run_name="__trpc_worker__")
             except Exception as exc:
                 raise _StartFailure(f"cannot run {item.module or item.path}: {type(exc).__name__}: {exc}") from None
-            services += _services_from(_resolve(item.qualname, namespace, item.module or item.path), item.qualname)
+            where = item.module or item.path
+            assert where is not None  # as above
+            services += _services_from(_resolve(item.qualname, namespace, where), item.qualname)
         else:
             try:
                 target = pickle.loads(item)
@@ -301,7 +305,7 @@ def _balancing_option() -> int | None:
     return None
 
 
-def _format(sockaddr: tuple) -> str:
+def _format(sockaddr: tuple[Any, ...]) -> str:
     host, port = sockaddr[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -326,7 +330,7 @@ class _Listening:
     """Where the workers listen: ``addresses`` to bind each with ``option`` (SO_REUSEPORT), or
     the inherited listening sockets ``fds``."""
 
-    addresses: list[tuple[int, tuple]]
+    addresses: list[tuple[int, tuple[Any, ...]]]
     option: int | None
     fds: list[int] = field(default_factory=list)
 
@@ -380,7 +384,7 @@ def _open_sockets(host: str | None, port: int, share: bool | None) -> tuple[list
     except OSError as exc:
         raise WorkerStartError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     held: list[socket.socket] = []
-    addresses: list[tuple[int, tuple]] = []
+    addresses: list[tuple[int, tuple[Any, ...]]] = []
     try:
         for family, _type, _proto, _name, sockaddr in infos:
             if family not in (socket.AF_INET, socket.AF_INET6) or any(sockaddr == a for _, a in addresses):
@@ -437,7 +441,7 @@ def _worker_main() -> None:
     could not start (the reason went to the supervisor)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    words = dict(word.partition("=")[::2] for word in sys.argv[2:])
+    words = {key: value for key, _, value in (word.partition("=") for word in sys.argv[2:])}
     status = os.fdopen(int(words["status-fd"]), "wb", buffering=0)
     try:
         (size,) = struct.unpack("!Q", _read_exactly(0, 8))
@@ -466,7 +470,9 @@ def _worker_main() -> None:
     sys.exit(code)
 
 
-async def _serve_worker(server: Server, listeners: list, ssl_context: Any, grace: float, status: Any) -> int:
+async def _serve_worker(
+    server: Server, listeners: list[trio.SocketListener], ssl_context: Any, grace: float, status: Any
+) -> int:
     """Serve until SIGTERM or the supervisor's end, then shut down as ``trpc serve`` does."""
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -576,6 +582,7 @@ class _Supervisor:
             line = b""
             with trio.move_on_after(self.start_timeout) as timer:
                 try:
+                    assert process.stdin is not None  # opened with stdin=subprocess.PIPE
                     await process.stdin.send_all(struct.pack("!Q", len(self.settings)) + self.settings)
                 except trio.BrokenResourceError:
                     pass  # it died already: its status pipe says how
@@ -587,6 +594,7 @@ class _Supervisor:
             text = line.decode(errors="replace").strip()
             if text == "ready":
                 worker.ready_at = trio.current_time()
+                assert self.nursery is not None  # _supervise sets it before any worker starts
                 self.nursery.start_soon(self._watch, worker)
                 return worker
             if timer.cancelled_caught:
@@ -628,6 +636,7 @@ class _Supervisor:
         delay = self.policies[worker.slot].next_delay(trio.current_time() - worker.ready_at)
         logger.warning("trpc: %s died (%s); starting another %s", self.name(worker), how,
                        f"in {delay:g} s" if delay else "now")
+        assert self.nursery is not None  # _supervise sets it before any worker starts
         self.nursery.start_soon(self._restart, worker.slot, delay)
 
     async def _restart(self, slot: int, delay: float) -> None:
@@ -708,6 +717,7 @@ class _Supervisor:
     def request_roll(self) -> None:
         self.roll_requested = True
         if not self.rolling:
+            assert self.nursery is not None  # _supervise sets it before any worker starts
             self.nursery.start_soon(self.roll)
 
     async def stop(self) -> None:
