@@ -57,10 +57,9 @@ from __future__ import annotations
 import enum
 from collections import deque
 from functools import partial
-from typing import Any, Callable, Iterable, Mapping, Sequence, cast
+from typing import Any, Callable, Iterable, Mapping, cast
 
 from .. import _framer
-from .._framer_py import Run
 from .._cext import speedups
 from .._errors import LocalProtocolError, MessageTooLargeError, RemoteProtocolError
 from .._events import (
@@ -80,6 +79,7 @@ from .._events import (
     SendCreditAvailable,
     StreamEnded,
 )
+from .._framer_py import Run
 from .._service import SHAPE_CODES, Cardinality
 from .._status import Status
 from . import _control
