@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import cbor2
 
@@ -68,6 +68,8 @@ def _cbor2_loads(payload: bytes) -> Any:
     return value
 
 
+_dumps: Callable[[Any], bytes]
+_loads: Callable[[bytes], Any]
 if speedups is None:
     _dumps, _loads = _cbor2_dumps, _cbor2_loads
 else:

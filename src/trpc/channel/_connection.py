@@ -30,7 +30,8 @@ import trio
 
 from .._errors import RpcError
 from .._events import (
-    CallEnded, GoAwayReceived, HeadersReceived, InfoReceived, MessagesReceived, PingAcknowledged, PrefaceReceived,
+    CallEnded, GoAwayReceived, HeadersReceived, InfoReceived, MessagesReceived, Payload, PingAcknowledged,
+    PrefaceReceived,
 )
 from .._server import format_peer
 from .._service import Cardinality
@@ -71,7 +72,7 @@ class ClientCall:
         self.connection = connection
         #: Part of the request went unframed for lack of credit (see Client._open).
         self.unsent = False
-        self.inbox: deque[bytes] = deque()
+        self.inbox: deque[Payload] = deque()
         self.status: Status | None = None
         self.message = ""
         self.details: Any = None
@@ -349,9 +350,11 @@ class ConnectLimit:
 
 def _os_reason(exc: OSError) -> str:
     """The most specific reason in a failed connect ("Connection refused"), not Trio's summary."""
-    cause = exc.__cause__
-    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
-        cause = cause.exceptions[0]
+    cause: BaseException | None = exc.__cause__
+    # An exception group's first member, down to a leaf (by attribute: on Python 3.10 the group
+    # is the exceptiongroup backport's class, not a builtin).
+    while (members := getattr(cause, "exceptions", None)):
+        cause = members[0]
     if isinstance(cause, OSError):
         # Trio's per-address error keeps the errno but words strerror as "Error connecting to
         # ('h', p): Connection refused"; the errno's own words are the specific part.

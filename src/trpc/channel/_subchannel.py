@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._codec import _loads, encode_arguments
+from .._codec import decode, encode_arguments
 from .._errors import RpcError
 from .._health import WATCH_METHOD, HealthStatus
 from .._status import Status
+from ..wire._connection import message_size
 from ._connection import ClientCall, ClientConnection, ConnectLimit, open_connection
 
 if TYPE_CHECKING:
@@ -237,8 +238,8 @@ class Subchannel:
                 if not call.inbox:
                     break
                 payload = call.inbox.popleft()
-                connection.consumed(call.id, len(payload))
-                self._health(connection, HealthStatus.from_wire(_loads(payload)) is HealthStatus.SERVING)
+                connection.consumed(call.id, message_size(payload))
+                self._health(connection, HealthStatus.from_wire(decode(payload)) is HealthStatus.SERVING)
         except trio.Cancelled:
             if call.status is None and connection.broken is None:
                 connection.calls.pop(call.id, None)
