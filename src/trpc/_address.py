@@ -13,6 +13,8 @@ The text forms:
 - ``host:port``: TCP.  An IPv6 address is written in brackets, ``[::1]:50051`` (as it is
   printed); ``::1:50051`` is also read, the last colon introducing the port, since a port is
   always given.  The port is 1 to 65535.
+- ``quic://host:port``: QUIC over UDP (trpc.quic, docs/PROTOCOL.md section 15), opened by
+  trpc.quic rather than :func:`open_stream`, since it is no byte stream.
 - ``unix:PATH``: a Unix socket at PATH, absolute (``unix:/run/app.sock``) or relative to the
   working directory (``unix:app.sock``).  ``unix:///run/app.sock`` is read too: it is gRPC's
   URI form, where what follows ``unix://`` must be an absolute path.  Text starting with
@@ -36,6 +38,8 @@ from ._keepalive import set_tcp_keepalive
 __all__ = ["Address", "parse_address", "open_stream"]
 
 _UNIX = "unix:"
+#: The prefix of a QUIC address (trpc.quic): ``quic://host:port``.
+_QUIC = "quic://"
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class Address:
     path: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind == "tcp":
+        if self.kind in ("tcp", "quic"):
             if not self.host or self.port is None or self.path is not None:
                 raise ValueError("a TCP address has a host and a port, and no path")
             if any(c in "[]/" or c.isspace() or not c.isprintable() for c in self.host):
@@ -62,7 +66,7 @@ class Address:
             if "\0" in self.path:
                 raise ValueError("a Unix socket path cannot hold a NUL character")
         else:
-            raise ValueError(f"address kind must be 'tcp' or 'unix', got {self.kind!r}")
+            raise ValueError(f"address kind must be 'tcp', 'quic' or 'unix', got {self.kind!r}")
 
     @classmethod
     def tcp(cls, host: str, port: int) -> "Address":
@@ -78,6 +82,8 @@ class Address:
             # "unix://x" would read as the URI form, whose path must start with "/".
             return f"unix://{self.path}" if self.path.startswith("//") else f"{_UNIX}{self.path}"
         assert self.host is not None
+        if self.kind == "quic":
+            return f"{_QUIC}[{self.host}]:{self.port}" if ":" in self.host else f"{_QUIC}{self.host}:{self.port}"
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
@@ -96,6 +102,11 @@ def parse_address(text: str) -> Address:
         if not path:
             raise ValueError(f"expected unix:PATH, got {text!r}")
         return Address.unix(path)
+    if text.startswith(_QUIC):
+        tcp = parse_address(text[len(_QUIC):])
+        if tcp.kind != "tcp":
+            raise ValueError(f"expected quic://HOST:PORT, got {text!r}")
+        return Address("quic", host=tcp.host, port=tcp.port)
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

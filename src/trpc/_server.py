@@ -1110,7 +1110,12 @@ class Server:
         else:
             conn = Connection("server", framer=self._framer, **self._connection_options)
         conn.initiate()
-        connection = _ServerConnection(self, stream, conn, peer or format_peer(stream))
+        await self._run_connection(_ServerConnection(self, stream, conn, peer or format_peer(stream)), first,
+                                   preface_deadline)
+
+    async def _run_connection(self, connection: _ServerConnection, first: bytes, preface_deadline: float) -> None:
+        """Run one connection (its reader, writer and timers) until it ends, then close it: for
+        every wire, trpc.quic's connections included."""
         if self._keepalive_time is not None:
             connection.keepalive = Keepalive(self._keepalive_time, self._keepalive_timeout, only_with_calls=False)
         self._connections.add(connection)
@@ -1237,6 +1242,28 @@ class Server:
             [listener], self._connection_server(ssl_context), f"unix:{listener.path}", listener.path,
             handler_nursery, task_status,
         )
+
+    async def serve_quic(
+        self,
+        port: int,
+        host: str = DEFAULT_HOST,
+        *,
+        certfile: str,
+        keyfile: str | None = None,
+        client_ca: str | None = None,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on UDP and serve every QUIC connection (trpc.quic; docs/PROTOCOL.md section 15),
+        until cancelled or shut down, with the same limits, admission and shutdown as
+        ``serve_tcp``; run it beside ``serve_tcp`` to serve both.  QUIC is always TLS 1.3:
+        ``certfile`` (PEM, the chain) and ``keyfile`` (PEM; omitted when ``certfile`` holds
+        it) are the server's identity; with ``client_ca`` (PEM), a client must present a
+        certificate it signed (mutual TLS).  ``task_status.started`` reports ``(host, port)``.
+        Needs the ``qh3`` package."""
+        from .quic._transport import serve_quic, server_configuration
+
+        configuration = server_configuration(certfile, keyfile, client_ca=client_ca)
+        await serve_quic(self, port, host or DEFAULT_HOST, configuration, task_status=task_status)
 
     def _connection_server(self, ssl_context: ssl.SSLContext | None) -> _StreamServer:
         """What serves one accepted stream: serve_stream, or the TLS handshake first.  The

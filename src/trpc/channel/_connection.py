@@ -435,6 +435,10 @@ class ConnectOptions:
 async def open_connection(target: "Address | trio.abc.Stream", options: ConnectOptions, limit: ConnectLimit) -> ClientConnection:
     """Connect to ``target`` and queue our preface; run the result with ``ClientConnection.run``.
     Raises UNAVAILABLE when the stream cannot be opened."""
+    if isinstance(target, Address) and target.kind == "quic":
+        from ..quic._transport import open_quic_connection  # qh3 is imported only for QUIC
+
+        return await open_quic_connection(target, options, limit)
     stream, peer = await open_stream_to(target, limit, options.ssl_context, options.server_hostname)
     conn = Connection(
         "client",

@@ -1,0 +1,455 @@
+"""The Trio side of the QUIC wire: UDP sockets, routing by connection id, one timer per connection.
+
+Theory of operation
+-------------------
+A QUIC connection is a :class:`~trpc.quic._wire.QuicWire` driven by the same call layer as
+every other wire: :class:`QuicServerConnection` is the server's connection class and
+:class:`QuicClientConnection` the client's, each with the Trio parts that differ for datagrams
+replaced (the mixin :class:`_Datagrams`):
+
+- **receiving** is done by one task per UDP socket.  On the server, :class:`QuicEndpoint`
+  waits until the socket is readable, drains a burst of datagrams (up to ``_BURST``), hands
+  each to the connection its destination connection id names (a new connection for an
+  Initial packet with an unknown one), then lets every connection it touched report its
+  events to the call layer and sends what they have due, in one go.  On the client the
+  connection's own reader is that task, for its one socket.  Handlers run as the call layer
+  runs them (its workers), never a task per datagram.
+- **sending**: whatever queues output (the call layer, through the wire's methods) wakes the
+  connection's writer, or, for a lone call, sends at once (``_send_soon``).  After every
+  receive, send or timer, the datagrams due are collected and sent, and QUIC's timer re-read.
+- **one timer per connection**: the connection's timer task (``run_timers``, which also runs
+  keepalive and the server's idle and age limits) sleeps until QUIC's next deadline (loss
+  detection, acknowledgements, idle timeout) and hands it to QUIC; a send that brings QUIC's
+  deadline forward wakes it.
+- **migration**: QUIC routes by connection id, not address, so a client whose address
+  changes keeps its connection; :meth:`QuicClientConnection.rebind` moves the client to a
+  new local port (what a NAT rebinding does to it) while its calls run.
+
+A datagram the kernel will not take at once is dropped: QUIC's loss recovery resends it,
+which is what a full socket buffer means for a datagram protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import ssl
+from typing import TYPE_CHECKING, Any, cast
+
+import trio
+from qh3.quic.configuration import QuicConfiguration
+from qh3.quic.connection import QuicConnection
+
+from .._address import Address
+from .._events import Event
+from .._keepalive import Keepalive
+from .._server import _ServerConnection
+from ..channel._connection import ClientConnection, ConnectLimit, ConnectOptions
+from .._errors import RpcError
+from .._status import Status
+from ..wire._frames import ALPN_TRPC
+from ._wire import QuicWire
+
+if TYPE_CHECKING:
+    from .._server import Server
+
+__all__ = ["QuicEndpoint", "QuicServerConnection", "QuicClientConnection", "open_quic_connection",
+           "server_configuration", "client_configuration"]
+
+logger = logging.getLogger("trpc")
+
+#: Datagrams read from a socket before the connections they reached report and send: 64, so
+#: that a burst of acknowledgements costs one round of event handling, while one socket's
+#: burst holds up other tasks for a bounded time.
+_BURST = 64
+#: The largest UDP payload read: a datagram is never larger.
+_DATAGRAM = 65536
+#: The length of the connection ids this side issues (QUIC's configuration default).
+_CID_LENGTH = 8
+#: The kernel's socket buffers asked for: 4 MiB, so that a burst of a fast sender's datagrams
+#: is not dropped by the kernel before the reader drains it.
+_SOCKET_BUFFER = 4 << 20
+
+_current_time = trio.current_time
+
+
+def server_configuration(certfile: str, keyfile: str | None = None, *, client_ca: str | None = None,
+                         idle_timeout: float = 60.0) -> QuicConfiguration:
+    """The server's QUIC configuration: its certificate chain and key (PEM files), and, with
+    ``client_ca``, mutual TLS: a client must present a certificate that CA signed."""
+    configuration = QuicConfiguration(is_client=False, alpn_protocols=[ALPN_TRPC], idle_timeout=idle_timeout,
+                                      connection_id_length=_CID_LENGTH)
+    configuration.load_cert_chain(certfile, keyfile)
+    if client_ca is not None:
+        configuration.load_verify_locations(cafile=client_ca)
+        configuration.verify_mode = ssl.CERT_REQUIRED
+    return configuration
+
+
+def client_configuration(ssl_context: ssl.SSLContext | None, server_name: str,
+                         idle_timeout: float = 60.0) -> QuicConfiguration:
+    """The client's QUIC configuration from the ``ssl_context`` given to ``open_client``: the
+    CA certificates it trusts (``get_ca_certs``) and whether it verifies the server at all
+    (``verify_mode``, ``check_hostname``).  Without a context, the system's CAs are trusted."""
+    configuration = QuicConfiguration(is_client=True, alpn_protocols=[ALPN_TRPC], server_name=server_name,
+                                      idle_timeout=idle_timeout, connection_id_length=_CID_LENGTH)
+    if ssl_context is not None:
+        cas = ssl_context.get_ca_certs(binary_form=True)
+        if cas:
+            configuration.load_verify_locations(
+                cadata="".join(ssl.DER_cert_to_PEM_cert(cast(bytes, der)) for der in cas).encode())
+        configuration.verify_mode = ssl_context.verify_mode
+        configuration.verify_hostname = ssl_context.check_hostname
+    return configuration
+
+
+def _open_socket(family: int, host: str, port: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+            except OSError:
+                pass
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _destination_cid(data: bytes) -> tuple[bytes, bool]:
+    """A datagram's destination connection id, and whether its packet is an Initial (which may
+    open a connection)."""
+    if not data:
+        return b"", False
+    first = data[0]
+    if first & 0x80:  # long header: version (4 bytes), DCID length, DCID
+        if len(data) < 6:
+            return b"", False
+        length = data[5]
+        return bytes(data[6:6 + length]), (first & 0x30) == 0
+    return bytes(data[1:1 + _CID_LENGTH]), False
+
+
+class _Datagrams:
+    """What a QUIC connection does differently from a byte stream's (see the module's
+    docstring); mixed in before the call layer's connection class."""
+
+    conn: QuicWire
+    broken: str | None
+    peer: str
+    _writer_wakeup: Any
+    _reader_scope: trio.CancelScope
+    closed: trio.Event
+
+    def _init_datagrams(self, sock: socket.socket) -> None:
+        self.socket = sock
+        #: The deadline the timer task sleeps until, as far as QUIC's timer is concerned.
+        self._timer_at = math.inf
+        self._writer_gone_quic = False
+
+    if TYPE_CHECKING:  # the call layer's connection classes define these
+        def handle_event(self, event: Any) -> None: ...
+        def wake_timers(self) -> None: ...
+        def _fail(self, reason: str) -> None: ...
+
+    def deliver(self, events: list[Event]) -> None:
+        """Hand the wire's events to the call layer; end the connection if QUIC did."""
+        handle = self.handle_event
+        for event in events:
+            handle(event)
+        if self.conn.terminated is not None and self.broken is None:
+            self._fail(self.conn.terminated)
+
+    def transmit(self) -> None:
+        """Send every datagram due now, and re-read QUIC's timer."""
+        conn = self.conn
+        sock = self.socket
+        for data, address in conn.datagrams_to_send(_current_time()):
+            try:
+                sock.sendto(data, address)
+            except (BlockingIOError, InterruptedError):
+                pass  # the kernel's buffer is full: lost, and QUIC resends it
+            except OSError as exc:
+                logger.debug("trpc: QUIC datagram to %s not sent: %s", address, exc)
+        at = conn.quic.get_timer()
+        if at is not None and at < self._timer_at:
+            self._timer_at = at
+            self.wake_timers()
+
+    def _quic_timer(self, now: float) -> float:
+        """QUIC's deadline, acted on if it has passed: the next one (math.inf for none)."""
+        conn = self.conn
+        at = conn.quic.get_timer()
+        if at is not None and at <= now:
+            self.deliver(conn.handle_timer(now))
+            self.transmit()
+            at = conn.quic.get_timer()
+        self._timer_at = math.inf if at is None else at
+        return self._timer_at
+
+    def _send_soon(self) -> None:
+        self.transmit()
+
+    async def writer(self) -> None:
+        """Send what the call layer queued, each time it wakes this task."""
+        wakeup = self._writer_wakeup
+        try:
+            while True:
+                await wakeup.park()
+                self.transmit()
+        finally:
+            self._writer_gone_quic = True
+
+    async def flush(self) -> None:
+        """Send everything queued so far (a datagram socket takes it at once, or drops it)."""
+        self.transmit()
+        await trio.lowlevel.checkpoint()
+
+    async def wait_for_room(self) -> None:
+        """Room is the wire's to say (``send_message`` and SendCreditAvailable): nothing here."""
+
+    async def close_stream(self) -> None:
+        """Close the QUIC connection (CONNECTION_CLOSE, sent at once)."""
+        self.conn.close(self.broken or "closed")
+        self.transmit()
+        self.closed_quic()
+
+    def closed_quic(self) -> None:
+        """The connection is over: the subclass lets go of what it holds (socket, routes)."""
+
+
+class QuicServerConnection(_Datagrams, _ServerConnection):
+    """One QUIC connection of the server (see the module's docstring)."""
+
+    def __init__(self, server: "Server", endpoint: "QuicEndpoint", wire: QuicWire, peer: str) -> None:
+        _ServerConnection.__init__(self, server, cast(trio.abc.Stream, None), cast(Any, wire), peer)
+        self._init_datagrams(endpoint.socket)
+        self.endpoint = endpoint
+
+    def _timers(self, now: float) -> float:
+        return min(_ServerConnection._timers(self, now), self._quic_timer(now))
+
+    async def reader(self, first: bytes = b"") -> None:
+        """The endpoint reads for every connection: wait until this one ends."""
+        try:
+            with self._reader_scope:
+                await trio.sleep_forever()
+        finally:
+            self.closed.set()
+
+    def closed_quic(self) -> None:
+        self.endpoint.forget(self)
+
+
+class QuicEndpoint:
+    """A server's UDP socket: one task reads it, routes datagrams to connections by connection
+    id, and starts a connection for each new client."""
+
+    def __init__(self, server: "Server", sock: socket.socket, configuration: QuicConfiguration,
+                 nursery: trio.Nursery) -> None:
+        self.server = server
+        self.socket = sock
+        self.configuration = configuration
+        self.nursery = nursery
+        self._routes: dict[bytes, QuicServerConnection] = {}
+        self._serving = 0
+        #: Set while no connection of this endpoint is open.
+        self.idle = trio.Event()
+        self.idle.set()
+
+    def forget(self, connection: QuicServerConnection) -> None:
+        for cid in [cid for cid, owner in self._routes.items() if owner is connection]:
+            del self._routes[cid]
+
+    async def run(self) -> None:
+        """Read, route, report and send, until cancelled."""
+        sock = self.socket
+        routes = self._routes
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            now = _current_time()
+            touched: dict[int, QuicServerConnection] = {}
+            for _ in range(_BURST):
+                try:
+                    data, address = sock.recvfrom(_DATAGRAM)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # an ICMP error from an earlier send: not ours to act on
+                    logger.debug("trpc: QUIC socket: %s", exc)
+                    continue
+                cid, initial = _destination_cid(data)
+                connection = routes.get(cid)
+                if connection is None:
+                    if not initial or self.server.shutting_down:
+                        continue
+                    connection = self._open(cid, address)
+                    if connection is None:
+                        continue
+                connection.conn.peer_address = address
+                connection.conn.quic.receive_datagram(data, address, now)
+                touched[id(connection)] = connection
+            for connection in touched.values():
+                connection.deliver(connection.conn.events())
+                wire = connection.conn
+                for cid in wire.issued:
+                    routes[cid] = connection
+                for cid in wire.retired:
+                    routes.pop(cid, None)
+                wire.issued.clear()
+                wire.retired.clear()
+                connection.transmit()
+            await trio.lowlevel.checkpoint()
+
+    def _open(self, cid: bytes, address: Any) -> QuicServerConnection | None:
+        server = self.server
+        if server._sockets >= server.max_connections:
+            server.refused_connections += 1
+            return None
+        quic = QuicConnection(configuration=self.configuration, original_destination_connection_id=cid)
+        options = server._connection_options
+        wire = QuicWire("server", quic, max_message_size=options["max_message_size"],
+                        max_concurrent_streams=options["max_concurrent_streams"],
+                        idempotent_methods=options["idempotent_methods"], methods=options["methods"])
+        wire.peer_address = address
+        connection = QuicServerConnection(server, self, wire, f"quic://{address[0]}:{address[1]}")
+        self._routes[cid] = connection
+        self._routes[quic.host_cid] = connection
+        server._sockets += 1
+        self._serving += 1
+        self.idle = trio.Event()
+        self.nursery.start_soon(self._serve, connection)
+        return connection
+
+    async def _serve(self, connection: QuicServerConnection) -> None:
+        try:
+            await self.server._run_connection(connection, b"", _current_time() + self.server.preface_timeout)
+        finally:
+            self.server._sockets -= 1
+            self._serving -= 1
+            if not self._serving:
+                self.idle.set()
+            self.forget(connection)
+
+
+async def serve_quic(server: "Server", port: int, host: str, configuration: QuicConfiguration,
+                     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``server`` over QUIC on ``host``:``port`` until cancelled (see
+    ``Server.serve_quic``)."""
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    family, _, _, _, sockaddr = infos[0]
+    sock = _open_socket(family, sockaddr[0], sockaddr[1])
+    scope = trio.CancelScope()
+    try:
+        async with trio.open_nursery() as nursery:
+            endpoint = QuicEndpoint(server, sock, configuration, nursery)
+            address = cast(tuple[str, int], sock.getsockname()[:2])
+            server._listening.add(scope)
+            nursery.start_soon(endpoint.run)
+            with scope:
+                logger.info("trpc: listening on quic://%s:%d", address[0], address[1])
+                task_status.started(address)
+                await trio.sleep_forever()
+            # A shutdown (Server.shutdown cancels the scope): no new connection is opened, and
+            # the endpoint keeps reading for those that finish their calls, until they are gone.
+            await endpoint.idle.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        server._listening.discard(scope)
+        sock.close()
+
+
+class QuicClientConnection(_Datagrams, ClientConnection):
+    """The client's side of one QUIC connection: its reader reads its own UDP socket."""
+
+    def __init__(self, sock: socket.socket, wire: QuicWire, peer: str, server_address: Any) -> None:
+        ClientConnection.__init__(self, cast(trio.abc.Stream, None), wire, peer)
+        self._init_datagrams(sock)
+        self.server_address = server_address
+        self._rebound = False
+
+    def _timers(self, now: float) -> float:
+        return self._quic_timer(now)
+
+    def deliver(self, events: list[Event]) -> None:
+        """As for every QUIC connection; and calls waiting for the server's stream limit are
+        woken once QUIC says the server raised it (MAX_STREAMS comes apart from any call's end)."""
+        _Datagrams.deliver(self, events)
+        if self.slot_waiters and self.conn.can_open_call:
+            self.slot_waiters.unpark_all()
+
+    def rebind(self) -> tuple[str, int]:
+        """Move to a new UDP socket on a new local port, as a NAT rebinding would, keeping the
+        connection and its calls (QUIC migration); returns the new local address."""
+        old = self.socket
+        host = old.getsockname()[0]
+        self.socket = _open_socket(old.family, host, 0)
+        self._rebound = True
+        trio.lowlevel.notify_closing(old)
+        old.close()
+        self.transmit()
+        return cast(tuple[str, int], self.socket.getsockname()[:2])
+
+    async def reader(self, first: bytes = b"") -> None:
+        """Read this connection's socket: a burst of datagrams, their events, the datagrams
+        due; until the connection ends."""
+        conn = self.conn
+        try:
+            with self._reader_scope:
+                while self.broken is None:
+                    sock = self.socket
+                    try:
+                        await trio.lowlevel.wait_readable(sock)
+                    except (trio.ClosedResourceError, OSError):
+                        if sock is not self.socket:
+                            continue  # rebound: read the new socket
+                        return  # closed by close_stream
+                    now = self.received_at = _current_time()
+                    for _ in range(_BURST):
+                        try:
+                            data, address = sock.recvfrom(_DATAGRAM)
+                        except (BlockingIOError, InterruptedError):
+                            break
+                        except OSError as exc:
+                            logger.debug("trpc: QUIC socket: %s", exc)
+                            continue
+                        conn.quic.receive_datagram(data, address, now)
+                    self.deliver(conn.events())
+                    self.transmit()
+                    await trio.lowlevel.checkpoint()
+        except OSError as exc:
+            self._fail(f"receiving failed: {exc}")
+        finally:
+            self.closed.set()
+
+    def closed_quic(self) -> None:
+        trio.lowlevel.notify_closing(self.socket)
+        self.socket.close()
+
+
+async def open_quic_connection(target: Address, options: ConnectOptions, limit: ConnectLimit) -> ClientConnection:
+    """A client connection to ``quic://host:port``, its handshake started; run it with
+    ``ClientConnection.run`` (ready once the handshake is done)."""
+    assert target.host is not None and target.port is not None
+    try:
+        with trio.fail_at(limit.deadline):
+            infos = await trio.socket.getaddrinfo(target.host, target.port, type=socket.SOCK_DGRAM)
+    except (OSError, trio.TooSlowError) as exc:
+        raise RpcError(Status.UNAVAILABLE, f"cannot connect to {target}: {exc}") from None
+    family, _, _, _, sockaddr = infos[0]
+    local = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    if sockaddr[0] in ("127.0.0.1", "::1"):
+        local = sockaddr[0]
+    sock = _open_socket(family, local, 0)
+    configuration = client_configuration(options.ssl_context, options.server_hostname or target.host)
+    quic = QuicConnection(configuration=configuration)
+    quic.connect(sockaddr, now=_current_time())
+    wire = QuicWire("client", quic, max_message_size=options.max_message_size)
+    wire.peer_address = sockaddr
+    connection = QuicClientConnection(sock, wire, str(target), sockaddr)
+    if options.keepalive_time is not None:
+        connection.keepalive = Keepalive(options.keepalive_time, options.keepalive_timeout, only_with_calls=True)
+    return connection

@@ -1,0 +1,684 @@
+"""The QUIC wire, sans-IO: trpc's calls on QUIC streams, with trpc's wire methods and events.
+
+Theory of operation
+-------------------
+:class:`QuicWire` owns one ``qh3`` ``QuicConnection`` (itself sans-IO: datagrams in, events
+and datagrams out), which keeps what QUIC keeps: TLS 1.3, packets, loss recovery, congestion
+control, stream and connection flow control, migration.  Around it the adapter keeps one
+record per call (:class:`_Call`) and speaks the call layer's language (``trpc._events``), so
+the server and the client serve it as they serve trpc's own wire and gRPC's
+(docs/PROTOCOL.md section 15 is the mapping):
+
+- **a call is a client-initiated bidirectional QUIC stream**, carrying trpc's own frames
+  (the 10-byte header; HEADERS, DATA, TRAILERS) with the header's stream id 0, since the QUIC
+  stream names the call.  The client's FIN is its half-close; the server's TRAILERS are its
+  last frame, followed by FIN.  In events a call is named ``QUIC stream id + 1`` (the call
+  layer's stream ids start at 1).
+- **no WINDOW_UPDATE**: QUIC's stream and connection flow control bound what each side sends.
+  ``send_message`` returns False (and the call layer waits for :class:`SendCreditAvailable`)
+  while more than ``SEND_LOW_WATER`` bytes of a stream wait in QUIC's send buffer, so a
+  producer cannot queue without bound behind a peer that grants no credit.
+- **cancellation is QUIC's**: the client's cancel is RESET_STREAM and STOP_SENDING, with the
+  reason's status code as the application error code; the server sees
+  :class:`CallCancelled` with that reason.  A call refused unprocessed after GOAWAY is reset
+  with ``REFUSED``.
+- **connection-level frames go on a control stream**: each side opens one unidirectional
+  stream once the handshake is done; the server's starts with INFO (what it declares), and
+  GOAWAY goes there.  There is no trpc preface: ALPN ``trpc/1`` and the finished handshake
+  are it (:class:`PrefaceReceived` with version 1.1).  PING is QUIC's (its uid carries the
+  8-byte payload), and the idle timeout is QUIC's.
+
+Datagrams leave through :meth:`datagrams_to_send`; the byte-stream methods of the interface
+(``data_to_send``, ``requeue``) raise, since datagrams cannot be joined into one write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import cbor2
+from qh3.quic import events as qe
+from qh3.quic.connection import QuicConnection
+
+from .._errors import LocalProtocolError, MessageTooLargeError, RemoteProtocolError
+from .._events import (
+    CallCancelled,
+    CallEnded,
+    CallOpened,
+    ConnectionClosed,
+    Event,
+    GoAwayReceived,
+    HeadersReceived,
+    InfoReceived,
+    MessagesReceived,
+    PingAcknowledged,
+    PrefaceReceived,
+    SendCreditAvailable,
+    StreamEnded,
+)
+from .._service import SHAPE_CODES, Cardinality
+from .._status import Status
+from ..wire import StreamState, message_size
+from ..wire._control import (
+    RequestHeadersEncoder,
+    encode_goaway,
+    encode_info,
+    encode_response_headers,
+    encode_trailers,
+    parse_goaway,
+    parse_info,
+    parse_request_headers,
+    parse_response_headers,
+    parse_trailers,
+)
+from ..wire._frames import (
+    DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_HEADERS_SIZE,
+    PROTOCOL_VERSION,
+    FrameType,
+    pack_header,
+)
+from .._framer_py import HEADER
+
+__all__ = ["QuicWire", "REFUSED", "NO_ERROR", "SEND_LOW_WATER", "call_id", "quic_id"]
+
+#: Application error code of a RESET_STREAM for a call refused unprocessed (after GOAWAY):
+#: the client may retry it anywhere.  Codes 1 to 16 are trpc's statuses (a cancel's reason).
+REFUSED = 0x100
+#: Application error code of a STOP_SENDING from a server that has answered a call whose client
+#: still sends: the rest of the request is not wanted (not an error).
+NO_ERROR = 0
+#: Bytes of one stream waiting in QUIC's send buffer past which ``send_message`` says "wait
+#: for credit": 1 MiB, a few round trips of a fast path's window, so a producer is never held
+#: back while the network takes what it sends, and never far ahead of a peer that reads nothing.
+SEND_LOW_WATER = 1 << 20
+#: The version PrefaceReceived reports: the frames are protocol 1.1's (INFO included).
+_VERSION = PROTOCOL_VERSION
+_HEADER_SIZE = HEADER.size
+_unpack_header = HEADER.unpack_from
+_DATA = int(FrameType.DATA)
+_HEADERS = int(FrameType.HEADERS)
+_TRAILERS = int(FrameType.TRAILERS)
+_GOAWAY = int(FrameType.GOAWAY)
+_INFO = int(FrameType.INFO)
+#: Payloads of frames other than DATA never exceed this (HEADERS, TRAILERS, control frames).
+_MAX_CONTROL = MAX_HEADERS_SIZE
+_OK_TRAILERS = cbor2.dumps({1: 0})
+
+
+def call_id(stream_id: int) -> int:
+    """The call layer's name for the call on QUIC stream ``stream_id``."""
+    return stream_id + 1
+
+
+def quic_id(call: int) -> int:
+    """The QUIC stream of the call the call layer names ``call``."""
+    return call - 1
+
+
+def _frame(kind: int, payload: bytes, flags: int = 0) -> bytes:
+    return pack_header(len(payload), kind, flags, 0) + payload
+
+
+@dataclass(slots=True)
+class _Call:
+    """One call's stream, as this side sees it."""
+
+    stream_id: int
+    buffer: bytearray
+    #: Neither direction can carry more (both ended, or reset): the record is dropped.
+    local_ended: bool = False
+    remote_ended: bool = False
+    #: The call layer was told the call ended (CallEnded / CallCancelled): no more events.
+    reported: bool = False
+    #: send_message said "wait": report SendCreditAvailable once the buffer drains.
+    blocked: bool = False
+    #: (server) response headers sent.
+    headers_sent: bool = False
+
+
+class QuicWire:
+    """trpc's wire methods and events over one QUIC connection (see the module docstring)."""
+
+    def __init__(
+        self,
+        role: Literal["client", "server"],
+        quic: QuicConnection,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
+        idempotent_methods: frozenset[str] = frozenset(),
+        methods: dict[str, Cardinality] | None = None,
+    ) -> None:
+        self.role = role
+        self.quic = quic
+        self.max_message_size = max_message_size
+        self.max_concurrent_streams = max_concurrent_streams
+        self._idempotent = frozenset(idempotent_methods)
+        self._methods = frozenset((path, SHAPE_CODES[shape]) for path, shape in (methods or {}).items())
+        self._calls: dict[int, _Call] = {}
+        self._headers = RequestHeadersEncoder()
+        #: The peer's preface: for QUIC, the finished handshake (None until then).
+        self.peer_preface: tuple[int, int] | None = None
+        #: Why the QUIC connection ended (None while it lives).
+        self.terminated: str | None = None
+        self._control: int | None = None
+        self._peer_control: dict[int, bytearray] = {}
+        self._goaway_sent = False
+        self._goaway_received = False
+        self._last_received = 0
+        self._dirty = False
+        self._blocked: set[int] = set()
+        self._batches: dict[int, list[Any]] = {}
+        #: Connection ids QUIC issued and retired since the endpoint last looked (it routes
+        #: datagrams by them).
+        self.issued: list[bytes] = []
+        self.retired: list[bytes] = []
+        #: Where the peer's datagrams come from (receive_data uses it).
+        self.peer_address: Any = None
+
+    # ------------------------------------------------------------ state the call layer asks
+    @property
+    def open_streams(self) -> int:
+        return len(self._calls)
+
+    def stream_state(self, stream_id: int) -> StreamState:
+        call = self._calls.get(quic_id(stream_id))
+        if call is None:
+            return StreamState.CLOSED
+        if call.local_ended:
+            return StreamState.HALF_CLOSED_LOCAL
+        if call.remote_ended:
+            return StreamState.HALF_CLOSED_REMOTE
+        return StreamState.OPEN
+
+    def send_buffered(self, stream_id: int) -> int:
+        """Bytes of this call waiting in QUIC's send buffer, counted only past SEND_LOW_WATER
+        (0: the call may send more)."""
+        if quic_id(stream_id) not in self._calls:
+            return 0
+        size = self.quic.get_send_buffer_size(quic_id(stream_id))
+        return size if size > SEND_LOW_WATER else 0
+
+    @property
+    def accepting_calls(self) -> bool:
+        return self.terminated is None and not self._goaway_sent and not self._goaway_received
+
+    @property
+    def can_open_call(self) -> bool:
+        """A new call may start: the connection takes calls, and the server's MAX_STREAMS
+        (a count of streams ever opened, raised as calls end) allows one more."""
+        return self.accepting_calls and (self.quic.get_next_available_stream_id() >> 2) < \
+            self.quic.max_concurrent_bidi_streams
+
+    @property
+    def peer_connection_window(self) -> int:
+        return SEND_LOW_WATER
+
+    @property
+    def batch_limit(self) -> int:
+        return self.max_message_size
+
+    @property
+    def output_size(self) -> int:
+        return 0
+
+    @property
+    def has_data_to_send(self) -> bool:
+        return self._dirty
+
+    @property
+    def backlog(self) -> int:
+        return 0
+
+    # ------------------------------------------------------------ bytes in and out
+    def initiate(self) -> None:
+        """Nothing to queue: the QUIC handshake is the preface (the client's ``connect``
+        is made by whoever made the QuicConnection)."""
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        """Every datagram due now, with its destination address (the streams' batches are
+        framed first)."""
+        if self._batches:
+            for stream_id, batch in list(self._batches.items()):
+                call = self._calls.get(stream_id)
+                if batch and call is not None:
+                    self._flush_pending_batch(call)
+        self._dirty = False
+        return self.quic.datagrams_to_send(now=now)
+
+    def data_to_send(self) -> bytes:
+        raise LocalProtocolError("a QUIC connection's output is datagrams: use datagrams_to_send")
+
+    def data_to_send_list(self) -> list[bytes]:
+        raise LocalProtocolError("a QUIC connection's output is datagrams: use datagrams_to_send")
+
+    def requeue(self, data: bytes) -> None:
+        raise LocalProtocolError("a QUIC connection's output is datagrams: nothing is requeued")
+
+    def receive_data(self, data: bytes, *, max_frames: int | None = None, now: float | None = None) -> list[Event]:
+        """One datagram from the peer's current address; see :meth:`receive_datagram`."""
+        return self.receive_datagram(data, self.peer_address, 0.0 if now is None else now)
+
+    def receive_datagram(self, data: bytes, address: Any, now: float) -> list[Event]:
+        """Hand QUIC one datagram from ``address`` and return the call layer's events."""
+        self.quic.receive_datagram(data, address, now)
+        return self.events()
+
+    def process_backlog(self, max_frames: int | None = None) -> list[Event]:
+        return []
+
+    def handle_timer(self, now: float) -> list[Event]:
+        """QUIC's timer fired (loss detection, idle timeout...): its events."""
+        self.quic.handle_timer(now)
+        self._dirty = True
+        return self.events()
+
+    def events(self) -> list[Event]:
+        """Translate what QUIC has to report into the call layer's events."""
+        out: list[Event] = []
+        quic = self.quic
+        while (event := quic.next_event()) is not None:
+            kind = type(event)
+            if kind is qe.StreamDataReceived:
+                self._on_data(event, out)
+            elif kind is qe.StreamReset:
+                self._on_reset(event.stream_id, event.error_code, out)
+            elif kind is qe.StopSendingReceived:
+                self._on_stop_sending(event.stream_id, event.error_code, out)
+            elif kind is qe.PingAcknowledged:
+                out.append(PingAcknowledged(payload=event.uid.to_bytes(8, "big")))
+            elif kind is qe.HandshakeCompleted:
+                self._on_handshake(out)
+            elif kind is qe.ConnectionTerminated:
+                self._on_terminated(event, out)
+            elif kind is qe.ConnectionIdIssued:
+                self.issued.append(event.connection_id)
+            elif kind is qe.ConnectionIdRetired:
+                self.retired.append(event.connection_id)
+        if self._blocked:
+            for stream_id in list(self._blocked):
+                if self.quic.get_send_buffer_size(stream_id) <= SEND_LOW_WATER:
+                    self._blocked.discard(stream_id)
+                    call = self._calls.get(stream_id)
+                    if call is not None:
+                        call.blocked = False
+                    out.append(SendCreditAvailable(stream_id=call_id(stream_id)))
+        return out
+
+    # ------------------------------------------------------------ connection-level
+    def _on_handshake(self, out: list[Event]) -> None:
+        self.peer_preface = _VERSION
+        self._control = self.quic.get_next_available_stream_id(is_unidirectional=True)
+        if self.role == "server":
+            info = encode_info(self._idempotent, self._methods, _MAX_CONTROL)
+            self._send(self._control, _frame(_INFO, info if info is not None else b"\xa0"))
+        else:
+            self._send(self._control, b"")
+        out.append(PrefaceReceived(version=_VERSION, max_frame_size=self.max_message_size,
+                                   initial_window=SEND_LOW_WATER))
+
+    def _on_terminated(self, event: qe.ConnectionTerminated, out: list[Event]) -> None:
+        if self.terminated is None:
+            self.terminated = event.reason_phrase or f"QUIC connection closed (error {event.error_code})"
+            out.append(ConnectionClosed())
+
+    def ping(self, payload: bytes) -> None:
+        """A QUIC PING; its acknowledgement comes back as PingAcknowledged with ``payload``
+        (8 bytes)."""
+        self.quic.send_ping(int.from_bytes(payload[:8].ljust(8, b"\0"), "big"))
+        self._dirty = True
+
+    def goaway(self, status: Status = Status.OK, message: str = "") -> None:
+        """Say GOAWAY on the control stream (once): the server names the last call it will
+        finish; calls after it are refused with REFUSED."""
+        if self._goaway_sent or self.terminated is not None:
+            return
+        self._goaway_sent = True
+        if self._control is not None:
+            last = call_id(self._last_received) if self._last_received or self._calls else 0
+            self._send(self._control, _frame(_GOAWAY, encode_goaway(last, status, message)))
+
+    def close(self, message: str = "") -> None:
+        """Close the QUIC connection (CONNECTION_CLOSE with NO_ERROR)."""
+        if self.terminated is None:
+            self.quic.close(reason_phrase=message)
+            self._dirty = True
+
+    def _on_control(self, stream_id: int, data: bytes, out: list[Event]) -> None:
+        buffer = self._peer_control.setdefault(stream_id, bytearray())
+        buffer += data
+        while len(buffer) >= _HEADER_SIZE:
+            length, kind, _flags, _ = _unpack_header(buffer)
+            if length > _MAX_CONTROL:
+                raise RemoteProtocolError(f"control frame of {length} bytes (limit {_MAX_CONTROL})")
+            if len(buffer) < _HEADER_SIZE + length:
+                return
+            payload = bytes(buffer[_HEADER_SIZE:_HEADER_SIZE + length])
+            del buffer[:_HEADER_SIZE + length]
+            if kind == _INFO and self.role == "client":
+                idempotent, methods = parse_info(payload)
+                out.append(InfoReceived(idempotent=idempotent, methods=methods))
+            elif kind == _GOAWAY:
+                last, status, message = parse_goaway(payload)
+                self._goaway_received = True
+                self._refuse_after(last, out)
+                out.append(GoAwayReceived(last_stream_id=last, status=status, message=message))
+            else:
+                raise RemoteProtocolError(f"frame type {kind} is not allowed on a QUIC control stream")
+
+    def _refuse_after(self, last: int, out: list[Event]) -> None:
+        """(client) The server's GOAWAY: calls after ``last`` were never processed."""
+        if self.role != "client":
+            return
+        for stream_id, call in list(self._calls.items()):
+            if call_id(stream_id) > last and not call.reported:
+                self._end_call(call, out, Status.UNAVAILABLE, "the server is going away", processed=False)
+
+    # ------------------------------------------------------------ calls: sending
+    def _send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        self.quic.send_stream_data(stream_id, data, end_stream)
+        self._dirty = True
+
+    def _reset(self, stream_id: int, code: int) -> None:
+        """RESET_STREAM, unless QUIC has already finished the stream's sending."""
+        try:
+            self.quic.reset_stream(stream_id, code)
+        except ValueError:  # sent and acknowledged in full: nothing left to reset
+            return
+        self._dirty = True
+
+    def _stop(self, stream_id: int, code: int) -> None:
+        """STOP_SENDING, unless QUIC has already received the whole stream."""
+        try:
+            self.quic.stop_stream(stream_id, code)
+        except ValueError:
+            return
+        self._dirty = True
+
+    def _call(self, stream_id: int) -> _Call:
+        call = self._calls.get(quic_id(stream_id))
+        if call is None:
+            raise LocalProtocolError(f"stream {stream_id} is not open")
+        return call
+
+    def _check_size(self, payload: bytes | list[bytes]) -> int:
+        size = len(payload) if type(payload) is bytes else message_size(payload)
+        if not 0 < size <= self.max_message_size:
+            raise MessageTooLargeError(f"message of {size} bytes exceeds the limit of {self.max_message_size}")
+        return size
+
+    def _message(self, payload: bytes | list[bytes]) -> list[bytes]:
+        size = self._check_size(payload)
+        head = pack_header(size, _DATA, 0, 0)
+        return [head, payload] if type(payload) is bytes else [head, *payload]
+
+    def open_call(self, method: str, *, metadata: dict[str, Any] | None = None, timeout: float | None = None,
+                  end_stream: bool = False) -> int:
+        if not self.can_open_call:
+            raise LocalProtocolError("the connection takes no new calls")
+        stream_id = self.quic.get_next_available_stream_id()
+        headers = self._headers.encode(method, timeout, metadata, _MAX_CONTROL)
+        self._calls[stream_id] = _Call(stream_id, bytearray(), local_ended=end_stream)
+        self._send(stream_id, _frame(_HEADERS, headers), end_stream)
+        return call_id(stream_id)
+
+    def open_unary_call(self, method: str, message: Any, *, metadata: dict[str, Any] | None = None,
+                        timeout: float | None = None) -> tuple[int, bool]:
+        """HEADERS and the one message in one write, with FIN."""
+        parts = self._message(message)
+        if not self.can_open_call:
+            raise LocalProtocolError("the connection takes no new calls")
+        stream_id = self.quic.get_next_available_stream_id()
+        headers = self._headers.encode(method, timeout, metadata, _MAX_CONTROL)
+        self._calls[stream_id] = _Call(stream_id, bytearray(), local_ended=True)
+        self._send(stream_id, b"".join([_frame(_HEADERS, headers), *parts]), True)
+        return call_id(stream_id), self._room(stream_id)
+
+    def _room(self, stream_id: int) -> bool:
+        if self.quic.get_send_buffer_size(stream_id) <= SEND_LOW_WATER:
+            return True
+        call = self._calls.get(stream_id)
+        if call is not None:
+            call.blocked = True
+            self._blocked.add(stream_id)
+        return False
+
+    def send_message(self, stream_id: int, payload: Any, *, end_stream: bool = False) -> bool:
+        call = self._call(stream_id)
+        if call.local_ended:
+            raise LocalProtocolError(f"stream {stream_id} has ended its sending")
+        parts = self._message(payload)
+        if self.role == "server" and not call.headers_sent:
+            call.headers_sent = True
+            parts.insert(0, _frame(_HEADERS, b"\xa0"))
+        data = b"".join(parts) if sum(map(len, parts)) < 65536 else parts
+        if isinstance(data, list):
+            for index, part in enumerate(data):
+                self.quic.send_stream_data(quic_id(stream_id), part, end_stream and index == len(data) - 1)
+            self._dirty = True
+        else:
+            self._send(quic_id(stream_id), data, end_stream)
+        if end_stream:
+            self._local_end(call)
+        return self._room(quic_id(stream_id))
+
+    def open_batch(self, stream_id: int) -> list[Any]:
+        """The stream's batch: messages appended here are sent, in order, by ``flush_batch``
+        and before the stream's trailers."""
+        call = self._call(stream_id)
+        return self._batches.setdefault(call.stream_id, [])
+
+    def flush_batch(self, stream_id: int) -> bool:
+        call = self._calls.get(quic_id(stream_id))
+        if call is None:
+            return True
+        batch = self._batches.get(call.stream_id)
+        if batch:
+            messages = list(batch)
+            batch.clear()
+            for payload in messages:
+                self.send_message(stream_id, payload)
+        return not call.blocked
+
+    def end_stream(self, stream_id: int) -> None:
+        """(client) Half-close: FIN."""
+        call = self._call(stream_id)
+        if not call.local_ended:
+            self._send(call.stream_id, b"", True)
+            self._local_end(call)
+
+    def send_headers(self, stream_id: int, metadata: dict[str, Any] | None = None) -> None:
+        call = self._call(stream_id)
+        if not call.headers_sent:
+            call.headers_sent = True
+            self._send(call.stream_id, _frame(_HEADERS, encode_response_headers(metadata, _MAX_CONTROL)))
+
+    def send_trailers(self, stream_id: int, status: Status, message: str = "", details: Any = None,
+                      metadata: dict[str, Any] | None = None, *, processed: bool = True) -> None:
+        """(server) The call's status, then FIN; a client still sending is told to stop."""
+        call = self._calls.get(quic_id(stream_id))
+        if call is None or call.local_ended:
+            return
+        self._flush_pending_batch(call)
+        if status is Status.OK and not message and details is None and not metadata and processed:
+            payload = _OK_TRAILERS
+        else:
+            payload = encode_trailers(status, message, details, metadata, _MAX_CONTROL, processed)
+        self._send(call.stream_id, _frame(_TRAILERS, payload), True)
+        if not call.remote_ended:
+            self._stop(call.stream_id, NO_ERROR)
+            call.remote_ended = True
+        self._local_end(call)
+
+    def _flush_pending_batch(self, call: _Call) -> None:
+        batch = self._batches.get(call.stream_id)
+        if batch:
+            messages = list(batch)
+            batch.clear()
+            for payload in messages:
+                self.send_message(call_id(call.stream_id), payload)
+
+    def refuse_call(self, stream_id: int, status: Status, message: str = "") -> None:
+        """(server) End a call never run, saying it was not processed."""
+        self.send_trailers(stream_id, status, message, processed=False)
+
+    def cancel(self, stream_id: int, reason: Status = Status.CANCELLED, message: str = "") -> None:
+        """RESET_STREAM and STOP_SENDING with ``reason`` as the error code; a no-op for a call
+        that has ended."""
+        call = self._calls.pop(quic_id(stream_id), None)
+        if call is None:
+            return
+        self._blocked.discard(call.stream_id)
+        self._batches.pop(call.stream_id, None)
+        if not call.local_ended:
+            self._reset(call.stream_id, int(reason))
+        if not call.remote_ended:
+            self._stop(call.stream_id, int(reason))
+        self._dirty = True
+
+    def consumed(self, stream_id: int, size: int) -> None:
+        """Nothing to do: QUIC returns flow-control credit itself as data arrives."""
+
+    def _local_end(self, call: _Call) -> None:
+        call.local_ended = True
+        self._maybe_forget(call)
+
+    def _maybe_forget(self, call: _Call) -> None:
+        if call.local_ended and call.remote_ended and (call.reported or self.role == "server"):
+            self._calls.pop(call.stream_id, None)
+            self._batches.pop(call.stream_id, None)
+            self._blocked.discard(call.stream_id)
+
+    # ------------------------------------------------------------ calls: receiving
+    def _on_data(self, event: qe.StreamDataReceived, out: list[Event]) -> None:
+        stream_id = event.stream_id
+        if stream_id & 2:  # unidirectional: the peer's control stream
+            if stream_id & 1 == (1 if self.role == "client" else 0):
+                self._on_control(stream_id, event.data, out)
+            return
+        call = self._calls.get(stream_id)
+        if call is None:
+            if self.role == "client" or stream_id & 1:
+                return  # a call that ended here (cancelled) still receiving its last data
+            if stream_id <= self._last_received and self._last_received:
+                return
+            self._last_received = max(self._last_received, stream_id)
+            if self._goaway_sent or self.terminated is not None:
+                self._reset(stream_id, REFUSED)
+                self._stop(stream_id, REFUSED)
+                self._dirty = True
+                return
+            call = self._calls[stream_id] = _Call(stream_id, bytearray())
+        if event.data:
+            call.buffer += event.data
+            self._frames(call, out)
+        if event.end_stream and not call.remote_ended and call.stream_id in self._calls:
+            call.remote_ended = True
+            if self.role == "server":
+                out.append(StreamEnded(stream_id=call_id(stream_id)))
+            elif not call.reported:
+                self._end_call(call, out, Status.INTERNAL, "the server ended the call without its status")
+            self._maybe_forget(call)
+
+    def _frames(self, call: _Call, out: list[Event]) -> None:
+        buffer = call.buffer
+        messages: list[bytes] = []
+        while len(buffer) >= _HEADER_SIZE and call.stream_id in self._calls:
+            length, kind, flags, _ = _unpack_header(buffer)
+            if kind == _DATA:
+                if length > self.max_message_size:
+                    self._too_large(call, length, messages, out)
+                    return
+            elif length > _MAX_CONTROL:
+                raise RemoteProtocolError(f"frame of type {kind} and {length} bytes (limit {_MAX_CONTROL})")
+            end = _HEADER_SIZE + length
+            if len(buffer) < end:
+                break
+            payload = bytes(buffer[_HEADER_SIZE:end])
+            del buffer[:end]
+            if kind == _DATA:
+                messages.append(payload)
+                continue
+            if messages:
+                out.append(MessagesReceived(stream_id=call_id(call.stream_id), payloads=messages))
+                messages = []
+            self._control_frame(call, kind, payload, out)
+        if messages:
+            out.append(MessagesReceived(stream_id=call_id(call.stream_id), payloads=messages))
+
+    def _control_frame(self, call: _Call, kind: int, payload: bytes, out: list[Event]) -> None:
+        stream_id = call_id(call.stream_id)
+        if kind == _HEADERS and self.role == "server":
+            method, timeout_us, metadata = parse_request_headers(payload)
+            out.append(CallOpened(stream_id=stream_id, method=method, metadata=metadata,
+                                  timeout=None if timeout_us is None else timeout_us / 1e6))
+        elif kind == _HEADERS:
+            out.append(HeadersReceived(stream_id=stream_id, metadata=parse_response_headers(payload)))
+        elif kind == _TRAILERS and self.role == "client":
+            if payload == _OK_TRAILERS:
+                self._end_call(call, out, Status.OK, "")
+            else:
+                status, message, details, metadata, processed = parse_trailers(payload)
+                self._end_call(call, out, status, message, details, metadata, processed)
+        else:
+            raise RemoteProtocolError(f"frame type {kind} is not allowed on a call's QUIC stream ({self.role})")
+
+    def _too_large(self, call: _Call, size: int, messages: list[bytes], out: list[Event]) -> None:
+        if messages:
+            out.append(MessagesReceived(stream_id=call_id(call.stream_id), payloads=messages))
+        text = f"message of {size} bytes exceeds the limit of {self.max_message_size}"
+        if self.role == "server":
+            self.send_trailers(call_id(call.stream_id), Status.RESOURCE_EXHAUSTED, text)
+            self._calls.pop(call.stream_id, None)
+            out.append(CallCancelled(stream_id=call_id(call.stream_id), reason=Status.RESOURCE_EXHAUSTED, message=text))
+        else:
+            self._end_call(call, out, Status.RESOURCE_EXHAUSTED, f"response {text}")
+            self.cancel(call_id(call.stream_id), Status.RESOURCE_EXHAUSTED)
+
+    def _end_call(self, call: _Call, out: list[Event], status: Status, message: str, details: Any = None,
+                  metadata: dict[str, Any] | None = None, processed: bool = True) -> None:
+        """(client) The call's end, reported once."""
+        if call.reported:
+            return
+        call.reported = True
+        out.append(CallEnded(stream_id=call_id(call.stream_id), status=status, message=message, details=details,
+                             metadata=metadata or {}, processed=processed))
+        if not call.local_ended:
+            # The server answered before the request stream ended: nothing more is wanted.
+            self._reset(call.stream_id, NO_ERROR)
+            call.local_ended = True
+            self._dirty = True
+        call.remote_ended = True
+        self._maybe_forget(call)
+
+    def _on_reset(self, stream_id: int, code: int, out: list[Event]) -> None:
+        call = self._calls.get(stream_id)
+        if call is None:
+            return
+        if self.role == "server":
+            self._calls.pop(stream_id, None)
+            self._blocked.discard(stream_id)
+            self._batches.pop(stream_id, None)
+            if not call.local_ended:
+                self._reset(stream_id, NO_ERROR)
+                self._dirty = True
+            out.append(CallCancelled(stream_id=call_id(stream_id), reason=Status.from_wire(code) if code else Status.CANCELLED))
+        elif code == REFUSED:
+            self._end_call(call, out, Status.UNAVAILABLE, "the server refused the call: it is going away",
+                           processed=False)
+        else:
+            self._end_call(call, out, Status.UNAVAILABLE if code == NO_ERROR else Status.from_wire(code),
+                           "the server reset the call's stream")
+
+    def _on_stop_sending(self, stream_id: int, code: int, out: list[Event]) -> None:
+        call = self._calls.get(stream_id)
+        if call is None or call.local_ended:
+            return
+        if self.role == "server":
+            self._on_reset(stream_id, code, out)
+        elif code != NO_ERROR:
+            self._on_reset(stream_id, code, out)
+

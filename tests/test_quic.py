@@ -1,0 +1,162 @@
+"""trpc over QUIC (trpc.quic): the call layer's features on quic:// targets, over loopback UDP,
+with certificates made by trustme."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+import trio
+import trustme
+
+import trpc
+from trpc import RpcError, Status
+
+from .services import Svc
+
+pytest.importorskip("qh3")
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def pems(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The server's certificate and key, a client's, and the CA, as PEM files."""
+    folder = tmp_path_factory.mktemp("quic-pems")
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    client_leaf = ca.issue_cert("client@example.org")
+    paths = {"cert": folder / "cert.pem", "key": folder / "key.pem", "ca": folder / "ca.pem",
+             "client": folder / "client.pem"}
+    leaf.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    leaf.private_key_pem.write_to_path(str(paths["key"]))
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    client_leaf.private_key_and_cert_chain_pem.write_to_path(str(paths["client"]))
+    return {name: str(path) for name, path in paths.items()}
+
+
+@pytest.fixture
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+@pytest.fixture
+async def quic_server(service: Svc, nursery: trio.Nursery, pems: dict[str, str]) -> Any:
+    server = trpc.Server(service)
+    host, port = await nursery.start(lambda task_status: server.serve_quic(
+        0, "127.0.0.1", certfile=pems["cert"], keyfile=pems["key"], task_status=task_status))
+    server.target = f"quic://{host}:{port}"
+    return server
+
+
+@pytest.fixture
+async def quic_client(quic_server: Any, client_context: ssl.SSLContext) -> AsyncIterator[Any]:
+    async with trpc.open_client(quic_server.target, ssl_context=client_context) as client:
+        yield client
+
+
+async def test_a_unary_call_over_quic_returns_its_value(quic_client: Any) -> None:
+    assert await quic_client.greet("Ada") == "Hello Ada"
+    assert await quic_client.add(2, 3) == 5
+    assert await quic_client.nothing() is None
+
+
+async def test_every_call_shape_works_over_quic(quic_client: Any) -> None:
+    assert [x async for x in quic_client.count(5)] == [0, 1, 2, 3, 4]
+
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(10):
+            yield i
+
+    assert await quic_client.total(numbers()) == 45
+    async with quic_client.bidi_echo.open() as stream:
+        for word in ["a", "b", "c"]:
+            await stream.send(word)
+            assert await stream.receive() == word
+
+
+async def test_errors_and_their_details_cross_quic(quic_client: Any) -> None:
+    with pytest.raises(RpcError) as info:
+        await quic_client.fail("rpc")
+    assert info.value.status is Status.NOT_FOUND
+    assert info.value.details == {"id": 7}
+    with pytest.raises(RpcError) as info:
+        await quic_client.missing()
+    assert info.value.status is Status.UNIMPLEMENTED
+
+
+async def test_metadata_reaches_the_handler_over_quic(quic_client: Any) -> None:
+    result = await quic_client.whoami.with_options(metadata={"x-user": "ada"})()
+    assert result["metadata"]["x-user"] == "ada"
+    assert result["method"].endswith("whoami")
+
+
+async def test_many_calls_in_flight_share_one_quic_connection(quic_client: Any) -> None:
+    results: list[int] = []
+
+    async def one(i: int) -> None:
+        results.append(await quic_client.add(i, 1))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(200):
+            nursery.start_soon(one, i)
+    assert sorted(results) == [i + 1 for i in range(200)]
+
+
+async def test_a_large_message_crosses_quic_intact(quic_client: Any) -> None:
+    payload = bytes(range(256)) * 8192  # 2 MiB, over QUIC's per-stream window
+    assert await quic_client.echo(payload) == payload
+
+
+async def test_the_deadline_propagates_to_the_handler_over_quic(quic_client: Any) -> None:
+    remaining = await quic_client.remaining.with_options(timeout=5)()
+    assert 0 < remaining <= 5
+
+
+async def test_a_deadline_that_passes_cancels_the_handler_over_quic(quic_client: Any, service: Svc) -> None:
+    with pytest.raises(RpcError) as info:
+        await quic_client.block.with_options(timeout=0.3)()
+    assert info.value.status is Status.DEADLINE_EXCEEDED
+    with trio.fail_after(5):
+        await service.cancelled.wait()
+    assert service.cancel_reasons[-1] is Status.DEADLINE_EXCEEDED
+
+
+async def test_a_cancelled_call_is_reset_and_the_handler_sees_why(quic_client: Any, service: Svc) -> None:
+    with trio.move_on_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(quic_client.block)
+            await service.started.wait()
+            nursery.cancel_scope.cancel()
+    with trio.fail_after(5):
+        await service.cancelled.wait()
+    assert service.cancel_reasons[-1] is Status.CANCELLED
+    assert await quic_client.greet("after") == "Hello after"
+
+
+async def test_a_client_that_does_not_trust_the_server_is_refused(quic_server: Any) -> None:
+    other = trustme.CA()
+    context = ssl.create_default_context()
+    other.configure_trust(context)
+    with pytest.raises(RpcError) as info:
+        async with trpc.open_client(quic_server.target, ssl_context=context, connect_timeout=5) as client:
+            await client.greet("x")
+    assert info.value.status is Status.UNAVAILABLE
+
+
+async def test_a_server_requiring_client_certificates_refuses_a_client_without_one(
+    nursery: trio.Nursery, pems: dict[str, str], client_context: ssl.SSLContext
+) -> None:
+    server = trpc.Server(Svc())
+    host, port = await nursery.start(lambda task_status: server.serve_quic(
+        0, "127.0.0.1", certfile=pems["cert"], keyfile=pems["key"], client_ca=pems["ca"], task_status=task_status))
+    with pytest.raises(RpcError) as info:
+        async with trpc.open_client(f"quic://{host}:{port}", ssl_context=client_context, connect_timeout=5) as client:
+            await client.greet("x")
+    assert info.value.status is Status.UNAVAILABLE
