@@ -4,7 +4,8 @@ with certificates made by trustme."""
 from __future__ import annotations
 
 import ssl
-from pathlib import Path
+import subprocess
+import sys
 from typing import Any, AsyncIterator
 
 import pytest
@@ -14,6 +15,7 @@ import trustme
 import trpc
 from trpc import RpcError, Status
 
+from .helpers import listening_address
 from .services import Svc
 
 pytest.importorskip("qh3")
@@ -150,13 +152,33 @@ async def test_a_client_that_does_not_trust_the_server_is_refused(quic_server: A
     assert info.value.status is Status.UNAVAILABLE
 
 
-async def test_a_server_requiring_client_certificates_refuses_a_client_without_one(
-    nursery: trio.Nursery, pems: dict[str, str], client_context: ssl.SSLContext
-) -> None:
-    server = trpc.Server(Svc())
-    host, port = await nursery.start(lambda task_status: server.serve_quic(
-        0, "127.0.0.1", certfile=pems["cert"], keyfile=pems["key"], client_ca=pems["ca"], task_status=task_status))
+async def test_a_client_checks_the_server_name_in_its_certificate(quic_server: Any, client_context: ssl.SSLContext) -> None:
     with pytest.raises(RpcError) as info:
-        async with trpc.open_client(f"quic://{host}:{port}", ssl_context=client_context, connect_timeout=5) as client:
+        async with trpc.open_client(quic_server.target, ssl_context=client_context, server_hostname="other.example",
+                                    connect_timeout=5) as client:
             await client.greet("x")
     assert info.value.status is Status.UNAVAILABLE
+
+
+async def test_trpc_serve_with_quic_alone_answers_trpc_call_at_a_quic_target(nursery: trio.Nursery, pems: dict[str, str]) -> None:
+    process = await nursery.start(lambda task_status: trio.run_process(
+        [sys.executable, "-m", "trpc", "serve", "trpc.examples:Greeter", "--quic", "0", "--tls-cert", pems["cert"],
+         "--tls-key", pems["key"]],
+        stdout=subprocess.PIPE, check=False, task_status=task_status))
+    try:
+        address = await listening_address(process)
+        assert address.startswith("quic://127.0.0.1:")
+        with trio.fail_after(60):
+            result = await trio.run_process(
+                [sys.executable, "-m", "trpc", "call", address, "greet", "Ada", "--tls-ca", pems["ca"]],
+                capture_stdout=True, capture_stderr=True, check=False)
+        assert (result.returncode, result.stdout) == (0, b"Hello Ada\n"), result.stderr
+    finally:
+        process.terminate()
+
+
+async def test_trpc_serve_refuses_quic_without_a_certificate() -> None:
+    with trio.fail_after(60):
+        result = await trio.run_process([sys.executable, "-m", "trpc", "serve", "trpc.examples:Greeter", "--quic", "0"],
+                                        capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode != 0 and b"--quic needs --tls-cert" in result.stderr

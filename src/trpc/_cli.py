@@ -680,7 +680,12 @@ async def _serve(args: argparse.Namespace) -> int:
     listeners = []
     if args.unix is not None:
         listeners.append(partial(server.serve_unix, args.unix, mode=args.unix_mode, ssl_context=ssl_context))
-    if args.unix is None or args.host is not None or args.port is not None:
+    if args.quic is not None:
+        if not args.tls_cert:
+            raise CliError("trpc: --quic needs --tls-cert (QUIC is always TLS)", EXIT_USAGE)
+        listeners.append(partial(server.serve_quic, args.quic, DEFAULT_HOST if args.host is None else args.host,
+                                 certfile=args.tls_cert, keyfile=args.tls_key))
+    if (args.unix is None and args.quic is None) or args.host is not None or args.port is not None:
         port = DEFAULT_PORT if args.port is None else args.port
         host = DEFAULT_HOST if args.host is None else args.host
         listeners.append(partial(server.serve_tcp, port, host, ssl_context=ssl_context))
@@ -692,11 +697,15 @@ async def _serve(args: argparse.Namespace) -> int:
                     where = await nursery.start(listen)
                 except OSError as exc:  # the port or the path is taken, or cannot be used
                     place = (Address.tcp(listen.args[1], listen.args[0]) if listen.func == server.serve_tcp
+                             else Address("quic", host=listen.args[1], port=listen.args[0] or 1)
+                             if listen.func == server.serve_quic
                              else Address.unix(cast(str, args.unix)))  # the Unix listener: args.unix is set
                     failure = CliError(f"trpc: cannot listen on {place}: {exc.strerror or exc}")
                     nursery.cancel_scope.cancel()
                     break
-                shown = Address.unix(where) if isinstance(where, str) else Address.tcp(*where)
+                shown = (Address.unix(where) if isinstance(where, str)
+                         else Address("quic", host=where[0], port=where[1]) if listen.func == server.serve_quic
+                         else Address.tcp(*where))
                 print(f"listening on {shown} (framer {server._framer.name})", flush=True)
             if failure is None:  # (else raised below, outside the nursery: no ExceptionGroup)
                 paths: dict[str, list[str]] = {}
@@ -926,6 +935,8 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"port, 0-65535 (default {DEFAULT_PORT}; 0 picks a free one)")
     serve.add_argument("--unix", metavar="PATH", default=None,
                        help="listen on a Unix domain socket at PATH instead (as well, with --host or --port)")
+    serve.add_argument("--quic", metavar="PORT", type=_port, default=None,
+                       help="serve QUIC on this UDP port too (alone, without --port or --unix); needs --tls-cert")
     serve.add_argument("--unix-mode", metavar="OCTAL", type=_octal, default=None,
                        help="permissions of the socket file, e.g. 660 (default: what the umask gives)")
     serve.add_argument("--access-log", action="store_true",

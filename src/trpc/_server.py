@@ -1250,19 +1250,18 @@ class Server:
         *,
         certfile: str,
         keyfile: str | None = None,
-        client_ca: str | None = None,
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on UDP and serve every QUIC connection (trpc.quic; docs/PROTOCOL.md section 15),
         until cancelled or shut down, with the same limits, admission and shutdown as
         ``serve_tcp``; run it beside ``serve_tcp`` to serve both.  QUIC is always TLS 1.3:
         ``certfile`` (PEM, the chain) and ``keyfile`` (PEM; omitted when ``certfile`` holds
-        it) are the server's identity; with ``client_ca`` (PEM), a client must present a
-        certificate it signed (mutual TLS).  ``task_status.started`` reports ``(host, port)``.
-        Needs the ``qh3`` package."""
+        it) are the server's identity.  Mutual TLS is not offered over QUIC: qh3's server
+        never asks for a client certificate.  ``task_status.started`` reports ``(host,
+        port)``.  Needs the ``qh3`` package."""
         from .quic._transport import serve_quic, server_configuration
 
-        configuration = server_configuration(certfile, keyfile, client_ca=client_ca)
+        configuration = server_configuration(certfile, keyfile)
         await serve_quic(self, port, host or DEFAULT_HOST, configuration, task_status=task_status)
 
     def _connection_server(self, ssl_context: ssl.SSLContext | None) -> _StreamServer:

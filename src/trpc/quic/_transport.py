@@ -74,16 +74,15 @@ _SOCKET_BUFFER = 4 << 20
 _current_time = trio.current_time
 
 
-def server_configuration(certfile: str, keyfile: str | None = None, *, client_ca: str | None = None,
-                         idle_timeout: float = 60.0) -> QuicConfiguration:
-    """The server's QUIC configuration: its certificate chain and key (PEM files), and, with
-    ``client_ca``, mutual TLS: a client must present a certificate that CA signed."""
+def server_configuration(certfile: str, keyfile: str | None = None, *, idle_timeout: float = 60.0) -> QuicConfiguration:
+    """The server's QUIC configuration: its certificate chain and key (PEM files).  (No mutual
+    TLS: qh3's server never sends a CertificateRequest.)"""
     configuration = QuicConfiguration(is_client=False, alpn_protocols=[ALPN_TRPC], idle_timeout=idle_timeout,
                                       connection_id_length=_CID_LENGTH)
-    configuration.load_cert_chain(certfile, keyfile)
-    if client_ca is not None:
-        configuration.load_verify_locations(cafile=client_ca)
-        configuration.verify_mode = ssl.CERT_REQUIRED
+    # qh3 reads the key from keyfile only: a PEM holding both is named twice.
+    configuration.load_cert_chain(certfile, keyfile or certfile)
+    if configuration.private_key is None or configuration.certificate is None:
+        raise ValueError(f"no certificate and private key in {certfile}" + (f" and {keyfile}" if keyfile else ""))
     return configuration
 
 
