@@ -182,3 +182,50 @@ async def test_trpc_serve_refuses_quic_without_a_certificate() -> None:
         result = await trio.run_process([sys.executable, "-m", "trpc", "serve", "trpc.examples:Greeter", "--quic", "0"],
                                         capture_stdout=True, capture_stderr=True, check=False)
     assert result.returncode != 0 and b"--quic needs --tls-cert" in result.stderr
+
+
+async def test_a_client_that_moves_to_a_new_port_keeps_its_calls(quic_client: Any) -> None:
+    connection = quic_client._connection
+    before = connection.socket.getsockname()
+    async with trio.open_nursery() as nursery:
+        results: list[Any] = []
+
+        async def slow() -> None:
+            results.append(await quic_client.sleep_then(0.5, "kept"))
+
+        nursery.start_soon(slow)
+        await trio.sleep(0.1)
+        after = connection.rebind()
+    assert after != before
+    assert results == ["kept"]
+    assert quic_client._connection is connection  # the same QUIC connection, not a new one
+    assert await quic_client.greet("moved") == "Hello moved"
+
+
+async def test_a_channel_client_reconnects_to_a_restarted_quic_server(
+    pems: dict[str, str], client_context: ssl.SSLContext
+) -> None:
+    async def serve(port: int, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+        await trpc.Server(Svc()).serve_quic(port, "127.0.0.1", certfile=pems["cert"], keyfile=pems["key"],
+                                             task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        first = trio.CancelScope()
+        first_closed = trio.Event()
+
+        async def first_server(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+            try:
+                with first:
+                    await serve(0, task_status=task_status)
+            finally:
+                first_closed.set()
+
+        _, port = await nursery.start(first_server)
+        async with trpc.open_client(f"quic://127.0.0.1:{port}", ssl_context=client_context) as client:
+            assert await client.greet("one") == "Hello one"
+            first.cancel()
+            await first_closed.wait()  # its socket is closed: the port is free
+            with trio.fail_after(10):
+                await nursery.start(serve, port)
+                assert await client.greet.with_options(wait_for_ready=True)("two") == "Hello two"
+        nursery.cancel_scope.cancel()
