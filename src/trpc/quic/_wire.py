@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import cbor2
 from qh3.quic import events as qe
-from qh3.quic.connection import QuicConnection
+from qh3.quic.connection import QuicConnection, QuicConnectionError
 
 from .._errors import LocalProtocolError, MessageTooLargeError, RemoteProtocolError
 from .._events import (
@@ -106,6 +106,9 @@ _INFO = int(FrameType.INFO)
 #: Payloads of frames other than DATA never exceed this (HEADERS, TRAILERS, control frames).
 _MAX_CONTROL = MAX_HEADERS_SIZE
 _OK_TRAILERS = cbor2.dumps({1: 0})
+#: What qh3 raises when asked to send on a connection that has closed (its Rust core raises
+#: RuntimeError, wrapped in QuicConnectionError) or on a stream that has finished (ValueError).
+_CLOSED = (QuicConnectionError, RuntimeError, ValueError)
 
 
 def call_id(stream_id: int) -> int:
@@ -328,7 +331,10 @@ class QuicWire:
     def ping(self, payload: bytes) -> None:
         """A QUIC PING; its acknowledgement comes back as PingAcknowledged with ``payload``
         (8 bytes)."""
-        self.quic.send_ping(int.from_bytes(payload[:8].ljust(8, b"\0"), "big"))
+        try:
+            self.quic.send_ping(int.from_bytes(payload[:8].ljust(8, b"\0"), "big"))
+        except _CLOSED:
+            return
         self._dirty = True
 
     def goaway(self, status: Status = Status.OK, message: str = "") -> None:
@@ -344,7 +350,10 @@ class QuicWire:
     def close(self, message: str = "") -> None:
         """Close the QUIC connection (CONNECTION_CLOSE with NO_ERROR)."""
         if self.terminated is None:
-            self.quic.close(reason_phrase=message)
+            try:
+                self.quic.close(reason_phrase=message)
+            except _CLOSED:
+                return
             self._dirty = True
 
     def _on_control(self, stream_id: int, data: bytes, out: list[Event]) -> None:
@@ -379,14 +388,19 @@ class QuicWire:
 
     # ------------------------------------------------------------ calls: sending
     def _send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        self.quic.send_stream_data(stream_id, data, end_stream)
+        """Queue stream data; dropped if the connection has closed (its calls are ended by the
+        connection's end, which the call layer hears about as ConnectionClosed)."""
+        try:
+            self.quic.send_stream_data(stream_id, data, end_stream)
+        except _CLOSED:
+            return
         self._dirty = True
 
     def _reset(self, stream_id: int, code: int) -> None:
         """RESET_STREAM, unless QUIC has already finished the stream's sending."""
         try:
             self.quic.reset_stream(stream_id, code)
-        except ValueError:  # sent and acknowledged in full: nothing left to reset
+        except _CLOSED:  # sent and acknowledged in full, or the connection is gone
             return
         self._dirty = True
 
@@ -394,7 +408,7 @@ class QuicWire:
         """STOP_SENDING, unless QUIC has already received the whole stream."""
         try:
             self.quic.stop_stream(stream_id, code)
-        except ValueError:
+        except _CLOSED:
             return
         self._dirty = True
 
@@ -457,8 +471,7 @@ class QuicWire:
         data = b"".join(parts) if sum(map(len, parts)) < 65536 else parts
         if isinstance(data, list):
             for index, part in enumerate(data):
-                self.quic.send_stream_data(quic_id(stream_id), part, end_stream and index == len(data) - 1)
-            self._dirty = True
+                self._send(quic_id(stream_id), part, end_stream and index == len(data) - 1)
         else:
             self._send(quic_id(stream_id), data, end_stream)
         if end_stream:
