@@ -72,6 +72,8 @@ _CID_LENGTH = 8
 _SOCKET_BUFFER = 4 << 20
 
 _current_time = trio.current_time
+#: The payload of the PING a client sends from its new address after ``rebind``.
+_MOVED_PING = b"trpcmove"
 
 
 def server_configuration(certfile: str, keyfile: str | None = None, *, idle_timeout: float = 60.0) -> QuicConfiguration:
@@ -389,6 +391,10 @@ class QuicClientConnection(_Datagrams, ClientConnection):
         self._rebound = True
         trio.lowlevel.notify_closing(old)
         old.close()
+        # Tell the server at once where we are now (it answers to the address its last
+        # datagram came from): a PING, under a fresh connection id as RFC 9000 section 9.5 asks.
+        self.conn.quic.change_connection_id()
+        self.conn.ping(_MOVED_PING)
         self.transmit()
         return cast(tuple[str, int], self.socket.getsockname()[:2])
 
