@@ -4,6 +4,7 @@ with certificates made by trustme."""
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 import subprocess
 import sys
 from typing import Any, AsyncIterator
@@ -48,17 +49,23 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
+@dataclass
+class Served:
+    server: trpc.Server
+    target: str
+
+
 @pytest.fixture
-async def quic_server(service: Svc, nursery: trio.Nursery, pems: dict[str, str]) -> Any:
+async def quic_server(service: Svc, nursery: trio.Nursery, pems: dict[str, str]) -> Served:
+    """A server of ``service`` over QUIC on a free loopback port."""
     server = trpc.Server(service)
     host, port = await nursery.start(lambda task_status: server.serve_quic(
         0, "127.0.0.1", certfile=pems["cert"], keyfile=pems["key"], task_status=task_status))
-    server.target = f"quic://{host}:{port}"
-    return server
+    return Served(server, f"quic://{host}:{port}")
 
 
 @pytest.fixture
-async def quic_client(quic_server: Any, client_context: ssl.SSLContext) -> AsyncIterator[Any]:
+async def quic_client(quic_server: Served, client_context: ssl.SSLContext) -> AsyncIterator[Any]:
     async with trpc.open_client(quic_server.target, ssl_context=client_context) as client:
         yield client
 
@@ -142,7 +149,7 @@ async def test_a_cancelled_call_is_reset_and_the_handler_sees_why(quic_client: A
     assert await quic_client.greet("after") == "Hello after"
 
 
-async def test_a_client_that_does_not_trust_the_server_is_refused(quic_server: Any) -> None:
+async def test_a_client_that_does_not_trust_the_server_is_refused(quic_server: Served) -> None:
     other = trustme.CA()
     context = ssl.create_default_context()
     other.configure_trust(context)
@@ -152,7 +159,7 @@ async def test_a_client_that_does_not_trust_the_server_is_refused(quic_server: A
     assert info.value.status is Status.UNAVAILABLE
 
 
-async def test_a_client_checks_the_server_name_in_its_certificate(quic_server: Any, client_context: ssl.SSLContext) -> None:
+async def test_a_client_checks_the_server_name_in_its_certificate(quic_server: Served, client_context: ssl.SSLContext) -> None:
     with pytest.raises(RpcError) as info:
         async with trpc.open_client(quic_server.target, ssl_context=client_context, server_hostname="other.example",
                                     connect_timeout=5) as client:

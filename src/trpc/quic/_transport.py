@@ -99,7 +99,7 @@ def client_configuration(ssl_context: ssl.SSLContext | None, server_name: str,
         cas = ssl_context.get_ca_certs(binary_form=True)
         if cas:
             configuration.load_verify_locations(
-                cadata="".join(ssl.DER_cert_to_PEM_cert(cast(bytes, der)) for der in cas).encode())
+                cadata="".join(ssl.DER_cert_to_PEM_cert(der) for der in cas).encode())
         configuration.verify_mode = ssl_context.verify_mode
         configuration.verify_hostname = ssl_context.check_hostname
     return configuration
@@ -139,14 +139,15 @@ class _Datagrams:
     """What a QUIC connection does differently from a byte stream's (see the module's
     docstring); mixed in before the call layer's connection class."""
 
-    conn: QuicWire
     broken: str | None
     peer: str
     _writer_wakeup: Any
     _reader_scope: trio.CancelScope
     closed: trio.Event
 
-    def _init_datagrams(self, sock: socket.socket) -> None:
+    def _init_datagrams(self, sock: socket.socket, wire: QuicWire) -> None:
+        #: The wire connection (also ``conn``, as the call layer knows it).
+        self.wire = wire
         self.socket = sock
         #: The deadline the timer task sleeps until, as far as QUIC's timer is concerned.
         self._timer_at = math.inf
@@ -162,12 +163,12 @@ class _Datagrams:
         handle = self.handle_event
         for event in events:
             handle(event)
-        if self.conn.terminated is not None and self.broken is None:
-            self._fail(self.conn.terminated)
+        if self.wire.terminated is not None and self.broken is None:
+            self._fail(self.wire.terminated)
 
     def transmit(self) -> None:
         """Send every datagram due now, and re-read QUIC's timer."""
-        conn = self.conn
+        conn = self.wire
         sock = self.socket
         for data, address in conn.datagrams_to_send(_current_time()):
             try:
@@ -183,7 +184,7 @@ class _Datagrams:
 
     def _quic_timer(self, now: float) -> float:
         """QUIC's deadline, acted on if it has passed: the next one (math.inf for none)."""
-        conn = self.conn
+        conn = self.wire
         at = conn.quic.get_timer()
         if at is not None and at <= now:
             self.deliver(conn.handle_timer(now))
@@ -215,7 +216,7 @@ class _Datagrams:
 
     async def close_stream(self) -> None:
         """Close the QUIC connection (CONNECTION_CLOSE, sent at once)."""
-        self.conn.close(self.broken or "closed")
+        self.wire.close(self.broken or "closed")
         self.transmit()
         self.closed_quic()
 
@@ -228,7 +229,7 @@ class QuicServerConnection(_Datagrams, _ServerConnection):
 
     def __init__(self, server: "Server", endpoint: "QuicEndpoint", wire: QuicWire, peer: str) -> None:
         _ServerConnection.__init__(self, server, cast(trio.abc.Stream, None), cast(Any, wire), peer)
-        self._init_datagrams(endpoint.socket)
+        self._init_datagrams(endpoint.socket, wire)
         self.endpoint = endpoint
 
     def _timers(self, now: float) -> float:
@@ -290,12 +291,12 @@ class QuicEndpoint:
                     connection = self._open(cid, address)
                     if connection is None:
                         continue
-                connection.conn.peer_address = address
-                connection.conn.quic.receive_datagram(data, address, now)
+                connection.wire.peer_address = address
+                connection.wire.quic.receive_datagram(data, address, now)
                 touched[id(connection)] = connection
             for connection in touched.values():
-                connection.deliver(connection.conn.events())
-                wire = connection.conn
+                connection.deliver(connection.wire.events())
+                wire = connection.wire
                 for cid in wire.issued:
                     routes[cid] = connection
                 for cid in wire.retired:
@@ -311,7 +312,7 @@ class QuicEndpoint:
             server.refused_connections += 1
             return None
         quic = QuicConnection(configuration=self.configuration, original_destination_connection_id=cid)
-        options = server._connection_options
+        options = cast(dict[str, Any], server._connection_options)
         wire = QuicWire("server", quic, max_message_size=options["max_message_size"],
                         max_concurrent_streams=options["max_concurrent_streams"],
                         idempotent_methods=options["idempotent_methods"], methods=options["methods"])
@@ -342,7 +343,8 @@ async def serve_quic(server: "Server", port: int, host: str, configuration: Quic
     ``Server.serve_quic``)."""
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     family, _, _, _, sockaddr = infos[0]
-    sock = _open_socket(family, sockaddr[0], sockaddr[1])
+    bound = cast(tuple[str, int], sockaddr[:2])
+    sock = _open_socket(family, bound[0], bound[1])
     scope = trio.CancelScope()
     try:
         async with trio.open_nursery() as nursery:
@@ -368,7 +370,7 @@ class QuicClientConnection(_Datagrams, ClientConnection):
 
     def __init__(self, sock: socket.socket, wire: QuicWire, peer: str, server_address: Any) -> None:
         ClientConnection.__init__(self, cast(trio.abc.Stream, None), wire, peer)
-        self._init_datagrams(sock)
+        self._init_datagrams(sock, wire)
         self.server_address = server_address
         self._rebound = False
 
@@ -379,7 +381,7 @@ class QuicClientConnection(_Datagrams, ClientConnection):
         """As for every QUIC connection; and calls waiting for the server's stream limit are
         woken once QUIC says the server raised it (MAX_STREAMS comes apart from any call's end)."""
         _Datagrams.deliver(self, events)
-        if self.slot_waiters and self.conn.can_open_call:
+        if self.slot_waiters and self.wire.can_open_call:
             self.slot_waiters.unpark_all()
 
     def rebind(self) -> tuple[str, int]:
@@ -393,15 +395,15 @@ class QuicClientConnection(_Datagrams, ClientConnection):
         old.close()
         # Tell the server at once where we are now (it answers to the address its last
         # datagram came from): a PING, under a fresh connection id as RFC 9000 section 9.5 asks.
-        self.conn.quic.change_connection_id()
-        self.conn.ping(_MOVED_PING)
+        self.wire.quic.change_connection_id()
+        self.wire.ping(_MOVED_PING)
         self.transmit()
         return cast(tuple[str, int], self.socket.getsockname()[:2])
 
     async def reader(self, first: bytes = b"") -> None:
         """Read this connection's socket: a burst of datagrams, their events, the datagrams
         due; until the connection ends."""
-        conn = self.conn
+        conn = self.wire
         try:
             with self._reader_scope:
                 while self.broken is None:
@@ -435,9 +437,10 @@ class QuicClientConnection(_Datagrams, ClientConnection):
         self.socket.close()
 
 
-async def open_quic_connection(target: Address, options: ConnectOptions, limit: ConnectLimit) -> ClientConnection:
+async def open_quic_connection(target: Address, connect: ConnectOptions, limit: ConnectLimit) -> ClientConnection:
     """A client connection to ``quic://host:port``, its handshake started; run it with
     ``ClientConnection.run`` (ready once the handshake is done)."""
+    options: Any = connect  # its attributes are set from its __slots__
     assert target.host is not None and target.port is not None
     try:
         with trio.fail_at(limit.deadline):

@@ -284,22 +284,21 @@ class QuicWire:
         out: list[Event] = []
         quic = self.quic
         while (event := quic.next_event()) is not None:
-            kind = type(event)
-            if kind is qe.StreamDataReceived:
+            if isinstance(event, qe.StreamDataReceived):
                 self._on_data(event, out)
-            elif kind is qe.StreamReset:
+            elif isinstance(event, qe.StreamReset):
                 self._on_reset(event.stream_id, event.error_code, out)
-            elif kind is qe.StopSendingReceived:
+            elif isinstance(event, qe.StopSendingReceived):
                 self._on_stop_sending(event.stream_id, event.error_code, out)
-            elif kind is qe.PingAcknowledged:
+            elif isinstance(event, qe.PingAcknowledged):
                 out.append(PingAcknowledged(payload=event.uid.to_bytes(8, "big")))
-            elif kind is qe.HandshakeCompleted:
+            elif isinstance(event, qe.HandshakeCompleted):
                 self._on_handshake(out)
-            elif kind is qe.ConnectionTerminated:
+            elif isinstance(event, qe.ConnectionTerminated):
                 self._on_terminated(event, out)
-            elif kind is qe.ConnectionIdIssued:
+            elif isinstance(event, qe.ConnectionIdIssued):
                 self.issued.append(event.connection_id)
-            elif kind is qe.ConnectionIdRetired:
+            elif isinstance(event, qe.ConnectionIdRetired):
                 self.retired.append(event.connection_id)
         if self._blocked:
             for stream_id in list(self._blocked):
@@ -421,13 +420,15 @@ class QuicWire:
     def _check_size(self, payload: bytes | list[bytes]) -> int:
         size = len(payload) if type(payload) is bytes else message_size(payload)
         if not 0 < size <= self.max_message_size:
-            raise MessageTooLargeError(f"message of {size} bytes exceeds the limit of {self.max_message_size}")
+            raise MessageTooLargeError(size, self.max_message_size)
         return size
 
     def _message(self, payload: bytes | list[bytes]) -> list[bytes]:
         size = self._check_size(payload)
         head = pack_header(size, _DATA, 0, 0)
-        return [head, payload] if type(payload) is bytes else [head, *payload]
+        if isinstance(payload, bytes):
+            return [head, payload]
+        return [head, *payload]
 
     def open_call(self, method: str, *, metadata: dict[str, Any] | None = None, timeout: float | None = None,
                   end_stream: bool = False) -> int:
