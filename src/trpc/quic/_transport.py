@@ -67,6 +67,11 @@ _BURST = 64
 _DATAGRAM = 65536
 #: The length of the connection ids this side issues (QUIC's configuration default).
 _CID_LENGTH = 8
+#: The largest datagram sent: 1452 bytes, what an Ethernet path carries under IPv6 and UDP
+#: headers (1500 - 40 - 8), so bulk data takes 13% fewer packets than QUIC's minimum of 1280.
+#: Fixed rather than probed: qh3's path MTU probing sends a probe with most sends, which costs
+#: a datagram per small call.
+_MAX_DATAGRAM = 1452
 #: The kernel's socket buffers asked for: 4 MiB, so that a burst of a fast sender's datagrams
 #: is not dropped by the kernel before the reader drains it.
 _SOCKET_BUFFER = 4 << 20
@@ -80,7 +85,8 @@ def server_configuration(certfile: str, keyfile: str | None = None, *, idle_time
     """The server's QUIC configuration: its certificate chain and key (PEM files).  (No mutual
     TLS: qh3's server never sends a CertificateRequest.)"""
     configuration = QuicConfiguration(is_client=False, alpn_protocols=[ALPN_TRPC], idle_timeout=idle_timeout,
-                                      connection_id_length=_CID_LENGTH)
+                                      connection_id_length=_CID_LENGTH, max_datagram_size=_MAX_DATAGRAM,
+                                      probe_datagram_size=False)
     # qh3 reads the key from keyfile only: a PEM holding both is named twice.
     configuration.load_cert_chain(certfile, keyfile or certfile)
     if configuration.private_key is None or configuration.certificate is None:
@@ -94,7 +100,8 @@ def client_configuration(ssl_context: ssl.SSLContext | None, server_name: str,
     CA certificates it trusts (``get_ca_certs``) and whether it verifies the server at all
     (``verify_mode``, ``check_hostname``).  Without a context, the system's CAs are trusted."""
     configuration = QuicConfiguration(is_client=True, alpn_protocols=[ALPN_TRPC], server_name=server_name,
-                                      idle_timeout=idle_timeout, connection_id_length=_CID_LENGTH)
+                                      idle_timeout=idle_timeout, connection_id_length=_CID_LENGTH,
+                                      max_datagram_size=_MAX_DATAGRAM, probe_datagram_size=False)
     if ssl_context is not None:
         cas = ssl_context.get_ca_certs(binary_form=True)
         if cas:
@@ -119,6 +126,15 @@ def _open_socket(family: int, host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+async def _let_handlers_answer() -> None:
+    """Let the tasks a burst of events woke run before the acknowledgements it calls for are
+    sent: a handler's reply (a caller's next request) then leaves in the same datagram as the
+    ACK, instead of one datagram for each.  Two checkpoints, since Trio may run a batch of
+    ready tasks in any order."""
+    await trio.lowlevel.checkpoint()
+    await trio.lowlevel.checkpoint()
 
 
 def _destination_cid(data: bytes) -> tuple[bytes, bool]:
@@ -303,8 +319,9 @@ class QuicEndpoint:
                     routes.pop(cid, None)
                 wire.issued.clear()
                 wire.retired.clear()
+            await _let_handlers_answer()
+            for connection in touched.values():
                 connection.transmit()
-            await trio.lowlevel.checkpoint()
 
     def _open(self, cid: bytes, address: Any) -> QuicServerConnection | None:
         server = self.server
@@ -425,8 +442,8 @@ class QuicClientConnection(_Datagrams, ClientConnection):
                             continue
                         conn.quic.receive_datagram(data, address, now)
                     self.deliver(conn.events())
+                    await _let_handlers_answer()
                     self.transmit()
-                    await trio.lowlevel.checkpoint()
         except OSError as exc:
             self._fail(f"receiving failed: {exc}")
         finally:
