@@ -35,6 +35,8 @@ import logging
 import math
 import socket
 import ssl
+import struct
+import sys
 from typing import TYPE_CHECKING, Any, cast
 
 import trio
@@ -112,6 +114,84 @@ def client_configuration(ssl_context: ssl.SSLContext | None, server_name: str,
     return configuration
 
 
+# Linux's UDP segmentation offload (GSO: one send of many equal datagrams) and its receive twin
+# (GRO: the kernel hands back a run of one peer's datagrams in one buffer, with their size).
+# Per-datagram system calls are most of a bulk transfer's cost, so both are used where the
+# kernel has them (linux/udp.h: SOL_UDP 17, UDP_SEGMENT 103, UDP_GRO 104).
+_SOL_UDP = 17
+_UDP_SEGMENT = 103
+_UDP_GRO = 104
+#: Datagrams joined into one GSO send at most: the kernel's limit (UDP_MAX_SEGMENTS)...
+_GSO_SEGMENTS = 64
+#: ...and their bytes: one UDP payload.
+_GSO_BYTES = 65000
+_CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
+_pack_segment = struct.Struct("=H").pack
+_unpack_int = struct.Struct("=i").unpack_from
+
+
+class _Udp:
+    """A non-blocking UDP socket that sends runs of datagrams with GSO and receives them with
+    GRO where Linux offers them, one datagram per system call elsewhere."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.gso = sys.platform == "linux"
+        self.gro = False
+        if sys.platform == "linux" and _CMSG_SPACE:
+            try:
+                sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)
+                self.gro = True
+            except OSError:
+                pass
+
+    def receive(self) -> tuple[bytes, int, Any]:
+        """One datagram, or a GRO run of them: ``(data, segment_size, address)``; raises
+        BlockingIOError when none is waiting."""
+        if not self.gro:
+            data, address = self.sock.recvfrom(_DATAGRAM)
+            return data, len(data), address
+        data, ancillary, _flags, address = self.sock.recvmsg(_DATAGRAM, _CMSG_SPACE)
+        segment = len(data)
+        for level, kind, payload in ancillary:
+            if level == _SOL_UDP and kind == _UDP_GRO and len(payload) >= 4:
+                segment = _unpack_int(payload)[0] or segment
+        return data, segment, address
+
+    def send(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        """Send datagrams in order; one the kernel will not take now is dropped (QUIC resends)."""
+        count = len(datagrams)
+        i = 0
+        while i < count:
+            data, address = datagrams[i]
+            size = len(data)
+            j = i + 1
+            if self.gso:
+                total = size
+                while j < count and j - i < _GSO_SEGMENTS:
+                    following, to = datagrams[j]
+                    if to != address or len(following) > size or total + len(following) > _GSO_BYTES:
+                        break
+                    total += len(following)
+                    j += 1
+                    if len(following) < size:
+                        break  # only the last segment of a run may be shorter
+            try:
+                if j - i == 1:
+                    self.sock.sendto(data, address)
+                else:
+                    self.sock.sendmsg([b"".join([d for d, _ in datagrams[i:j]])],
+                                      [(_SOL_UDP, _UDP_SEGMENT, _pack_segment(size))], 0, address)
+            except (BlockingIOError, InterruptedError):
+                pass  # the kernel's buffer is full: lost, and QUIC resends it
+            except OSError as exc:
+                if j - i > 1:  # no GSO on this path after all: one datagram at a time from now
+                    self.gso = False
+                    continue
+                logger.debug("trpc: QUIC datagram to %s not sent: %s", address, exc)
+            i = j
+
+
 def _open_socket(family: int, host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -161,10 +241,11 @@ class _Datagrams:
     _reader_scope: trio.CancelScope
     closed: trio.Event
 
-    def _init_datagrams(self, sock: socket.socket, wire: QuicWire) -> None:
+    def _init_datagrams(self, sock: socket.socket, wire: QuicWire, udp: "_Udp | None" = None) -> None:
         #: The wire connection (also ``conn``, as the call layer knows it).
         self.wire = wire
         self.socket = sock
+        self.udp = udp or _Udp(sock)
         #: The deadline the timer task sleeps until, as far as QUIC's timer is concerned.
         self._timer_at = math.inf
         self._writer_gone_quic = False
@@ -185,14 +266,9 @@ class _Datagrams:
     def transmit(self) -> None:
         """Send every datagram due now, and re-read QUIC's timer."""
         conn = self.wire
-        sock = self.socket
-        for data, address in conn.datagrams_to_send(_current_time()):
-            try:
-                sock.sendto(data, address)
-            except (BlockingIOError, InterruptedError):
-                pass  # the kernel's buffer is full: lost, and QUIC resends it
-            except OSError as exc:
-                logger.debug("trpc: QUIC datagram to %s not sent: %s", address, exc)
+        datagrams = conn.datagrams_to_send(_current_time())
+        if datagrams:
+            self.udp.send(datagrams)
         at = conn.quic.get_timer()
         if at is not None and at < self._timer_at:
             self._timer_at = at
@@ -245,7 +321,7 @@ class QuicServerConnection(_Datagrams, _ServerConnection):
 
     def __init__(self, server: "Server", endpoint: "QuicEndpoint", wire: QuicWire, peer: str) -> None:
         _ServerConnection.__init__(self, server, cast(trio.abc.Stream, None), cast(Any, wire), peer)
-        self._init_datagrams(endpoint.socket, wire)
+        self._init_datagrams(endpoint.socket, wire, endpoint.udp)
         self.endpoint = endpoint
 
     def _timers(self, now: float) -> float:
@@ -271,6 +347,8 @@ class QuicEndpoint:
                  nursery: trio.Nursery) -> None:
         self.server = server
         self.socket = sock
+        #: The socket, read with GRO where Linux has it (and shared by the connections' sends).
+        self.udp = _Udp(sock)
         self.configuration = configuration
         self.nursery = nursery
         self._routes: dict[bytes, QuicServerConnection] = {}
@@ -286,6 +364,7 @@ class QuicEndpoint:
     async def run(self) -> None:
         """Read, route, report and send, until cancelled."""
         sock = self.socket
+        udp = self.udp
         routes = self._routes
         while True:
             await trio.lowlevel.wait_readable(sock)
@@ -293,7 +372,7 @@ class QuicEndpoint:
             touched: dict[int, QuicServerConnection] = {}
             for _ in range(_BURST):
                 try:
-                    data, address = sock.recvfrom(_DATAGRAM)
+                    data, segment, address = udp.receive()
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:  # an ICMP error from an earlier send: not ours to act on
@@ -308,7 +387,10 @@ class QuicEndpoint:
                     if connection is None:
                         continue
                 connection.wire.peer_address = address
-                connection.wire.quic.receive_datagram(data, address, now)
+                if segment < len(data):
+                    connection.wire.quic.receive_gro_buffer(data, segment, address, now)
+                else:
+                    connection.wire.quic.receive_datagram(data, address, now)
                 touched[id(connection)] = connection
             for connection in touched.values():
                 connection.deliver(connection.wire.events())
@@ -407,6 +489,7 @@ class QuicClientConnection(_Datagrams, ClientConnection):
         old = self.socket
         host = old.getsockname()[0]
         self.socket = _open_socket(old.family, host, 0)
+        self.udp = _Udp(self.socket)
         self._rebound = True
         trio.lowlevel.notify_closing(old)
         old.close()
@@ -432,15 +515,19 @@ class QuicClientConnection(_Datagrams, ClientConnection):
                             continue  # rebound: read the new socket
                         return  # closed by close_stream
                     now = self.received_at = _current_time()
+                    udp = self.udp
                     for _ in range(_BURST):
                         try:
-                            data, address = sock.recvfrom(_DATAGRAM)
+                            data, segment, address = udp.receive()
                         except (BlockingIOError, InterruptedError):
                             break
                         except OSError as exc:
                             logger.debug("trpc: QUIC socket: %s", exc)
                             continue
-                        conn.quic.receive_datagram(data, address, now)
+                        if segment < len(data):
+                            conn.quic.receive_gro_buffer(data, segment, address, now)
+                        else:
+                            conn.quic.receive_datagram(data, address, now)
                     self.deliver(conn.events())
                     await _let_handlers_answer()
                     self.transmit()
