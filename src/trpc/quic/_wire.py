@@ -34,6 +34,7 @@ Datagrams leave through :meth:`datagrams_to_send`; the byte-stream methods of th
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -94,6 +95,17 @@ NO_ERROR = 0
 #: for credit": 1 MiB, a few round trips of a fast path's window, so a producer is never held
 #: back while the network takes what it sends, and never far ahead of a peer that reads nothing.
 SEND_LOW_WATER = 1 << 20
+#: Bytes of one stream handed to QUIC and not yet sent, past which the rest waits here: 64 KiB.
+#: QUIC sends a stream's queued bytes before a later stream's, so a small reply queued behind
+#: a large message whole would wait for all of it (head-of-line blocking inside the sender);
+#: fed in slices, it waits behind one slice at most.  64 KiB: enough for a burst of
+#: the congestion window per feeding round, small enough to send in a few milliseconds.
+_FEED = 64 << 10
+#: Feeding rounds per ``datagrams_to_send`` at most: a bound on one call's work (a round hands
+#: every stream with waiting bytes one slice, and collects the datagrams QUIC makes of them),
+#: so that a bulk sender lets other tasks run every few hundred datagrams; the rest goes when
+#: the acknowledgements of these come back.
+_FEED_ROUNDS = 4
 #: The version PrefaceReceived reports: the frames are protocol 1.1's (INFO included).
 _VERSION = PROTOCOL_VERSION
 _HEADER_SIZE = HEADER.size
@@ -175,6 +187,9 @@ class QuicWire:
         self._dirty = False
         self._blocked: set[int] = set()
         self._batches: dict[int, list[Any]] = {}
+        #: Stream data not yet handed to QUIC, by QUIC stream id, and its size (see _FEED).
+        self._pending: dict[int, deque[tuple[memoryview, bool]]] = {}
+        self._waiting: dict[int, int] = {}
         #: Connection ids QUIC issued and retired since the endpoint last looked (it routes
         #: datagrams by them).
         self.issued: list[bytes] = []
@@ -202,8 +217,12 @@ class QuicWire:
         (0: the call may send more)."""
         if quic_id(stream_id) not in self._calls:
             return 0
-        size = self.quic.get_send_buffer_size(quic_id(stream_id))
+        size = self._queued(quic_id(stream_id))
         return size if size > SEND_LOW_WATER else 0
+
+    def _queued(self, stream_id: int) -> int:
+        """Bytes of a stream not yet sent: waiting here, and handed to QUIC."""
+        return self._waiting.get(stream_id, 0) + self.quic.get_send_buffer_size(stream_id)
 
     @property
     def accepting_calls(self) -> bool:
@@ -250,7 +269,46 @@ class QuicWire:
                 if batch and call is not None:
                     self._flush_pending_batch(call)
         self._dirty = False
-        return self.quic.datagrams_to_send(now=now)
+        quic = self.quic
+        if not self._pending:
+            return quic.datagrams_to_send(now=now)
+        datagrams: list[tuple[bytes, Any]] = []
+        for _ in range(_FEED_ROUNDS):
+            fed = self._feed()
+            sent = quic.datagrams_to_send(now=now)
+            datagrams += sent
+            if not fed or not sent:
+                break
+        return datagrams
+
+    def _feed(self) -> bool:
+        """Hand QUIC the next slice of every stream whose queue in QUIC is short; True if any."""
+        fed = False
+        quic = self.quic
+        for stream_id, queue in list(self._pending.items()):
+            if quic.get_send_buffer_size(stream_id) >= _FEED:
+                continue
+            budget = _FEED
+            while queue and budget > 0:
+                data, end = queue[0]
+                if len(data) > budget:
+                    piece = data[:budget]
+                    queue[0] = (data[budget:], end)
+                    data, end = piece, False
+                else:
+                    queue.popleft()
+                budget -= len(data)
+                self._waiting[stream_id] -= len(data)
+                try:
+                    quic.send_stream_data(stream_id, data, end)
+                except _CLOSED:
+                    queue.clear()
+                    break
+                fed = True
+            if not queue:
+                del self._pending[stream_id]
+                self._waiting.pop(stream_id, None)
+        return fed
 
     def data_to_send(self) -> bytes:
         raise LocalProtocolError("a QUIC connection's output is datagrams: use datagrams_to_send")
@@ -302,7 +360,7 @@ class QuicWire:
                 self.retired.append(event.connection_id)
         if self._blocked:
             for stream_id in list(self._blocked):
-                if self.quic.get_send_buffer_size(stream_id) <= SEND_LOW_WATER:
+                if self._queued(stream_id) <= SEND_LOW_WATER:
                     self._blocked.discard(stream_id)
                     call = self._calls.get(stream_id)
                     if call is not None:
@@ -386,17 +444,30 @@ class QuicWire:
                 self._end_call(call, out, Status.UNAVAILABLE, "the server is going away", processed=False)
 
     # ------------------------------------------------------------ calls: sending
-    def _send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        """Queue stream data; dropped if the connection has closed (its calls are ended by the
-        connection's end, which the call layer hears about as ConnectionClosed)."""
-        try:
-            self.quic.send_stream_data(stream_id, data, end_stream)
-        except _CLOSED:
-            return
+    def _send(self, stream_id: int, data: bytes | memoryview, end_stream: bool = False) -> None:
+        """Queue stream data: handed to QUIC at once while the stream's queue there is short,
+        else kept here and fed in slices (see ``_FEED``).  Dropped if the connection has
+        closed (its calls are ended by the connection's end, reported as ConnectionClosed)."""
+        queue = self._pending.get(stream_id)
+        if queue is None and len(data) <= _FEED and self.quic.get_send_buffer_size(stream_id) < _FEED:
+            try:
+                self.quic.send_stream_data(stream_id, data, end_stream)
+            except _CLOSED:
+                return
+        else:
+            if queue is None:
+                queue = self._pending[stream_id] = deque()
+            queue.append((memoryview(data), end_stream))
+            self._waiting[stream_id] = self._waiting.get(stream_id, 0) + len(data)
         self._dirty = True
+
+    def _drop_pending(self, stream_id: int) -> None:
+        self._pending.pop(stream_id, None)
+        self._waiting.pop(stream_id, None)
 
     def _reset(self, stream_id: int, code: int) -> None:
         """RESET_STREAM, unless QUIC has already finished the stream's sending."""
+        self._drop_pending(stream_id)
         try:
             self.quic.reset_stream(stream_id, code)
         except _CLOSED:  # sent and acknowledged in full, or the connection is gone
@@ -453,7 +524,7 @@ class QuicWire:
         return call_id(stream_id), self._room(stream_id)
 
     def _room(self, stream_id: int) -> bool:
-        if self.quic.get_send_buffer_size(stream_id) <= SEND_LOW_WATER:
+        if self._queued(stream_id) <= SEND_LOW_WATER:
             return True
         call = self._calls.get(stream_id)
         if call is not None:
