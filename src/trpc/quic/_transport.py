@@ -78,9 +78,11 @@ _CID_LENGTH = 8
 #: Fixed rather than probed: qh3's path MTU probing sends a probe with most sends, which costs
 #: a datagram per small call.
 _MAX_DATAGRAM = 1452
-#: The kernel's socket buffers asked for: 4 MiB, so that a burst of a fast sender's datagrams
-#: is not dropped by the kernel before the reader drains it.
-_SOCKET_BUFFER = 4 << 20
+#: The kernel's socket buffers asked for: 512 KiB (the kernel doubles it).  Enough that a burst
+#: of a fast sender's datagrams is not dropped before the reader drains it; no more, because
+#: datagrams queued there wait in front of every stream's: a larger buffer lets a bulk
+#: transfer's congestion window grow into it, and a small call's reply then waits behind it.
+_SOCKET_BUFFER = 512 << 10
 
 _current_time = trio.current_time
 #: The payload of the PING a client sends from its new address after ``rebind``.
