@@ -48,10 +48,10 @@ from .._events import Event
 from .._keepalive import Keepalive
 from .._server import _ServerConnection
 from ..channel._connection import ClientConnection, ConnectLimit, ConnectOptions
-from .._errors import RpcError
+from .._errors import RemoteProtocolError, RpcError
 from .._status import Status
 from ..wire._frames import ALPN_TRPC
-from ._wire import QuicWire
+from ._wire import PROTOCOL_ERROR, QuicWire
 
 if TYPE_CHECKING:
     from .._server import Server
@@ -261,6 +261,19 @@ class _Datagrams:
         def wake_timers(self) -> None: ...
         def _fail(self, reason: str) -> None: ...
 
+    def pump(self) -> None:
+        """Take the wire's events (after datagrams or a timer) and hand them on; a peer that
+        broke the protocol gets CONNECTION_CLOSE with PROTOCOL_ERROR, and the connection ends."""
+        try:
+            events = self.wire.events()
+        except RemoteProtocolError as exc:
+            logger.warning("trpc: protocol error from %s: %s", self.peer, str(exc))
+            self.wire.close(f"protocol error: {exc}", PROTOCOL_ERROR)
+            self.transmit()
+            self._fail(f"protocol error: {exc}")
+            return
+        self.deliver(events)
+
     def deliver(self, events: list[Event]) -> None:
         """Hand the wire's events to the call layer; end the connection if QUIC did."""
         handle = self.handle_event
@@ -285,7 +298,8 @@ class _Datagrams:
         conn = self.wire
         at = conn.quic.get_timer()
         if at is not None and at <= now:
-            self.deliver(conn.handle_timer(now))
+            conn.quic.handle_timer(now)
+            self.pump()
             self.transmit()
             at = conn.quic.get_timer()
         self._timer_at = math.inf if at is None else at
@@ -403,7 +417,7 @@ class QuicEndpoint:
                     connection.wire.quic.receive_datagram(data, address, now)
                 touched[id(connection)] = connection
             for connection in touched.values():
-                connection.deliver(connection.wire.events())
+                connection.pump()
                 wire = connection.wire
                 for cid in wire.issued:
                     routes[cid] = connection
@@ -542,7 +556,7 @@ class QuicClientConnection(_Datagrams, ClientConnection):
                             conn.quic.receive_gro_buffer(data, segment, address, now)
                         else:
                             conn.quic.receive_datagram(data, address, now)
-                    self.deliver(conn.events())
+                    self.pump()
                     await _let_handlers_answer()
                     self.transmit()
         except OSError as exc:

@@ -83,7 +83,7 @@ from ..wire._frames import (
 )
 from .._framer_py import HEADER
 
-__all__ = ["QuicWire", "REFUSED", "NO_ERROR", "SEND_LOW_WATER", "call_id", "quic_id"]
+__all__ = ["QuicWire", "REFUSED", "NO_ERROR", "PROTOCOL_ERROR", "SEND_LOW_WATER", "call_id", "quic_id"]
 
 #: Application error code of a RESET_STREAM for a call refused unprocessed (after GOAWAY):
 #: the client may retry it anywhere.  Codes 1 to 16 are trpc's statuses (a cancel's reason).
@@ -91,6 +91,10 @@ REFUSED = 0x100
 #: Application error code of a STOP_SENDING from a server that has answered a call whose client
 #: still sends: the rest of the request is not wanted (not an error).
 NO_ERROR = 0
+#: Error code of the CONNECTION_CLOSE that ends a connection whose peer broke this mapping (a
+#: frame not allowed where it came, a malformed map): the QUIC counterpart of trpc's GOAWAY
+#: with a protocol error.
+PROTOCOL_ERROR = 0x101
 #: Bytes of one stream waiting in QUIC's send buffer past which ``send_message`` says "wait
 #: for credit": 1 MiB, a few round trips of a fast path's window, so a producer is never held
 #: back while the network takes what it sends, and never far ahead of a peer that reads nothing.
@@ -404,11 +408,11 @@ class QuicWire:
             last = call_id(self._last_received) if self._last_received or self._calls else 0
             self._send(self._control, _frame(_GOAWAY, encode_goaway(last, status, message)))
 
-    def close(self, message: str = "") -> None:
-        """Close the QUIC connection (CONNECTION_CLOSE with NO_ERROR)."""
+    def close(self, message: str = "", error_code: int = NO_ERROR) -> None:
+        """Close the QUIC connection (CONNECTION_CLOSE; NO_ERROR unless ``error_code``)."""
         if self.terminated is None:
             try:
-                self.quic.close(reason_phrase=message)
+                self.quic.close(error_code=error_code, reason_phrase=message)
             except _CLOSED:
                 return
             self._dirty = True
@@ -674,6 +678,8 @@ class QuicWire:
         while len(buffer) >= _HEADER_SIZE and call.stream_id in self._calls:
             length, kind, flags, _ = _unpack_header(buffer)
             if kind == _DATA:
+                if flags:
+                    raise RemoteProtocolError("DATA on QUIC carries one whole message: no flags")
                 if length > self.max_message_size:
                     self._too_large(call, length, messages, out)
                     return

@@ -1,0 +1,147 @@
+"""trpc.quic's sans-IO wire: a client and a server QuicWire wired back to back in memory, no
+sockets, no Trio (h11's helpers-style pair)."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+pytest.importorskip("qh3")
+
+from trpc import Status  # noqa: E402
+from trpc._errors import RemoteProtocolError  # noqa: E402
+from trpc._events import (  # noqa: E402
+    CallCancelled, CallEnded, CallOpened, Event, InfoReceived, MessagesReceived, PrefaceReceived, StreamEnded,
+)
+from trpc._service import Cardinality  # noqa: E402
+from trpc.quic import QuicWire, client_configuration, server_configuration  # noqa: E402
+from trpc.quic._wire import quic_id  # noqa: E402
+from trpc.wire._frames import pack_header  # noqa: E402
+from qh3.quic.connection import QuicConnection  # noqa: E402
+
+_CLIENT = ("127.0.0.1", 40000)
+_SERVER = ("127.0.0.1", 50000)
+
+
+class Pair:
+    """A client and a server wire; ``exchange`` moves datagrams until both are quiet and
+    returns the events each side reported."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        ca = trustme.CA()
+        leaf = ca.issue_cert("localhost")
+        leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+        leaf.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        self.now = 1.0
+        quic = QuicConnection(configuration=client_configuration(context, "localhost"))
+        quic.connect(_SERVER, now=self.now)
+        self.client = QuicWire("client", quic)
+        first = quic.datagrams_to_send(now=self.now)
+        server_quic = QuicConnection(
+            configuration=server_configuration(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")),
+            original_destination_connection_id=quic.original_destination_connection_id)
+        self.server = QuicWire("server", server_quic, idempotent_methods=frozenset({"greet"}),
+                               methods={"Svc/greet": Cardinality.UNARY})
+        for data, _ in first:
+            server_quic.receive_datagram(data, _CLIENT, self.now)
+
+    def exchange(self) -> tuple[list[Event], list[Event]]:
+        client_events: list[Event] = []
+        server_events: list[Event] = self.server.events()
+        for _ in range(100):
+            self.now += 0.001
+            moved = False
+            for data, _ in self.client.datagrams_to_send(self.now):
+                server_events += self.server.receive_datagram(data, _CLIENT, self.now)
+                moved = True
+            for data, _ in self.server.datagrams_to_send(self.now):
+                client_events += self.client.receive_datagram(data, _SERVER, self.now)
+                moved = True
+            if not moved:
+                break
+        return client_events, server_events
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Pair:
+    return Pair(tmp_path)
+
+
+def _kinds(events: list[Event]) -> list[str]:
+    return [type(event).__name__ for event in events]
+
+
+def test_the_handshake_is_the_preface_and_info_follows_on_the_control_stream(pair: Pair) -> None:
+    client, server = pair.exchange()
+    assert any(isinstance(e, PrefaceReceived) for e in client)
+    assert any(isinstance(e, PrefaceReceived) for e in server)
+    info = [e for e in client if isinstance(e, InfoReceived)]
+    assert info and info[0].idempotent == frozenset({"greet"}) and info[0].methods == {"Svc/greet": Cardinality.UNARY}
+
+
+def test_a_unary_call_is_one_stream_with_headers_data_fin_then_trailers(pair: Pair) -> None:
+    pair.exchange()
+    stream_id, sent = pair.client.open_unary_call("Svc/greet", b"\x61Ada", metadata={"k": "v"}, timeout=2.0)
+    assert sent
+    _, server = pair.exchange()
+    assert _kinds(server) == ["CallOpened", "MessagesReceived", "StreamEnded"]
+    opened = server[0]
+    assert isinstance(opened, CallOpened) and opened.method == "Svc/greet" and opened.metadata == {"k": "v"}
+    assert opened.timeout == pytest.approx(2.0)
+    message = server[1]
+    assert isinstance(message, MessagesReceived) and message.payloads == [b"\x61Ada"]
+    assert isinstance(server[2], StreamEnded)
+    pair.server.send_message(opened.stream_id, b"\x62hi")
+    pair.server.send_trailers(opened.stream_id, Status.OK)
+    client, _ = pair.exchange()
+    assert _kinds(client) == ["HeadersReceived", "MessagesReceived", "CallEnded"]
+    ended = client[2]
+    assert isinstance(ended, CallEnded) and ended.status is Status.OK and ended.stream_id == stream_id
+    assert pair.client.open_streams == 0 and pair.server.open_streams == 0
+
+
+def test_a_cancel_is_a_reset_whose_code_is_the_reason(pair: Pair) -> None:
+    pair.exchange()
+    stream_id = pair.client.open_call("Svc/greet")
+    pair.exchange()
+    pair.client.cancel(stream_id, Status.DEADLINE_EXCEEDED)
+    _, server = pair.exchange()
+    cancelled = [e for e in server if isinstance(e, CallCancelled)]
+    assert cancelled and cancelled[0].reason is Status.DEADLINE_EXCEEDED
+
+
+def test_calls_after_goaway_are_refused_unprocessed(pair: Pair) -> None:
+    pair.exchange()
+    pair.server.goaway(Status.OK, "bye")
+    stream_id, _ = pair.client.open_unary_call("Svc/greet", b"\x61x")
+    client, server = pair.exchange()
+    assert not any(isinstance(e, CallOpened) for e in server)
+    ended = [e for e in client if isinstance(e, CallEnded)]
+    assert ended and ended[0].stream_id == stream_id and ended[0].processed is False
+    assert ended[0].status is Status.UNAVAILABLE
+    assert not pair.client.accepting_calls
+
+
+def test_data_with_flags_is_a_protocol_error(pair: Pair) -> None:
+    pair.exchange()
+    stream_id = pair.client.open_call("Svc/greet")
+    pair.client.quic.send_stream_data(quic_id(stream_id), pack_header(1, 0, 0x2, 0) + b"\x00")
+    with pytest.raises(RemoteProtocolError):
+        pair.exchange()
+
+
+def test_a_message_over_the_limit_ends_the_call_with_resource_exhausted(tmp_path: Path) -> None:
+    pair = Pair(tmp_path)
+    pair.server.max_message_size = 10
+    pair.exchange()
+    pair.client.open_unary_call("Svc/greet", b"\x40" + bytes(20))
+    client, server = pair.exchange()
+    assert any(isinstance(e, CallCancelled) and e.reason is Status.RESOURCE_EXHAUSTED for e in server)
+    ended: Any = [e for e in client if isinstance(e, CallEnded)]
+    assert ended and ended[0].status is Status.RESOURCE_EXHAUSTED
