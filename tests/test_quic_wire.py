@@ -145,3 +145,15 @@ def test_a_message_over_the_limit_ends_the_call_with_resource_exhausted(tmp_path
     assert any(isinstance(e, CallCancelled) and e.reason is Status.RESOURCE_EXHAUSTED for e in server)
     ended: Any = [e for e in client if isinstance(e, CallEnded)]
     assert ended and ended[0].status is Status.RESOURCE_EXHAUSTED
+
+
+def test_a_call_whose_first_packet_comes_after_a_later_calls_is_still_served(pair: Pair) -> None:
+    pair.exchange()
+    first, _ = pair.client.open_unary_call("Svc/greet", b"\x61a")
+    held = pair.client.datagrams_to_send(pair.now)  # the first call's packet, held back
+    second, _ = pair.client.open_unary_call("Svc/greet", b"\x61b")
+    _, server = pair.exchange()
+    for data, _ in held:
+        server += pair.server.receive_datagram(data, _CLIENT, pair.now)
+    opened = sorted(e.stream_id for e in server if isinstance(e, CallOpened))
+    assert opened == [first, second]

@@ -13,7 +13,7 @@ The text forms:
 - ``host:port``: TCP.  An IPv6 address is written in brackets, ``[::1]:50051`` (as it is
   printed); ``::1:50051`` is also read, the last colon introducing the port, since a port is
   always given.  The port is 1 to 65535.
-- ``quic://host:port``: QUIC over UDP (trpc.quic, docs/PROTOCOL.md section 15), opened by
+- ``quic://host:port``: QUIC over UDP (trpc.quic, docs/PROTOCOL.md section 16), opened by
   trpc.quic rather than :func:`open_stream`, since it is no byte stream.
 - ``unix:PATH``: a Unix socket at PATH, absolute (``unix:/run/app.sock``) or relative to the
   working directory (``unix:app.sock``).  ``unix:///run/app.sock`` is read too: it is gRPC's

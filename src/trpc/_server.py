@@ -1252,7 +1252,7 @@ class Server:
         keyfile: str | None = None,
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on UDP and serve every QUIC connection (trpc.quic; docs/PROTOCOL.md section 15),
+        """Listen on UDP and serve every QUIC connection (trpc.quic; docs/PROTOCOL.md section 16),
         until cancelled or shut down, with the same limits, admission and shutdown as
         ``serve_tcp``; run it beside ``serve_tcp`` to serve both.  QUIC is always TLS 1.3:
         ``certfile`` (PEM, the chain) and ``keyfile`` (PEM; omitted when ``certfile`` holds

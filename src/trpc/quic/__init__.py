@@ -1,4 +1,4 @@
-"""trpc over QUIC: each call on its own QUIC stream, TLS 1.3 built in (docs/PROTOCOL.md section 15).
+"""trpc over QUIC: each call on its own QUIC stream, TLS 1.3 built in (docs/PROTOCOL.md section 16).
 
 Serve with :meth:`trpc.Server.serve_quic` (``trpc serve mod:Service --quic PORT --tls-cert
 PEM``); connect with ``open_client("quic://host:port", ssl_context=...)``.  The call layer is

@@ -7,7 +7,7 @@ and datagrams out), which keeps what QUIC keeps: TLS 1.3, packets, loss recovery
 control, stream and connection flow control, migration.  Around it the adapter keeps one
 record per call (:class:`_Call`) and speaks the call layer's language (``trpc._events``), so
 the server and the client serve it as they serve trpc's own wire and gRPC's
-(docs/PROTOCOL.md section 15 is the mapping):
+(docs/PROTOCOL.md section 16 is the mapping):
 
 - **a call is a client-initiated bidirectional QUIC stream**, carrying trpc's own frames
   (the 10-byte header; HEADERS, DATA, TRAILERS) with the header's stream id 0, since the QUIC
@@ -187,7 +187,10 @@ class QuicWire:
         self._peer_control: dict[int, bytearray] = {}
         self._goaway_sent = False
         self._goaway_received = False
-        self._last_received = 0
+        #: (server) The QUIC stream id of the last call received (-1: none yet).
+        self._last_received = -1
+        #: (server) Call streams below _last_received whose first bytes have not arrived yet.
+        self._skipped: set[int] = set()
         self._dirty = False
         self._blocked: set[int] = set()
         self._batches: dict[int, list[Any]] = {}
@@ -405,7 +408,7 @@ class QuicWire:
             return
         self._goaway_sent = True
         if self._control is not None:
-            last = call_id(self._last_received) if self._last_received or self._calls else 0
+            last = self._last_received + 1  # call_id of the last call received; 0 for none
             self._send(self._control, _frame(_GOAWAY, encode_goaway(last, status, message)))
 
     def close(self, message: str = "", error_code: int = NO_ERROR) -> None:
@@ -652,9 +655,15 @@ class QuicWire:
         if call is None:
             if self.role == "client" or stream_id & 1:
                 return  # a call that ended here (cancelled) still receiving its last data
-            if stream_id <= self._last_received and self._last_received:
-                return
-            self._last_received = max(self._last_received, stream_id)
+            if stream_id <= self._last_received:
+                if stream_id not in self._skipped:
+                    return  # a call that ended here, its last bytes still arriving
+                self._skipped.discard(stream_id)  # a call whose first bytes came late
+            else:
+                # Streams below this one that sent nothing yet (their packets were lost or
+                # reordered) are still to come: QUIC opens streams in order.
+                self._skipped.update(range(0 if self._last_received < 0 else self._last_received + 4, stream_id, 4))
+                self._last_received = stream_id
             if self._goaway_sent or self.terminated is not None:
                 self._reset(stream_id, REFUSED)
                 self._stop(stream_id, REFUSED)
