@@ -264,3 +264,10 @@ def test_at_one_percent_loss_small_calls_over_quic_wait_a_third_as_long_as_over_
     result = bench.measure(1.0, 6.0)
     tcp, quic = result["tcp"], result["quic"]
     assert quic["p99_ms"] <= tcp["p99_ms"] / 3, result
+
+
+async def test_a_deadline_counts_from_the_calls_arrival_not_the_connections_start(quic_client: Any) -> None:
+    await quic_client.greet("first")
+    await trio.sleep(1.0)  # the connection is older than the call's timeout
+    remaining = await quic_client.remaining.with_options(timeout=0.8)()
+    assert 0.5 < remaining <= 0.8

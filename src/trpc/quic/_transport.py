@@ -411,6 +411,7 @@ class QuicEndpoint:
                     if connection is None:
                         continue
                 connection.wire.peer_address = address
+                connection.received_at = now  # calls' arrival (their deadlines), keepalive
                 if segment < len(data):
                     connection.wire.quic.receive_gro_buffer(data, segment, address, now)
                 else:
