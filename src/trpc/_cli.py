@@ -992,6 +992,11 @@ async def run(args: argparse.Namespace) -> int:
         if args.command == "serve":
             if args.unix_mode is not None and args.unix is None:
                 raise CliError("trpc: --unix-mode needs --unix", EXIT_USAGE)
+            if args.quic is not None and args.workers is not None:
+                raise CliError("trpc: --quic is served by one process: not with --workers", EXIT_USAGE)
+            if args.quic is not None and args.tls_client_ca:
+                raise CliError("trpc: --tls-client-ca cannot be enforced over QUIC (no mutual TLS there)",
+                               EXIT_USAGE)
         else:
             try:
                 make_resolver(args.target)
