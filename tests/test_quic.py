@@ -281,3 +281,26 @@ async def test_trpc_serve_refuses_quic_with_client_certificates_or_workers(pems:
                  pems["cert"], "--tls-key", pems["key"], *extra],
                 capture_stdout=True, capture_stderr=True, check=False)
         assert result.returncode != 0 and words in result.stderr, result.stderr
+
+
+async def test_a_shutdown_lets_a_running_quic_call_finish_then_stops_serving(
+    service: Svc, pems: dict[str, str], client_context: ssl.SSLContext
+) -> None:
+    server = trpc.Server(service)
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(lambda task_status: server.serve_quic(
+            0, "127.0.0.1", certfile=pems["cert"], keyfile=pems["key"], task_status=task_status))
+        async with trpc.open_client(f"quic://{host}:{port}", ssl_context=client_context) as client:
+            results: list[Any] = []
+
+            async def slow() -> None:
+                results.append(await client.sleep_then(0.3, "finished"))
+
+            with trio.fail_after(10):
+                async with trio.open_nursery() as calls:
+                    calls.start_soon(slow)
+                    await trio.sleep(0.1)  # the call is running on the server
+                    await server.shutdown(grace=5)
+            assert results == ["finished"]
+    # serve_quic returned by itself once its connections were closed (the nursery is done).
+    assert server.connections == 0
