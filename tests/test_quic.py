@@ -17,6 +17,7 @@ import trustme
 
 import trpc
 from trpc import RpcError, Status
+from trpc.interceptors import ClientTokenAuth, ServerTokenAuth
 
 from .helpers import listening_address
 from .services import Svc
@@ -304,3 +305,40 @@ async def test_a_shutdown_lets_a_running_quic_call_finish_then_stops_serving(
             assert results == ["finished"]
     # serve_quic returned by itself once its connections were closed (the nursery is done).
     assert server.connections == 0
+
+
+async def test_token_interceptors_and_the_concurrency_limit_work_over_quic(
+    nursery: trio.Nursery, pems: dict[str, str], client_context: ssl.SSLContext
+) -> None:
+    service = Svc()
+    server = trpc.Server(service, interceptors=[ServerTokenAuth(["s3cret"])], max_concurrent_calls=1)
+    host, port = await nursery.start(lambda task_status: server.serve_quic(
+        0, "127.0.0.1", certfile=pems["cert"], keyfile=pems["key"], task_status=task_status))
+    target = f"quic://{host}:{port}"
+    async with trpc.open_client(target, ssl_context=client_context) as anonymous:
+        with pytest.raises(RpcError) as info:
+            await anonymous.greet("x")
+        assert info.value.status is Status.UNAUTHENTICATED
+    async with trpc.open_client(target, ssl_context=client_context,
+                                interceptors=[ClientTokenAuth("s3cret")]) as client:
+        assert await client.greet("Ada") == "Hello Ada"
+        async with trio.open_nursery() as calls:
+            calls.start_soon(client.block)
+            await service.started.wait()
+            with pytest.raises(RpcError) as info:
+                await client.greet.with_options(timeout=5)("second")
+            assert info.value.status is Status.RESOURCE_EXHAUSTED
+            calls.cancel_scope.cancel()
+
+
+async def test_keepalive_pings_are_quic_pings_and_keep_the_connection(
+    quic_server: Served, client_context: ssl.SSLContext
+) -> None:
+    async with trpc.open_client(quic_server.target, ssl_context=client_context, keepalive_time=0.2,
+                                keepalive_timeout=2) as client:
+        connection = client._connection
+        async with trio.open_nursery() as calls:
+            calls.start_soon(client.sleep_then, 1.0, None)  # keepalive pings only while calls run
+            await trio.sleep(0.8)
+            assert connection.keepalive is not None and connection.keepalive._count > 0
+        assert client._connection is connection and connection.broken is None

@@ -15,7 +15,8 @@ pytest.importorskip("qh3")
 from trpc import Status  # noqa: E402
 from trpc._errors import RemoteProtocolError  # noqa: E402
 from trpc._events import (  # noqa: E402
-    CallCancelled, CallEnded, CallOpened, Event, InfoReceived, MessagesReceived, PrefaceReceived, StreamEnded,
+    CallCancelled, CallEnded, CallOpened, Event, InfoReceived, MessagesReceived, PingAcknowledged, PrefaceReceived,
+    StreamEnded,
 )
 from trpc._service import Cardinality  # noqa: E402
 from trpc.quic import QuicWire, client_configuration, server_configuration  # noqa: E402
@@ -157,3 +158,10 @@ def test_a_call_whose_first_packet_comes_after_a_later_calls_is_still_served(pai
         server += pair.server.receive_datagram(data, _CLIENT, pair.now)
     opened = sorted(e.stream_id for e in server if isinstance(e, CallOpened))
     assert opened == [first, second]
+
+
+def test_a_ping_is_a_quic_ping_acknowledged_with_its_payload(pair: Pair) -> None:
+    pair.exchange()
+    pair.client.ping(b"trpcping")
+    client, _ = pair.exchange()
+    assert [e.payload for e in client if isinstance(e, PingAcknowledged)] == [b"trpcping"]
