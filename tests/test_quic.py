@@ -337,6 +337,7 @@ async def test_keepalive_pings_are_quic_pings_and_keep_the_connection(
     async with trpc.open_client(quic_server.target, ssl_context=client_context, keepalive_time=0.2,
                                 keepalive_timeout=2) as client:
         connection = client._connection
+        assert connection is not None
         async with trio.open_nursery() as calls:
             calls.start_soon(client.sleep_then, 1.0, None)  # keepalive pings only while calls run
             await trio.sleep(0.8)
