@@ -165,3 +165,14 @@ def test_a_ping_is_a_quic_ping_acknowledged_with_its_payload(pair: Pair) -> None
     pair.client.ping(b"trpcping")
     client, _ = pair.exchange()
     assert [e.payload for e in client if isinstance(e, PingAcknowledged)] == [b"trpcping"]
+
+
+def test_a_call_over_the_servers_limit_is_refused_unprocessed(pair: Pair) -> None:
+    pair.server.max_concurrent_streams = 1
+    pair.exchange()
+    pair.client.open_call("Svc/greet")
+    second, _ = pair.client.open_unary_call("Svc/greet", b"\x61x")
+    client, server = pair.exchange()
+    assert len([e for e in server if isinstance(e, CallOpened)]) == 1
+    ended = [e for e in client if isinstance(e, CallEnded)]
+    assert [(e.stream_id, e.processed) for e in ended] == [(second, False)]

@@ -664,7 +664,9 @@ class QuicWire:
                 # reordered) are still to come: QUIC opens streams in order.
                 self._skipped.update(range(0 if self._last_received < 0 else self._last_received + 4, stream_id, 4))
                 self._last_received = stream_id
-            if self._goaway_sent or self.terminated is not None:
+            if self._goaway_sent or self.terminated is not None or len(self._calls) >= self.max_concurrent_streams:
+                # Going away, or over the server's limit on calls at once (QUIC's own
+                # MAX_STREAMS, 100 with qh3, may allow more): refused unprocessed.
                 self._reset(stream_id, REFUSED)
                 self._stop(stream_id, REFUSED)
                 self._dirty = True
