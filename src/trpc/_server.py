@@ -1113,7 +1113,7 @@ class Server:
         await self._run_connection(_ServerConnection(self, stream, conn, peer or format_peer(stream)), first,
                                    preface_deadline)
 
-    async def _run_connection(self, connection: _ServerConnection, first: bytes, preface_deadline: float) -> None:
+    async def _run_connection(self, connection: _ServerConnection, first: bytes | bytearray, preface_deadline: float) -> None:
         """Run one connection (its reader, writer and timers) until it ends, then close it: for
         every wire, trpc.quic's connections included."""
         if self._keepalive_time is not None:

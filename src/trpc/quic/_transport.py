@@ -347,7 +347,7 @@ class QuicServerConnection(_Datagrams, _ServerConnection):
     def _timers(self, now: float) -> float:
         return min(_ServerConnection._timers(self, now), self._quic_timer(now))
 
-    async def reader(self, first: bytes = b"") -> None:
+    async def reader(self, first: bytes | bytearray = b"") -> None:
         """The endpoint reads for every connection: wait until this one ends."""
         try:
             with self._reader_scope:
@@ -525,7 +525,7 @@ class QuicClientConnection(_Datagrams, ClientConnection):
         self.transmit()
         return cast(tuple[str, int], self.socket.getsockname()[:2])
 
-    async def reader(self, first: bytes = b"") -> None:
+    async def reader(self, first: bytes | bytearray = b"") -> None:
         """Read this connection's socket: a burst of datagrams, their events, the datagrams
         due; until the connection ends."""
         conn = self.wire
