@@ -34,8 +34,19 @@ pings.  Around it, the adapter keeps what gRPC adds (PROTOCOL-HTTP2.md), one rec
   RST_STREAM REFUSED_STREAM, which gRPC clients retry elsewhere.  h2's own ``close_connection``
   would refuse every later frame, the finishing calls' too, so the frames are built here.
 
-h2 formats every received frame for a trace log, on or off; ``_quiet_frames`` gives DATA
-frames a constant description, so that the formatting does not copy their payload.
+The call's own frames take a shorter path than h2's ``send_headers`` and ``send_data``, the
+same transitions made faster: the adapter builds the HEADERS, DATA and trailers frames itself
+(header blocks from ``._hpack``, the fixed ones encoded once; a DATA payload is never copied
+into a frame, it follows its 9-byte header as its own buffer), and moves h2's connection and
+stream state machines and flow-control windows exactly as h2 would for those frames, so h2
+still judges everything the client sends afterwards.  On the way in, h2's HPACK decoder is
+``._hpack.RequestDecoder``, which reads a request block it has seen from memory when that is
+sure to give what decoding would.
+
+h2 formats every received frame for a trace log, on or off (``repr(frame)``, which copies a
+DATA frame's payload to show 20 bytes of it): this connection's frame buffer
+(:class:`_QuietFrameBuffer`) gives each DATA, HEADERS and CONTINUATION frame it yields a
+constant description, so that only these frames, and only on this connection, skip it.
 """
 
 from __future__ import annotations
@@ -52,7 +63,10 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame
+from h2.connection import ConnectionInputs
+from h2.frame_buffer import FrameBuffer
+from h2.stream import H2Stream, StreamInputs
+from hyperframe.frame import ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from .._codec import _dumps
 from .._errors import LocalProtocolError, MessageTooLargeError, RemoteProtocolError
@@ -72,6 +86,7 @@ from .._events import (
 from .._status import Status
 from ..wire import StreamState, message_size
 from ..wire._frames import ALPN_TRPC
+from ._hpack import RequestDecoder, encode_block, pending_size_updates
 
 __all__ = ["GrpcConnection", "ALPN_GRPC", "ALPN_TRPC", "HTTP2_PREFACE", "looks_like_http2",
            "parse_timeout", "percent_encode"]
@@ -98,10 +113,29 @@ _MAX_STREAM_ID = (1 << 31) - 1
 _INITIAL_CONNECTION_WINDOW = 65535
 #: What a response's HEADERS say about compression: we read identity and gzip.
 _ACCEPT_ENCODING = (b"grpc-accept-encoding", b"identity,gzip")
-_OK_TRAILERS = [(b"grpc-status", b"0")]
+_OK_TRAILERS = encode_block([(b"grpc-status", b"0")])
+#: HTTP/2 frame types and flags of the frames built here (RFC 9113 section 6).
+_DATA, _HEADERS, _CONTINUATION = 0, 1, 9
+_END_STREAM, _END_HEADERS = 0x1, 0x4
+#: A DATA payload at least this long goes out as its own buffer after the frame's header
+#: instead of being joined to it (joining copies it; the writer joins small parts anyway).
+_SEPARATE_PAYLOAD = 4096
 
 _GRPC_CT = b"application/grpc"
 _CBOR_CT = b"application/grpc+cbor"
+
+
+_RESPONSE_BLOCKS: dict[bytes, bytes] = {}
+
+
+def _response_block(content_type: bytes) -> bytes:
+    """Response headers without metadata, encoded once per content type (a call's content
+    type is one of the few the server accepts)."""
+    block = _RESPONSE_BLOCKS.get(content_type)
+    if block is None:
+        block = _RESPONSE_BLOCKS[content_type] = encode_block(
+            [(b":status", b"200"), (b"content-type", content_type), _ACCEPT_ENCODING])
+    return block
 
 
 def looks_like_http2(data: bytes) -> bool:
@@ -175,20 +209,25 @@ def encode_metadata(metadata: Mapping[str, str | bytes] | None) -> list:
     return headers
 
 
-def _quiet_frames() -> None:
-    """h2 4.4 formats every frame it receives for its trace log (``repr(frame)``), whether or
-    not the log is on; a DATA frame's repr copies its whole payload to show 20 bytes of it, a
-    HEADERS frame's formats its header block.  Describe them by their length instead (only a
-    trace log ever shows it)."""
-    for cls in (DataFrame, HeadersFrame, ContinuationFrame):
-        cls._body_repr = _length_repr  # type: ignore[method-assign]
+def _frame_header(length: int, frame_type: int, flags: int, stream_id: int) -> bytes:
+    return (length << 48 | frame_type << 40 | flags << 32 | stream_id).to_bytes(9, "big")
 
 
-def _length_repr(frame: Any) -> str:
-    return f"<{len(frame.data)} bytes>"
+#: The description a quiet frame's body gets (a bound method, so that no object is made per frame).
+_QUIET_BODY = "<payload not shown>".__str__
+_LOUD_FRAMES = (DataFrame, HeadersFrame, ContinuationFrame)
 
 
-_quiet_frames()
+class _QuietFrameBuffer(FrameBuffer):
+    """h2's frame buffer, whose DATA, HEADERS and CONTINUATION frames describe their body by a
+    constant: h2 formats every frame it receives for its trace log, on or off, and the body of
+    these is the payload or the header block (see the module's docstring)."""
+
+    def __next__(self) -> Frame:
+        frame = super().__next__()
+        if type(frame) in _LOUD_FRAMES:
+            frame.__dict__["_body_repr"] = _QUIET_BODY
+        return frame
 
 
 class _Call:
@@ -209,7 +248,7 @@ class _Call:
         #: Outgoing DATA waiting for the peer's credit, in order (None: nothing waits).
         self.pending: deque | None = None
         #: Trailers waiting behind ``pending`` (the call is over for the call layer).
-        self.trailers: list | None = None
+        self.trailers: bytes | None = None
         #: Bytes of messages handed on and not yet consumed; received bytes whose credit is
         #: held until they are; credit owed and not yet granted.
         self.unconsumed = 0
@@ -268,6 +307,8 @@ class GrpcConnection:
         self._known = known
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
         self._h2 = conn = h2.connection.H2Connection(config=config)
+        conn.incoming_buffer = _QuietFrameBuffer(server=True)
+        conn.decoder = RequestDecoder(conn.decoder.max_header_list_size)
         # Our settings hold from the first frame: every one is at least as generous as
         # HTTP/2's default, so a client sending before it has our SETTINGS breaks nothing.
         codes = h2.settings.SettingCodes
@@ -388,11 +429,70 @@ class GrpcConnection:
             raise LocalProtocolError(f"stream {stream_id} is closed or does not exist")
         return call
 
-    def _send_response_headers(self, call: _Call, metadata: Mapping | None = None) -> None:
-        headers = [(b":status", b"200"), (b"content-type", call.content_type), _ACCEPT_ENCODING]
-        headers += encode_metadata(metadata)
+    def _send_response_headers(self, call: _Call, metadata: Mapping[str, str | bytes] | None = None) -> None:
+        if metadata:
+            block = encode_block([(b":status", b"200"), (b"content-type", call.content_type), _ACCEPT_ENCODING,
+                                  *encode_metadata(metadata)])
+        else:
+            block = _response_block(call.content_type)
         call.headers_sent = True
-        self._h2.send_headers(call.id, headers)
+        self._send_block(call.id, block, end_stream=False)
+
+    # ------------------------------------------------------------------ frames built here
+    def _stream(self, stream_id: int) -> H2Stream:
+        """h2's record of a call's stream; StreamClosedError once h2 has let it go, as h2's
+        own ``send_*`` would raise."""
+        stream = self._h2.streams.get(stream_id)
+        if stream is None:
+            raise h2.exceptions.StreamClosedError(stream_id)
+        return stream
+
+    def _emit(self, *parts: bytes | memoryview) -> None:
+        """Queue frames built here, behind whatever h2 has queued (its order is kept)."""
+        if self._h2._data_to_send:
+            self._h2_output()
+        self._out.extend(parts)
+
+    def _send_block(self, stream_id: int, block: bytes, *, end_stream: bool) -> None:
+        """A header block encoded here (``._hpack``) as HEADERS and, beyond the peer's frame
+        size, CONTINUATION frames; h2's state machines make the transitions of its own
+        ``send_headers``, in the same order."""
+        conn = self._h2
+        stream = self._stream(stream_id)
+        conn.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        machine = stream.state_machine
+        machine.process_input(StreamInputs.SEND_HEADERS)
+        flags = 0
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+            flags = _END_STREAM
+        if conn.encoder.header_table.resized:
+            block = pending_size_updates(conn.encoder) + block
+        limit = conn.max_outbound_frame_size
+        if len(block) <= limit:
+            self._emit(_frame_header(len(block), _HEADERS, flags | _END_HEADERS, stream_id) + block)
+            return
+        pieces = [block[start:start + limit] for start in range(0, len(block), limit)]
+        parts = [_frame_header(len(pieces[0]), _HEADERS, flags, stream_id), pieces[0]]
+        for piece in pieces[1:-1]:
+            parts += (_frame_header(len(piece), _CONTINUATION, 0, stream_id), piece)
+        parts += (_frame_header(len(pieces[-1]), _CONTINUATION, _END_HEADERS, stream_id), pieces[-1])
+        self._emit(b"".join(parts))
+
+    def _send_data(self, stream: H2Stream, data: bytes | memoryview) -> None:
+        """One DATA frame, within the windows (the caller checked): h2's state machines and
+        both flow-control windows change as its own ``send_data`` changes them."""
+        conn = self._h2
+        size = len(data)
+        conn.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        stream.state_machine.process_input(StreamInputs.SEND_DATA)
+        stream.outbound_flow_control_window -= size
+        conn.outbound_flow_control_window -= size
+        head = _frame_header(size, _DATA, 0, stream.stream_id)
+        if size < _SEPARATE_PAYLOAD:
+            self._emit(head + data)
+        else:
+            self._emit(head, data)
 
     def send_headers(self, stream_id: int, metadata: dict | None = None) -> None:
         """Response headers, at most once, before any message."""
@@ -466,50 +566,54 @@ class GrpcConnection:
         # As gRPC's servers: sending a call's frames forgives the client's early pings (its
         # stack pings to measure bandwidth while data flows).
         self._last_ping_at = None
-        while pending:
-            room = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
-            if room <= 0:
-                self._blocked[stream_id] = None
-                return False
-            first = pending[0]
-            if len(first) > room:
-                view = memoryview(first)
-                conn.send_data(stream_id, view[:room])
-                pending[0] = view[room:]
-                continue
-            pending.popleft()
-            if pending and len(first) + len(pending[0]) <= room:
-                pieces = [first]
-                size = len(first)
-                while pending and size + len(pending[0]) <= room:
-                    piece = pending.popleft()
-                    pieces.append(piece)
-                    size += len(piece)
-                first = b"".join(pieces)
-            conn.send_data(stream_id, first)
+        if pending:
+            stream = self._stream(stream_id)
+            frame_limit = conn.max_outbound_frame_size
+            while pending:
+                room = min(conn.outbound_flow_control_window, stream.outbound_flow_control_window, frame_limit)
+                if room <= 0:
+                    self._blocked[stream_id] = None
+                    return False
+                first = pending[0]
+                if len(first) > room:
+                    view = memoryview(first)
+                    self._send_data(stream, view[:room])
+                    pending[0] = view[room:]
+                    continue
+                pending.popleft()
+                if pending and len(first) + len(pending[0]) <= room:
+                    pieces = [first]
+                    size = len(first)
+                    while pending and size + len(pending[0]) <= room:
+                        piece = pending.popleft()
+                        pieces.append(piece)
+                        size += len(piece)
+                    first = b"".join(pieces)
+                self._send_data(stream, first)
         call.pending = None
         self._blocked.pop(stream_id, None)
         if call.trailers is not None:
-            conn.send_headers(stream_id, call.trailers, end_stream=True)
+            self._send_block(stream_id, call.trailers, end_stream=True)
             self._close(call)
         return True
 
-    def _trailers(self, call: _Call, status: Status, message: str, details: Any, metadata: Mapping | None) -> list:
-        if status == 0 and not message and details is None and not metadata:
-            headers = list(_OK_TRAILERS)
-        else:
-            headers = [(b"grpc-status", str(int(status)).encode())]
-            if message:
-                headers.append((b"grpc-message", percent_encode(message)))
-            if details is not None:
-                encoded = self._encode_details(call, details)
-                if encoded is not None:
-                    headers.append((b"grpc-status-details-bin", base64.b64encode(encoded).rstrip(b"=")))
-            headers += encode_metadata(metadata)
+    def _trailers(self, call: _Call, status: Status, message: str, details: Any,
+                  metadata: Mapping[str, str | bytes] | None) -> bytes:
+        """The trailers' header block (with ``:status`` and content type for Trailers-Only)."""
+        if status == 0 and not message and details is None and not metadata and call.headers_sent:
+            return _OK_TRAILERS
+        headers = [(b"grpc-status", str(int(status)).encode())]
+        if message:
+            headers.append((b"grpc-message", percent_encode(message)))
+        if details is not None:
+            encoded = self._encode_details(call, details)
+            if encoded is not None:
+                headers.append((b"grpc-status-details-bin", base64.b64encode(encoded).rstrip(b"=")))
+        headers += encode_metadata(metadata)
         if not call.headers_sent:  # Trailers-Only
             call.headers_sent = True
             headers[:0] = [(b":status", b"200"), (b"content-type", call.content_type)]
-        return headers
+        return encode_block(headers)
 
     @staticmethod
     def _encode_details(call: _Call, details: Any) -> bytes | None:
