@@ -55,7 +55,8 @@ import base64
 import binascii
 import zlib
 from collections import deque
-from typing import Any, Mapping
+import re
+from typing import Any, Mapping, Sequence
 
 import h2.config
 import h2.connection
@@ -114,6 +115,9 @@ _INITIAL_CONNECTION_WINDOW = 65535
 #: What a response's HEADERS say about compression: we read identity and gzip.
 _ACCEPT_ENCODING = (b"grpc-accept-encoding", b"identity,gzip")
 _OK_TRAILERS = encode_block([(b"grpc-status", b"0")])
+#: Distinct request header lists whose check is remembered per connection: gRPC clients send
+#: a few (per method and metadata); one whose ``grpc-timeout`` changes every call costs a check.
+_MAX_CHECKED = 64
 #: HTTP/2 frame types and flags of the frames built here (RFC 9113 section 6).
 _DATA, _HEADERS, _CONTINUATION = 0, 1, 9
 _END_STREAM, _END_HEADERS = 0x1, 0x4
@@ -166,6 +170,53 @@ def percent_encode(text: str) -> bytes:
 def _b64decode(value: bytes) -> bytes:
     """A ``-bin`` header value: base64, padded or not (gRPC allows both)."""
     return base64.b64decode(value + b"=" * (-len(value) % 4), validate=False)
+
+
+#: Pseudo-headers a request may carry (RFC 9113 section 8.3.1; no extended CONNECT here).
+_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
+#: Connection-specific fields, malformed in HTTP/2 (RFC 9113 section 8.2.2); ``te`` is checked apart.
+_REQUIRED_PSEUDO = frozenset({b":method", b":scheme", b":path"})
+_CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
+#: A field name's bytes: visible ASCII but uppercase (RFC 9113 section 8.2.1).
+_BAD_NAME = re.compile(rb"[^\x21-\x40\x5b-\x7e]")
+#: A field value's forbidden bytes, and whitespace at either end (RFC 9113 section 8.2.1).
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+
+
+def check_request(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """Why a request's header list is malformed in HTTP/2 (RFC 9113 sections 8.2 and 8.3.1),
+    or None: the checks h2 makes on received headers, in one pass."""
+    seen: set[bytes] = set()
+    regular = False
+    host = authority = None
+    for name, value in headers:
+        if not name or _BAD_NAME.search(name):
+            return f"bad field name {name!r}"
+        if _BAD_VALUE.search(value):
+            return f"bad value for {name!r}"
+        if name[:1] == b":":
+            if regular:
+                return f"pseudo-header {name!r} after a regular field"
+            if name not in _REQUEST_PSEUDO:
+                return f"unknown pseudo-header {name!r}"
+            if name in seen:
+                return f"pseudo-header {name!r} repeated"
+            seen.add(name)
+            if name == b":authority":
+                authority = value
+            elif name == b":path" and not value:
+                return "empty :path"
+        else:
+            regular = True
+            if name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
+                return f"connection-specific field {name!r}"
+            if name == b"host":
+                host = value
+    if not _REQUIRED_PSEUDO <= seen:
+        return "a pseudo-header is missing (:method, :scheme and :path are required)"
+    if host is not None and authority is not None and host != authority:
+        return "host and :authority differ"
+    return None
 
 
 def decode_metadata(headers: list) -> dict[str, str | bytes]:
@@ -305,7 +356,8 @@ class GrpcConnection:
         self.max_ping_strikes = max_ping_strikes
         self._codecs = codecs or {}
         self._known = known
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # Request headers are checked here (``check_request``), once per distinct header list.
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False)
         self._h2 = conn = h2.connection.H2Connection(config=config)
         conn.incoming_buffer = _QuietFrameBuffer(server=True)
         conn.decoder = RequestDecoder(conn.decoder.max_header_list_size)
@@ -321,6 +373,8 @@ class GrpcConnection:
         })
         conn.max_inbound_frame_size = self.max_frame_size
         self._calls: dict[int, _Call] = {}
+        #: Header lists already checked (``check_request``): why each is malformed, or "".
+        self._checked: dict[tuple[tuple[bytes, bytes], ...], str] = {}
         #: Calls whose queued output waits for credit.
         self._blocked: dict[int, None] = {}
         #: Calls with a batch (open_batch), framed whenever output is collected.
@@ -847,6 +901,16 @@ class GrpcConnection:
         ended = event.stream_ended is not None
         if self._goaway_phase == 2 and stream_id > self._last_stream:
             self._reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        headers = event.headers
+        key = tuple(headers)
+        malformed = self._checked.get(key)
+        if malformed is None:
+            malformed = self._checked[key] = check_request(headers) or ""
+            if len(self._checked) > _MAX_CHECKED:
+                self._checked.clear()
+        if malformed:  # a stream error (RFC 9113 section 8.1.1): this call only
+            self._reset(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return
         method = path = content_type = te = timeout = encoding = choice = None
         for name, value in event.headers:
