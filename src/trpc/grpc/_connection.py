@@ -56,7 +56,7 @@ import binascii
 import zlib
 from collections import deque
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import h2.config
 import h2.connection
@@ -114,6 +114,8 @@ _MAX_STREAM_ID = (1 << 31) - 1
 _INITIAL_CONNECTION_WINDOW = 65535
 #: What a response's HEADERS say about compression: we read identity and gzip.
 _ACCEPT_ENCODING = (b"grpc-accept-encoding", b"identity,gzip")
+#: A header field as h2 and ``._hpack`` take it: name (lowercase) and value, bytes.
+Header = tuple[bytes, bytes]
 _OK_TRAILERS = encode_block([(b"grpc-status", b"0")])
 #: Distinct request header lists whose check is remembered per connection: gRPC clients send
 #: a few (per method and metadata); one whose ``grpc-timeout`` changes every call costs a check.
@@ -219,7 +221,7 @@ def check_request(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def decode_metadata(headers: list) -> dict[str, str | bytes]:
+def decode_metadata(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str | bytes]:
     """Request headers -> trpc metadata: pseudo-headers, HTTP/2's and gRPC's own left out;
     ``-bin`` values decoded to bytes; a key sent twice keeps its values joined by ``,``."""
     metadata: dict[str, str | bytes] = {}
@@ -234,24 +236,25 @@ def decode_metadata(headers: list) -> dict[str, str | bytes]:
                 continue  # not base64: gRPC drops such a value
         else:
             item = value.decode("utf-8", "replace")
-            if key in metadata:
-                item = f"{metadata[key]},{item}"
+            earlier = metadata.get(key)
+            if isinstance(earlier, str):
+                item = f"{earlier},{item}"
         metadata[key] = item
     return metadata
 
 
-def encode_metadata(metadata: Mapping[str, str | bytes] | None) -> list:
+def encode_metadata(metadata: Mapping[str, str | bytes] | None) -> list[Header]:
     """trpc metadata -> response headers: reserved keys dropped; bytes (and ``-bin`` keys)
     base64, under a key ending in ``-bin``."""
-    headers = []
+    headers: list[Header] = []
     if not metadata:
         return headers
     for key, value in metadata.items():
         name = key.lower().encode("ascii", "replace")
         if name[:1] == b":" or name in _RESERVED or name[:5] == b"grpc-":
             continue
-        if type(value) is not str or name.endswith(b"-bin"):
-            raw = value if type(value) is not str else value.encode("utf-8")
+        if not isinstance(value, str) or name.endswith(b"-bin"):
+            raw = value.encode("utf-8") if isinstance(value, str) else value
             if not name.endswith(b"-bin"):
                 name += b"-bin"
             headers.append((name, base64.b64encode(bytes(raw)).rstrip(b"=")))
@@ -297,7 +300,7 @@ class _Call:
         self.buf = bytearray()
         self.remote_ended = False
         #: Outgoing DATA waiting for the peer's credit, in order (None: nothing waits).
-        self.pending: deque | None = None
+        self.pending: deque[bytes | memoryview] | None = None
         #: Trailers waiting behind ``pending`` (the call is over for the call layer).
         self.trailers: bytes | None = None
         #: Bytes of messages handed on and not yet consumed; received bytes whose credit is
@@ -305,7 +308,7 @@ class _Call:
         self.unconsumed = 0
         self.held = 0
         self.credit = 0
-        self.batch: list | None = None
+        self.batch: list[bytes] | None = None
 
 
 class GrpcConnection:
@@ -344,7 +347,7 @@ class GrpcConnection:
         min_ping_interval: float | None = None,
         max_ping_strikes: int = 2,
         codecs: Mapping[str, Any] | None = None,
-        known: Mapping[str, Any] | frozenset = frozenset(),
+        known: Mapping[str, Any] | frozenset[str] = frozenset(),
     ) -> None:
         self.max_message_size = max_message_size
         self.max_send_message_size = min(max_send_message_size, _MAX_PREFIX_LENGTH)
@@ -379,8 +382,8 @@ class GrpcConnection:
         self._blocked: dict[int, None] = {}
         #: Calls with a batch (open_batch), framed whenever output is collected.
         self._batching: dict[int, _Call] = {}
-        self._backlog: list = []
-        self._out: list = []
+        self._backlog: list[h2.events.Event] = []
+        self._out: list[bytes | memoryview] = []
         self._incomplete = 0
         self._connection_credit = 0
         self.peer_preface: PrefaceReceived | None = None
@@ -451,9 +454,10 @@ class GrpcConnection:
 
     def data_to_send(self) -> bytes:
         parts = self.data_to_send_list()
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        first = parts[0] if len(parts) == 1 else None
+        return first if isinstance(first, bytes) else b"".join(parts)
 
-    def data_to_send_list(self) -> list:
+    def data_to_send_list(self) -> list[bytes | memoryview]:
         if self._batching:
             for call in list(self._batching.values()):
                 if call.batch:
@@ -548,7 +552,7 @@ class GrpcConnection:
         else:
             self._emit(head, data)
 
-    def send_headers(self, stream_id: int, metadata: dict | None = None) -> None:
+    def send_headers(self, stream_id: int, metadata: dict[str, str | bytes] | None = None) -> None:
         """Response headers, at most once, before any message."""
         call = self._call(stream_id)
         if call.headers_sent:
@@ -570,17 +574,20 @@ class GrpcConnection:
         prefix = b"\0" + size.to_bytes(4, "big")
         if call.pending is None:
             call.pending = deque()
-        if type(payload) is list:
-            call.pending.append(prefix + payload[0])
-            call.pending.append(payload[1])
-        elif size < 65536:
-            call.pending.append(prefix + payload)
-        else:  # not copied: the prefix goes in the same DATA frame only if it fits
-            call.pending.append(prefix)
-            call.pending.append(payload)
+        if isinstance(payload, list):  # a head and a large body (the codec's, not joined)
+            head, body = payload
+            call.pending.append(prefix + head)
+            call.pending.append(body)
+        else:
+            data: bytes = payload
+            if size < 65536:
+                call.pending.append(prefix + data)
+            else:  # not copied: the prefix goes in the same DATA frame only if it fits
+                call.pending.append(prefix)
+                call.pending.append(data)
         return self._flush(call)
 
-    def open_batch(self, stream_id: int) -> list:
+    def open_batch(self, stream_id: int) -> list[bytes]:
         """A list of small response messages (bytes) framed together when output is collected,
         at ``flush_batch``, and before anything else the call sends."""
         call = self._call(stream_id)
@@ -599,6 +606,8 @@ class GrpcConnection:
 
     def _frame_batch(self, call: _Call) -> None:
         batch = call.batch
+        if batch is None:
+            return
         if call.trailers is not None:
             batch.clear()
             return
@@ -682,7 +691,7 @@ class GrpcConnection:
         return encode(details) if encode is not None else None
 
     def send_trailers(self, stream_id: int, status: Status, message: str = "", details: Any = None,
-                      metadata: dict | None = None) -> None:
+                      metadata: dict[str, str | bytes] | None = None) -> None:
         """End the call with its status: after its queued messages, or at once as a
         Trailers-Only response if it sent nothing."""
         call = self._call(stream_id)
@@ -896,13 +905,13 @@ class GrpcConnection:
             raise
         return events
 
-    def _on_request(self, event: h2.events.RequestReceived, events: list) -> None:
+    def _on_request(self, event: h2.events.RequestReceived, events: list[Event]) -> None:
         stream_id = event.stream_id
         ended = event.stream_ended is not None
         if self._goaway_phase == 2 and stream_id > self._last_stream:
             self._reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
-        headers = event.headers
+        headers: list[Header] = event.headers  # bytes: h2's header_encoding is None
         key = tuple(headers)
         malformed = self._checked.get(key)
         if malformed is None:
@@ -913,21 +922,23 @@ class GrpcConnection:
             self._reset(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return
         method = path = content_type = te = timeout = encoding = choice = None
-        for name, value in event.headers:
-            if name[:1] == b":":
-                if name == b":method":
+        field: bytes
+        value: bytes
+        for field, value in headers:
+            if field[:1] == b":":
+                if field == b":method":
                     method = value
-                elif name == b":path":
+                elif field == b":path":
                     path = value
-            elif name == b"content-type":
+            elif field == b"content-type":
                 content_type = value
-            elif name == b"te":
+            elif field == b"te":
                 te = value
-            elif name == b"grpc-timeout":
+            elif field == b"grpc-timeout":
                 timeout = value
-            elif name == b"grpc-encoding":
+            elif field == b"grpc-encoding":
                 encoding = value
-            elif name == b"trpc-codec":
+            elif field == b"trpc-codec":
                 choice = value
         if method != b"POST":
             self._reject(stream_id, ended, b"405", Status.INTERNAL, f"gRPC calls are POST requests, not {method!r}")
@@ -958,7 +969,7 @@ class GrpcConnection:
                 return
         else:
             self._reject(stream_id, ended, b"200", Status.UNIMPLEMENTED,
-                         f"content-type {content_type.decode('ascii', 'replace')} is not served:"
+                         f"content-type {base.decode('ascii', 'replace')} is not served:"
                          " application/grpc+cbor and application/grpc+proto are")
             return
         gzip = False
@@ -983,7 +994,7 @@ class GrpcConnection:
                                  timeout=seconds, end_stream=ended, codec=codec))
 
     def _reject(self, stream_id: int, ended: bool, http_status: bytes, status: Status, message: str,
-                extra: list = ()) -> None:
+                extra: Sequence[Header] = ()) -> None:
         """Answer a request that never becomes a call: one HEADERS with END_STREAM."""
         headers = [(b":status", http_status), (b"content-type", _GRPC_CT),
                    (b"grpc-status", str(int(status)).encode()), (b"grpc-message", percent_encode(message)), *extra]
@@ -991,7 +1002,7 @@ class GrpcConnection:
         if not ended:
             self._reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
-    def _on_data(self, event: h2.events.DataReceived, events: list) -> None:
+    def _on_data(self, event: h2.events.DataReceived, events: list[Event]) -> None:
         size = event.flow_controlled_length
         self._grant_connection(size)
         call = self._calls.get(event.stream_id)
@@ -1026,10 +1037,11 @@ class GrpcConnection:
                     message = bytes(view[5:5 + length])
                 del buf[:5 + length]
                 if flag:
-                    message = self._decompress(call, flag, message, events)
-                    if message is None:
+                    plain = self._decompress(call, flag, message, events)
+                    if plain is None:
                         self._incomplete += len(buf) - before
                         return
+                    message = plain
                 messages.append(message)
             self._incomplete += len(buf) - before
             if self._incomplete > self.max_incomplete_bytes:
@@ -1044,7 +1056,7 @@ class GrpcConnection:
                 call.unconsumed += sum(map(len, messages))
             events.append(MessagesReceived(stream_id=call.id, payloads=messages))
 
-    def _decompress(self, call: _Call, flag: int, message: bytes, events: list) -> bytes | None:
+    def _decompress(self, call: _Call, flag: int, message: bytes, events: list[Event]) -> bytes | None:
         if flag != 1:
             self._end(call, Status.INTERNAL, f"bad compressed flag {flag}", events)
             return None
@@ -1062,16 +1074,16 @@ class GrpcConnection:
             return None
         return plain
 
-    def _too_large(self, call: _Call, size: int, events: list) -> None:
+    def _too_large(self, call: _Call, size: int, events: list[Event]) -> None:
         self._end(call, Status.RESOURCE_EXHAUSTED,
                   f"request message of {size} bytes exceeds the server's limit of {self.max_message_size}", events)
 
-    def _end(self, call: _Call, status: Status, message: str, events: list) -> None:
+    def _end(self, call: _Call, status: Status, message: str, events: list[Event]) -> None:
         """End a call from here (its input broke a rule): trailers, and tell the call layer."""
         self.send_trailers(call.id, status, message)
         events.append(CallCancelled(stream_id=call.id, reason=status, message=message))
 
-    def _on_stream_ended(self, event: h2.events.StreamEnded, events: list) -> None:
+    def _on_stream_ended(self, event: h2.events.StreamEnded, events: list[Event]) -> None:
         call = self._calls.get(event.stream_id)
         if call is None or call.remote_ended:
             return
@@ -1083,7 +1095,7 @@ class GrpcConnection:
             return
         events.append(StreamEnded(stream_id=call.id))
 
-    def _on_reset(self, event: h2.events.StreamReset, events: list) -> None:
+    def _on_reset(self, event: h2.events.StreamReset, events: list[Event]) -> None:
         call = self._calls.get(event.stream_id)
         if call is None:
             return
@@ -1092,30 +1104,30 @@ class GrpcConnection:
             events.append(CallCancelled(stream_id=call.id, reason=Status.CANCELLED,
                                         message=f"the client reset the stream (HTTP/2 error {int(event.error_code)})"))
 
-    def _on_window(self, event: h2.events.WindowUpdated, events: list) -> None:
+    def _on_window(self, event: h2.events.WindowUpdated, events: list[Event]) -> None:
         if event.stream_id:
             if event.stream_id in self._blocked:
                 self._unblock(self._calls.get(event.stream_id), events)
         else:
             self._unblock_all(events)
 
-    def _unblock(self, call: _Call | None, events: list) -> None:
+    def _unblock(self, call: _Call | None, events: list[Event]) -> None:
         if call is None:
             return
         if self._flush(call) and call.trailers is None:
             events.append(SendCreditAvailable(stream_id=call.id))
 
-    def _unblock_all(self, events: list) -> None:
+    def _unblock_all(self, events: list[Event]) -> None:
         for stream_id in list(self._blocked):
             if self._h2.outbound_flow_control_window <= 0:
                 return
             self._unblock(self._calls.get(stream_id), events)
 
-    def _on_settings(self, event: h2.events.RemoteSettingsChanged, events: list) -> None:
+    def _on_settings(self, event: h2.events.RemoteSettingsChanged, events: list[Event]) -> None:
         if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
             self._unblock_all(events)
 
-    def _on_ping(self, event: h2.events.PingReceived, events: list) -> None:
+    def _on_ping(self, event: h2.events.PingReceived, events: list[Event]) -> None:
         if self.min_ping_interval is not None:
             now, last = self._now, self._last_ping_at
             self._last_ping_at = now
@@ -1134,7 +1146,7 @@ class GrpcConnection:
                     )
         events.append(PingReceived(payload=event.ping_data))
 
-    def _on_ping_ack(self, event: h2.events.PingAckReceived, events: list) -> None:
+    def _on_ping_ack(self, event: h2.events.PingAckReceived, events: list[Event]) -> None:
         if event.ping_data == _GOAWAY_PING and self._goaway_phase == 1:
             # Every call the client sent before our PING has arrived: the final GOAWAY.
             self._goaway_phase = 2
@@ -1143,7 +1155,7 @@ class GrpcConnection:
             return
         events.append(PingAcknowledged(payload=event.ping_data))
 
-    def _on_terminated(self, event: h2.events.ConnectionTerminated, events: list) -> None:
+    def _on_terminated(self, event: h2.events.ConnectionTerminated, events: list[Event]) -> None:
         self._goaway_received = True
         code = event.error_code or 0
         events.append(GoAwayReceived(
@@ -1152,7 +1164,7 @@ class GrpcConnection:
             message=(event.additional_data or b"").decode("utf-8", "replace"),
         ))
 
-    _TRANSLATE = {
+    _TRANSLATE: dict[type[h2.events.Event], Callable[[GrpcConnection, Any, list[Event]], None]] = {
         h2.events.RequestReceived: _on_request,
         h2.events.DataReceived: _on_data,
         h2.events.StreamEnded: _on_stream_ended,

@@ -93,7 +93,7 @@ class RequestDecoder(Decoder):
         self._remembered: dict[bytes, Sequence[HeaderTuple]] = {}
         self._limit = max_header_list_size
 
-    def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:  # type: ignore[override]
+    def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
         remembered = self._remembered
         if self._limit != self.max_header_list_size:  # remembered under another limit
             remembered.clear()
