@@ -18,6 +18,7 @@ import pytest
 from hyperframe.frame import DataFrame
 
 from trpc import Status
+from trpc._errors import RemoteProtocolError
 from trpc._events import CallCancelled, CallOpened, MessagesReceived, SendCreditAvailable, StreamEnded
 from trpc.grpc._connection import GrpcConnection, check_request
 from trpc.grpc._hpack import RequestDecoder, encode_block, pending_size_updates
@@ -303,3 +304,55 @@ def test_a_reset_arriving_before_the_reply_cancels_the_call_and_no_frame_follows
     pair.exchange()
     assert any(isinstance(e, CallCancelled) and e.stream_id == stream_id for e in pair.server_events)
     assert pair.server.open_streams == 0
+
+
+@pytest.mark.parametrize("raw", [
+    b"\x00\x00\x05\x00\x00\x00\x00\x00\x00hello",  # DATA on stream 0
+    b"\x00\x00\x03\x00\x08\x00\x00\x00\x01\x05ab",  # padding longer than the frame
+    b"\x00\x00\x00\x00\x08\x00\x00\x00\x01",  # PADDED with no pad length
+])
+def test_a_broken_data_frame_is_a_protocol_error_of_the_connection_as_with_h2(raw):
+    pair = Pair()
+    pair.request(end=False)
+    with pytest.raises(RemoteProtocolError):
+        pair.server.receive_data(raw)
+
+
+@pytest.mark.parametrize("frame_size", [50000, 300000])
+def test_data_frames_split_across_reads_and_joined_in_one_read_make_the_same_messages(frame_size):
+    payloads = [b"a" * 70000, b"b", b"c" * 200000, b"d" * 3, b"e" * 65536]
+    body = b"".join(message(p) for p in payloads)
+    for split in (7, 4096, 65536, len(body)):
+        pair = Pair(max_frame_size=1 << 20, stream_window=1 << 22, connection_window=1 << 22)
+        pair.client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 22})
+        pair.exchange()
+        stream_id = pair.client.get_next_available_stream_id()
+        pair.client.send_headers(stream_id, REQUEST)
+        pair.client.increment_flow_control_window(1 << 22)
+        raw = pair.client.data_to_send()
+        for start in range(0, len(body), frame_size):  # frames that cut messages anywhere
+            pair.client.send_data(stream_id, body[start:start + frame_size], end_stream=start + frame_size >= len(body))
+        raw += pair.client.data_to_send()
+        pair.server_events = []
+        for start in range(0, len(raw), split):
+            pair.server_events += pair.server.receive_data(raw[start:start + split])
+        got = [p for e in pair.server_events if isinstance(e, MessagesReceived) for p in e.payloads]
+        assert got == payloads and all(type(p) is bytes for p in got)
+        assert pair.server._incomplete == 0
+
+
+@pytest.mark.parametrize("size", [0, 100, 5000, 70000, 300000])
+def test_a_response_message_of_any_size_arrives_whole_in_frames_within_the_peers_frame_size(size):
+    pair = Pair(client_settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20,
+                                 h2.settings.SettingCodes.MAX_FRAME_SIZE: 65536})
+    pair.client.increment_flow_control_window(1 << 20)
+    stream_id = pair.request()
+    payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    assert pair.server.send_message(stream_id, payload)
+    pair.server.send_message(stream_id, b"tail")
+    pair.server.send_trailers(stream_id, Status.OK)
+    pair.exchange()
+    frames = pair.client_saw(h2.events.DataReceived, stream_id)
+    assert b"".join(e.data for e in frames) == message(payload) + message(b"tail")
+    assert all(len(e.data) <= 65536 for e in frames)
+    assert pair.client_saw(h2.events.TrailersReceived, stream_id)

@@ -65,8 +65,10 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.connection import ConnectionInputs
+from h2.exceptions import FrameDataMissingError
 from h2.frame_buffer import FrameBuffer
 from h2.stream import H2Stream, StreamInputs
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError
 from hyperframe.frame import ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from .._codec import _dumps
@@ -117,6 +119,10 @@ _ACCEPT_ENCODING = (b"grpc-accept-encoding", b"identity,gzip")
 #: A header field as h2 and ``._hpack`` take it: name (lowercase) and value, bytes.
 Header = tuple[bytes, bytes]
 _OK_TRAILERS = encode_block([(b"grpc-status", b"0")])
+#: A message at least this large that does not arrive whole in one DATA frame is kept as its
+#: frames' payloads and joined once complete, instead of growing a buffer frame by frame (which
+#: copies it again on the way out); smaller ones are cheaper to gather in the call's buffer.
+_LARGE_MESSAGE = 65536
 #: Distinct request header lists whose check is remembered per connection: gRPC clients send
 #: a few (per method and metadata); one whose ``grpc-timeout`` changes every call costs a check.
 _MAX_CHECKED = 64
@@ -275,20 +281,44 @@ _LOUD_FRAMES = (DataFrame, HeadersFrame, ContinuationFrame)
 class _QuietFrameBuffer(FrameBuffer):
     """h2's frame buffer, whose DATA, HEADERS and CONTINUATION frames describe their body by a
     constant: h2 formats every frame it receives for its trace log, on or off, and the body of
-    these is the payload or the header block (see the module's docstring)."""
+    these is the payload or the header block (see the module's docstring).
+
+    A DATA frame outside a header block is parsed here by hyperframe as h2's buffer would
+    parse it, from a view of the buffer instead of a copy of the frame: its payload is copied
+    once (hyperframe's ``parse_body``), not twice.  Every other frame, and every error, is
+    h2's buffer's own."""
 
     def __next__(self) -> Frame:
-        frame = super().__next__()
-        if type(frame) in _LOUD_FRAMES:
-            frame.__dict__["_body_repr"] = _QUIET_BODY
+        frame: Frame
+        data = self._data
+        if len(data) >= 9 and data[3] == _DATA and not self._headers_buffer:
+            length = int.from_bytes(data[:3], "big")
+            if len(data) < length + 9:
+                raise StopIteration
+            self._validate_frame_length(length)
+            try:
+                frame = DataFrame(int.from_bytes(data[5:9], "big") & _MAX_STREAM_ID)
+                frame.parse_flags(data[4])
+                with memoryview(data) as view:
+                    frame.parse_body(view[9:9 + length])
+            except InvalidDataError as err:
+                raise h2.exceptions.ProtocolError("Received frame with non-compliant data") from err
+            except InvalidFrameError as err:
+                raise FrameDataMissingError("Frame data missing or invalid") from err
+            del data[:9 + length]
+        else:
+            frame = super().__next__()
+            if type(frame) not in _LOUD_FRAMES:
+                return frame
+        frame.__dict__["_body_repr"] = _QUIET_BODY
         return frame
 
 
 class _Call:
     """One gRPC call (an HTTP/2 stream) as the adapter sees it."""
 
-    __slots__ = ("id", "content_type", "codec", "gzip", "headers_sent", "buf", "remote_ended",
-                 "pending", "trailers", "unconsumed", "held", "credit", "batch")
+    __slots__ = ("id", "content_type", "codec", "gzip", "headers_sent", "buf", "parts", "arrived", "missing",
+                 "remote_ended", "pending", "trailers", "unconsumed", "held", "credit", "batch")
 
     def __init__(self, stream_id: int, content_type: bytes, codec: Any, gzip: bool) -> None:
         self.id = stream_id
@@ -298,6 +328,11 @@ class _Call:
         self.headers_sent = False
         #: Received bytes not yet a whole message (a prefix, or part of a message).
         self.buf = bytearray()
+        #: A large message arriving (``_LARGE_MESSAGE``): its pieces so far (joined once, when
+        #: the last arrives), their bytes, and the bytes still to come.
+        self.parts: list[bytes | memoryview] | None = None
+        self.arrived = 0
+        self.missing = 0
         self.remote_ended = False
         #: Outgoing DATA waiting for the peer's credit, in order (None: nothing waits).
         self.pending: deque[bytes | memoryview] | None = None
@@ -537,17 +572,20 @@ class GrpcConnection:
         parts += (_frame_header(len(pieces[-1]), _CONTINUATION, _END_HEADERS, stream_id), pieces[-1])
         self._emit(b"".join(parts))
 
-    def _send_data(self, stream: H2Stream, data: bytes | memoryview) -> None:
-        """One DATA frame, within the windows (the caller checked): h2's state machines and
-        both flow-control windows change as its own ``send_data`` changes them."""
+    def _send_data(self, stream: H2Stream, data: bytes | memoryview, *more: bytes | memoryview) -> None:
+        """One DATA frame of ``data`` and ``more`` (joined on the wire only), within the windows
+        (the caller checked): h2's state machines and both flow-control windows change as its
+        own ``send_data`` changes them."""
         conn = self._h2
-        size = len(data)
+        size = len(data) + sum(map(len, more)) if more else len(data)
         conn.state_machine.process_input(ConnectionInputs.SEND_DATA)
         stream.state_machine.process_input(StreamInputs.SEND_DATA)
         stream.outbound_flow_control_window -= size
         conn.outbound_flow_control_window -= size
         head = _frame_header(size, _DATA, 0, stream.stream_id)
-        if size < _SEPARATE_PAYLOAD:
+        if more:
+            self._emit(head, data, *more)
+        elif size < _SEPARATE_PAYLOAD:
             self._emit(head + data)
         else:
             self._emit(head, data)
@@ -651,6 +689,9 @@ class GrpcConnection:
                         piece = pending.popleft()
                         pieces.append(piece)
                         size += len(piece)
+                    if size >= _SEPARATE_PAYLOAD:  # one frame, its pieces not joined (not copied)
+                        self._send_data(stream, *pieces)
+                        continue
                     first = b"".join(pieces)
                 self._send_data(stream, first)
         call.pending = None
@@ -778,8 +819,10 @@ class GrpcConnection:
 
     def _drop_input(self, call: _Call) -> None:
         """The call takes no more messages: forget the one arriving."""
-        self._incomplete -= len(call.buf)
+        self._incomplete -= len(call.buf) + call.arrived
         call.buf = bytearray()
+        call.parts = None
+        call.arrived = call.missing = 0
 
     def _forget(self, call: _Call) -> None:
         self._calls.pop(call.id, None)
@@ -1008,19 +1051,45 @@ class GrpcConnection:
         call = self._calls.get(event.stream_id)
         if call is None or call.trailers is not None:
             return  # the call is over for us; the client will learn it
-        data = event.data
+        data: bytes = event.data
         if call.unconsumed:
             call.held += size
         else:
             self._grant(call, size)
+        messages: list[bytes] = []
+        if call.parts is not None:
+            take = min(call.missing, len(data))
+            call.parts.append(data if take == len(data) else memoryview(data)[:take])
+            call.missing -= take
+            if call.missing:
+                call.arrived += take
+                self._incomplete += take
+                self._check_incomplete(call, events)
+                return
+            messages.append(b"".join(call.parts))
+            self._incomplete -= call.arrived
+            call.parts = None
+            call.arrived = 0
+            data = data[take:]
         buf = call.buf
-        messages = []
-        if not buf and len(data) >= 5 and not data[0] and int.from_bytes(data[1:5], "big") == len(data) - 5:
+        if not data:
+            pass
+        elif not buf and len(data) >= 5 and not data[0] and int.from_bytes(data[1:5], "big") == len(data) - 5:
             # The common case: one whole uncompressed message in this frame.
             if len(data) - 5 > self.max_message_size:
                 self._too_large(call, len(data) - 5, events)
                 return
             messages.append(data[5:])
+        elif (not buf and len(data) >= 5 and not data[0]
+              and _LARGE_MESSAGE <= int.from_bytes(data[1:5], "big") <= self.max_message_size
+              and int.from_bytes(data[1:5], "big") > len(data) - 5):
+            # The start of a large message, longer than this frame: kept apart, not copied yet.
+            call.parts = [memoryview(data)[5:]]
+            call.arrived = len(data) - 5
+            call.missing = int.from_bytes(data[1:5], "big") - call.arrived
+            self._incomplete += call.arrived
+            if not self._check_incomplete(call, events):
+                return
         else:
             before = len(buf)
             buf += data
@@ -1032,6 +1101,12 @@ class GrpcConnection:
                     self._too_large(call, length, events)
                     return
                 if len(buf) < 5 + length:
+                    if not flag and length >= _LARGE_MESSAGE:  # the rest is kept apart, and joined once
+                        with memoryview(buf) as view:
+                            call.parts = [bytes(view[5:])]
+                        call.arrived = len(buf) - 5
+                        call.missing = 5 + length - len(buf)
+                        buf.clear()
                     break
                 with memoryview(buf) as view:  # one copy, not a slice's and then bytes'
                     message = bytes(view[5:5 + length])
@@ -1043,11 +1118,8 @@ class GrpcConnection:
                         return
                     message = plain
                 messages.append(message)
-            self._incomplete += len(buf) - before
-            if self._incomplete > self.max_incomplete_bytes:
-                self._end(call, Status.RESOURCE_EXHAUSTED,
-                          f"the server holds {self.max_incomplete_bytes} bytes of incomplete messages per connection at most",
-                          events)
+            self._incomplete += len(buf) + call.arrived - before
+            if not self._check_incomplete(call, events):
                 return
         if messages:
             if len(messages) == 1:
@@ -1055,6 +1127,16 @@ class GrpcConnection:
             else:
                 call.unconsumed += sum(map(len, messages))
             events.append(MessagesReceived(stream_id=call.id, payloads=messages))
+
+    def _check_incomplete(self, call: _Call, events: list[Event]) -> bool:
+        """False, and the call ended, if the connection now holds more bytes of incomplete
+        messages than ``max_incomplete_bytes``."""
+        if self._incomplete <= self.max_incomplete_bytes:
+            return True
+        self._end(call, Status.RESOURCE_EXHAUSTED,
+                  f"the server holds {self.max_incomplete_bytes} bytes of incomplete messages per connection at most",
+                  events)
+        return False
 
     def _decompress(self, call: _Call, flag: int, message: bytes, events: list[Event]) -> bytes | None:
         if flag != 1:
@@ -1090,7 +1172,7 @@ class GrpcConnection:
         call.remote_ended = True
         if call.trailers is not None:
             return
-        if call.buf:
+        if call.buf or call.parts is not None:
             self._end(call, Status.INTERNAL, "the request ended inside a message", events)
             return
         events.append(StreamEnded(stream_id=call.id))
