@@ -68,7 +68,7 @@ def frame(ftype: int, flags: int, stream_id: int, payload: bytes) -> bytes:
 
 class Bench(trpc.Service, name="bench.Bench"):
     @trpc.unary
-    async def Greet(self, request: dict) -> dict:
+    async def Greet(self, request: dict[str, str]) -> dict[str, str]:
         return {"message": "Hello " + request["name"]}
 
     @trpc.unary
@@ -168,9 +168,10 @@ async def measure(workload: str, calls: int, concurrency: int) -> tuple[float, f
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.serve_stream, trio.SocketStream(a))
         await client.start()
-        for r, data in enumerate(batches):
-            if r == warmup:
-                started, cpu = time.perf_counter(), time.process_time()
+        for data in batches[:warmup]:
+            await client.run_batch(data, concurrency)
+        started, cpu = time.perf_counter(), time.process_time()
+        for data in batches[warmup:]:
             await client.run_batch(data, concurrency)
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         nursery.cancel_scope.cancel()
@@ -204,7 +205,7 @@ def count_instructions(workload: str, calls: int, concurrency: int) -> tuple[int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--workload", choices=["greet", "echo"], default="greet")
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight (default 64)")
     parser.add_argument("--calls", type=int, help="calls measured per run (default 20,000; echo 300)")

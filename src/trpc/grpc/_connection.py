@@ -12,14 +12,17 @@ pings.  Around it, the adapter keeps what gRPC adds (PROTOCOL-HTTP2.md), one rec
   so this object's own records change only as the events reach the call layer, as trpc's core
   does.  A request's HEADERS become :class:`CallOpened` (``:path`` without its ``/`` is the
   method's path, ``grpc-timeout`` the timeout, the other non-reserved headers the metadata,
-  ``-bin`` values base64-decoded); DATA is cut into the 5-byte length-prefixed messages
-  (:class:`MessagesReceived`); the client's END_STREAM is :class:`StreamEnded`; RST_STREAM is
+  ``-bin`` values base64-decoded), once its header list has passed HTTP/2's rules
+  (``check_request``, remembered per distinct list: h2's own check of received headers is
+  off; a malformed list resets its stream); DATA is cut into the 5-byte length-prefixed messages
+  (:class:`MessagesReceived`; a large one arriving over several frames is kept as their
+  payloads and joined once); the client's END_STREAM is :class:`StreamEnded`; RST_STREAM is
   :class:`CallCancelled` (CANCELLED).  A request that is not gRPC (not POST, another content
   type, no ``te: trailers``, a bad ``grpc-timeout``, an unknown ``grpc-encoding``) is answered
   here, at once, and never reaches the call layer.
 - **out**: response headers go with the first message (or never, for a Trailers-Only
-  response); messages are queued per call and given to h2 as the peer's windows allow (h2
-  refuses anything beyond them), the trailers behind them; ``SendCreditAvailable`` reports a
+  response); messages are queued per call and framed as the peer's windows (h2's records of
+  them) allow, the trailers behind them; ``SendCreditAvailable`` reports a
   call whose queue drained after a WINDOW_UPDATE.  A call ended while the client still sends
   is reset with NO_ERROR after its trailers (RFC 9113 section 8.1).
 - **credit we grant**: connection credit goes back as soon as DATA is handed to a call (in
@@ -53,9 +56,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import zlib
 from collections import deque
-import re
 from typing import Any, Callable, Mapping, Sequence
 
 import h2.config
@@ -91,7 +94,7 @@ from ..wire import StreamState, message_size
 from ..wire._frames import ALPN_TRPC
 from ._hpack import RequestDecoder, encode_block, pending_size_updates
 
-__all__ = ["GrpcConnection", "ALPN_GRPC", "ALPN_TRPC", "HTTP2_PREFACE", "looks_like_http2",
+__all__ = ["GrpcConnection", "ALPN_GRPC", "ALPN_TRPC", "HTTP2_PREFACE", "check_request", "looks_like_http2",
            "parse_timeout", "percent_encode"]
 
 #: The ALPN id a TLS server offers for HTTP/2 (gRPC), beside trpc's own (``ALPN_TRPC``, a fact
