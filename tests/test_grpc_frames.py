@@ -310,6 +310,7 @@ def test_a_reset_arriving_before_the_reply_cancels_the_call_and_no_frame_follows
     b"\x00\x00\x05\x00\x00\x00\x00\x00\x00hello",  # DATA on stream 0
     b"\x00\x00\x03\x00\x08\x00\x00\x00\x01\x05ab",  # padding longer than the frame
     b"\x00\x00\x00\x00\x08\x00\x00\x00\x01",  # PADDED with no pad length
+    b"\x00\x00\x01\x01\x00\x00\x00\x00\x03\x82" + b"\x00\x00\x01\x00\x00\x00\x00\x00\x01x",  # DATA (of an open call) inside a header block
 ])
 def test_a_broken_data_frame_is_a_protocol_error_of_the_connection_as_with_h2(raw):
     pair = Pair()
