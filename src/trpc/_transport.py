@@ -319,9 +319,12 @@ class TrioConnection:
         right here with one non-blocking system call, saving the hop to the writer task: that
         is most of a lone call's latency.  Under load, and for streams other than plain TCP,
         the writer coalesces as usual.  Whatever the socket does not take at once is left, in
-        order, for the writer.
+        order, for the writer.  So is output of _SEND_BIG bytes or more (a large message): this
+        write would join its parts into one fresh buffer, a copy and the page faults of a new
+        allocation, where the writer sends the large parts as they are.
         """
-        if self._socket is not None and not self._writing and self.broken is None and self.conn.open_streams <= 1:
+        if (self._socket is not None and not self._writing and self.broken is None and self.conn.open_streams <= 1
+                and self.conn.output_size < _SEND_BIG):
             data = self.conn.data_to_send()
             try:
                 sent = _write(self._socket.fileno(), data)
