@@ -67,6 +67,9 @@ class CallOpened(Event):
     for no deadline.  ``end_stream`` is true when the client will send no request message.
     ``codec`` is how the call's messages are encoded when not in trpc's CBOR (``None``): a
     protobuf codec of the gRPC wire (its methods: ``trpc.grpc``'s docstring).
+    ``compression`` is the coding the client asked for its responses (protocol 1.2, HEADERS
+    key 4: a ``trpc.wire._compression.Coding`` number, maybe one this side does not know; 0:
+    none asked).
     """
 
     stream_id: int
@@ -75,6 +78,7 @@ class CallOpened(Event):
     timeout: float | None
     end_stream: bool = False
     codec: Any = None
+    compression: int = 0
 
 
 @dataclass(**_EVENT)
@@ -206,7 +210,12 @@ class ConnectionClosed(Event):
 class WireConnection(Protocol):
     """What the call layer asks of a sans-IO wire connection (``trpc.wire.Connection`` is the
     reference; its docstrings give each method's contract).  Stream ids name calls; payloads
-    are encoded messages (bytes, or ``[head, body]`` parts)."""
+    are encoded messages (bytes, or ``[head, body]`` parts).
+
+    Compression (protocol 1.2) is the trpc wire's: a connection that has it also offers
+    ``peer_codings`` (the codings the peer accepts) and ``send_compressed``, and the call layer
+    uses them only after finding ``peer_codings`` there; a wire without it ignores the
+    ``compression`` arguments below, and its calls report ``CallOpened.compression`` 0."""
 
     # bytes in and out
     def initiate(self) -> None: ...
@@ -238,9 +247,10 @@ class WireConnection(Protocol):
 
     # calls
     def open_call(self, method: str, *, metadata: dict | None = None, timeout: float | None = None,
-                  end_stream: bool = False) -> int: ...
+                  end_stream: bool = False, response_compression: int = 0) -> int: ...
     def open_unary_call(self, method: str, message: Any, *, metadata: dict | None = None,
-                        timeout: float | None = None) -> tuple[int, bool]: ...
+                        timeout: float | None = None, compression: int = 0,
+                        response_compression: int = 0) -> tuple[int, bool]: ...
     def send_message(self, stream_id: int, payload: Any, *, end_stream: bool = False) -> bool: ...
     def open_batch(self, stream_id: int) -> list: ...
     def flush_batch(self, stream_id: int) -> bool: ...
