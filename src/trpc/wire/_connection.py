@@ -1283,6 +1283,10 @@ class Connection:
                     stream, events,
                     f"messages still arriving on this connection exceed {self.max_incomplete_bytes} bytes",
                 )
+            else:
+                grant = self._ledger.stream_grant(stream)
+                if grant:
+                    self._out += (pack_header(4, FrameType.WINDOW_UPDATE, 0, stream_id), grant.to_bytes(4, "big"))
             return
         if size > self.max_message_size:
             self._message_too_large(stream, events)

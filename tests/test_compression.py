@@ -1,0 +1,369 @@
+"""Per-message compression (docs/PROTOCOL.md section 5, "Compressed messages"; protocol 1.2).
+
+The wire cores back to back first (negotiation, flags, limits, corruption), then the codings
+module alone, then whole calls through a client and a server.  Every test runs once per framer
+(conftest); zstd's cases skip where the zstandard package is missing.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import zlib
+
+import cbor2
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import trpc
+from trpc import RemoteProtocolError, Status
+from trpc._errors import MessageTooLargeError
+from trpc._events import CallCancelled, CallEnded, CallOpened, MessagesReceived, StreamEnded
+from trpc.wire import PREFACE, PREFACE_MAGIC, Connection, FrameType
+from trpc.wire._compression import (
+    AVAILABLE,
+    Coding,
+    DecompressionError,
+    coding_bit,
+    compress,
+    decompress,
+    parse_coding,
+)
+
+from .helpers import Pair, frame, messages, types
+
+HAS_ZSTD = bool(AVAILABLE & coding_bit(Coding.ZSTD))
+needs_zstd = pytest.mark.skipif(not HAS_ZSTD, reason="zstd needs the zstandard package (trpc-trio[zstd])")
+#: Every coding this process can use, each marked so that zstd's cases skip without zstandard.
+CODINGS = [Coding.ZLIB, pytest.param(Coding.ZSTD, marks=needs_zstd)]
+
+DATA = FrameType.DATA
+HEADERS = FrameType.HEADERS
+TRAILERS = FrameType.TRAILERS
+END_STREAM, MORE = 0x1, 0x2
+#: A message that compresses well: 4 KiB of repeated text, as CBOR.
+BIG = cbor2.dumps("compressible " * 320)
+HEADER = struct.Struct(">IBBI")
+
+
+def data_frames(raw: bytes) -> list[tuple[int, int, int, bytes]]:
+    """The DATA frames in ``raw`` (a run of whole frames): (flags, stream id, length, payload)."""
+    out = []
+    position = 0
+    while position < len(raw):
+        length, ftype, flags, stream_id = HEADER.unpack_from(raw, position)
+        payload = raw[position + 10 : position + 10 + length]
+        if ftype == DATA:
+            out.append((flags, stream_id, length, payload))
+        position += 10 + length
+    return out
+
+
+def raw_preface(*, minor: int = 2, codings: int = 0, max_message: int = 4 << 20) -> bytes:
+    return PREFACE.pack(PREFACE_MAGIC, 1, minor, codings, 1 << 20, max_message, 1 << 20, 16 << 20, 100)
+
+
+def server_for(framer_cls: type, **options: object) -> Connection:
+    """A server core that has received a 1.2 client's preface accepting every coding, and
+    whose output so far is drained."""
+    server = Connection("server", framer=framer_cls, **options)  # type: ignore[arg-type]
+    server.initiate()
+    server.receive_data(raw_preface(codings=AVAILABLE))
+    server.data_to_send()
+    return server
+
+
+# ================================================================== negotiation (the preface)
+def test_each_side_announces_the_codings_it_accepts_and_learns_the_peers(framer_cls):
+    pair = Pair(framer_cls, client_options={"accept_compression": ["zlib"]})
+    assert pair.server.peer_codings == coding_bit(Coding.ZLIB)
+    assert pair.client.peer_codings == AVAILABLE
+
+
+def test_a_side_that_accepts_nothing_is_never_sent_a_compressed_message(framer_cls):
+    pair = Pair(framer_cls, server_options={"accept_compression": []})
+    assert pair.client.peer_codings == 0
+    sid = pair.client.open_call("m")
+    pair.client.send_compressed(sid, BIG, Coding.ZLIB, end_stream=True)
+    (flags, _, length, _), = data_frames(pair.client.data_to_send()[-(len(BIG) + 10):])
+    assert flags == END_STREAM and length == len(BIG)
+
+
+def test_a_1_1_peers_reserved_field_is_read_as_accepting_nothing(framer_cls):
+    """A 1.1 peer sends 0 there; one that sent anything else is still read as accepting
+    nothing (the field was reserved before 1.2)."""
+    server = Connection("server", framer=framer_cls)
+    server.initiate()
+    server.receive_data(raw_preface(minor=1, codings=0xFFFF))
+    assert server.peer_codings == 0
+
+
+def test_unknown_bits_of_the_codings_field_are_ignored(framer_cls):
+    server = Connection("server", framer=framer_cls)
+    server.initiate()
+    server.receive_data(raw_preface(codings=0xFFF0 | coding_bit(Coding.ZLIB)))
+    assert server.peer_codings == coding_bit(Coding.ZLIB)
+
+
+def test_a_side_cannot_accept_an_unknown_coding():
+    with pytest.raises(ValueError, match="compression is 'zlib', 'zstd' or None"):
+        Connection("client", accept_compression=["brotli"])
+
+
+def test_zstd_is_refused_by_name_where_zstandard_is_missing(monkeypatch):
+    import trpc.wire._compression as compression
+
+    monkeypatch.setattr(compression, "AVAILABLE", coding_bit(Coding.ZLIB))
+    with pytest.raises(ValueError, match="pip install 'trpc-trio\\[zstd\\]'"):
+        parse_coding("zstd")
+
+
+# ========================================================================= sending, framing
+@pytest.mark.parametrize("coding", CODINGS)
+def test_a_message_at_the_threshold_goes_compressed_and_one_below_it_goes_plain(framer_cls, coding):
+    pair = Pair(framer_cls, client_options={"compression_threshold": len(BIG)})
+    sid = pair.client.open_call("m")
+    pair.client.send_compressed(sid, BIG, coding)
+    pair.client.send_compressed(sid, BIG[:-1], coding)
+    first, second = data_frames(pair.client.data_to_send())
+    assert first[0] == coding << 2 and first[2] < len(BIG) and decompress(coding, [first[3]], len(BIG)) == BIG
+    assert second[0] == 0 and second[3] == BIG[:-1]
+
+
+def test_a_message_that_compression_would_not_shrink_goes_plain(framer_cls):
+    pair = Pair(framer_cls)
+    sid = pair.client.open_call("m")
+    noise = cbor2.dumps(random.Random(7).randbytes(2000))
+    assert len(zlib.compress(noise, 1)) >= len(noise)
+    pair.client.send_compressed(sid, noise, Coding.ZLIB)
+    ((flags, _, _, payload),) = data_frames(pair.client.data_to_send())
+    assert flags == 0 and payload == noise
+
+
+def test_the_peers_max_message_size_applies_before_compression(framer_cls):
+    pair = Pair(framer_cls, server_options={"max_message_size": 2048})
+    sid = pair.client.open_call("m")
+    with pytest.raises(MessageTooLargeError):
+        pair.client.send_compressed(sid, BIG, Coding.ZLIB)  # 4 KiB of text, a few dozen bytes compressed
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+def test_a_compressed_message_split_by_credit_carries_its_coding_on_the_first_frame_only(framer_cls, coding):
+    """A message larger than the stream window leaves in pieces as credit comes; only the
+    first piece says the coding, and the receiver joins and decompresses them."""
+    noise = random.Random(3).randbytes(3000)  # stays larger than the window compressed
+    message = cbor2.dumps([noise, "tail " * 2000])
+    pair = Pair(framer_cls, server_options={"stream_window": 1024})
+    sid = pair.client.open_call("m")
+    assert not pair.client.send_compressed(sid, message, coding, end_stream=True)
+    raw = pair.client.data_to_send()
+    (first,) = data_frames(raw)
+    assert first[0] == (coding << 2) | MORE and first[2] == 1024
+    events = pair.server.receive_data(raw)
+    events += pair.exchange()["server"]
+    later = [f for f in pair.server._framer.feed(b"")]  # nothing left unread
+    assert not later
+    assert messages(events) == [message] and StreamEnded in types(events)
+
+
+def test_the_client_asks_for_its_responses_coding_in_headers_key_4(framer_cls):
+    pair = Pair(framer_cls)
+    sid = pair.client.open_call("m", response_compression=Coding.ZLIB)
+    events = pair.exchange()["server"]
+    (opened,) = [e for e in events if isinstance(e, CallOpened)]
+    assert opened.stream_id == sid and opened.compression == Coding.ZLIB
+    sid = pair.client.open_call("m")
+    (opened,) = [e for e in pair.exchange()["server"] if isinstance(e, CallOpened)]
+    assert opened.compression == 0
+
+
+def test_a_response_compression_that_is_not_an_unsigned_integer_is_a_protocol_error(framer_cls):
+    server = server_for(framer_cls)
+    with pytest.raises(RemoteProtocolError, match="key 4"):
+        server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m", 4: "zlib"})))
+
+
+# ======================================================================= receiving, limits
+@pytest.mark.parametrize("coding", CODINGS)
+@pytest.mark.parametrize("direction", ["request", "response"])
+def test_each_coding_round_trips_both_ways(framer_cls, coding, direction):
+    pair = Pair(framer_cls)
+    sid = pair.client.open_call("m")
+    pair.exchange()
+    if direction == "request":
+        pair.client.send_compressed(sid, BIG, coding)
+        events = pair.exchange()["server"]
+    else:
+        pair.server.send_compressed(sid, BIG, coding)
+        events = pair.exchange()["client"]
+    assert messages(events, sid) == [BIG]
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+def test_a_zip_bomb_ends_its_call_with_resource_exhausted_and_the_connection_serves_on(framer_cls, coding):
+    """A few KiB of compressed zeros that would expand to 64 MiB: the call ends, nothing like
+    64 MiB is produced, and the next call on the connection is served."""
+    bomb = compress(coding, b"\0" * (64 << 20))
+    server = server_for(framer_cls)
+    events = server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m"})) + frame(DATA, coding << 2, 1, bomb))
+    (cancelled,) = [e for e in events if isinstance(e, CallCancelled)]
+    assert cancelled.reason is Status.RESOURCE_EXHAUSTED and "expands past the limit" in cancelled.message
+    assert not messages(events)
+    events = server.receive_data(frame(HEADERS, 0, 3, cbor2.dumps({1: "m"})) + frame(DATA, END_STREAM, 3, b"\x01"))
+    assert messages(events, 3) == [b"\x01"]
+    assert b"expands past the limit" in server.data_to_send()  # the first call's trailers
+
+
+def test_a_response_zip_bomb_is_cancelled_by_the_client_with_resource_exhausted(framer_cls):
+    pair = Pair(framer_cls)
+    sid = pair.client.open_call("m")
+    pair.exchange()
+    bomb = compress(Coding.ZLIB, b"\0" * (8 << 20))
+    events = pair.client.receive_data(frame(DATA, Coding.ZLIB << 2, sid, bomb))
+    (ended,) = [e for e in events if isinstance(e, CallEnded)]
+    assert ended.status is Status.RESOURCE_EXHAUSTED
+    assert pair.client.stream_state(sid).value == "closed"
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+def test_corrupt_compressed_data_ends_its_call_with_internal(framer_cls, coding):
+    packed = compress(coding, BIG)
+    corrupt = packed[:8] + bytes(b ^ 0x5A for b in packed[8:16]) + packed[16:]
+    server = server_for(framer_cls)
+    events = server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m"})) + frame(DATA, coding << 2, 1, corrupt))
+    (cancelled,) = [e for e in events if isinstance(e, CallCancelled)]
+    assert cancelled.reason is Status.INTERNAL and coding.name.lower() in cancelled.message
+    trailers = server.data_to_send()
+    assert cbor2.loads(trailers[10:])[1] == Status.INTERNAL
+
+
+def test_a_corrupt_response_is_cancelled_by_the_client_with_internal(framer_cls):
+    pair = Pair(framer_cls)
+    sid = pair.client.open_call("m")
+    pair.exchange()
+    events = pair.client.receive_data(frame(DATA, Coding.ZLIB << 2, sid, b"not zlib at all"))
+    (ended,) = [e for e in events if isinstance(e, CallEnded)]
+    assert ended.status is Status.INTERNAL
+    (cancel,) = [f for f in [pair.client.data_to_send()] if f[4] == FrameType.CANCEL]
+    assert cbor2.loads(cancel[10:])[1] == Status.INTERNAL
+
+
+def test_a_coding_the_receiver_does_not_accept_is_a_protocol_error(framer_cls):
+    server = server_for(framer_cls, accept_compression=[])
+    with pytest.raises(RemoteProtocolError, match="does not accept"):
+        server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m"})) + frame(DATA, 0x4, 1, compress(Coding.ZLIB, BIG)))
+
+
+def test_the_reserved_coding_3_is_a_protocol_error(framer_cls):
+    server = server_for(framer_cls)
+    with pytest.raises(RemoteProtocolError, match="reserved coding"):
+        server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m"})) + frame(DATA, 0xC, 1, b"\x01"))
+
+
+def test_a_coding_on_a_continuation_frame_is_a_protocol_error(framer_cls):
+    packed = compress(Coding.ZLIB, BIG)
+    server = server_for(framer_cls)
+    server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m"})) + frame(DATA, 0x4 | MORE, 1, packed[:4]))
+    with pytest.raises(RemoteProtocolError, match="continues a message"):
+        server.receive_data(frame(DATA, 0x4, 1, packed[4:]))
+
+
+def test_a_coding_after_a_plain_first_frame_is_a_protocol_error(framer_cls):
+    server = server_for(framer_cls)
+    server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m"})) + frame(DATA, MORE, 1, BIG[:4]))
+    with pytest.raises(RemoteProtocolError, match="continues a message"):
+        server.receive_data(frame(DATA, 0x4, 1, BIG[4:]))
+
+
+def test_an_empty_compressed_frame_is_a_protocol_error(framer_cls):
+    server = server_for(framer_cls)
+    with pytest.raises(RemoteProtocolError, match="cannot be empty"):
+        server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m"})) + frame(DATA, 0x4 | END_STREAM, 1))
+
+
+def test_flow_control_counts_the_compressed_bytes_and_returns_them_once_consumed(framer_cls):
+    pair = Pair(framer_cls, server_options={"stream_window": 4096})
+    sid = pair.client.open_call("m")
+    pair.exchange()
+    before = pair.client._live[sid].send_window
+    pair.client.send_compressed(sid, BIG, Coding.ZLIB)
+    wire = before - pair.client._live[sid].send_window
+    assert 0 < wire < len(BIG) // 10
+    (message,) = messages(pair.exchange()["server"])
+    stream = pair.server._live[sid]
+    assert stream.recv_granted == 4096 - wire and stream.recv_held == len(BIG)
+    pair.server.consumed(sid, len(message))
+    assert stream.recv_held == 0
+    # Less than half the window to give back: nothing announced yet, the wire bytes owed.
+    assert stream.recv_granted == 4096 - wire and not pair.server.data_to_send()
+
+
+# =================================================================== both framers agree
+@settings(max_examples=60, deadline=None)
+@given(
+    message=st.binary(min_size=1, max_size=6000),
+    chunk=st.integers(min_value=1, max_value=700),
+    window=st.integers(min_value=1024, max_value=8192),
+)
+def test_any_message_round_trips_compressed_through_both_framers_in_any_chunks(message, chunk, window):
+    """Hypothesis: whatever the message, the window that splits it and the chunks the bytes
+    arrive in, both framers deliver the same message (and the same events)."""
+    from trpc._framer import FRAMERS
+
+    results = []
+    for framer_cls in FRAMERS.values():
+        pair = Pair(framer_cls, chunk=chunk, client_options={"compression_threshold": 0},
+                    server_options={"stream_window": window})
+        sid = pair.client.open_call("m")
+        pair.client.send_compressed(sid, message, Coding.ZLIB, end_stream=True)
+        events = pair.exchange()["server"]
+        assert messages(events, sid) == [message]
+        results.append([type(e).__name__ for e in events])
+    assert all(result == results[0] for result in results)
+
+
+# ====================================================================== the codings alone
+@pytest.mark.parametrize("coding", CODINGS)
+def test_a_message_given_as_head_and_body_compresses_as_their_concatenation(coding):
+    head, body = b"\x5a\x00\x01\x00\x00", b"x" * 65536
+    assert decompress(coding, [compress(coding, [head, body])], 1 << 20) == head + body
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+def test_decompression_stops_at_the_limit_plus_one_piece(coding, monkeypatch):
+    """The bound holds while decompressing: however far the data expands, at most the limit
+    and one output piece are ever produced."""
+    import trpc.wire._compression as compression
+
+    produced = []
+    real_sink = compression._BoundedSink
+
+    class Spy(real_sink):  # type: ignore[misc, valid-type]
+        def write(self, data):  # type: ignore[no-untyped-def]
+            produced.append(len(data))
+            return super().write(data)
+
+    monkeypatch.setattr(compression, "_BoundedSink", Spy)
+    with pytest.raises(DecompressionError) as caught:
+        decompress(coding, [compress(coding, b"\0" * (32 << 20))], 1 << 20)
+    assert caught.value.status is Status.RESOURCE_EXHAUSTED
+    if coding == Coding.ZSTD:
+        assert sum(produced) <= (1 << 20) + (1 << 16)
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+@pytest.mark.parametrize("how", ["truncated", "trailing bytes", "two streams"])
+def test_anything_but_exactly_one_stream_is_corrupt(coding, how):
+    packed = compress(coding, BIG)
+    data = {"truncated": packed[:-3], "trailing bytes": packed + b"\0", "two streams": packed + packed}[how]
+    with pytest.raises(DecompressionError) as caught:
+        decompress(coding, [data], 1 << 20)
+    assert caught.value.status is Status.INTERNAL
+
+
+def test_zlib_data_split_anywhere_decompresses_the_same():
+    packed = compress(Coding.ZLIB, BIG)
+    for cut in range(1, len(packed)):
+        assert decompress(Coding.ZLIB, [packed[:cut], packed[cut:]], len(BIG)) == BIG
