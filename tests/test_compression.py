@@ -367,3 +367,181 @@ def test_zlib_data_split_anywhere_decompresses_the_same():
     packed = compress(Coding.ZLIB, BIG)
     for cut in range(1, len(packed)):
         assert decompress(Coding.ZLIB, [packed[:cut], packed[cut:]], len(BIG)) == BIG
+
+
+# ====================================================================== whole calls
+LONG = "compressible " * 200  # 2.6 KiB as CBOR: above the threshold, shrinks well
+
+
+class Zip(trpc.Service, name="zip.Zip"):
+    @trpc.unary
+    async def echo(self, value: object) -> object:
+        return value
+
+    @trpc.unary(compression="zlib")
+    async def echo_zlib(self, value: object) -> object:
+        return value
+
+    @trpc.server_stream
+    async def repeat(self, value: object, times: int):  # type: ignore[no-untyped-def]
+        for _ in range(times):
+            yield value
+
+    @trpc.client_stream
+    async def join(self, values):  # type: ignore[no-untyped-def]
+        return "".join([value async for value in values])
+
+    @trpc.bidi_stream
+    async def chat(self, values):  # type: ignore[no-untyped-def]
+        async for value in values:
+            yield value
+
+
+class Recorder(trio.abc.Stream):
+    """A client's stream that keeps every byte each way, to read the frames back."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.sent = bytearray()
+        self.received = bytearray()
+
+    async def send_all(self, data) -> None:  # type: ignore[no-untyped-def]
+        self.sent += data
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes=None) -> bytes:  # type: ignore[no-untyped-def]
+        data = await self.inner.receive_some(max_bytes)
+        self.received += data
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def request_codings(self) -> list[int]:
+        """The coding of each DATA frame the client sent (but bare END_STREAMs), in order."""
+        return [(f >> 2) & 3 for f, _, length, _ in data_frames(bytes(self.sent[28:])) if length]
+
+    def response_codings(self) -> list[int]:
+        """The coding of each DATA frame the server sent, in order."""
+        return [(f >> 2) & 3 for f, _, _, _ in data_frames(bytes(self.received[28:]))]
+
+
+async def open_pair(nursery, *, server_options=None, client_options=None):  # type: ignore[no-untyped-def]
+    server = trpc.Server(Zip(), **(server_options or {}))
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.serve_stream, server_stream, "memory")
+    recorder = Recorder(client_stream)
+    return recorder, trpc.open_client(recorder, **(client_options or {}))
+
+
+@pytest.mark.parametrize("coding", ["zlib", pytest.param("zstd", marks=needs_zstd)])
+async def test_every_call_shape_compresses_both_ways_with_the_clients_coding(nursery, coding):
+    recorder, opening = await open_pair(nursery, client_options={"compression": coding})
+    number = {"zlib": 1, "zstd": 2}[coding]
+    async with opening as client:
+        assert await client.echo(LONG) == LONG
+        assert recorder.request_codings() == [number] and recorder.response_codings() == [number]
+        assert [item async for item in client.repeat(LONG, 3)] == [LONG] * 3
+        assert recorder.response_codings()[-3:] == [number] * 3
+
+        async def values():  # type: ignore[no-untyped-def]
+            for _ in range(3):
+                yield LONG
+
+        assert await client.join(values()) == LONG * 3
+        assert recorder.response_codings()[-1] == number
+        assert [reply async for reply in client.chat(values())] == [LONG] * 3
+        assert recorder.request_codings()[-3:] == [number] * 3
+        assert recorder.response_codings()[-3:] == [number] * 3
+        assert set(recorder.request_codings()) == {number}
+
+
+async def test_small_messages_and_calls_without_compression_go_plain(nursery):
+    recorder, opening = await open_pair(nursery, client_options={"compression": "zlib"})
+    async with opening as client:
+        assert await client.echo("short") == "short"
+        assert await client.echo(LONG, compression=None) == LONG
+    assert recorder.request_codings() == [0, 0] and recorder.response_codings() == [0, 0]
+
+
+async def test_the_threshold_is_each_sides_own(nursery):
+    recorder, opening = await open_pair(
+        nursery, server_options={"compression_threshold": 1 << 20},
+        client_options={"compression": "zlib", "compression_threshold": 16},
+    )
+    async with opening as client:
+        assert await client.echo("x" * 40) == "x" * 40
+    assert recorder.request_codings() == [1] and recorder.response_codings() == [0]
+
+
+async def test_a_per_call_coding_overrides_the_clients(nursery):
+    recorder, opening = await open_pair(nursery)
+    async with opening as client:
+        assert await client.echo(LONG) == LONG
+        assert await client.echo(LONG, compression="zlib") == LONG
+        assert await client.echo.with_options(compression="zlib")(LONG) == LONG
+    assert recorder.request_codings() == [0, 1, 1] and recorder.response_codings() == [0, 1, 1]
+
+
+async def test_a_methods_own_coding_compresses_its_responses_when_the_client_asks_none(nursery):
+    recorder, opening = await open_pair(nursery)
+    async with opening as client:
+        assert await client.echo_zlib(LONG) == LONG
+        assert await client.echo(LONG) == LONG
+    assert recorder.request_codings() == [0, 0] and recorder.response_codings() == [1, 0]
+
+
+async def test_the_servers_coding_applies_to_every_method_and_the_clients_request_wins(nursery):
+    recorder, opening = await open_pair(nursery, server_options={"compression": "zlib"})
+    async with opening as client:
+        assert await client.echo(LONG) == LONG
+        if HAS_ZSTD:
+            assert await client.echo(LONG, compression="zstd") == LONG
+    assert recorder.response_codings() == ([1, 2] if HAS_ZSTD else [1])
+
+
+async def test_a_client_that_accepts_no_coding_gets_plain_responses(nursery):
+    """A 1.1 client (its preface accepts nothing) is never sent a compressed message, even by
+    a server that compresses everything."""
+    from .wire_spec_client import Settings, connect
+
+    server = trpc.Server(Zip(), compression="zlib", grpc=False)
+    address = await nursery.start(server.serve_tcp, 0)
+    async with connect(address, Settings(minor=1)) as conn:
+        reply = await conn.call("echo", LONG)
+    assert reply.result == LONG
+    assert all(frame.flags & 0xC == 0 for frame in conn.frames if frame.type == 0)
+
+
+async def test_an_unknown_per_call_coding_is_a_usage_error(nursery):
+    _, opening = await open_pair(nursery)
+    async with opening as client:
+        with pytest.raises(trpc.UsageError, match="compression"):
+            await client.echo(LONG, compression="brotli")
+
+
+def test_a_method_that_names_an_unknown_coding_fails_when_its_class_is_made():
+    with pytest.raises(ValueError, match="compression is"):
+        class Bad(trpc.Service):  # noqa: F841
+            @trpc.unary(compression="lz4")
+            async def f(self) -> None: ...
+
+
+async def test_a_request_zip_bomb_ends_that_call_and_the_client_calls_again(nursery):
+    """Through a real server: a few KiB expanding to 64 MiB against the default 4 MiB limit."""
+    from .wire_spec_client import Settings, connect
+
+    server = trpc.Server(Zip(), grpc=False)
+    address = await nursery.start(server.serve_tcp, 0)
+    bomb = zlib.compress(cbor2.dumps([[b"\0" * (64 << 20)]]), 9)
+    async with connect(address, Settings(minor=2, codings=1)) as conn:
+        assert conn.peer.codings & 1
+        stream = conn.open_stream("echo")
+        await stream.send_message(raw=bomb, end_stream=True, coding=1)
+        reply = await stream.finish()
+        assert reply.status == Status.RESOURCE_EXHAUSTED and "expands past the limit" in reply.trailers.message
+        assert (await conn.call("echo", "again")).result == "again"
+

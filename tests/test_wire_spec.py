@@ -155,6 +155,50 @@ async def test_unary_bytes_on_the_wire_match_section_1(server):
     assert reply.result == "Hello Ada"
 
 
+# ============================================================== compressed messages (§5, 1.2)
+
+
+async def test_the_compressed_example_of_section_5_round_trips(server):
+    """§5 "Compressed messages": a 1.2 client accepting zlib sends `greet("Ada" * 400)`
+    compressed at level 1 and asks for zlib responses (HEADERS key 4); the server (which
+    accepts zlib) answers compressed, and this client inflates it within its limit."""
+    request = encode_args(["Ada" * 400])
+    assert len(request) == 1205 and len(zlib.compress(request, 1)) == 28
+    with trio.fail_after(T):
+        async with connect(server.address, Settings(minor=2, codings=1)) as conn:
+            assert conn.peer.codings & 1  # §2: the server accepts zlib
+            stream = conn.open_stream("greet", extra={4: 1})
+            await stream.send_message(raw=request, end_stream=True, zlib_level=1)
+            reply = await stream.finish()
+    assert conn.sent[1] == (DATA, END_STREAM | 0x4, 1, 28)
+    assert reply.result == "Hello " + "Ada" * 400
+    (data,) = [f for f in stream.frames if f.type == DATA]
+    assert data.flags == 0x4 and len(cbor2.dumps(reply.result)) == 1209 > len(data.payload)
+
+
+async def test_a_client_that_accepts_no_coding_is_answered_plain_though_it_asks(server):
+    """§5: nothing is compressed towards a side whose preface does not accept the coding."""
+    with trio.fail_after(T):
+        async with connect(server.address, Settings(minor=2, codings=0)) as conn:
+            stream = conn.open_stream("greet", extra={4: 1})
+            await stream.send_message(raw=encode_args(["Ada" * 400]), end_stream=True)
+            reply = await stream.finish()
+    assert reply.result == "Hello " + "Ada" * 400
+    assert [f.flags for f in stream.frames if f.type == DATA] == [0]
+
+
+async def test_corrupt_zlib_ends_the_call_with_internal_and_the_connection_carries_on(server):
+    """§5: compressed bytes that are not one valid stream end that call (INTERNAL), not the
+    connection."""
+    with trio.fail_after(T):
+        async with connect(server.address, Settings(minor=2, codings=1)) as conn:
+            stream = conn.open_stream("greet")
+            await stream.send_message(raw=b"\x78\x01 not deflate", end_stream=True, coding=1)
+            reply = await stream.finish()
+            assert reply.status == w.INTERNAL and "zlib" in reply.trailers.message
+            assert (await conn.call("greet", "Ada")).result == "Hello Ada"
+
+
 # ============================================================== unary calls (§4, §5, §6)
 
 

@@ -90,7 +90,7 @@ SHAPE_NAMES = {c: c.name.lower() for c in Cardinality}
 
 #: The keywords a client call takes as options of that call (``client.f(x, timeout=1)``), never
 #: as the handler's arguments: a handler may not have a keyword-capable parameter so named.
-CALL_OPTIONS = frozenset({"timeout", "metadata", "wait_for_ready"})
+CALL_OPTIONS = frozenset({"timeout", "metadata", "wait_for_ready", "compression"})
 
 _ATTR = "__trpc_method__"
 #: A service name: identifiers joined by dots (gRPC's package.Service form).
@@ -113,6 +113,9 @@ class MethodInfo:
     service: str = ""
     #: Its wire name, ``"kv.Store/get"`` (just the name for a method outside any service).
     path: str = field(default="", compare=False)
+    #: How the server compresses its responses when the client asks for no coding it accepts
+    #: (``"zlib"``, ``"zstd"``; None: the server's default): docs/PROTOCOL.md section 5.
+    compression: str | None = None
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -148,9 +151,9 @@ _DECORATOR_DOC = """Mark {what} as a {shape} method of its service.
 {messages}
 
 Use it bare, ``@trpc.{decorator}``, or with options,
-``@trpc.{decorator}(name="Name", idempotent=True)``.  The function stays an ordinary method;
-the decorator only records the call shape, the name and the idempotency, which
-:class:`~trpc.Service` collects when the class is created.
+``@trpc.{decorator}(name="Name", idempotent=True, compression="zlib")``.  The function stays
+an ordinary method; the decorator only records the call shape, the name, the idempotency and
+the compression, which :class:`~trpc.Service` collects when the class is created.
 
 Args:
     name: the method's name in its service (its path is ``service/name``); by default the
@@ -158,22 +161,35 @@ Args:
     idempotent: running the method twice has the effect of running it once, so a client may
         retry it after a failure even if the server may have run it (the server announces it
         in its INFO frame: docs/PROTOCOL.md, section 3).
+    compression: ``"zlib"`` or ``"zstd"``: compress the method's responses so, for clients
+        that accept it, unless the client asks for another coding the server accepts
+        (docs/PROTOCOL.md, section 5, "Compressed messages"); default: the server's
+        ``compression``.
 
 Raises:
     TypeError: the function is not {what}, or the name is empty or
         contains ``/``.
+    ValueError: an unknown compression, or zstd without the zstandard package.
 """
 
 
 def _decorator(cardinality: Cardinality, check: Callable[[Callable], bool], what: str):
-    def decorate(func: Callable | None = None, *, name: str | None = None, idempotent: bool = False):
+    def decorate(
+        func: Callable | None = None, *, name: str | None = None, idempotent: bool = False,
+        compression: str | None = None,
+    ):
+        if compression is not None:
+            from .wire._compression import parse_coding
+
+            parse_coding(compression)  # a ValueError now rather than at the first call
+
         def mark(func: Callable) -> Callable:
             if not check(func):
                 raise TypeError(f"@{cardinality.name.lower()} needs {what}, got {func!r}")
             method = func.__name__ if name is None else name
             if not isinstance(method, str) or not method or "/" in method:
                 raise TypeError(f"a method name is non-empty text without '/', not {method!r}")
-            setattr(func, _ATTR, (method, cardinality, bool(idempotent)))
+            setattr(func, _ATTR, (method, cardinality, bool(idempotent), compression))
             return func
 
         return mark if func is None else mark(func)
@@ -239,13 +255,15 @@ class Service:
                 marker = getattr(value, _ATTR, None)
                 if marker is None:
                     continue
-                method, cardinality, idempotent = marker
+                method, cardinality, idempotent, compression = marker
                 _check_parameters(cls, attribute, value)
                 # A subclass overriding a method replaces it, under whatever name it had.
                 methods = {k: v for k, v in methods.items() if v.attribute != attribute}
                 if method in methods:
                     raise TypeError(f"{cls.__name__}: two methods are named {method!r}")
-                methods[method] = MethodInfo(method, cardinality, attribute, idempotent, service)
+                methods[method] = MethodInfo(
+                    method, cardinality, attribute, idempotent, service, compression=compression
+                )
         cls.__trpc_service__ = service
         cls.__trpc_methods__ = methods
 
