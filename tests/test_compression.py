@@ -331,26 +331,53 @@ def test_a_message_given_as_head_and_body_compresses_as_their_concatenation(codi
     assert decompress(coding, [compress(coding, [head, body])], 1 << 20) == head + body
 
 
-@pytest.mark.parametrize("coding", CODINGS)
-def test_decompression_stops_at_the_limit_plus_one_piece(coding, monkeypatch):
-    """The bound holds while decompressing: however far the data expands, at most the limit
-    and one output piece are ever produced."""
+@needs_zstd
+def test_a_zstd_frame_without_its_size_stops_at_the_limit_plus_one_piece(monkeypatch):
+    """The bound holds while decompressing: however far such a frame expands, at most the
+    limit and one output piece are ever produced."""
+    import zstandard
+
     import trpc.wire._compression as compression
 
     produced = []
-    real_sink = compression._BoundedSink
 
-    class Spy(real_sink):  # type: ignore[misc, valid-type]
+    class Spy(compression._BoundedSink):
         def write(self, data):  # type: ignore[no-untyped-def]
             produced.append(len(data))
             return super().write(data)
 
     monkeypatch.setattr(compression, "_BoundedSink", Spy)
+    bomb = zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * (32 << 20))
+    assert zstandard.frame_content_size(bomb) == -1
     with pytest.raises(DecompressionError) as caught:
-        decompress(coding, [compress(coding, b"\0" * (32 << 20))], 1 << 20)
+        decompress(Coding.ZSTD, [bomb], 1 << 20)
     assert caught.value.status is Status.RESOURCE_EXHAUSTED
-    if coding == Coding.ZSTD:
-        assert sum(produced) <= (1 << 20) + (1 << 16)
+    assert 1 << 20 < sum(produced) <= (1 << 20) + (1 << 16)
+    small = zstandard.ZstdCompressor(write_content_size=False).compress(BIG)
+    assert decompress(Coding.ZSTD, [small], len(BIG)) == BIG
+
+
+@needs_zstd
+def test_a_zstd_frame_that_declares_too_much_is_refused_before_decompressing(monkeypatch):
+    import zstandard
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decompressed")
+
+    monkeypatch.setattr(zstandard.ZstdDecompressor, "decompress", never)
+    with pytest.raises(DecompressionError) as caught:
+        decompress(Coding.ZSTD, [compress(Coding.ZSTD, b"\0" * (8 << 20))], 4 << 20)
+    assert caught.value.status is Status.RESOURCE_EXHAUSTED
+
+
+@needs_zstd
+def test_a_zstd_frame_that_holds_more_than_it_declares_is_corrupt():
+    packed = bytearray(compress(Coding.ZSTD, b"hello world " * 100_000))
+    assert packed[4] == 0xA0  # single segment, a 4-byte content size at offset 5
+    packed[5:9] = (1000).to_bytes(4, "little")
+    with pytest.raises(DecompressionError) as caught:
+        decompress(Coding.ZSTD, [bytes(packed)], 4 << 20)
+    assert caught.value.status is Status.INTERNAL
 
 
 @pytest.mark.parametrize("coding", CODINGS)

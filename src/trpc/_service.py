@@ -10,8 +10,8 @@ failure even if the server may have run them.
 :class:`Service` collects the decorated methods of a class (and its bases) when the class is
 created, so the server looks handlers up in a dict built once, never per call.
 
-Per-call options.  A client takes ``timeout=``, ``metadata=`` and ``wait_for_ready=`` in a
-call as options of that call, never as the handler's arguments (:data:`CALL_OPTIONS`), so a
+Per-call options.  A client takes ``timeout=``, ``metadata=``, ``wait_for_ready=`` and
+``compression=`` in a call as options of that call, never as the handler's arguments (:data:`CALL_OPTIONS`), so a
 handler may not have a parameter of those names that a keyword can reach: the class is refused
 when it is created, rather than the argument going silently elsewhere.  A positional-only
 parameter (before ``/``) may have such a name.

@@ -13,10 +13,13 @@ use (zstd only when the ``zstandard`` package imports), and the two transformati
   one) into the compressed bytes, without joining the parts first.
 - :func:`decompress` turns the received parts back into the message, never producing more than
   ``limit + 1`` bytes however far the data would expand: zlib's ``decompress(data,
-  max_length)`` stops at the bound, and zstd's decompressor writes into a sink that refuses
-  output beyond it.  Before zstd runs, the frame's block headers are walked (no
-  decompression) to check that the data is exactly one complete frame: the streaming
-  decompressor alone accepts a truncated frame silently.
+  max_length)`` stops at the bound.  zstd: a frame whose header declares its content size
+  (as every frame trpc sends does) is refused at once if that is over the limit, else
+  decompressed in one call into a buffer of exactly that size, which libzstd never writes
+  past (a frame that holds more than it declares is an error); a frame that declares no size
+  is decompressed into a sink that refuses output beyond the limit.  Before zstd runs, the
+  frame's block headers are walked (no decompression) to check that the data is exactly one
+  complete frame: the streaming decompressor alone accepts a truncated frame silently.
 
 A message that would expand past the limit raises :class:`DecompressionError` with
 RESOURCE_EXHAUSTED; data that is not one valid stream of its coding (corrupt, truncated, bytes
@@ -251,9 +254,15 @@ def _unzstd(data: bytes, limit: int) -> bytes:
     if size != len(data):
         what = "truncated zstd frame" if size > len(data) else "bytes after the end of the zstd frame"
         raise DecompressionError(Status.INTERNAL, what)
-    sink = _BoundedSink(limit)
-    writer = _zstd.ZstdDecompressor().stream_writer(sink, write_size=_ZSTD_WRITE_SIZE, closefd=False)
     try:
+        declared = _zstd.frame_content_size(data)  # -1: the header does not say
+        if declared > limit:
+            raise _too_large(limit)
+        if declared > 0:
+            result: bytes = _zstd.ZstdDecompressor().decompress(data)
+            return result
+        sink = _BoundedSink(limit)
+        writer = _zstd.ZstdDecompressor().stream_writer(sink, write_size=_ZSTD_WRITE_SIZE, closefd=False)
         writer.write(data)
         writer.flush()
     except _zstd.ZstdError as exc:
