@@ -10,10 +10,13 @@ from __future__ import annotations
 import random
 import struct
 import zlib
+from contextlib import AbstractAsyncContextManager
+from typing import Any, AsyncIterator
 
 import cbor2
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -76,13 +79,13 @@ def server_for(framer_cls: type, **options: object) -> Connection:
 
 
 # ================================================================== negotiation (the preface)
-def test_each_side_announces_the_codings_it_accepts_and_learns_the_peers(framer_cls):
+def test_each_side_announces_the_codings_it_accepts_and_learns_the_peers(framer_cls: type) -> None:
     pair = Pair(framer_cls, client_options={"accept_compression": ["zlib"]})
     assert pair.server.peer_codings == coding_bit(Coding.ZLIB)
     assert pair.client.peer_codings == AVAILABLE
 
 
-def test_a_side_that_accepts_nothing_is_never_sent_a_compressed_message(framer_cls):
+def test_a_side_that_accepts_nothing_is_never_sent_a_compressed_message(framer_cls: type) -> None:
     pair = Pair(framer_cls, server_options={"accept_compression": []})
     assert pair.client.peer_codings == 0
     sid = pair.client.open_call("m")
@@ -91,7 +94,7 @@ def test_a_side_that_accepts_nothing_is_never_sent_a_compressed_message(framer_c
     assert flags == END_STREAM and length == len(BIG)
 
 
-def test_a_1_1_peers_reserved_field_is_read_as_accepting_nothing(framer_cls):
+def test_a_1_1_peers_reserved_field_is_read_as_accepting_nothing(framer_cls: type) -> None:
     """A 1.1 peer sends 0 there; one that sent anything else is still read as accepting
     nothing (the field was reserved before 1.2)."""
     server = Connection("server", framer=framer_cls)
@@ -100,19 +103,19 @@ def test_a_1_1_peers_reserved_field_is_read_as_accepting_nothing(framer_cls):
     assert server.peer_codings == 0
 
 
-def test_unknown_bits_of_the_codings_field_are_ignored(framer_cls):
+def test_unknown_bits_of_the_codings_field_are_ignored(framer_cls: type) -> None:
     server = Connection("server", framer=framer_cls)
     server.initiate()
     server.receive_data(raw_preface(codings=0xFFF0 | coding_bit(Coding.ZLIB)))
     assert server.peer_codings == coding_bit(Coding.ZLIB)
 
 
-def test_a_side_cannot_accept_an_unknown_coding():
+def test_a_side_cannot_accept_an_unknown_coding() -> None:
     with pytest.raises(ValueError, match="compression is 'zlib', 'zstd' or None"):
         Connection("client", accept_compression=["brotli"])
 
 
-def test_zstd_is_refused_by_name_where_zstandard_is_missing(monkeypatch):
+def test_zstd_is_refused_by_name_where_zstandard_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     import trpc.wire._compression as compression
 
     monkeypatch.setattr(compression, "AVAILABLE", coding_bit(Coding.ZLIB))
@@ -122,7 +125,7 @@ def test_zstd_is_refused_by_name_where_zstandard_is_missing(monkeypatch):
 
 # ========================================================================= sending, framing
 @pytest.mark.parametrize("coding", CODINGS)
-def test_a_message_at_the_threshold_goes_compressed_and_one_below_it_goes_plain(framer_cls, coding):
+def test_a_message_at_the_threshold_goes_compressed_and_one_below_it_goes_plain(framer_cls: type, coding: Coding) -> None:
     pair = Pair(framer_cls, client_options={"compression_threshold": len(BIG)})
     sid = pair.client.open_call("m")
     pair.client.send_compressed(sid, BIG, coding)
@@ -132,7 +135,7 @@ def test_a_message_at_the_threshold_goes_compressed_and_one_below_it_goes_plain(
     assert second[0] == 0 and second[3] == BIG[:-1]
 
 
-def test_a_message_that_compression_would_not_shrink_goes_plain(framer_cls):
+def test_a_message_that_compression_would_not_shrink_goes_plain(framer_cls: type) -> None:
     pair = Pair(framer_cls)
     sid = pair.client.open_call("m")
     noise = cbor2.dumps(random.Random(7).randbytes(2000))
@@ -142,7 +145,7 @@ def test_a_message_that_compression_would_not_shrink_goes_plain(framer_cls):
     assert flags == 0 and payload == noise
 
 
-def test_the_peers_max_message_size_applies_before_compression(framer_cls):
+def test_the_peers_max_message_size_applies_before_compression(framer_cls: type) -> None:
     pair = Pair(framer_cls, server_options={"max_message_size": 2048})
     sid = pair.client.open_call("m")
     with pytest.raises(MessageTooLargeError):
@@ -150,7 +153,7 @@ def test_the_peers_max_message_size_applies_before_compression(framer_cls):
 
 
 @pytest.mark.parametrize("coding", CODINGS)
-def test_a_compressed_message_split_by_credit_carries_its_coding_on_the_first_frame_only(framer_cls, coding):
+def test_a_compressed_message_split_by_credit_carries_its_coding_on_the_first_frame_only(framer_cls: type, coding: Coding) -> None:
     """A message larger than the stream window leaves in pieces as credit comes; only the
     first piece says the coding, and the receiver joins and decompresses them."""
     noise = random.Random(3).randbytes(3000)  # stays larger than the window compressed
@@ -168,7 +171,7 @@ def test_a_compressed_message_split_by_credit_carries_its_coding_on_the_first_fr
     assert messages(events) == [message] and StreamEnded in types(events)
 
 
-def test_the_client_asks_for_its_responses_coding_in_headers_key_4(framer_cls):
+def test_the_client_asks_for_its_responses_coding_in_headers_key_4(framer_cls: type) -> None:
     pair = Pair(framer_cls)
     sid = pair.client.open_call("m", response_compression=Coding.ZLIB)
     events = pair.exchange()["server"]
@@ -179,7 +182,7 @@ def test_the_client_asks_for_its_responses_coding_in_headers_key_4(framer_cls):
     assert opened.compression == 0
 
 
-def test_a_response_compression_that_is_not_an_unsigned_integer_is_a_protocol_error(framer_cls):
+def test_a_response_compression_that_is_not_an_unsigned_integer_is_a_protocol_error(framer_cls: type) -> None:
     server = server_for(framer_cls)
     with pytest.raises(RemoteProtocolError, match="key 4"):
         server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m", 4: "zlib"})))
@@ -188,7 +191,7 @@ def test_a_response_compression_that_is_not_an_unsigned_integer_is_a_protocol_er
 # ======================================================================= receiving, limits
 @pytest.mark.parametrize("coding", CODINGS)
 @pytest.mark.parametrize("direction", ["request", "response"])
-def test_each_coding_round_trips_both_ways(framer_cls, coding, direction):
+def test_each_coding_round_trips_both_ways(framer_cls: type, coding: Coding, direction: str) -> None:
     pair = Pair(framer_cls)
     sid = pair.client.open_call("m")
     pair.exchange()
@@ -202,7 +205,7 @@ def test_each_coding_round_trips_both_ways(framer_cls, coding, direction):
 
 
 @pytest.mark.parametrize("coding", CODINGS)
-def test_a_zip_bomb_ends_its_call_with_resource_exhausted_and_the_connection_serves_on(framer_cls, coding):
+def test_a_zip_bomb_ends_its_call_with_resource_exhausted_and_the_connection_serves_on(framer_cls: type, coding: Coding) -> None:
     """A few KiB of compressed zeros that would expand to 64 MiB: the call ends, nothing like
     64 MiB is produced, and the next call on the connection is served."""
     bomb = compress(coding, b"\0" * (64 << 20))
@@ -216,7 +219,7 @@ def test_a_zip_bomb_ends_its_call_with_resource_exhausted_and_the_connection_ser
     assert b"expands past the limit" in server.data_to_send()  # the first call's trailers
 
 
-def test_a_response_zip_bomb_is_cancelled_by_the_client_with_resource_exhausted(framer_cls):
+def test_a_response_zip_bomb_is_cancelled_by_the_client_with_resource_exhausted(framer_cls: type) -> None:
     pair = Pair(framer_cls)
     sid = pair.client.open_call("m")
     pair.exchange()
@@ -228,7 +231,7 @@ def test_a_response_zip_bomb_is_cancelled_by_the_client_with_resource_exhausted(
 
 
 @pytest.mark.parametrize("coding", CODINGS)
-def test_corrupt_compressed_data_ends_its_call_with_internal(framer_cls, coding):
+def test_corrupt_compressed_data_ends_its_call_with_internal(framer_cls: type, coding: Coding) -> None:
     packed = compress(coding, BIG)
     corrupt = packed[:8] + bytes(b ^ 0x5A for b in packed[8:16]) + packed[16:]
     server = server_for(framer_cls)
@@ -239,7 +242,7 @@ def test_corrupt_compressed_data_ends_its_call_with_internal(framer_cls, coding)
     assert cbor2.loads(trailers[10:])[1] == Status.INTERNAL
 
 
-def test_a_corrupt_response_is_cancelled_by_the_client_with_internal(framer_cls):
+def test_a_corrupt_response_is_cancelled_by_the_client_with_internal(framer_cls: type) -> None:
     pair = Pair(framer_cls)
     sid = pair.client.open_call("m")
     pair.exchange()
@@ -250,19 +253,19 @@ def test_a_corrupt_response_is_cancelled_by_the_client_with_internal(framer_cls)
     assert cbor2.loads(cancel[10:])[1] == Status.INTERNAL
 
 
-def test_a_coding_the_receiver_does_not_accept_is_a_protocol_error(framer_cls):
+def test_a_coding_the_receiver_does_not_accept_is_a_protocol_error(framer_cls: type) -> None:
     server = server_for(framer_cls, accept_compression=[])
     with pytest.raises(RemoteProtocolError, match="does not accept"):
         server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m"})) + frame(DATA, 0x4, 1, compress(Coding.ZLIB, BIG)))
 
 
-def test_the_reserved_coding_3_is_a_protocol_error(framer_cls):
+def test_the_reserved_coding_3_is_a_protocol_error(framer_cls: type) -> None:
     server = server_for(framer_cls)
     with pytest.raises(RemoteProtocolError, match="reserved coding"):
         server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m"})) + frame(DATA, 0xC, 1, b"\x01"))
 
 
-def test_a_coding_on_a_continuation_frame_is_a_protocol_error(framer_cls):
+def test_a_coding_on_a_continuation_frame_is_a_protocol_error(framer_cls: type) -> None:
     packed = compress(Coding.ZLIB, BIG)
     server = server_for(framer_cls)
     server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m"})) + frame(DATA, 0x4 | MORE, 1, packed[:4]))
@@ -270,20 +273,20 @@ def test_a_coding_on_a_continuation_frame_is_a_protocol_error(framer_cls):
         server.receive_data(frame(DATA, 0x4, 1, packed[4:]))
 
 
-def test_a_coding_after_a_plain_first_frame_is_a_protocol_error(framer_cls):
+def test_a_coding_after_a_plain_first_frame_is_a_protocol_error(framer_cls: type) -> None:
     server = server_for(framer_cls)
     server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m"})) + frame(DATA, MORE, 1, BIG[:4]))
     with pytest.raises(RemoteProtocolError, match="continues a message"):
         server.receive_data(frame(DATA, 0x4, 1, BIG[4:]))
 
 
-def test_an_empty_compressed_frame_is_a_protocol_error(framer_cls):
+def test_an_empty_compressed_frame_is_a_protocol_error(framer_cls: type) -> None:
     server = server_for(framer_cls)
     with pytest.raises(RemoteProtocolError, match="cannot be empty"):
         server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m"})) + frame(DATA, 0x4 | END_STREAM, 1))
 
 
-def test_flow_control_counts_the_compressed_bytes_and_returns_them_once_consumed(framer_cls):
+def test_flow_control_counts_the_compressed_bytes_and_returns_them_once_consumed(framer_cls: type) -> None:
     pair = Pair(framer_cls, server_options={"stream_window": 4096})
     sid = pair.client.open_call("m")
     pair.exchange()
@@ -307,7 +310,7 @@ def test_flow_control_counts_the_compressed_bytes_and_returns_them_once_consumed
     chunk=st.integers(min_value=1, max_value=700),
     window=st.integers(min_value=1024, max_value=8192),
 )
-def test_any_message_round_trips_compressed_through_both_framers_in_any_chunks(message, chunk, window):
+def test_any_message_round_trips_compressed_through_both_framers_in_any_chunks(message: bytes, chunk: int, window: int) -> None:
     """Hypothesis: whatever the message, the window that splits it and the chunks the bytes
     arrive in, both framers deliver the same message (and the same events)."""
     from trpc._framer import FRAMERS
@@ -326,13 +329,13 @@ def test_any_message_round_trips_compressed_through_both_framers_in_any_chunks(m
 
 # ====================================================================== the codings alone
 @pytest.mark.parametrize("coding", CODINGS)
-def test_a_message_given_as_head_and_body_compresses_as_their_concatenation(coding):
+def test_a_message_given_as_head_and_body_compresses_as_their_concatenation(coding: Coding) -> None:
     head, body = b"\x5a\x00\x01\x00\x00", b"x" * 65536
     assert decompress(coding, [compress(coding, [head, body])], 1 << 20) == head + body
 
 
 @needs_zstd
-def test_a_zstd_frame_without_its_size_stops_at_the_limit_plus_one_piece(monkeypatch):
+def test_a_zstd_frame_without_its_size_stops_at_the_limit_plus_one_piece(monkeypatch: pytest.MonkeyPatch) -> None:
     """The bound holds while decompressing: however far such a frame expands, at most the
     limit and one output piece are ever produced."""
     import zstandard
@@ -342,7 +345,7 @@ def test_a_zstd_frame_without_its_size_stops_at_the_limit_plus_one_piece(monkeyp
     produced = []
 
     class Spy(compression._BoundedSink):
-        def write(self, data):  # type: ignore[no-untyped-def]
+        def write(self, data: bytes) -> int:
             produced.append(len(data))
             return super().write(data)
 
@@ -358,7 +361,7 @@ def test_a_zstd_frame_without_its_size_stops_at_the_limit_plus_one_piece(monkeyp
 
 
 @needs_zstd
-def test_a_zstd_frame_that_declares_too_much_is_refused_before_decompressing(monkeypatch):
+def test_a_zstd_frame_that_declares_too_much_is_refused_before_decompressing(monkeypatch: pytest.MonkeyPatch) -> None:
     import zstandard
 
     def never(*args: object, **kwargs: object) -> None:
@@ -371,7 +374,7 @@ def test_a_zstd_frame_that_declares_too_much_is_refused_before_decompressing(mon
 
 
 @needs_zstd
-def test_a_zstd_frame_that_holds_more_than_it_declares_is_corrupt():
+def test_a_zstd_frame_that_holds_more_than_it_declares_is_corrupt() -> None:
     packed = bytearray(compress(Coding.ZSTD, b"hello world " * 100_000))
     assert packed[4] == 0xA0  # single segment, a 4-byte content size at offset 5
     packed[5:9] = (1000).to_bytes(4, "little")
@@ -382,7 +385,7 @@ def test_a_zstd_frame_that_holds_more_than_it_declares_is_corrupt():
 
 @pytest.mark.parametrize("coding", CODINGS)
 @pytest.mark.parametrize("how", ["truncated", "trailing bytes", "two streams"])
-def test_anything_but_exactly_one_stream_is_corrupt(coding, how):
+def test_anything_but_exactly_one_stream_is_corrupt(coding: Coding, how: str) -> None:
     packed = compress(coding, BIG)
     data = {"truncated": packed[:-3], "trailing bytes": packed + b"\0", "two streams": packed + packed}[how]
     with pytest.raises(DecompressionError) as caught:
@@ -390,7 +393,7 @@ def test_anything_but_exactly_one_stream_is_corrupt(coding, how):
     assert caught.value.status is Status.INTERNAL
 
 
-def test_zlib_data_split_anywhere_decompresses_the_same():
+def test_zlib_data_split_anywhere_decompresses_the_same() -> None:
     packed = compress(Coding.ZLIB, BIG)
     for cut in range(1, len(packed)):
         assert decompress(Coding.ZLIB, [packed[:cut], packed[cut:]], len(BIG)) == BIG
@@ -410,16 +413,16 @@ class Zip(trpc.Service, name="zip.Zip"):
         return value
 
     @trpc.server_stream
-    async def repeat(self, value: object, times: int):  # type: ignore[no-untyped-def]
+    async def repeat(self, value: object, times: int) -> AsyncIterator[object]:
         for _ in range(times):
             yield value
 
     @trpc.client_stream
-    async def join(self, values):  # type: ignore[no-untyped-def]
+    async def join(self, values: AsyncIterator[str]) -> str:
         return "".join([value async for value in values])
 
     @trpc.bidi_stream
-    async def chat(self, values):  # type: ignore[no-untyped-def]
+    async def chat(self, values: AsyncIterator[str]) -> AsyncIterator[str]:
         async for value in values:
             yield value
 
@@ -432,14 +435,14 @@ class Recorder(trio.abc.Stream):
         self.sent = bytearray()
         self.received = bytearray()
 
-    async def send_all(self, data) -> None:  # type: ignore[no-untyped-def]
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.sent += data
         await self.inner.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.inner.wait_send_all_might_not_block()
 
-    async def receive_some(self, max_bytes=None) -> bytes:  # type: ignore[no-untyped-def]
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         data = await self.inner.receive_some(max_bytes)
         self.received += data
         return data
@@ -456,7 +459,10 @@ class Recorder(trio.abc.Stream):
         return [(f >> 2) & 3 for f, _, _, _ in data_frames(bytes(self.received[28:]))]
 
 
-async def open_pair(nursery, *, server_options=None, client_options=None):  # type: ignore[no-untyped-def]
+async def open_pair(
+    nursery: trio.Nursery, *, server_options: dict[str, Any] | None = None,
+    client_options: dict[str, Any] | None = None,
+) -> tuple[Recorder, AbstractAsyncContextManager[trpc.Client]]:
     server = trpc.Server(Zip(), **(server_options or {}))
     client_stream, server_stream = trio.testing.memory_stream_pair()
     nursery.start_soon(server.serve_stream, server_stream, "memory")
@@ -465,7 +471,9 @@ async def open_pair(nursery, *, server_options=None, client_options=None):  # ty
 
 
 @pytest.mark.parametrize("coding", ["zlib", pytest.param("zstd", marks=needs_zstd)])
-async def test_every_call_shape_compresses_both_ways_with_the_clients_coding(nursery, coding):
+async def test_every_call_shape_compresses_both_ways_with_the_clients_coding(
+    nursery: trio.Nursery, coding: str
+) -> None:
     recorder, opening = await open_pair(nursery, client_options={"compression": coding})
     number = {"zlib": 1, "zstd": 2}[coding]
     async with opening as client:
@@ -474,7 +482,7 @@ async def test_every_call_shape_compresses_both_ways_with_the_clients_coding(nur
         assert [item async for item in client.repeat(LONG, 3)] == [LONG] * 3
         assert recorder.response_codings()[-3:] == [number] * 3
 
-        async def values():  # type: ignore[no-untyped-def]
+        async def values() -> AsyncIterator[str]:
             for _ in range(3):
                 yield LONG
 
@@ -486,7 +494,7 @@ async def test_every_call_shape_compresses_both_ways_with_the_clients_coding(nur
         assert set(recorder.request_codings()) == {number}
 
 
-async def test_small_messages_and_calls_without_compression_go_plain(nursery):
+async def test_small_messages_and_calls_without_compression_go_plain(nursery: trio.Nursery) -> None:
     recorder, opening = await open_pair(nursery, client_options={"compression": "zlib"})
     async with opening as client:
         assert await client.echo("short") == "short"
@@ -494,7 +502,7 @@ async def test_small_messages_and_calls_without_compression_go_plain(nursery):
     assert recorder.request_codings() == [0, 0] and recorder.response_codings() == [0, 0]
 
 
-async def test_the_threshold_is_each_sides_own(nursery):
+async def test_the_threshold_is_each_sides_own(nursery: trio.Nursery) -> None:
     recorder, opening = await open_pair(
         nursery, server_options={"compression_threshold": 1 << 20},
         client_options={"compression": "zlib", "compression_threshold": 16},
@@ -504,7 +512,7 @@ async def test_the_threshold_is_each_sides_own(nursery):
     assert recorder.request_codings() == [1] and recorder.response_codings() == [0]
 
 
-async def test_a_per_call_coding_overrides_the_clients(nursery):
+async def test_a_per_call_coding_overrides_the_clients(nursery: trio.Nursery) -> None:
     recorder, opening = await open_pair(nursery)
     async with opening as client:
         assert await client.echo(LONG) == LONG
@@ -513,7 +521,7 @@ async def test_a_per_call_coding_overrides_the_clients(nursery):
     assert recorder.request_codings() == [0, 1, 1] and recorder.response_codings() == [0, 1, 1]
 
 
-async def test_a_methods_own_coding_compresses_its_responses_when_the_client_asks_none(nursery):
+async def test_a_methods_own_coding_compresses_its_responses_when_the_client_asks_none(nursery: trio.Nursery) -> None:
     recorder, opening = await open_pair(nursery)
     async with opening as client:
         assert await client.echo_zlib(LONG) == LONG
@@ -521,7 +529,7 @@ async def test_a_methods_own_coding_compresses_its_responses_when_the_client_ask
     assert recorder.request_codings() == [0, 0] and recorder.response_codings() == [1, 0]
 
 
-async def test_the_servers_coding_applies_to_every_method_and_the_clients_request_wins(nursery):
+async def test_the_servers_coding_applies_to_every_method_and_the_clients_request_wins(nursery: trio.Nursery) -> None:
     recorder, opening = await open_pair(nursery, server_options={"compression": "zlib"})
     async with opening as client:
         assert await client.echo(LONG) == LONG
@@ -530,7 +538,7 @@ async def test_the_servers_coding_applies_to_every_method_and_the_clients_reques
     assert recorder.response_codings() == ([1, 2] if HAS_ZSTD else [1])
 
 
-async def test_a_client_that_accepts_no_coding_gets_plain_responses(nursery):
+async def test_a_client_that_accepts_no_coding_gets_plain_responses(nursery: trio.Nursery) -> None:
     """A 1.1 client (its preface accepts nothing) is never sent a compressed message, even by
     a server that compresses everything."""
     from .wire_spec_client import Settings, connect
@@ -543,21 +551,21 @@ async def test_a_client_that_accepts_no_coding_gets_plain_responses(nursery):
     assert all(frame.flags & 0xC == 0 for frame in conn.frames if frame.type == 0)
 
 
-async def test_an_unknown_per_call_coding_is_a_usage_error(nursery):
+async def test_an_unknown_per_call_coding_is_a_usage_error(nursery: trio.Nursery) -> None:
     _, opening = await open_pair(nursery)
     async with opening as client:
         with pytest.raises(trpc.UsageError, match="compression"):
             await client.echo(LONG, compression="brotli")
 
 
-def test_a_method_that_names_an_unknown_coding_fails_when_its_class_is_made():
+def test_a_method_that_names_an_unknown_coding_fails_when_its_class_is_made() -> None:
     with pytest.raises(ValueError, match="compression is"):
         class Bad(trpc.Service):  # noqa: F841
             @trpc.unary(compression="lz4")
-            async def f(self) -> None: ...
+            async def f(self) -> None: ...  # pragma: no cover
 
 
-async def test_a_request_zip_bomb_ends_that_call_and_the_client_calls_again(nursery):
+async def test_a_request_zip_bomb_ends_that_call_and_the_client_calls_again(nursery: trio.Nursery) -> None:
     """Through a real server: a few KiB expanding to 64 MiB against the default 4 MiB limit."""
     from .wire_spec_client import Settings, connect
 
@@ -569,6 +577,7 @@ async def test_a_request_zip_bomb_ends_that_call_and_the_client_calls_again(nurs
         stream = conn.open_stream("echo")
         await stream.send_message(raw=bomb, end_stream=True, coding=1)
         reply = await stream.finish()
-        assert reply.status == Status.RESOURCE_EXHAUSTED and "expands past the limit" in reply.trailers.message
+        assert reply.trailers is not None and reply.status == Status.RESOURCE_EXHAUSTED
+        assert "expands past the limit" in reply.trailers.message
         assert (await conn.call("echo", "again")).result == "again"
 

@@ -25,6 +25,7 @@ from ._status import Status
 
 __all__ = [
     "WireConnection",
+    "CompressingConnection",
     "Event",
     "PrefaceReceived",
     "CallOpened",
@@ -262,3 +263,18 @@ class WireConnection(Protocol):
     def cancel(self, stream_id: int, reason: Status = Status.CANCELLED, message: str = "") -> None: ...
     def consumed(self, stream_id: int, size: int) -> None: ...
     def goaway(self, status: Status = Status.OK, message: str = "") -> None: ...
+
+
+@runtime_checkable
+class CompressingConnection(WireConnection, Protocol):
+    """A wire connection with per-message compression (trpc's wire, protocol 1.2): what the
+    call layer asks of it once ``peer_codings`` is found on it (``trpc.wire.Connection``'s
+    docstrings give the contract)."""
+
+    #: The codings the peer accepts, and those this side accepts (preface bits).
+    peer_codings: int
+    accepted_codings: int
+    #: The smallest encoded message ``send_compressed`` compresses.
+    compression_threshold: int
+
+    def send_compressed(self, stream_id: int, payload: Any, coding: int, *, end_stream: bool = False) -> bool: ...

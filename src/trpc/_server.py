@@ -54,7 +54,7 @@ import types
 from collections import deque
 from contextlib import aclosing
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import trio
 
@@ -64,6 +64,7 @@ from .wire._compression import DEFAULT_COMPRESSION_THRESHOLD, Coding, coding_bit
 from ._context import CallContext, _current
 from ._errors import LocalProtocolError, MessageTooLargeError, RpcError
 from ._events import (
+    CompressingConnection,
     CallCancelled,
     CallOpened,
     GoAwayReceived,
@@ -388,12 +389,14 @@ class _ServerConnection(TrioConnection):
         """The coding of a call's responses: the one the client asked for (HEADERS key 4) if
         this side accepts it too, else the method's or the server's; 0 if the client does not
         accept that one (the gRPC wire's connections have no codings: always 0)."""
-        conn = self.conn
-        peer = getattr(conn, "peer_codings", 0)
+        peer: int | None = getattr(self.conn, "peer_codings", None)
+        if peer is None:  # a wire without compression
+            return 0
+        conn = cast(CompressingConnection, self.conn)
         if asked in (Coding.ZLIB, Coding.ZSTD) and coding_bit(Coding(asked)) & peer & conn.accepted_codings:
             return asked
-        coding = self.server._codings.get(info.path, self.server._compression)
-        return coding if coding and coding_bit(coding) & peer else 0
+        coding: Coding = self.server._codings.get(info.path, self.server._compression)
+        return int(coding) if coding and coding_bit(coding) & peer else 0
 
     def _refuse(self, stream_id: int, status: Status, message: str, *, processed: bool = True) -> None:
         """End a call that never got a task.  ``processed=False`` for a refusal that says
@@ -642,7 +645,7 @@ class _ServerConnection(TrioConnection):
         reply's trailers), or wakes it (``_send``, ``wait_for_credit``)."""
         try:
             if call.coding:
-                return self.conn.send_compressed(call.id, payload, call.coding)
+                return cast(CompressingConnection, self.conn).send_compressed(call.id, payload, call.coding)
             return self.conn.send_message(call.id, payload)
         except MessageTooLargeError as exc:
             raise RpcError(
@@ -703,7 +706,7 @@ class _ServerConnection(TrioConnection):
             batch = [] if call.finished else self.open_batch(stream_id)
             small = min(_BATCH_MESSAGE_SIZE, conn.batch_limit)
             if call.coding:  # a batch goes uncompressed: only messages below the threshold
-                small = min(small, conn.compression_threshold - 1)
+                small = min(small, cast(CompressingConnection, conn).compression_threshold - 1)
             unpark_writer = self.wake_writer
             count = 0
             async with aclosing(target) as items:

@@ -175,9 +175,9 @@ Raises:
 
 def _decorator(cardinality: Cardinality, check: Callable[[Callable], bool], what: str):
     def decorate(
-        func: Callable | None = None, *, name: str | None = None, idempotent: bool = False,
+        func: Callable[..., Any] | None = None, *, name: str | None = None, idempotent: bool = False,
         compression: str | None = None,
-    ):
+    ) -> Any:
         if compression is not None:
             from .wire._compression import parse_coding
 

@@ -42,13 +42,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any
+from typing import Any, cast
 
 import trio
 
 from ._errors import RemoteProtocolError
 from ._tls import describe_tls_failure, is_tls_record
 from ._events import (
+    CompressingConnection,
     ConnectionClosed,
     GoAwayReceived,
     InfoReceived,
@@ -255,7 +256,7 @@ class TrioConnection:
         """Queue a message, compressed with ``coding`` if not 0 (``Connection.send_compressed``
         decides); False if some waits for credit (see ``Connection.send_message``)."""
         if coding:
-            sent = self.conn.send_compressed(stream_id, payload, coding, end_stream=end_stream)
+            sent = cast(CompressingConnection, self.conn).send_compressed(stream_id, payload, coding, end_stream=end_stream)
         else:
             sent = self.conn.send_message(stream_id, payload, end_stream=end_stream)
         self._writer_wakeup.unpark()

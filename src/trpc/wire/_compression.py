@@ -33,14 +33,18 @@ can use.
 from __future__ import annotations
 
 import enum
+import importlib
 import zlib
 from typing import Any, Final, Iterable
 
 from .._status import Status
 
+#: The zstandard module, or None when the extra trpc-trio[zstd] is not installed (then zstd is
+#: not offered).  Typed Any: the package is optional, and its stubs do not know file-likes.
+_zstd: Any
 try:
-    import zstandard as _zstd
-except ImportError:  # the extra trpc-trio[zstd] is not installed: zstd is not offered
+    _zstd = importlib.import_module("zstandard")
+except ImportError:
     _zstd = None
 
 __all__ = [
@@ -146,7 +150,7 @@ class DecompressionError(Exception):
 def compress(coding: Coding, payload: bytes | list[bytes]) -> bytes:
     """``payload`` (bytes, or parts whose concatenation is the message) compressed as one
     zlib stream or one zstd frame."""
-    parts: list[bytes] = payload if type(payload) is list else [payload]  # type: ignore[assignment, list-item]
+    parts: list[bytes] = payload if isinstance(payload, list) else [payload]
     if coding == Coding.ZLIB:
         compressor = zlib.compressobj(_ZLIB_LEVEL)
         return b"".join([*map(compressor.compress, parts), compressor.flush()])
@@ -230,7 +234,7 @@ def _zstd_frame_size(data: bytes) -> int:
     assert _zstd is not None
     if data[:4] != b"\x28\xb5\x2f\xfd":
         raise ValueError("not a zstd frame (bad magic number)")
-    position = _zstd.frame_header_size(data)
+    position: int = _zstd.frame_header_size(data)
     checksum = data[4] & 0x04  # Content_Checksum_flag of the frame header descriptor
     while True:
         header = data[position : position + 3]
