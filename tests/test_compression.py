@@ -265,6 +265,21 @@ def test_the_reserved_coding_3_is_a_protocol_error(framer_cls: type) -> None:
         server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m"})) + frame(DATA, 0xC, 1, b"\x01"))
 
 
+def test_the_last_frame_of_a_compressed_message_may_share_a_run_with_a_plain_message(framer_cls: type) -> None:
+    """The framers group consecutive flag-less DATA frames of a stream into one run: the last
+    piece of a compressed message and a plain message after it arrive as one run."""
+    packed = compress(Coding.ZLIB, BIG)
+    server = server_for(framer_cls)
+    events = server.receive_data(
+        frame(HEADERS, 0, 1, cbor2.dumps({1: "m"}))
+        + frame(DATA, 0x4 | MORE, 1, packed[:5])
+        + frame(DATA, 0, 1, packed[5:])
+        + frame(DATA, 0, 1, b"\x01")
+        + frame(DATA, 0, 1, b"\x02")
+    )
+    assert messages(events, 1) == [BIG, b"\x01", b"\x02"]
+
+
 def test_a_coding_on_a_continuation_frame_is_a_protocol_error(framer_cls: type) -> None:
     packed = compress(Coding.ZLIB, BIG)
     server = server_for(framer_cls)
@@ -306,13 +321,17 @@ def test_flow_control_counts_the_compressed_bytes_and_returns_them_once_consumed
 # =================================================================== both framers agree
 @settings(max_examples=60, deadline=None)
 @given(
-    message=st.binary(min_size=1, max_size=6000),
+    sent=st.lists(st.tuples(st.binary(min_size=1, max_size=6000), st.booleans()), min_size=1, max_size=4),
     chunk=st.integers(min_value=1, max_value=700),
     window=st.integers(min_value=1024, max_value=8192),
 )
-def test_any_message_round_trips_compressed_through_both_framers_in_any_chunks(message: bytes, chunk: int, window: int) -> None:
-    """Hypothesis: whatever the message, the window that splits it and the chunks the bytes
-    arrive in, both framers deliver the same message (and the same events)."""
+def test_any_messages_round_trip_compressed_or_not_through_both_framers_in_any_chunks(
+    sent: list[tuple[bytes, bool]], chunk: int, window: int
+) -> None:
+    """Hypothesis: whatever the messages (each compressed or not), the window that splits
+    them and the chunks the bytes arrive in, both framers deliver the same messages and the
+    same events: a compressed message's last frame, which carries no flags, may share a run
+    of plain DATA frames with the next message."""
     from trpc._framer import FRAMERS
 
     results = []
@@ -320,9 +339,23 @@ def test_any_message_round_trips_compressed_through_both_framers_in_any_chunks(m
         pair = Pair(framer_cls, chunk=chunk, client_options={"compression_threshold": 0},
                     server_options={"stream_window": window})
         sid = pair.client.open_call("m")
-        pair.client.send_compressed(sid, message, Coding.ZLIB, end_stream=True)
-        events = pair.exchange()["server"]
-        assert messages(events, sid) == [message]
+        for index, (message, compressed) in enumerate(sent):  # all queued at once
+            end = index == len(sent) - 1
+            if compressed:
+                pair.client.send_compressed(sid, message, Coding.ZLIB, end_stream=end)
+            else:
+                pair.client.send_message(sid, message, end_stream=end)
+        received: list[bytes] = []
+        events: list[object] = []
+        for _ in range(4 * len(sent) + 4):  # each round consumes what came, which gives credit
+            new = pair.exchange()["server"]
+            events += new
+            for payload in messages(new, sid):
+                received.append(payload)
+                pair.server.consumed(sid, len(payload))
+            if StreamEnded in types(new):
+                break
+        assert received == [message for message, _ in sent]
         results.append([type(e).__name__ for e in events])
     assert all(result == results[0] for result in results)
 
