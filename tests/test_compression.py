@@ -614,3 +614,21 @@ async def test_a_request_zip_bomb_ends_that_call_and_the_client_calls_again(nurs
         assert "expands past the limit" in reply.trailers.message
         assert (await conn.call("echo", "again")).result == "again"
 
+
+
+async def test_the_config_sets_a_methods_coding_and_a_call_option_wins_over_it(nursery: trio.Nursery) -> None:
+    config = {"methodConfig": [{"name": [{"service": "zip.Zip", "method": "echo"}], "compression": "zlib"}]}
+    recorder, opening = await open_pair(nursery, client_options={"config": config})
+    async with opening as client:
+        assert await client["zip.Zip"].echo(LONG) == LONG
+        assert await client["zip.Zip"].echo(LONG, compression=None) == LONG
+        assert await client["zip.Zip"].echo_zlib(LONG) == LONG
+    assert recorder.request_codings() == [1, 0, 0]
+
+
+def test_a_config_naming_an_unknown_coding_says_where() -> None:
+    from trpc import ClientConfig
+    from trpc._config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"methodConfig\[0\]\.compression"):
+        ClientConfig.from_dict({"methodConfig": [{"name": [{}], "compression": "lz4"}]})

@@ -680,8 +680,11 @@ class Method:
         self._timeout = timeout if self._set_timeout is _UNSET else self._set_timeout
         self._wait_for_ready = wait_for_ready if self._set_wait is None else self._set_wait
         #: The coding of this method's request messages, also asked for its responses.
+        compression = client._compression
+        if config is not None and config.compression is not None:
+            compression = parse_coding(config.compression)
         self._compression: int = (
-            client._compression if self._set_compression is _UNSET else parse_coding(self._set_compression)
+            compression if self._set_compression is _UNSET else parse_coding(self._set_compression)
         )
         self._config = config
         #: The retry policy when the config says the method is idempotent (else decided per
