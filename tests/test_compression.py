@@ -627,8 +627,7 @@ async def test_the_config_sets_a_methods_coding_and_a_call_option_wins_over_it(n
 
 
 def test_a_config_naming_an_unknown_coding_says_where() -> None:
-    from trpc import ClientConfig
-    from trpc._config import ConfigError
+    from trpc import ClientConfig, ConfigError
 
     with pytest.raises(ConfigError, match=r"methodConfig\[0\]\.compression"):
         ClientConfig.from_dict({"methodConfig": [{"name": [{}], "compression": "lz4"}]})
