@@ -641,7 +641,10 @@ class Connection:
         if streams.last_id >= MAX_STREAM_ID:
             raise LocalProtocolError("stream ids are exhausted; open a new connection")
         stream_id = streams.last_id + 1
-        payload = self._headers.encode(method, timeout, metadata, self._peer_max_frame, response_compression)
+        if response_compression:
+            payload = self._headers.encode(method, timeout, metadata, self._peer_max_frame, response_compression)
+        else:
+            payload = self._headers.encode(method, timeout, metadata, self._peer_max_frame)
         ledger = self._ledger
         stream = streams.open(stream_id, _SEND_HEADERS, ledger.peer_stream_window, ledger.stream_window)
         if end_stream:
@@ -1388,16 +1391,16 @@ class Connection:
                 f"too many concurrent calls on this connection (limit {self.max_concurrent_streams})",
             )
             return
-        events.append(
-            CallOpened(
-                stream_id=stream_id,
-                method=method,
-                metadata=metadata,
-                timeout=None if timeout_us is None else timeout_us / 1_000_000,
-                end_stream=end,
-                compression=compression,
-            )
+        opened = CallOpened(
+            stream_id=stream_id,
+            method=method,
+            metadata=metadata,
+            timeout=None if timeout_us is None else timeout_us / 1_000_000,
+            end_stream=end,
         )
+        if compression:  # (1.2) rare: set here rather than passed, which every call would pay for
+            opened.compression = compression
+        events.append(opened)
 
     def _recv_trailers(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if not self._client:
