@@ -17,11 +17,15 @@ codec (cbor2 behind a C fast path for plain values), which every peer imports
 - W3 server streaming: one call streaming 100,000 ``{"i": n}``: messages/s.
 - W4 large payload: unary echo of 1 MiB of bytes, one in flight: MB/s (payload counted once per
   call, 1 MB = 10^6 bytes).
+- W4z: W4 with a compressible payload, 1 MiB of text (``bench/peers/_common.py``), for the
+  compressing trpc systems below (every system runs it; only those compress).
 
 Systems (``--systems``; the peers are in ``bench/peers/``, each a script with ``serve`` and
 ``client`` commands):
 
 - ``trpc-c``, ``trpc-py``: trpc with the C framer / the pure-Python framer.
+- ``trpc-c-zlib``, ``trpc-c-zstd``: trpc-c with per-message compression on both sides
+  (``compression=`` on the client and the server; zstd needs the zstandard package).
 - ``grpcio-sync``: grpcio's synchronous API; server on a 16-thread pool; W2's 64 calls in flight
   are futures on one channel (``multicallable.future``), not threads.
 - ``grpc-aio``: grpcio's asyncio API, the baseline of every ratio.
@@ -69,12 +73,13 @@ PEERS = HERE / "peers"
 ROOT = HERE.parent
 DEFAULT_CHART = ROOT / "docs" / "compare.png"
 BASELINE = "grpc-aio"
-WORKLOADS = ("w1", "w2", "w3", "w4")
+WORKLOADS = ("w1", "w2", "w3", "w4", "w4z")
 WORKLOAD_NAMES = {
     "w1": "W1 unary latency (1 in flight)",
     "w2": "W2 unary throughput (64 in flight, one connection)",
     "w3": "W3 server streaming",
     "w4": "W4 1 MiB echo",
+    "w4z": "W4z 1 MiB echo, compressible text",
 }
 SERVER_START_TIMEOUT = 30.0
 
@@ -96,12 +101,28 @@ SYSTEMS: dict[str, System] = {
         "trpc, C framer", "trpc_peer.py", ("--framer", "c"), ("--framer", "c"), (("TRPC_REQUIRE_C", "1"),)
     ),
     "trpc-py": System("trpc, Python framer", "trpc_peer.py", ("--framer", "python"), ("--framer", "python")),
+    "trpc-c-zlib": System(
+        "trpc, C framer, zlib both ways", "trpc_peer.py", ("--framer", "c", "--compression", "zlib"),
+        ("--framer", "c", "--compression", "zlib"), (("TRPC_REQUIRE_C", "1"),),
+    ),
+    "trpc-c-zstd": System(
+        "trpc, C framer, zstd both ways", "trpc_peer.py", ("--framer", "c", "--compression", "zstd"),
+        ("--framer", "c", "--compression", "zstd"), (("TRPC_REQUIRE_C", "1"),),
+    ),
     "grpcio-sync": System("grpcio sync (16-thread server; W2: 64 futures on one channel)", "grpc_sync_peer.py"),
     "grpc-aio": System("grpc.aio (baseline)", "grpc_aio_peer.py"),
     "grpclib": System("grpclib (CBOR codec)", "grpclib_peer.py"),
     "trio-raw": System("hand-written Trio, task per request", "trio_raw_peer.py", ("--mode", "task")),
     "trio-raw-inline": System("hand-written Trio, inline handlers", "trio_raw_peer.py", ("--mode", "inline")),
 }
+
+
+def default_systems() -> list[str]:
+    """Every system, but trpc-c-zstd where the zstandard package is missing."""
+    import importlib.util
+
+    have_zstd = importlib.util.find_spec("zstandard") is not None
+    return [name for name in SYSTEMS if have_zstd or name != "trpc-c-zstd"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +143,7 @@ METRICS = (
     Metric("w2", "calls_per_s", "W2 calls/s", "calls/s", True, 10.0),
     Metric("w3", "msgs_per_s", "W3 msgs/s", "msgs/s", True, 15.0),
     Metric("w4", "mb_per_s", "W4 MB/s", "MB/s", True, 1.5),
+    Metric("w4z", "mb_per_s", "W4z MB/s", "MB/s", True, None),
 )
 TARGET_SYSTEMS = ("trpc-c", "trpc-py")
 
@@ -473,6 +495,8 @@ def write_chart(path: Path, summary: dict, systems: list[str], workloads: list[s
     colors = {
         "trpc-c": "#1f5fbf",
         "trpc-py": "#6fa0e8",
+        "trpc-c-zlib": "#173f7a",
+        "trpc-c-zstd": "#3d2b8f",
         "grpcio-sync": "#b0b0b0",
         "grpclib": "#8c8c8c",
         "trio-raw": "#2e9e5b",
@@ -565,8 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, help="seconds of warm-up before W1, W2, W4 (default 1; --quick 0.2)")
     parser.add_argument("--messages", type=int, help="messages streamed in W3 (default 100,000; --quick 10,000)")
     parser.add_argument("--cap", type=float, help="time cap of a W3 stream, seconds (default 60; --quick 10)")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset (default: all)")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1,w2,w3,w4")
+    parser.add_argument("--systems", default=",".join(default_systems()),
+                        help="comma-separated subset (default: all; trpc-c-zstd only with zstandard installed)")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1,w2,w3,w4,w4z")
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
                         help="write one JSON object to PATH (no PATH: to stdout, and the table to stderr)")
     parser.add_argument("--chart", metavar="PNG",

@@ -8,6 +8,8 @@ from __future__ import annotations
 import cbor2
 import pytest
 
+from trpc.wire._compression import AVAILABLE
+
 from trpc import LocalProtocolError, RemoteProtocolError, Status
 from trpc._events import (
     ConnectionClosed,
@@ -690,10 +692,12 @@ def test_end_of_file_ends_the_connection_for_new_calls(framer_cls, after_preface
 
 
 def test_the_default_preface_is_the_one_protocol_md_shows(framer_cls):
-    """trpc's defaults, byte for byte as docs/PROTOCOL.md section 2 gives them."""
-    conn = Connection("server", framer=framer_cls)
+    """trpc's defaults, byte for byte as docs/PROTOCOL.md section 2 gives them (accepting zlib
+    and zstd; zlib alone when the zstandard package is missing)."""
+    conn = Connection("server", framer=framer_cls, accept_compression=["zlib", "zstd"] if AVAILABLE & 2 else None)
     conn.initiate()
-    example = "54 52 50 43 01 01 00 00 00 20 00 00 00 40 00 00 00 20 00 00 01 00 00 00 00 00 00 64"
+    codings = "03" if AVAILABLE & 2 else "01"
+    example = f"54 52 50 43 01 02 00 {codings} 00 20 00 00 00 40 00 00 00 20 00 00 01 00 00 00 00 00 00 64"
     assert conn.data_to_send() == bytes.fromhex(example)
 
 

@@ -125,11 +125,11 @@ def test_an_overriding_method_decides_idempotent_anew():
 
 
 # ===================================================================== INFO, the cores
-def test_we_announce_version_1_1_on_both_sides(framer_cls):
-    assert PROTOCOL_VERSION == (1, 1)
+def test_we_announce_version_1_2_on_both_sides(framer_cls):
+    assert PROTOCOL_VERSION == (1, 2)
     pair, events = informed_pair(framer_cls)
     (client_saw,) = [e for e in events if isinstance(e, PrefaceReceived)]
-    assert client_saw.version == (1, 1) and pair.server.peer_preface.version == (1, 1)
+    assert client_saw.version == (1, 2) and pair.server.peer_preface.version == (1, 2)
 
 
 def test_a_1_1_client_gets_info_right_after_the_servers_preface(framer_cls):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import struct
 
+import zlib
+
 import cbor2
 import pytest
 import trio
@@ -22,8 +24,14 @@ from .wire_spec_client import (
 
 T = 5  # seconds: the bound on any single wait
 
-DOC_PREFACE = bytes.fromhex(  # §2's example: version 1.1
-    "54 52 50 43 01 01 00 00 00 20 00 00 00 40 00 00 00 20 00 00 01 00 00 00 00 00 00 64")
+DOC_PREFACE = bytes.fromhex(  # §2's example: version 1.2, accepting zlib and zstd
+    "54 52 50 43 01 02 00 03 00 20 00 00 00 40 00 00 00 20 00 00 01 00 00 00 00 00 00 64")
+try:
+    import zstandard  # noqa: F401
+except ImportError:  # §2: trpc accepts zstd only where zstandard is installed
+    SERVER_PREFACE = DOC_PREFACE[:7] + b"\x01" + DOC_PREFACE[8:]
+else:
+    SERVER_PREFACE = DOC_PREFACE
 #: The conftest's service's name (tests/services.py: a class named after where it is defined).
 SVC = "tests.services.Svc"
 #: What the conftest's service declares idempotent, by path and by short name (§3), and the
@@ -59,11 +67,11 @@ async def wait_until(predicate, timeout: float = T) -> None:
 
 
 def test_doc_preface_example_matches_our_encoding():
-    assert Settings(minor=1).encode() == DOC_PREFACE
-    # this client announces 1.0 unless told otherwise: only the minor version differs
-    assert w.DEFAULTS.encode() == DOC_PREFACE[:5] + b"\x00" + DOC_PREFACE[6:]
+    assert Settings(minor=2, codings=3).encode() == DOC_PREFACE
+    # this client announces 1.0 unless told otherwise: only the version and codings differ
+    assert w.DEFAULTS.encode() == DOC_PREFACE[:5] + b"\x00\x00\x00" + DOC_PREFACE[8:]
     decoded = Settings.decode(DOC_PREFACE)
-    assert (decoded.major, decoded.minor) == (1, 1)
+    assert (decoded.major, decoded.minor, decoded.codings) == (1, 2, 3)
     assert (decoded.max_frame_size, decoded.max_message_size, decoded.stream_window,
             decoded.connection_window, decoded.max_concurrent_streams) == (
         2_097_152, 4_194_304, 2_097_152, 16_777_216, 100)
@@ -109,7 +117,7 @@ async def test_server_preface_is_the_doc_example_and_sent_without_waiting(servic
             assert data, "EOF before the server's preface"
             buf += data
         await tcp.aclose()
-    assert buf[:28] == DOC_PREFACE
+    assert buf[:28] == SERVER_PREFACE
 
 
 async def test_a_server_that_speaks_grpc_too_sends_its_preface_after_the_clients_first_byte(server):
@@ -126,14 +134,14 @@ async def test_a_server_that_speaks_grpc_too_sends_its_preface_after_the_clients
             assert data, "EOF before the server's preface"
             buf += data
         await tcp.aclose()
-    assert buf[:28] == DOC_PREFACE
+    assert buf[:28] == SERVER_PREFACE
 
 
 async def test_unary_bytes_on_the_wire_match_section_1(server):
     """§1: HEADERS {1: "greet"}, DATA END_STREAM [["Ada"]] -> DATA "Hello Ada", TRAILERS {1: 0}."""
     with trio.fail_after(T):
         async with connect(server.address) as conn:
-            assert conn.peer_preface == DOC_PREFACE
+            assert conn.peer_preface == SERVER_PREFACE
             stream = conn.open_stream("greet")
             await stream.send_message(raw=bytes.fromhex("81 81 63 41 64 61"), end_stream=True)
             reply = await stream.finish()
@@ -145,6 +153,50 @@ async def test_unary_bytes_on_the_wire_match_section_1(server):
     assert cbor2.loads(stream.frames[1].payload) == {1: 0}
     assert stream.frames[1].payload == bytes.fromhex("a1 01 00")
     assert reply.result == "Hello Ada"
+
+
+# ============================================================== compressed messages (§5, 1.2)
+
+
+async def test_the_compressed_example_of_section_5_round_trips(server):
+    """§5 "Compressed messages": a 1.2 client accepting zlib sends `greet("Ada" * 400)`
+    compressed at level 1 and asks for zlib responses (HEADERS key 4); the server (which
+    accepts zlib) answers compressed, and this client inflates it within its limit."""
+    request = encode_args(["Ada" * 400])
+    assert len(request) == 1205 and len(zlib.compress(request, 1)) == 28
+    with trio.fail_after(T):
+        async with connect(server.address, Settings(minor=2, codings=1)) as conn:
+            assert conn.peer.codings & 1  # §2: the server accepts zlib
+            stream = conn.open_stream("greet", extra={4: 1})
+            await stream.send_message(raw=request, end_stream=True, zlib_level=1)
+            reply = await stream.finish()
+    assert conn.sent[1] == (DATA, END_STREAM | 0x4, 1, 28)
+    assert reply.result == "Hello " + "Ada" * 400
+    (data,) = [f for f in stream.frames if f.type == DATA]
+    assert data.flags == 0x4 and len(cbor2.dumps(reply.result)) == 1209 > len(data.payload)
+
+
+async def test_a_client_that_accepts_no_coding_is_answered_plain_though_it_asks(server):
+    """§5: nothing is compressed towards a side whose preface does not accept the coding."""
+    with trio.fail_after(T):
+        async with connect(server.address, Settings(minor=2, codings=0)) as conn:
+            stream = conn.open_stream("greet", extra={4: 1})
+            await stream.send_message(raw=encode_args(["Ada" * 400]), end_stream=True)
+            reply = await stream.finish()
+    assert reply.result == "Hello " + "Ada" * 400
+    assert [f.flags for f in stream.frames if f.type == DATA] == [0]
+
+
+async def test_corrupt_zlib_ends_the_call_with_internal_and_the_connection_carries_on(server):
+    """§5: compressed bytes that are not one valid stream end that call (INTERNAL), not the
+    connection."""
+    with trio.fail_after(T):
+        async with connect(server.address, Settings(minor=2, codings=1)) as conn:
+            stream = conn.open_stream("greet")
+            await stream.send_message(raw=b"\x78\x01 not deflate", end_stream=True, coding=1)
+            reply = await stream.finish()
+            assert reply.status == w.INTERNAL and "zlib" in reply.trailers.message
+            assert (await conn.call("greet", "Ada")).result == "Hello Ada"
 
 
 # ============================================================== unary calls (§4, §5, §6)
@@ -637,8 +689,15 @@ PROVOCATIONS = {
                           w.INTERNAL),
     "end-stream-with-more": ([(HEADERS, 0, 2, cbor2.dumps({1: "total"})),
                               (DATA, END_STREAM | MORE, 2, b"\x01")], w.INTERNAL),
-    "data-bad-flag": ([(HEADERS, 0, 2, cbor2.dumps({1: "total"})), (DATA, 0x4, 2, b"\x01")],
+    "data-bad-flag": ([(HEADERS, 0, 2, cbor2.dumps({1: "total"})), (DATA, 0x10, 2, b"\x01")],
                       w.INTERNAL),
+    # §3, §5 "Compressed messages": coding 3 is reserved; a coding goes on a message's first
+    # frame only
+    "data-reserved-coding": ([(HEADERS, 0, 2, cbor2.dumps({1: "total"})), (DATA, 0xC, 2, b"\x01")],
+                             w.INTERNAL),
+    "coding-on-continuation": ([(HEADERS, 0, 2, cbor2.dumps({1: "total"})),
+                                (DATA, MORE | 0x4, 2, zlib.compress(b"\x01")[:3]),
+                                (DATA, 0x4, 2, zlib.compress(b"\x01")[3:])], w.INTERNAL),
     "headers-more-flag": ([(HEADERS, MORE, 2, cbor2.dumps({1: "total"}))], w.INTERNAL),
     "bad-metadata": ([(HEADERS, 0, 2, cbor2.dumps({1: "whoami", 3: {"k": 1}}))], w.INTERNAL),
     "headers-not-a-map": ([(HEADERS, 0, 2, cbor2.dumps(["greet"]))], w.INTERNAL),
@@ -720,7 +779,7 @@ async def raw_exchange(address, data: bytes, *, send_eof: bool = False,
 
 
 def parse_after_preface(buf: bytes) -> list:
-    assert buf[:28] == DOC_PREFACE
+    assert buf[:28] == SERVER_PREFACE
     parser = w.FrameParser(1 << 20)
     parser.feed(buf[28:])
     frames = parser.frames()
@@ -738,8 +797,8 @@ async def test_unsupported_major_version_is_unimplemented(server):
 
 
 async def test_newer_minor_version_and_reserved_bits_are_accepted(server):
-    """§2: minor versions only add things; reserved MUST be ignored."""
-    local = Settings(minor=7, reserved=0xABCD)
+    """§2: minor versions only add things; reserved bits MUST be ignored."""
+    local = Settings(minor=7, codings=0xABCC)
     with trio.fail_after(T):
         async with connect(server.address, local) as conn:
             assert (await conn.call("greet", "minor")).result == "Hello minor"
@@ -765,7 +824,7 @@ async def test_bad_magic_is_rejected_at_once(server):
     with trio.fail_after(T):
         buf, eof = await raw_exchange(server.address, b"GET ")
     assert eof, "the server kept the connection open"
-    assert buf[:28] == DOC_PREFACE  # it sends its preface without waiting
+    assert buf[:28] == SERVER_PREFACE  # it sends its preface without waiting
     frames = parse_after_preface(buf)
     # (§2 does not say how; §9 says a protocol error is answered with GOAWAY, then close)
     assert [f.type for f in frames] == [GOAWAY]
@@ -775,7 +834,7 @@ async def test_bad_magic_is_rejected_at_once(server):
 async def test_partial_preface_is_waited_for(server):
     with trio.fail_after(T):
         buf, eof = await raw_exchange(server.address, DOC_PREFACE[:10], timeout=0.3)
-    assert not eof and buf == DOC_PREFACE
+    assert not eof and buf == SERVER_PREFACE
 
 
 async def test_eof_in_preface_is_protocol_error(server):

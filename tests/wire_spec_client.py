@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
+import zlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ import trio
 # --------------------------------------------------------------------------- constants
 
 MAGIC = b"TRPC"  # §2
-PREFACE = struct.Struct(">4sBBHIIIII")  # §2: magic, major, minor, reserved, 5 x u32
+PREFACE = struct.Struct(">4sBBHIIIII")  # §2: magic, major, minor, codings, 5 x u32
 HEADER = struct.Struct(">IBBI")  # §3: length, type, flags, stream_id
 assert PREFACE.size == 28 and HEADER.size == 10
 
@@ -40,6 +41,10 @@ ALLOWED_FLAGS_1_0 = {
     WINDOW_UPDATE: 0, PING: ACK, GOAWAY: 0,
 }
 ALLOWED_FLAGS = {**ALLOWED_FLAGS_1_0, INFO: 0}  # what a 1.1 receiver knows
+# §3, §5 "Compressed messages" (1.2): DATA's 2-bit coding field
+CODING_FLAGS = 0x0C
+ALLOWED_FLAGS_1_2 = {**ALLOWED_FLAGS, DATA: END_STREAM | MORE | CODING_FLAGS}
+ZLIB, ZSTD = 1, 2  # coding numbers; preface bits 1 << (number - 1)
 
 MAX_CREDIT = 2**31 - 1  # §8
 MAX_CBOR_MAP = 65_536  # §3 "CBOR maps", §10
@@ -83,12 +88,12 @@ class Settings:
     max_concurrent_streams: int = 100
     major: int = 1
     minor: int = 0
-    reserved: int = 0
+    codings: int = 0  # §2 offset 6 (1.2): accepted codings, a bit set
     magic: bytes = MAGIC
 
     def encode(self) -> bytes:
         return PREFACE.pack(
-            self.magic, self.major, self.minor, self.reserved, self.max_frame_size,
+            self.magic, self.major, self.minor, self.codings, self.max_frame_size,
             self.max_message_size, self.stream_window, self.connection_window,
             self.max_concurrent_streams,
         )
@@ -97,19 +102,20 @@ class Settings:
     def decode(cls, data: bytes) -> "Settings":
         if len(data) != PREFACE.size:
             raise ProtocolError(INTERNAL, "short preface")
-        magic, major, minor, reserved, mfs, mms, sw, cw, mcs = PREFACE.unpack(data)
+        magic, major, minor, codings, mfs, mms, sw, cw, mcs = PREFACE.unpack(data)
         if magic != MAGIC:
             raise ProtocolError(INTERNAL, f"bad magic {magic!r}")
         if major != 1:
             raise ProtocolError(UNIMPLEMENTED, f"unsupported major version {major}")
-        # reserved: receivers MUST ignore it
+        # codings: reserved (read as 0) before 1.2; unknown bits ignored
+        codings = codings & 0x3 if minor >= 2 else 0
         if not MIN_FRAME <= mfs <= MAX_FRAME:
             raise ProtocolError(INTERNAL, f"max frame size {mfs} out of range")
         for name, value in (("max message size", mms), ("stream window", sw),
                             ("connection window", cw), ("max concurrent streams", mcs)):
             if not 1 <= value <= MAX_CREDIT:
                 raise ProtocolError(INTERNAL, f"{name} {value} out of range")
-        return cls(mfs, mms, sw, cw, mcs, major, minor, reserved)
+        return cls(mfs, mms, sw, cw, mcs, major, minor, codings)
 
 
 DEFAULTS = Settings()
@@ -355,6 +361,7 @@ class Stream:
         self.recv_unreturned = 0  # consumed bytes not yet granted back
         self._events_send, self._events = trio.open_memory_channel(math.inf)
         self.partial = bytearray()
+        self.coding = 0  # the coding of the message being received (its first frame's)
         self.seen_headers = False
         self.seen_data = False
         self.half_closed = False  # we sent END_STREAM
@@ -366,13 +373,21 @@ class Stream:
 
     # ----- sending
     async def send_message(self, obj: Any = None, *, raw: bytes | None = None,
-                           end_stream: bool = False, check_size: bool = True) -> bool:
+                           end_stream: bool = False, check_size: bool = True,
+                           zlib_level: int | None = None, coding: int | None = None) -> bool:
         """Send one message, split over DATA frames within the peer's max frame size and
-        the stream and connection credit.  Returns False if the stream ended meanwhile."""
+        the stream and connection credit.  Returns False if the stream ended meanwhile.
+        ``zlib_level``: compress it with zlib (§5 "Compressed messages"), which the peer's
+        preface must accept; ``coding``: put this coding on its first frame (``raw`` is then
+        sent as it is: for tests of what the peer refuses)."""
         payload = cbor2.dumps(obj) if raw is None else raw
         assert payload, "a message is at least one byte (§5)"
         if check_size and len(payload) > self.conn.peer.max_message_size:
             raise CallError(RESOURCE_EXHAUSTED, "message larger than the peer accepts")
+        if zlib_level is not None:
+            assert self.conn.peer.codings & 1, "the peer does not accept zlib (§2)"
+            payload, coding = zlib.compress(payload, zlib_level), ZLIB
+        first = (coding or 0) << 2
         conn = self.conn
         offset = 0
         while offset < len(payload):
@@ -386,6 +401,8 @@ class Stream:
             flags = 0 if not last else (END_STREAM if end_stream else 0)
             if not last:
                 flags |= MORE
+            if offset == 0:
+                flags |= first  # the coding goes on the first frame only
             self.send_credit -= n
             conn.send_credit -= n
             self.data_sent.append((flags, n))
@@ -479,8 +496,9 @@ class Connection:
         self._pings: dict[bytes, trio.Event] = {}
         self.goaway: dict | None = None
         self.goaway_received = trio.Event()
-        # §3 INFO (1.1): known only if our preface says minor >= 1
-        self.allowed_flags = ALLOWED_FLAGS if local.minor >= 1 else ALLOWED_FLAGS_1_0
+        # §3 INFO (1.1): known only if our preface says minor >= 1; DATA's coding (1.2)
+        self.allowed_flags = (ALLOWED_FLAGS_1_2 if local.minor >= 2 else ALLOWED_FLAGS
+                              if local.minor >= 1 else ALLOWED_FLAGS_1_0)
         self.info: dict | None = None
         self.idempotent: frozenset = frozenset()
         self.methods: dict[str, str] = {}  # INFO key 2: path -> shape (§3)
@@ -743,6 +761,15 @@ class Connection:
         stream.recv_credit -= n
         if stream.recv_credit < 0:
             raise ProtocolError(RESOURCE_EXHAUSTED, f"stream {stream.id} credit exceeded")
+        coding = (flags & CODING_FLAGS) >> 2
+        if coding:  # §5 "Compressed messages"
+            if coding == 3:
+                raise ProtocolError(INTERNAL, "DATA with the reserved coding 3")
+            if not self.local.codings & (1 << (coding - 1)):
+                raise ProtocolError(INTERNAL, f"DATA compressed with coding {coding}, not accepted")
+            if stream.partial:
+                raise ProtocolError(INTERNAL, "a coding on a frame that continues a message")
+            stream.coding = coding
         stream.partial += frame.payload
         if len(stream.partial) > self.local.max_message_size:
             stream.partial = bytearray()
@@ -753,6 +780,21 @@ class Connection:
             stream._consumed(n)
             return
         message, stream.partial = bytes(stream.partial), bytearray()
+        coding, stream.coding = stream.coding, 0
+        if coding == ZLIB:
+            # the limit applies to the message: inflate no further than it (§5)
+            inflater = zlib.decompressobj()
+            try:
+                message = inflater.decompress(message, self.local.max_message_size + 1)
+            except zlib.error as exc:
+                stream.cancel(INTERNAL, f"corrupt zlib data: {exc}")
+                return
+            if len(message) > self.local.max_message_size or inflater.unconsumed_tail:
+                stream.cancel(RESOURCE_EXHAUSTED, "response message expands past the limit")
+                return
+            if not inflater.eof or inflater.unused_data:
+                stream.cancel(INTERNAL, "not exactly one zlib stream")
+                return
         try:
             obj = cbor2.loads(message)
         except Exception as exc:

@@ -21,6 +21,9 @@ path for plain values, so that the comparison measures the frameworks, not their
   checks every item, stops at ``--cap`` seconds: messages/s.
 - ``w4``: unary echo of 1 MiB of bytes, one call in flight, for ``--duration`` seconds: MB/s,
   counting the payload once per call (1,048,576 bytes; 1 MB = 10^6 bytes).
+- ``w4z``: W4 with a compressible payload (:data:`TEXT_PAYLOAD`, 1 MiB of words, which zlib
+  shrinks about threefold, where W4's repeated byte ramp would shrink by orders of magnitude);
+  for the compressing trpc systems of ``bench/compare.py`` (any peer runs it uncompressed).
 
 Every answer is checked (``Hello Ada``, each streamed ``i`` in order and their count, the echoed
 bytes); a wrong one ends the measurement with an error.  Every loop is bounded in time.
@@ -44,6 +47,26 @@ GREET_REQUEST = {"name": "Ada"}
 GREET_REPLY = {"message": "Hello Ada"}
 PAYLOAD_SIZE = 1 << 20
 PAYLOAD = bytes(range(256)) * (PAYLOAD_SIZE // 256)
+
+
+def _text_payload(size: int) -> bytes:
+    """``size`` bytes of text: words drawn from a small vocabulary by a seeded generator, so
+    every run sends the same bytes, which compress as prose and logs do (not as a repeat)."""
+    import random
+
+    draw = random.Random(4).choice
+    words = [
+        "call", "stream", "deadline", "metadata", "server", "client", "message", "window", "credit",
+        "frame", "status", "trailers", "headers", "retry", "balancer", "channel", "ok", "unavailable",
+    ] + [f"id{n}" for n in range(200)]
+    text = bytearray()
+    while len(text) < size:
+        text += " ".join(draw(words) for _ in range(64)).encode() + b"\n"
+    return bytes(text[:size])
+
+
+#: W4z's payload: 1 MiB of text (see _text_payload).
+TEXT_PAYLOAD = _text_payload(PAYLOAD_SIZE)
 #: Every peer raises its message size limits to this (W4 sends 1 MiB plus a few bytes of CBOR).
 MAX_MESSAGE = 8 << 20
 CONCURRENCY = 64
@@ -53,7 +76,7 @@ GRPC_SERVICE = "bench.Bench"
 GREET_PATH = f"/{GRPC_SERVICE}/Greet"
 COUNT_PATH = f"/{GRPC_SERVICE}/Count"
 ECHO_PATH = f"/{GRPC_SERVICE}/Echo"
-WORKLOADS = ("w1", "w2", "w3", "w4")
+WORKLOADS = ("w1", "w2", "w3", "w4", "w4z")
 
 clock_ns = time.perf_counter_ns
 clock = time.perf_counter
@@ -73,8 +96,8 @@ def check_greet(reply: Any) -> None:
         raise WrongAnswer(f"greet answered {reply!r}")
 
 
-def check_echo(reply: Any) -> None:
-    if reply != PAYLOAD:
+def check_echo(reply: Any, payload: bytes = PAYLOAD) -> None:
+    if reply != payload:
         size = len(reply) if isinstance(reply, (bytes, bytearray, memoryview)) else "?"
         raise WrongAnswer(f"echo answered {type(reply).__name__} of {size} bytes, not the 1 MiB sent")
 
@@ -172,6 +195,11 @@ async def drive(args: argparse.Namespace, ops: Any, run_all: Callable) -> dict:
         return await _drive_stream(args, ops)
     if workload == "w4":
         call, request, check, concurrency = ops.echo, PAYLOAD, check_echo, 1
+    elif workload == "w4z":
+        call, request, concurrency = ops.echo, TEXT_PAYLOAD, 1
+
+        def check(reply: Any) -> None:
+            check_echo(reply, TEXT_PAYLOAD)
     else:
         call, request, check = ops.greet, GREET_REQUEST, check_greet
         concurrency = CONCURRENCY if workload == "w2" else 1
@@ -194,7 +222,7 @@ async def drive(args: argparse.Namespace, ops: Any, run_all: Callable) -> dict:
     stop_at = started + args.duration
     await run_all([worker_for(stop_at, latencies.append) for _ in range(concurrency)])
     elapsed = clock() - started
-    return echo_result(latencies, elapsed) if workload == "w4" else unary_result(latencies, elapsed)
+    return echo_result(latencies, elapsed) if workload in ("w4", "w4z") else unary_result(latencies, elapsed)
 
 
 async def _consume(ops: Any, n: int, cap_at: float) -> tuple[int, bool]:

@@ -141,9 +141,14 @@ def measure(args: argparse.Namespace) -> dict:
         if args.workload == "w2":
             _concurrent(greet_call, args.warmup)
             return _common.unary_result(*_concurrent(greet_call, args.duration))
-        if args.workload == "w4":
-            _blocking(echo_call, _common.PAYLOAD, _common.check_echo, args.warmup)
-            return _common.echo_result(*_blocking(echo_call, _common.PAYLOAD, _common.check_echo, args.duration))
+        if args.workload in ("w4", "w4z"):
+            payload = _common.PAYLOAD if args.workload == "w4" else _common.TEXT_PAYLOAD
+
+            def check(reply: object) -> None:
+                _common.check_echo(reply, payload)
+
+            _blocking(echo_call, payload, check, args.warmup)
+            return _common.echo_result(*_blocking(echo_call, payload, check, args.duration))
         warm = min(1000, args.messages)
         got, _, _ = _stream(count_call, warm, args.cap)
         if got != warm:

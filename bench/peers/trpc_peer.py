@@ -1,8 +1,8 @@
 """trpc peer of bench/compare.py (see _common.py for the commands and workloads).
 
-    trpc_peer.py serve --framer c|python [--count-calls]
-    trpc_peer.py client HOST:PORT[,HOST:PORT...] w1|w2|w3|w4 --framer c|python
-                 [--load-balancing POLICY] [...]
+    trpc_peer.py serve --framer c|python [--count-calls] [--compression zlib|zstd]
+    trpc_peer.py client HOST:PORT[,HOST:PORT...] w1|w2|w3|w4|w4z --framer c|python
+                 [--load-balancing POLICY] [--compression zlib|zstd] [...]
 
 The service is an ordinary ``trpc.Service``; the client calls it as ``client.greet(request)``,
 ``client.echo(data)`` and ``async with client.count(n) as items``.
@@ -59,9 +59,11 @@ class CountingBench(Bench):
         return {"pid": os.getpid(), "greets": self.greets}
 
 
-async def serve(framer: str, count_calls: bool) -> None:
+async def serve(framer: str, count_calls: bool, compression: str | None) -> None:
     service = CountingBench() if count_calls else Bench()
-    server = trpc.Server(service, framer=framer, max_message_size=_common.MAX_MESSAGE)
+    # compression= only when asked, so that a trpc from before it runs this script too
+    options = {} if compression is None else {"compression": compression}
+    server = trpc.Server(service, framer=framer, max_message_size=_common.MAX_MESSAGE, **options)
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(server.serve_tcp, 0, _common.HOST)
         _common.listening(host, port)
@@ -93,6 +95,8 @@ async def measure(args: argparse.Namespace) -> dict:
     addresses = args.address.split(",")
     target = _common.parse_address(addresses[0]) if len(addresses) == 1 else args.address
     options = {} if args.load_balancing is None else {"load_balancing": args.load_balancing}
+    if args.compression is not None:
+        options["compression"] = args.compression
     snapshots = []
 
     async def run_all_counted(functions) -> None:
@@ -119,13 +123,15 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     framer = _pop_option(rest, "--framer", "c")
     load_balancing = _pop_option(rest, "--load-balancing", None)
+    compression = _pop_option(rest, "--compression", None)
     if command == "serve":
-        trio.run(serve, framer, "--count-calls" in rest)
+        trio.run(serve, framer, "--count-calls" in rest, compression)
         return 0
 
     def run(args: argparse.Namespace) -> dict:
         args.framer = framer
         args.load_balancing = load_balancing
+        args.compression = compression
         return trio.run(measure, args)
 
     return _common.run_client(__doc__.splitlines()[0], rest, run)

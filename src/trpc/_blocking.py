@@ -340,7 +340,7 @@ class BlockingMethod:
 
     def with_options(self, **options: Any) -> "BlockingMethod":
         """The same method with other call options (``timeout=``, ``metadata=``,
-        ``wait_for_ready=``): those of :meth:`trpc.Method.with_options`."""
+        ``wait_for_ready=``, ``compression=``): those of :meth:`trpc.Method.with_options`."""
         return BlockingMethod(self._runner, self._method.with_options(**options))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

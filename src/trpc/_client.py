@@ -73,6 +73,7 @@ from ._interceptors import CallDetails, run_chain
 from ._reflection import DESCRIBE_METHOD, Reflection
 from ._keepalive import CLIENT_KEEPALIVE_TIME, CLIENT_KEEPALIVE_TIMEOUT, check_keepalive
 from ._framer_py import DEFAULT_MAX_FRAME_SIZE
+from .wire._compression import DEFAULT_COMPRESSION_THRESHOLD, parse_coding
 from .wire import (
     DEFAULT_CONNECTION_WINDOW,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -188,8 +189,12 @@ class Client:
         interceptors: Sequence[Any] = (),
         config: ClientConfig | None = None,
         wait_for_ready: bool = False,
+        compression: int = 0,
     ) -> None:
         self._channel = channel
+        #: The coding of every call's request messages and asked for its responses (a
+        #: ``trpc.wire._compression.Coding``; 0: none), unless a method or a call says otherwise.
+        self._compression = compression
         self._timeout = timeout
         self._metadata = dict(metadata or {})
         self._interceptors = tuple(interceptors)
@@ -345,17 +350,19 @@ class Client:
                 await connection.slot_waiters.park()
 
     def _open(
-        self, connection: ClientConnection, name: str, metadata: dict[str, Any], deadline: float, message: Any = None
+        self, connection: ClientConnection, name: str, metadata: dict[str, Any], deadline: float, message: Any = None,
+        coding: int = 0,
     ) -> ClientCall:
         """Open a call; with ``message``, also send it as the call's one request message and
-        half-close (``call.unsent`` says whether some of it waits for credit)."""
+        half-close (``call.unsent`` says whether some of it waits for credit).  ``coding``:
+        compress the request so and ask for responses so (0: neither)."""
         timeout = None if deadline == math.inf else max(0.0, deadline - _current_time())
         sent = True
         try:
             if message is None:
-                stream_id = connection.open_call(name, metadata, timeout)
+                stream_id = connection.open_call(name, metadata, timeout, coding=coding)
             else:
-                stream_id, sent = connection.open_unary_call(name, message, metadata, timeout)
+                stream_id, sent = connection.open_unary_call(name, message, metadata, timeout, coding)
         except MessageTooLargeError as exc:
             raise _too_large(exc) from None
         except LocalProtocolError as exc:
@@ -368,13 +375,14 @@ class Client:
             call.unsent = True
         return call
 
-    async def _send(self, call: ClientCall, payload: bytes | list[bytes], end_stream: bool = False) -> bool:
-        """Queue a message; wait while it waits for credit.  False if the call already ended."""
+    async def _send(self, call: ClientCall, payload: bytes | list[bytes], end_stream: bool = False, coding: int = 0) -> bool:
+        """Queue a message (compressed with ``coding`` if not 0, when the server accepts it);
+        wait while it waits for credit.  False if the call already ended."""
         if call.status is not None:
             return False
         connection = call.connection
         try:
-            sent = connection.send_message(call.id, payload, end_stream)
+            sent = connection.send_message(call.id, payload, end_stream, coding)
         except MessageTooLargeError as exc:
             raise _too_large(exc) from None
         if not sent:
@@ -432,7 +440,7 @@ class Client:
                 scope.deadline = math.inf if method._timeout is None else start + method._timeout
                 return await self._unary(method, payload, None, record, own)
             return await self._unary(method, payload, method._timeout, record)
-        call = self._open(connection, method.name, method._metadata, deadline, message=payload)
+        call = self._open(connection, method.name, method._metadata, deadline, payload, method._compression)
         record._result = call
         try:
             if call.unsent:  # part of the request waits for credit
@@ -542,7 +550,7 @@ class _Retrier:
                     raise control.cancelled_error()
             self.attempts += 1
             connection = await client._connection_for(method._wait_for_ready, record)
-            call = client._open(connection, method.name, self.metadata(), deadline, message=payload)
+            call = client._open(connection, method.name, self.metadata(), deadline, payload, method._compression)
             record._result = call
             # The wait of Client._unary, repeated rather than shared so that a call that needs
             # no retry does not pay a coroutine more for it.
@@ -650,6 +658,12 @@ def _check_options(options: dict[str, Any]) -> None:
     wait_for_ready = options.get("wait_for_ready")
     if wait_for_ready is not None and not isinstance(wait_for_ready, bool):
         raise UsageError(f"wait_for_ready= is True or False, got {wait_for_ready!r}")
+    compression = options.get("compression", _UNSET)
+    if compression is not _UNSET:
+        try:
+            parse_coding(compression)
+        except ValueError as exc:
+            raise UsageError(f"compression= {exc}") from None
 
 
 class Method:
@@ -669,6 +683,7 @@ class Method:
     __slots__ = (
         "_client", "name", "_timeout", "_metadata", "_wait_for_ready", "_config", "_retry_policy", "_max_request",
         "_max_response", "_set_timeout", "_set_wait", "_path", "_shape", "_seen", "_awaitable_on",
+        "_compression", "_set_compression",
     )
 
     def __init__(
@@ -679,6 +694,7 @@ class Method:
         *,
         timeout: Any = _UNSET,
         wait_for_ready: bool | None = None,
+        compression: Any = _UNSET,
     ) -> None:
         self._client = client
         self.name = name
@@ -686,6 +702,7 @@ class Method:
         #: What with_options() set (they win over the config and the client's defaults).
         self._set_timeout = timeout
         self._set_wait = wait_for_ready
+        self._set_compression = compression
         #: The path ``name`` stands for, and its shape, as the last connection's INFO said
         #: (None: not known); ``_seen`` is that connection's ``names``, ``_awaitable_on`` the
         #: same once an ``await`` has been checked against it (the unary path's one test).
@@ -712,6 +729,13 @@ class Method:
                 wait_for_ready = config.wait_for_ready
         self._timeout = timeout if self._set_timeout is _UNSET else self._set_timeout
         self._wait_for_ready = wait_for_ready if self._set_wait is None else self._set_wait
+        #: The coding of this method's request messages, also asked for its responses.
+        compression = client._compression
+        if config is not None and config.compression is not None:
+            compression = parse_coding(config.compression)
+        self._compression: int = (
+            compression if self._set_compression is _UNSET else parse_coding(self._set_compression)
+        )
         self._config = config
         #: The retry policy when the config says the method is idempotent (else decided per
         #: failed attempt, from what the server declared: see _policy_for).
@@ -812,30 +836,39 @@ class Method:
         return None
 
     def with_options(
-        self, *, timeout: float | None = _UNSET, metadata: dict[str, Any] | None = None, wait_for_ready: bool | None = None
+        self, *, timeout: float | None = _UNSET, metadata: dict[str, Any] | None = None, wait_for_ready: bool | None = None,
+        compression: str | None = _UNSET,
     ) -> "Method":
-        """The same method with another timeout, extra metadata for each call, or another
-        ``wait_for_ready`` (wait for a ready backend instead of failing at once).
+        """The same method with another timeout, extra metadata for each call, another
+        ``wait_for_ready`` (wait for a ready backend instead of failing at once), or another
+        ``compression`` (``"zlib"``, ``"zstd"`` or None: the coding of the request messages,
+        which the server is asked to use for its responses too; docs/PROTOCOL.md section 5).
 
         Raises:
-            UsageError: an option of the wrong type (a timeout that is not a number above 0).
+            UsageError: an option of the wrong type (a timeout that is not a number above 0,
+                an unknown coding, zstd without the zstandard package).
         """
-        _check_options({"timeout": None if timeout is _UNSET else timeout, "metadata": metadata,
-                        "wait_for_ready": wait_for_ready})
+        options: dict[str, Any] = {"timeout": None if timeout is _UNSET else timeout, "metadata": metadata,
+                                   "wait_for_ready": wait_for_ready}
+        if compression is not _UNSET:
+            options["compression"] = compression
+        _check_options(options)
         return self._replace(
             timeout=self._set_timeout if timeout is _UNSET else timeout,
             metadata={**self._metadata, **(metadata or {})},
             wait_for_ready=self._set_wait if wait_for_ready is None else wait_for_ready,
+            compression=self._set_compression if compression is _UNSET else compression,
         )
 
     def _replace(self, *, name: str | None = None, timeout: Any = _UNSET, metadata: dict[str, Any] | None = None,
-                 wait_for_ready: bool | None = None) -> "Method":
+                 wait_for_ready: bool | None = None, compression: Any = _UNSET) -> "Method":
         return Method(
             self._client,
             self.name if name is None else name,
             self._metadata if metadata is None else metadata,
             timeout=self._set_timeout if timeout is _UNSET else timeout,
             wait_for_ready=self._set_wait if wait_for_ready is None else wait_for_ready,
+            compression=self._set_compression if compression is _UNSET else compression,
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> "_Call":
@@ -1321,12 +1354,12 @@ class ClientStream:
             await self._with_deadline(connection.declared.wait())
         method._check(connection, self._use)  # a UsageError if the server declared another shape
         first = self._first
-        self._call = client._open(connection, method.name, method._metadata, self._deadline)
+        self._call = client._open(connection, method.name, method._metadata, self._deadline, None, method._compression)
         if first is not None:
             self._first = None
             self._keep(first)
             try:
-                await self._with_deadline(client._send(self._call, first, end_stream=True))
+                await self._with_deadline(client._send(self._call, first, True, method._compression))
             except BaseException:
                 await self.aclose()
                 raise
@@ -1362,10 +1395,13 @@ class ClientStream:
             await self._with_deadline(trio.sleep(delay))
         retrier.attempts += 1
         connection = await self._with_deadline(client._connection_for(method._wait_for_ready))
-        call = self._call = client._open(connection, method.name, retrier.metadata(), self._deadline)
+        call = self._call = client._open(
+            connection, method.name, retrier.metadata(), self._deadline, None, method._compression
+        )
         last = len(replay) - 1
         for index, payload in enumerate(replay):
-            if not await self._with_deadline(client._send(call, payload, self._sending_done and index == last)):
+            end = self._sending_done and index == last
+            if not await self._with_deadline(client._send(call, payload, end, method._compression)):
                 return True  # this attempt ended too: the caller looks at how
         if self._sending_done and not replay and call.status is None:
             connection.end_stream(call.id)
@@ -1429,7 +1465,7 @@ class ClientStream:
         if call is None:
             raise UsageError(_NOT_OPEN)
         self._keep(payload)
-        if await self._with_deadline(self._client._send(call, payload)):
+        if await self._with_deadline(self._client._send(call, payload, False, self._method._compression)):
             return True
         # The call has ended: if it may be retried, the new attempt has been sent this
         # message too (it was kept); else receive() reports how it ended.
@@ -1678,6 +1714,8 @@ async def open_client(
     wait_for_ready: bool | None = None,
     health_check: bool | None = None,
     health_service: str = "",
+    compression: str | None = None,
+    compression_threshold: int = DEFAULT_COMPRESSION_THRESHOLD,
 ) -> AsyncIterator[Client]:
     """Open a channel to a trpc service; yields a :class:`Client`.
 
@@ -1720,12 +1758,20 @@ async def open_client(
             without waiting for a connection.  Per method: ``method.with_options(...)``.
         health_check: send calls only to backends whose health service says SERVING for
             ``health_service`` (default "", the whole server); default: the config's, else off.
+        compression: ``"zlib"`` or ``"zstd"`` (``pip install 'trpc-trio[zstd]'``): compress
+            request messages so, and ask the server to compress its responses so (it decides),
+            on every call; per method or per call, ``compression=`` as a call option.  A
+            message is compressed only if the server accepts the coding, it is at least
+            ``compression_threshold`` bytes (default 1024) and it shrinks (docs/PROTOCOL.md
+            section 5, "Compressed messages").  Default None: nothing is compressed.  Responses
+            the server compresses are accepted whatever this says.
 
     Raises:
         RpcError: UNAVAILABLE if no backend can be reached (each tried once) and the client
             does not wait for ready.
     """
     check_keepalive(keepalive_time, keepalive_timeout)
+    coding = parse_coding(compression)
     if isinstance(config, dict):
         config = ClientConfig.from_dict(config)
     elif isinstance(config, str):
@@ -1743,6 +1789,7 @@ async def open_client(
         keepalive_timeout=keepalive_timeout,
         connect_timeout=connect_timeout,
         timeout=timeout,
+        compression_threshold=compression_threshold,
     )
     if load_balancing is None:
         load_balancing = (config.load_balancing if config is not None else None) or "pick_first"
@@ -1764,7 +1811,7 @@ async def open_client(
         )
     client = Client(
         channel, timeout=timeout, metadata=metadata, interceptors=interceptors, config=config,
-        wait_for_ready=wait_for_ready,
+        wait_for_ready=wait_for_ready, compression=coding,
     )
     body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:

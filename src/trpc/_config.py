@@ -180,6 +180,8 @@ class MethodConfig:
         retry_policy: how failed calls are retried; ``None``: never.
         max_request_message_size: largest request message sent, in bytes.
         max_response_message_size: largest response message accepted, in bytes.
+        compression: ``"zlib"``, ``"zstd"`` or ``"none"``: the coding of the request messages,
+            asked of the server for its responses too (docs/PROTOCOL.md section 5).
     """
 
     timeout: float | None = None
@@ -188,6 +190,7 @@ class MethodConfig:
     retry_policy: RetryPolicy | None = None
     max_request_message_size: int | None = None
     max_response_message_size: int | None = None
+    compression: str | None = None
 
     def __post_init__(self) -> None:
         _check_seconds(self.timeout, "timeout", optional=True)
@@ -198,6 +201,13 @@ class MethodConfig:
         for name in ("max_request_message_size", "max_response_message_size"):
             if getattr(self, name) is not None:
                 _check_int(getattr(self, name), name, 0)
+        if self.compression is not None:
+            from .wire._compression import parse_coding
+
+            try:
+                parse_coding(self.compression)
+            except ValueError as exc:
+                raise ConfigError("compression", str(exc)) from None
 
 
 _NO_CONFIG = MethodConfig()
@@ -485,6 +495,7 @@ _METHOD_KEYS = {
     "maxRequestMessageBytes": "max_request_message_size",
     "maxResponseMessageBytes": "max_response_message_size",
     "retryPolicy": "retry_policy",
+    "compression": "compression",
 }
 _RETRY_KEYS = {
     "maxAttempts": "max_attempts",

@@ -31,6 +31,7 @@ __all__ = [
     "MessageCodec",
     "Payload",
     "WireConnection",
+    "CompressingConnection",
     "Event",
     "PrefaceReceived",
     "CallOpened",
@@ -90,6 +91,9 @@ class CallOpened(Event):
     for no deadline.  ``end_stream`` is true when the client will send no request message.
     ``codec`` is how the call's messages are encoded when not in trpc's CBOR (``None``): a
     protobuf codec of the gRPC wire (its methods: ``trpc.grpc``'s docstring).
+    ``compression`` is the coding the client asked for its responses (protocol 1.2, HEADERS
+    key 4: a ``trpc.wire._compression.Coding`` number, maybe one this side does not know; 0:
+    none asked).
     """
 
     stream_id: int
@@ -98,6 +102,7 @@ class CallOpened(Event):
     timeout: float | None
     end_stream: bool = False
     codec: MessageCodec | None = None
+    compression: int = 0
 
 
 @dataclass(**_EVENT)
@@ -229,7 +234,12 @@ class ConnectionClosed(Event):
 class WireConnection(Protocol):
     """What the call layer asks of a sans-IO wire connection (``trpc.wire.Connection`` is the
     reference; its docstrings give each method's contract).  Stream ids name calls; payloads
-    are encoded messages (bytes, or ``[head, body]`` parts)."""
+    are encoded messages (bytes, or ``[head, body]`` parts).
+
+    Compression (protocol 1.2) is the trpc wire's: a connection that has it also offers
+    ``peer_codings`` (the codings the peer accepts) and ``send_compressed``, and the call layer
+    uses them only after finding ``peer_codings`` there; a wire without it ignores the
+    ``compression`` arguments below, and its calls report ``CallOpened.compression`` 0."""
 
     # bytes in and out
     @property
@@ -263,9 +273,10 @@ class WireConnection(Protocol):
 
     # calls
     def open_call(self, method: str, *, metadata: dict[str, str | bytes] | None = None,
-                  timeout: float | None = None, end_stream: bool = False) -> int: ...
+                  timeout: float | None = None, end_stream: bool = False, response_compression: int = 0) -> int: ...
     def open_unary_call(self, method: str, message: Payload, *, metadata: dict[str, str | bytes] | None = None,
-                        timeout: float | None = None) -> tuple[int, bool]: ...
+                        timeout: float | None = None, compression: int = 0,
+                        response_compression: int = 0) -> tuple[int, bool]: ...
     def send_message(self, stream_id: int, payload: Payload, *, end_stream: bool = False) -> bool: ...
     def open_batch(self, stream_id: int) -> list[bytes]: ...
     def flush_batch(self, stream_id: int) -> bool: ...
@@ -278,3 +289,18 @@ class WireConnection(Protocol):
     def consumed(self, stream_id: int, size: int) -> None: ...
     def ping(self, payload: bytes) -> None: ...
     def goaway(self, status: Status = Status.OK, message: str = "") -> None: ...
+
+
+@runtime_checkable
+class CompressingConnection(WireConnection, Protocol):
+    """A wire connection with per-message compression (trpc's wire, protocol 1.2): what the
+    call layer asks of it once ``peer_codings`` is found on it (``trpc.wire.Connection``'s
+    docstrings give the contract)."""
+
+    #: The codings the peer accepts, and those this side accepts (preface bits).
+    peer_codings: int
+    accepted_codings: int
+    #: The smallest encoded message ``send_compressed`` compresses.
+    compression_threshold: int
+
+    def send_compressed(self, stream_id: int, payload: Payload, coding: int, *, end_stream: bool = False) -> bool: ...

@@ -60,9 +60,11 @@ import trio
 
 from ._admission import DEFAULT_PREFACE_TIMEOUT, LogLimiter, default_max_connections
 from ._codec import _dumps, decode, decode_arguments, encode
+from .wire._compression import DEFAULT_COMPRESSION_THRESHOLD, Coding, coding_bit, parse_coding
 from ._context import CallContext, _current
 from ._errors import LocalProtocolError, MessageTooLargeError, RpcError
 from ._events import (
+    CompressingConnection,
     CallCancelled,
     CallOpened,
     CborValue,
@@ -210,6 +212,7 @@ class _ServerCall:
         "inbox_wakeup",
         "credit_wakeup",
         "codec",
+        "coding",
     )
 
     def __init__(self, stream_id: int, handler: Callable[..., Any], info: MethodInfo, context: CallContext):
@@ -231,6 +234,9 @@ class _ServerCall:
         self.credit_wakeup = Parker()
         #: How the call's messages are encoded when not in CBOR (see trpc.grpc); None: CBOR.
         self.codec: MessageCodec | None = None
+        #: The coding its responses are compressed with (``trpc.wire._compression.Coding``;
+        #: 0: none), chosen when it opens (``_ServerConnection._response_coding``).
+        self.coding = 0
 
     def is_finished(self) -> bool:
         return self.finished
@@ -374,12 +380,27 @@ class _ServerConnection(TrioConnection):
         call = _ServerCall(event.stream_id, handler, info, context)
         call.ended = event.end_stream
         call.codec = event.codec
+        if event.compression or server._compresses:
+            call.coding = self._response_coding(event.compression, info)
         self.calls[event.stream_id] = call
         server._open_calls += 1
         if info.cardinality.client_streams:
             self._start(call, None)
         elif event.end_stream:
             self._finish(call, Status.INVALID_ARGUMENT, _no_arguments(info))
+
+    def _response_coding(self, asked: int, info: MethodInfo) -> int:
+        """The coding of a call's responses: the one the client asked for (HEADERS key 4) if
+        this side accepts it too, else the method's or the server's; 0 if the client does not
+        accept that one (the gRPC wire's connections have no codings: always 0)."""
+        peer: int | None = getattr(self.conn, "peer_codings", None)
+        if peer is None:  # a wire without compression
+            return 0
+        conn = cast(CompressingConnection, self.conn)
+        if asked in (Coding.ZLIB, Coding.ZSTD) and coding_bit(Coding(asked)) & peer & conn.accepted_codings:
+            return asked
+        coding: Coding = self.server._codings.get(info.path, self.server._compression)
+        return int(coding) if coding and coding_bit(coding) & peer else 0
 
     def _refuse(self, stream_id: int, status: Status, message: str, *, processed: bool = True) -> None:
         """End a call that never got a task.  ``processed=False`` for a refusal that says
@@ -630,6 +651,8 @@ class _ServerConnection(TrioConnection):
         not woken: the caller sends the message with the next thing it queues (a unary
         reply's trailers), or wakes it (``_send``, ``wait_for_credit``)."""
         try:
+            if call.coding:
+                return cast(CompressingConnection, self.conn).send_compressed(call.id, payload, call.coding)
             return self.conn.send_message(call.id, payload)
         except MessageTooLargeError as exc:
             raise RpcError(
@@ -691,6 +714,8 @@ class _ServerConnection(TrioConnection):
             stream_id = call.id
             batch = [] if call.finished else self.open_batch(stream_id)
             small = min(_BATCH_MESSAGE_SIZE, conn.batch_limit)
+            if call.coding:  # a batch goes uncompressed: only messages below the threshold
+                small = min(small, cast(CompressingConnection, conn).compression_threshold - 1)
             unpark_writer = self.wake_writer
             count = 0
             async with aclosing(target) as items:
@@ -794,6 +819,7 @@ class _ConnectionOptions(TypedDict):
     max_ping_strikes: int
     idempotent_methods: frozenset[str]
     methods: dict[str, Cardinality]
+    compression_threshold: int
 
 
 _GRPC_SHARED_OPTIONS: tuple[Literal[
@@ -851,6 +877,14 @@ class Server:
             server is, from the services and the message classes registered by then.
         grpc: also speak gRPC (HTTP/2, trpc.grpc; docs/PROTOCOL.md section 14) on the same
             listeners, told apart by the client's first bytes or by ALPN (default True).
+        compression: ``"zlib"`` or ``"zstd"``: compress responses so for clients that accept
+            it (trpc's wire, protocol 1.2), unless the method's decorator says otherwise or the
+            client asks for another coding the server accepts (docs/PROTOCOL.md section 5,
+            "Compressed messages").  Default None: responses are compressed only when a client
+            asks.  Whatever it says, the server accepts zlib, and zstd where the zstandard
+            package is installed.
+        compression_threshold: messages shorter than this many bytes (encoded) go
+            uncompressed (default 1024).
         Every limit and why its default: docs/LIMITS.md.
     """
 
@@ -879,6 +913,8 @@ class Server:
         health: bool = True,
         reflection: bool = True,
         grpc: bool = True,
+        compression: str | None = None,
+        compression_threshold: int = DEFAULT_COMPRESSION_THRESHOLD,
     ) -> None:
         from ._framer import get_framer
 
@@ -922,7 +958,16 @@ class Server:
             max_ping_strikes=keepalive_max_ping_strikes,
             idempotent_methods=self.idempotent_methods,
             methods={path: info.cardinality for path, (_, info) in self._table.methods.items()},
+            compression_threshold=compression_threshold,
         )
+        #: The coding of responses when a client asks for none the server accepts (0: none),
+        #: and the methods whose decorator says another; whether any of them compresses.
+        self._compression = parse_coding(compression)
+        self._codings = {
+            path: parse_coding(info.compression)
+            for path, (_, info) in self._table.methods.items() if info.compression is not None
+        }
+        self._compresses = bool(self._compression or any(self._codings.values()))
         Connection("server", framer=self._framer, **self._connection_options)  # validate now
         self._set_grpc(grpc)
         if max_concurrent_calls is None:

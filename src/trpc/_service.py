@@ -10,8 +10,8 @@ failure even if the server may have run them.
 :class:`Service` collects the decorated methods of a class (and its bases) when the class is
 created, so the server looks handlers up in a dict built once, never per call.
 
-Per-call options.  A client takes ``timeout=``, ``metadata=`` and ``wait_for_ready=`` in a
-call as options of that call, never as the handler's arguments (:data:`CALL_OPTIONS`), so a
+Per-call options.  A client takes ``timeout=``, ``metadata=``, ``wait_for_ready=`` and
+``compression=`` in a call as options of that call, never as the handler's arguments (:data:`CALL_OPTIONS`), so a
 handler may not have a parameter of those names that a keyword can reach: the class is refused
 when it is created, rather than the argument going silently elsewhere.  A positional-only
 parameter (before ``/``) may have such a name.
@@ -104,7 +104,7 @@ SHAPE_NAMES = {c: c.name.lower() for c in Cardinality}
 
 #: The keywords a client call takes as options of that call (``client.f(x, timeout=1)``), never
 #: as the handler's arguments: a handler may not have a keyword-capable parameter so named.
-CALL_OPTIONS = frozenset({"timeout", "metadata", "wait_for_ready"})
+CALL_OPTIONS = frozenset({"timeout", "metadata", "wait_for_ready", "compression"})
 
 _ATTR = "__trpc_method__"
 #: A service name: identifiers joined by dots (gRPC's package.Service form).
@@ -127,6 +127,9 @@ class MethodInfo:
     service: str = ""
     #: Its wire name, ``"kv.Store/get"`` (just the name for a method outside any service).
     path: str = field(default="", compare=False)
+    #: How the server compresses its responses when the client asks for no coding it accepts
+    #: (``"zlib"``, ``"zstd"``; None: the server's default): docs/PROTOCOL.md section 5.
+    compression: str | None = None
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -162,9 +165,9 @@ _DECORATOR_DOC = """Mark {what} as a {shape} method of its service.
 {messages}
 
 Use it bare, ``@trpc.{decorator}``, or with options,
-``@trpc.{decorator}(name="Name", idempotent=True)``.  The function stays an ordinary method;
-the decorator only records the call shape, the name and the idempotency, which
-:class:`~trpc.Service` collects when the class is created.
+``@trpc.{decorator}(name="Name", idempotent=True, compression="zlib")``.  The function stays
+an ordinary method; the decorator only records the call shape, the name, the idempotency and
+the compression, which :class:`~trpc.Service` collects when the class is created.
 
 Args:
     name: the method's name in its service (its path is ``service/name``); by default the
@@ -172,10 +175,15 @@ Args:
     idempotent: running the method twice has the effect of running it once, so a client may
         retry it after a failure even if the server may have run it (the server announces it
         in its INFO frame: docs/PROTOCOL.md, section 3).
+    compression: ``"zlib"`` or ``"zstd"``: compress the method's responses so, for clients
+        that accept it, unless the client asks for another coding the server accepts
+        (docs/PROTOCOL.md, section 5, "Compressed messages"); default: the server's
+        ``compression``.
 
 Raises:
     TypeError: the function is not {what}, or the name is empty or
         contains ``/``.
+    ValueError: an unknown compression, or zstd without the zstandard package.
 """
 
 
@@ -225,7 +233,9 @@ class _UnaryDecorator(Protocol):
         self, func: Callable[Concatenate[_S, _P], Coroutine[Any, Any, _R]], /
     ) -> Callable[Concatenate[_S, _P], Coroutine[Any, Any, _R]]: ...
     @overload
-    def __call__(self, *, name: str | None = None, idempotent: bool = False) -> _Unary: ...
+    def __call__(
+        self, *, name: str | None = None, idempotent: bool = False, compression: str | None = None
+    ) -> _Unary: ...
 
 
 class _ServerStreamDecorator(Protocol):
@@ -234,7 +244,9 @@ class _ServerStreamDecorator(Protocol):
         self, func: Callable[Concatenate[_S, _P], AsyncIterator[_U]], /
     ) -> Callable[Concatenate[_S, _P], AsyncIterator[_U]]: ...
     @overload
-    def __call__(self, *, name: str | None = None, idempotent: bool = False) -> _ServerStream: ...
+    def __call__(
+        self, *, name: str | None = None, idempotent: bool = False, compression: str | None = None
+    ) -> _ServerStream: ...
 
 
 class _ClientStreamDecorator(Protocol):
@@ -243,7 +255,9 @@ class _ClientStreamDecorator(Protocol):
         self, func: Callable[[_S, AsyncIterator[_T]], Coroutine[Any, Any, _R]], /
     ) -> Callable[[_S, Requests[_T]], Coroutine[Any, Any, _R]]: ...
     @overload
-    def __call__(self, *, name: str | None = None, idempotent: bool = False) -> _ClientStream: ...
+    def __call__(
+        self, *, name: str | None = None, idempotent: bool = False, compression: str | None = None
+    ) -> _ClientStream: ...
 
 
 class _BidiStreamDecorator(Protocol):
@@ -252,7 +266,9 @@ class _BidiStreamDecorator(Protocol):
         self, func: Callable[[_S, AsyncIterator[_T]], AsyncIterator[_U]], /
     ) -> Callable[[_S, Requests[_T]], AsyncIterator[_U]]: ...
     @overload
-    def __call__(self, *, name: str | None = None, idempotent: bool = False) -> _BidiStream: ...
+    def __call__(
+        self, *, name: str | None = None, idempotent: bool = False, compression: str | None = None
+    ) -> _BidiStream: ...
 
 
 def as_async_iterator(requests: Requests[_T]) -> AsyncIterator[_T]:
@@ -288,8 +304,14 @@ def _is_declaration(func: Callable[..., Any]) -> bool:
 
 def _decorator(cardinality: Cardinality, check: Callable[[Callable[..., Any]], bool], what: str) -> Any:
     def decorate(
-        func: Callable[..., Any] | None = None, *, name: str | None = None, idempotent: bool = False
+        func: Callable[..., Any] | None = None, *, name: str | None = None, idempotent: bool = False,
+        compression: str | None = None,
     ) -> Any:
+        if compression is not None:
+            from .wire._compression import parse_coding
+
+            parse_coding(compression)  # a ValueError now rather than at the first call
+
         def mark(func: Callable[..., Any]) -> Callable[..., Any]:
             if not check(func):
                 raise TypeError(f"@{cardinality.name.lower()} needs {what}, got {func!r}")
@@ -298,7 +320,7 @@ def _decorator(cardinality: Cardinality, check: Callable[[Callable[..., Any]], b
                 raise TypeError(f"a method name is non-empty text without '/', not {method!r}")
             if cardinality.client_streams:
                 func = _any_requests(func)
-            setattr(func, _ATTR, (method, cardinality, bool(idempotent)))
+            setattr(func, _ATTR, (method, cardinality, bool(idempotent), compression))
             return func
 
         return mark if func is None else mark(func)
@@ -397,13 +419,13 @@ def collect_methods(cls: type, service: str) -> dict[str, MethodInfo]:
             marker = getattr(value, _ATTR, None)
             if marker is None:
                 continue
-            method, cardinality, idempotent = marker
+            method, cardinality, idempotent, compression = marker
             _check_parameters(cls, attribute, value)
             # A subclass overriding a method replaces it, under whatever name it had.
             methods = {k: v for k, v in methods.items() if v.attribute != attribute}
             if method in methods:
                 raise TypeError(f"{cls.__name__}: two methods are named {method!r}")
-            methods[method] = MethodInfo(method, cardinality, attribute, idempotent, service)
+            methods[method] = MethodInfo(method, cardinality, attribute, idempotent, service, compression=compression)
     return methods
 
 

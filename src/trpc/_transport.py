@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import trio
 
@@ -50,6 +50,7 @@ from ._errors import RemoteProtocolError
 from ._tls import describe_tls_failure, is_tls_record
 from ._events import (
     CborValue,
+    CompressingConnection,
     ConnectionClosed,
     Event,
     GoAwayReceived,
@@ -227,25 +228,41 @@ class TrioConnection:
 
     # ----------------------------------------------------------- queuing output
     def open_call(
-        self, method: str, metadata: dict[str, str | bytes] | None, timeout: float | None, end_stream: bool = False
+        self, method: str, metadata: dict[str, str | bytes] | None, timeout: float | None, end_stream: bool = False, coding: int = 0
     ) -> int:
-        """Open a call (client); see ``Connection.open_call``."""
-        stream_id = self.conn.open_call(method, metadata=metadata, timeout=timeout, end_stream=end_stream)
+        """Open a call (client); see ``Connection.open_call``.  ``coding`` (not 0): ask for the
+        responses compressed so."""
+        if coding:
+            stream_id = self.conn.open_call(
+                method, metadata=metadata, timeout=timeout, end_stream=end_stream, response_compression=coding
+            )
+        else:
+            stream_id = self.conn.open_call(method, metadata=metadata, timeout=timeout, end_stream=end_stream)
         self._writer_wakeup.unpark()
         return stream_id
 
     def open_unary_call(
-        self, method: str, message: Payload, metadata: dict[str, str | bytes] | None, timeout: float | None
+        self, method: str, message: Payload, metadata: dict[str, str | bytes] | None, timeout: float | None, coding: int = 0
     ) -> tuple[int, bool]:
         """Open a call with its one request message (client), sent at once if it is the only
-        call in flight (see ``_send_soon``); see ``Connection.open_unary_call``."""
-        result = self.conn.open_unary_call(method, message, metadata=metadata, timeout=timeout)
+        call in flight (see ``_send_soon``); see ``Connection.open_unary_call``.  ``coding``
+        (not 0): compress the request so, and ask for the response so."""
+        if coding:
+            result = self.conn.open_unary_call(
+                method, message, metadata=metadata, timeout=timeout, compression=coding, response_compression=coding
+            )
+        else:
+            result = self.conn.open_unary_call(method, message, metadata=metadata, timeout=timeout)
         self._send_soon()
         return result
 
-    def send_message(self, stream_id: int, payload: Payload, end_stream: bool = False) -> bool:
-        """Queue a message; False if some waits for credit (see ``Connection.send_message``)."""
-        sent = self.conn.send_message(stream_id, payload, end_stream=end_stream)
+    def send_message(self, stream_id: int, payload: Payload, end_stream: bool = False, coding: int = 0) -> bool:
+        """Queue a message, compressed with ``coding`` if not 0 (``Connection.send_compressed``
+        decides); False if some waits for credit (see ``Connection.send_message``)."""
+        if coding:
+            sent = cast(CompressingConnection, self.conn).send_compressed(stream_id, payload, coding, end_stream=end_stream)
+        else:
+            sent = self.conn.send_message(stream_id, payload, end_stream=end_stream)
         self._writer_wakeup.unpark()
         return sent
 

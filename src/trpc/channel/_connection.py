@@ -41,6 +41,7 @@ from .._transport import _SPEAKS_TLS, Parker, TrioConnection
 from .._address import Address, open_stream
 from .._keepalive import Keepalive
 from ..wire._frames import ALPN_TRPC
+from ..wire._compression import DEFAULT_COMPRESSION_THRESHOLD
 from ..wire import Connection
 from ..wire._frames import INFO_MINOR_VERSION
 
@@ -410,7 +411,7 @@ class ConnectOptions:
     __slots__ = (
         "framer", "max_message_size", "max_frame_size", "stream_window", "connection_window",
         "max_incomplete_bytes", "ssl_context", "server_hostname", "keepalive_time", "keepalive_timeout",
-        "connect_timeout", "timeout",
+        "connect_timeout", "timeout", "compression_threshold",
     )
     framer: Any
     max_message_size: int
@@ -424,8 +425,10 @@ class ConnectOptions:
     keepalive_timeout: float
     connect_timeout: float
     timeout: float | None
+    compression_threshold: int
 
     def __init__(self, **options: Any) -> None:
+        options.setdefault("compression_threshold", DEFAULT_COMPRESSION_THRESHOLD)
         for name in self.__slots__:
             setattr(self, name, options.pop(name))
         if options:
@@ -448,6 +451,7 @@ async def open_connection(target: "Address | trio.abc.Stream", options: ConnectO
         stream_window=options.stream_window,
         connection_window=options.connection_window,
         max_incomplete_bytes=options.max_incomplete_bytes,
+        compression_threshold=options.compression_threshold,
     )
     conn.initiate()
     connection = ClientConnection(stream, conn, peer)

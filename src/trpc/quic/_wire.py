@@ -714,7 +714,9 @@ class QuicWire:
     def _control_frame(self, call: _Call, kind: int, payload: bytes, out: list[Event]) -> None:
         stream_id = call_id(call.stream_id)
         if kind == _HEADERS and self.role == "server":
-            method, timeout_us, metadata = parse_request_headers(payload)
+            # The fourth value, the coding asked for the responses, is the trpc wire's: QUIC
+            # carries no compressed messages (section 16).
+            method, timeout_us, metadata, _ = parse_request_headers(payload)
             out.append(CallOpened(stream_id=stream_id, method=method, metadata=metadata,
                                   timeout=None if timeout_us is None else timeout_us / 1e6))
         elif kind == _HEADERS:

@@ -83,6 +83,18 @@ from .._framer_py import Run
 from .._service import SHAPE_CODES, Cardinality
 from .._status import Status
 from . import _control
+from ._compression import (
+    CODING_FLAGS,
+    CODING_SHIFT,
+    DEFAULT_COMPRESSION_THRESHOLD,
+    KNOWN_BITS,
+    Coding,
+    DecompressionError,
+    codings_of,
+    coding_bit,
+    compress,
+    decompress,
+)
 from ._flow import DEFAULT_CONNECTION_WINDOW, DEFAULT_STREAM_WINDOW, Ledger
 from ._frames import (
     DEFAULT_MAX_CONCURRENT_STREAMS,
@@ -90,6 +102,7 @@ from ._frames import (
     DEFAULT_MAX_PING_STRIKES,
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
+    COMPRESSION_MINOR_VERSION,
     INFO_MINOR_VERSION,
     MAX_FRAME_SIZE_LIMIT,
     MAX_HEADERS_SIZE,
@@ -131,6 +144,19 @@ _OK = Status.OK
 _OK_TRAILERS = _control.OK_TRAILERS
 _parse_simple_headers = _control.parse_simple_headers
 _CLOSING = StreamState.CLOSING
+_CODING = CODING_FLAGS
+
+
+class _CompressedParts(list):  # type: ignore[type-arg]
+    """The received frames of a compressed message still arriving (a stream's
+    ``recv_parts``): a list, so that continuation frames join it as they join any message,
+    and its coding, which only its first frame said."""
+
+    __slots__ = ("coding",)
+
+    def __init__(self, coding: int) -> None:
+        super().__init__()
+        self.coding = coding
 
 
 def _frame_run_py(payloads: list[bytes], stream_id: int, credit: int, max_size: int) -> tuple[bytes, int, int]:
@@ -281,6 +307,8 @@ class Connection:
         max_ping_strikes: int = DEFAULT_MAX_PING_STRIKES,
         idempotent_methods: Iterable[str] = (),
         methods: Mapping[str, Cardinality] | None = None,
+        accept_compression: Iterable[str] | None = None,
+        compression_threshold: int = DEFAULT_COMPRESSION_THRESHOLD,
     ) -> None:
         self.role = Role(role)
         self._client = self.role is Role.CLIENT
@@ -300,6 +328,12 @@ class Connection:
         elif max_incomplete_bytes < max_message_size:
             raise ValueError("max_incomplete_bytes must be at least max_message_size (one message must fit)")
         self.max_incomplete_bytes = max_incomplete_bytes
+        #: The codings we accept (preface bits, ``trpc.wire._compression.coding_bit``), and
+        #: the smallest encoded message ``send_compressed`` compresses.
+        self.accepted_codings = codings_of(accept_compression)
+        if compression_threshold < 0:
+            raise ValueError("compression_threshold must be at least 0")
+        self.compression_threshold = compression_threshold
         if min_ping_interval is not None and not min_ping_interval >= 0:
             raise ValueError("min_ping_interval must be at least 0 (or None: no ping policing)")
         if max_ping_strikes < 0:
@@ -352,6 +386,9 @@ class Connection:
         self.peer_max_concurrent_streams = 1
         #: The connection credit the peer granted in its preface: a bound on the DATA we queue.
         self.peer_connection_window = 0
+        #: The codings the peer accepts (preface bits; 0 from a peer older than 1.2): what
+        #: ``send_compressed`` may use.
+        self.peer_codings = 0
         #: The largest message a batch may hold (the smaller of the peer's frame and message
         #: limits).
         self._peer_fast_limit = 0
@@ -442,7 +479,7 @@ class Connection:
                 PREFACE_MAGIC,
                 PROTOCOL_VERSION[0],
                 PROTOCOL_VERSION[1],
-                0,
+                self.accepted_codings,
                 self.max_frame_size,
                 self.max_message_size,
                 self.stream_window,
@@ -586,10 +623,13 @@ class Connection:
         metadata: dict[str, str | bytes] | None = None,
         timeout: float | None = None,
         end_stream: bool = False,
+        response_compression: int = 0,
     ) -> int:
         """Open a call (client); returns its stream id.
 
         ``timeout`` is the time the caller has left, in seconds; it travels in microseconds.
+        ``response_compression`` (a :class:`~trpc.wire._compression.Coding`, 0 for none) asks
+        the server to compress its responses so (HEADERS key 4); the server decides.
         """
         if not self._client:
             raise LocalProtocolError("only the client opens calls")
@@ -604,7 +644,10 @@ class Connection:
         if streams.last_id >= MAX_STREAM_ID:
             raise LocalProtocolError("stream ids are exhausted; open a new connection")
         stream_id = streams.last_id + 1
-        payload = self._headers.encode(method, timeout, metadata, self._peer_max_frame)
+        if response_compression:
+            payload = self._headers.encode(method, timeout, metadata, self._peer_max_frame, response_compression)
+        else:
+            payload = self._headers.encode(method, timeout, metadata, self._peer_max_frame)
         ledger = self._ledger
         stream = streams.open(stream_id, _SEND_HEADERS, ledger.peer_stream_window, ledger.stream_window)
         if end_stream:
@@ -619,15 +662,23 @@ class Connection:
         *,
         metadata: dict[str, str | bytes] | None = None,
         timeout: float | None = None,
+        compression: int = 0,
+        response_compression: int = 0,
     ) -> tuple[int, bool]:
         """Open a call and send its one request message, half-closing the stream (client; a
         unary or server-streaming call): ``open_call`` then ``send_message(...,
         end_stream=True)``.  Returns ``(stream_id, sent)``, ``sent`` as ``send_message``
         returns it.  A message the peer would refuse raises MessageTooLargeError before the
-        call is opened."""
+        call is opened.  ``compression`` and ``response_compression``: as in ``send_compressed``
+        and ``open_call``."""
         size = len(message) if type(message) is bytes else message_size(message)
         if not 0 < size <= self.peer_max_message_size:
             self._check_message_size(size)  # raises
+        if compression or response_compression:
+            stream_id = self.open_call(
+                method, metadata=metadata, timeout=timeout, response_compression=response_compression
+            )
+            return stream_id, self.send_compressed(stream_id, message, compression, end_stream=True)
         stream_id = self.open_call(method, metadata=metadata, timeout=timeout)
         return stream_id, self.send_message(stream_id, message, end_stream=True)
 
@@ -687,6 +738,50 @@ class Connection:
         self._flush_stream(stream)
         return not stream.pending
 
+    def send_compressed(
+        self, stream_id: int, payload: bytes | list[bytes], coding: int, *, end_stream: bool = False
+    ) -> bool:
+        """Queue one message compressed with ``coding`` (a :class:`~trpc.wire._compression.Coding`)
+        when that is allowed and worth it; otherwise exactly as ``send_message``.  Returns as
+        ``send_message`` does.
+
+        The message goes compressed only if the peer accepts ``coding`` (its preface), its
+        encoding is at least ``compression_threshold`` bytes, and compressing makes it smaller.
+        The peer's max message size applies to the message before compression.
+        """
+        size = len(payload) if type(payload) is bytes else message_size(payload)
+        if not (coding and self.peer_codings & coding_bit(Coding(coding)) and size >= self.compression_threshold):
+            return self.send_message(stream_id, payload, end_stream=end_stream)
+        if not 0 < size <= self.peer_max_message_size:
+            self._check_message_size(size)  # raises
+        packed = compress(Coding(coding), payload)
+        if len(packed) >= size:
+            return self.send_message(stream_id, payload, end_stream=end_stream)
+        return self._send_coded(stream_id, packed, coding << CODING_SHIFT, end_stream)
+
+    def _send_coded(self, stream_id: int, payload: bytes, coding_flags: int, end_stream: bool) -> bool:
+        """``send_message``'s framing for a compressed message: its first DATA frame carries
+        ``coding_flags`` (``_flush_stream`` clears them after it)."""
+        stream = self._live.get(stream_id)
+        if stream is None:
+            raise LocalProtocolError(f"stream {stream_id} is closed or does not exist")
+        if stream.batch:
+            self._flush_batch(stream)
+        self._step(stream, _SEND_DATA)
+        flags = coding_flags
+        if end_stream:
+            self._step(stream, _SEND_END_STREAM)
+            flags |= _END_STREAM
+        size = len(payload)
+        if stream.pending is None and size <= self._peer_max_frame and self._ledger.try_spend(stream, size):
+            self._out += (pack_header(size, _DATA, flags, stream_id), payload)
+            return True
+        if stream.pending is None:
+            stream.pending = deque()
+        stream.pending.append([memoryview(payload), flags])
+        self._flush_stream(stream)
+        return not stream.pending
+
     def _check_message_size(self, size: int) -> None:
         """A message of ``size`` bytes may be sent (the one place that checks it)."""
         if size > self.peer_max_message_size:
@@ -734,7 +829,11 @@ class Connection:
             ledger.spend(stream, size)
             # Slices of the message itself (a memoryview): no copy until the write.
             if rest:
-                out += (pack_header(size, _DATA, _MORE, stream.id), chunk)
+                if flags & _CODING:  # a compressed message's coding goes on its first frame only
+                    out += (pack_header(size, _DATA, _MORE | flags & _CODING, stream.id), chunk)
+                    item[1] = flags & ~_CODING
+                else:
+                    out += (pack_header(size, _DATA, _MORE, stream.id), chunk)
                 item[0] = rest
             else:
                 out += (pack_header(size, _DATA, flags, stream.id), chunk)
@@ -948,7 +1047,7 @@ class Connection:
         if len(buf) < size:
             self._preface_buf = buf
             return b""
-        (_magic, major, minor, _flags, max_frame, max_message, stream_window, conn_window,
+        (_magic, major, minor, codings, max_frame, max_message, stream_window, conn_window,
          max_streams) = PREFACE.unpack_from(buf)
         if major != PROTOCOL_VERSION[0]:
             raise RemoteProtocolError(
@@ -967,6 +1066,8 @@ class Connection:
         self.peer_max_message_size = max_message
         self.peer_max_concurrent_streams = max_streams
         self.peer_connection_window = conn_window
+        # Reserved before 1.2, and its unknown bits reserved still: ignored.
+        self.peer_codings = codings & KNOWN_BITS if minor >= COMPRESSION_MINOR_VERSION else 0
         self._peer_fast_limit = min(max_frame, max_message)
         # Streams opened before the preface arrived had no credit yet: give them theirs now.
         live = list(self._streams.live.values())
@@ -1087,7 +1188,10 @@ class Connection:
     def _recv_data(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:
         size = len(payload)
         if flags & ~(_END_STREAM | _MORE):
-            raise RemoteProtocolError(f"DATA frame with unknown flags 0x{flags:02x}")
+            if flags & ~(_END_STREAM | _MORE | _CODING):
+                raise RemoteProtocolError(f"DATA frame with unknown flags 0x{flags:02x}")
+            self._recv_coded(stream_id, flags, payload, events)
+            return
         if flags & _END_STREAM:
             if self._client:
                 raise RemoteProtocolError("the server ends its direction with TRAILERS, not END_STREAM")
@@ -1137,6 +1241,9 @@ class Connection:
                 if total > self.max_message_size:
                     self._message_too_large(stream, events)
                     return
+                if type(parts) is _CompressedParts:
+                    self._deliver_coded(stream, parts.coding, parts, flags, events)
+                    return
                 if len(parts) == 2 and len(parts[0]) <= _HEAD_PART and size >= _BODY_PART:
                     # A small head then a large body (see send_message): the message stays
                     # [head, body], so that the body need not be copied (see _codec.decode).
@@ -1154,21 +1261,88 @@ class Connection:
             self._step(stream, _RECV_END_STREAM)
             events.append(StreamEnded(stream_id=stream_id))
 
+    def _recv_coded(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:
+        """The first DATA frame of a compressed message (its flags carry a coding): check the
+        coding, then receive it as any DATA frame; the message is decompressed once complete
+        (``_deliver_coded``)."""
+        coding = (flags & _CODING) >> CODING_SHIFT
+        if coding == 3:
+            raise RemoteProtocolError("DATA frame with the reserved coding 3")
+        if not self.accepted_codings & coding_bit(Coding(coding)):
+            raise RemoteProtocolError(f"DATA frame compressed with {Coding(coding).name.lower()}, which this side does not accept")
+        if flags & _END_STREAM and flags & _MORE:
+            raise RemoteProtocolError("a DATA frame cannot both continue a message and end the stream")
+        if flags & _END_STREAM and self._client:
+            raise RemoteProtocolError("the server ends its direction with TRAILERS, not END_STREAM")
+        if not payload:
+            raise RemoteProtocolError("a compressed message cannot be empty")
+        stream = self._live.get(stream_id)
+        if stream is not None and stream.state is not _CLOSING and stream.recv_parts is not None:
+            raise RemoteProtocolError("a coding on a DATA frame that continues a message (only its first frame says it)")
+        plain = flags & ~_CODING
+        if stream is None or stream.state is _CLOSING:
+            self._recv_data(stream_id, plain, payload, events)  # dropped, or never opened
+            return
+        size = len(payload)
+        self._step(stream, _RECV_DATA)
+        self._ledger.receive(stream, size)
+        self._take_connection_credit(size)
+        if plain & _MORE:
+            # The rest follows as plain continuation frames: _recv_data joins them here.
+            stream.recv_parts = parts = _CompressedParts(coding)
+            parts.append(payload)
+            if self._ledger.partial(stream, size) > self.max_message_size:
+                self._message_too_large(stream, events)
+            elif self._ledger.incomplete > self.max_incomplete_bytes:
+                self._refuse_message(
+                    stream, events,
+                    f"messages still arriving on this connection exceed {self.max_incomplete_bytes} bytes",
+                )
+            else:
+                grant = self._ledger.stream_grant(stream)
+                if grant:
+                    self._out += (pack_header(4, FrameType.WINDOW_UPDATE, 0, stream_id), grant.to_bytes(4, "big"))
+            return
+        if size > self.max_message_size:
+            self._message_too_large(stream, events)
+            return
+        self._deliver_coded(stream, coding, [payload], plain, events)
+
+    def _deliver_coded(self, stream: Stream, coding: int, parts: list[bytes], flags: int, events: list[Event]) -> None:
+        """A compressed message is complete (its bytes charged): hand on what it holds, which
+        may not exceed our max message size, or end the call (not the connection):
+        RESOURCE_EXHAUSTED if it expands further, INTERNAL if it does not decompress.  The
+        stream then holds the decompressed bytes, which ``consumed`` gives back; the window's
+        credit returns once they are consumed, however much they expanded."""
+        try:
+            message = decompress(coding, parts, self.max_message_size)
+        except DecompressionError as exc:
+            self._refuse_message(stream, events, exc.message, exc.status)
+            return
+        self._ledger.hold(stream, len(message))
+        events.append(MessagesReceived(stream_id=stream.id, payloads=[message]))
+        if flags & _END_STREAM:
+            self._step(stream, _RECV_END_STREAM)
+            events.append(StreamEnded(stream_id=stream.id))
+
     def _message_too_large(self, stream: Stream, events: list[Event]) -> None:
         """A message over our limit: end that call (not the connection) with RESOURCE_EXHAUSTED."""
         self._refuse_message(stream, events, f"message larger than the limit of {self.max_message_size} bytes")
 
-    def _refuse_message(self, stream: Stream, events: list[Event], text: str) -> None:
-        """A message we will not hold: end that call (not the connection) with
-        RESOURCE_EXHAUSTED, and drop what arrived of it."""
+    def _refuse_message(
+        self, stream: Stream, events: list[Event], text: str, status: Status = Status.RESOURCE_EXHAUSTED
+    ) -> None:
+        """A message we will not hold: end that call (not the connection) with ``status``
+        (RESOURCE_EXHAUSTED: over a limit; INTERNAL: it does not decompress), and drop what
+        arrived of it."""
         stream.recv_parts = None
         self._ledger.drop_partial(stream)
         if self._client:
-            self.cancel(stream.id, Status.RESOURCE_EXHAUSTED, "response " + text)
-            events.append(CallEnded(stream_id=stream.id, status=Status.RESOURCE_EXHAUSTED, message="response " + text))
+            self.cancel(stream.id, status, "response " + text)
+            events.append(CallEnded(stream_id=stream.id, status=status, message="response " + text))
         else:
-            self.send_trailers(stream.id, Status.RESOURCE_EXHAUSTED, "request " + text)
-            events.append(CallCancelled(stream_id=stream.id, reason=Status.RESOURCE_EXHAUSTED, message="request " + text))
+            self.send_trailers(stream.id, status, "request " + text)
+            events.append(CallCancelled(stream_id=stream.id, reason=status, message="request " + text))
 
     def _recv_stream(self, kind: str, stream_id: int, flags: int) -> Stream | None:
         """The live stream a stream-level frame is for, or None if it has closed already."""
@@ -1191,8 +1365,8 @@ class Connection:
             if simple is not None:  # the common shapes, without cbor2 (see the function)
                 self._open_remote_call(flags, stream_id, simple[0], simple[1], {}, events)
             else:
-                method, timeout_us, metadata = _control.parse_request_headers(payload)
-                self._open_remote_call(flags, stream_id, method, timeout_us, metadata, events)
+                method, timeout_us, metadata, compression = _control.parse_request_headers(payload)
+                self._open_remote_call(flags, stream_id, method, timeout_us, metadata, events, compression)
             return
         if flags:
             raise RemoteProtocolError("response HEADERS cannot carry END_STREAM")
@@ -1204,7 +1378,8 @@ class Connection:
         events.append(HeadersReceived(stream_id=stream_id, metadata=metadata))
 
     def _open_remote_call(
-        self, flags: int, stream_id: int, method: str, timeout_us: int | None, metadata: dict[str, str | bytes], events: list[Event]
+        self, flags: int, stream_id: int, method: str, timeout_us: int | None, metadata: dict[str, str | bytes],
+        events: list[Event], compression: int = 0,
     ) -> None:
         """A client's HEADERS, decoded: open the stream (server side)."""
         streams = self._streams
@@ -1228,15 +1403,16 @@ class Connection:
                 f"too many concurrent calls on this connection (limit {self.max_concurrent_streams})",
             )
             return
-        events.append(
-            CallOpened(
-                stream_id=stream_id,
-                method=method,
-                metadata=metadata,
-                timeout=None if timeout_us is None else timeout_us / 1_000_000,
-                end_stream=end,
-            )
+        opened = CallOpened(
+            stream_id=stream_id,
+            method=method,
+            metadata=metadata,
+            timeout=None if timeout_us is None else timeout_us / 1_000_000,
+            end_stream=end,
         )
+        if compression:  # (1.2) rare: set here rather than passed, which every call would pay for
+            opened.compression = compression
+        events.append(opened)
 
     def _recv_trailers(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if not self._client:

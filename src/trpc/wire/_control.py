@@ -40,7 +40,7 @@ __all__ = [
 
 # CBOR map keys of the control payloads (small integers: compact, and new keys can be added
 # without breaking old readers, which ignore keys they do not know).
-_H_METHOD, _H_TIMEOUT, _H_METADATA = 1, 2, 3
+_H_METHOD, _H_TIMEOUT, _H_METADATA, _H_COMPRESSION = 1, 2, 3, 4
 _T_STATUS, _T_MESSAGE, _T_DETAILS, _T_METADATA, _T_NOT_PROCESSED = 1, 2, 3, 4, 5
 _C_REASON, _C_MESSAGE = 1, 2
 _G_LAST_STREAM, _G_STATUS, _G_MESSAGE = 1, 2, 3
@@ -83,8 +83,9 @@ def _check_size(what: str, payload: bytes, peer_max_frame: int) -> bytes:
 
 # ------------------------------------------------------------------------- encoding
 class RequestHeadersEncoder:
-    """The client's HEADERS map, ``{1: method, 2: timeout_us, 3: metadata}``, encoded by hand
-    around a per-method cache of the encoded ``1: method`` pair (one goes with every call)."""
+    """The client's HEADERS map, ``{1: method, 2: timeout_us, 3: metadata, 4: response
+    coding}``, encoded by hand around a per-method cache of the encoded ``1: method`` pair (one
+    goes with every call)."""
 
     __slots__ = ("_heads",)
 
@@ -92,7 +93,8 @@ class RequestHeadersEncoder:
         self._heads: dict[str, bytes] = {}
 
     def encode(
-        self, method: str, timeout: float | None, metadata: dict[str, str | bytes] | None, peer_max_frame: int
+        self, method: str, timeout: float | None, metadata: dict[str, str | bytes] | None, peer_max_frame: int,
+        compression: int = 0,
     ) -> bytes:
         head = self._heads.get(method)
         if head is None:
@@ -101,7 +103,7 @@ class RequestHeadersEncoder:
             head = b"\x01" + cbor2.dumps(method)
             if len(self._heads) < _METHOD_CACHE_SIZE:
                 self._heads[method] = head
-        if timeout is None and not metadata:
+        if timeout is None and not metadata and not compression:
             payload = b"\xa1" + head
         else:
             parts = [b"", head]
@@ -109,7 +111,9 @@ class RequestHeadersEncoder:
                 parts += (b"\x02", _dumps(max(0, int(timeout * 1_000_000))))
             if metadata:
                 parts += (b"\x03", _dumps(validate_metadata(metadata, remote=False)))
-            parts[0] = bytes([0xA0 + len(parts) // 2])  # a map of 1 to 3 pairs
+            if compression:
+                parts += (b"\x04", _dumps(int(compression)))
+            parts[0] = bytes([0xA0 + len(parts) // 2])  # a map of 1 to 4 pairs
             payload = b"".join(parts)
         if len(payload) > MAX_HEADERS_SIZE or len(payload) > peer_max_frame:
             _check_size("HEADERS", payload, peer_max_frame)  # raises
@@ -263,9 +267,10 @@ def parse_simple_headers(payload: bytes) -> tuple[str, int | None] | None:
     return method, timeout_us
 
 
-def parse_request_headers(payload: bytes) -> tuple[str, int | None, dict[str, str | bytes]]:
-    """A client's HEADERS: ``(method, timeout_us or None, metadata)``.  (The connection tries
-    ``parse_simple_headers`` first.)"""
+def parse_request_headers(payload: bytes) -> tuple[str, int | None, dict[str, str | bytes], int]:
+    """A client's HEADERS: ``(method, timeout_us or None, metadata, response coding)``, the
+    coding 0 when key 4 is absent (any unsigned integer: the server ignores one it does not
+    know).  (The connection tries ``parse_simple_headers`` first.)"""
     fields = _decode_map("HEADERS", payload)
     metadata = validate_metadata(fields.get(_H_METADATA), remote=True)
     method = fields.get(_H_METHOD)
@@ -274,7 +279,10 @@ def parse_request_headers(payload: bytes) -> tuple[str, int | None, dict[str, st
     timeout_us = fields.get(_H_TIMEOUT)
     if timeout_us is not None and (not isinstance(timeout_us, int) or timeout_us < 0):
         raise RemoteProtocolError("the timeout must be a non-negative integer (microseconds)")
-    return method, timeout_us, metadata
+    compression = fields.get(_H_COMPRESSION, 0)
+    if type(compression) is not int or compression < 0:
+        raise RemoteProtocolError("HEADERS key 4 (response compression) must be an unsigned integer")
+    return method, timeout_us, metadata, compression
 
 
 def parse_response_headers(payload: bytes) -> dict[str, str | bytes]:

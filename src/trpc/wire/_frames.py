@@ -22,6 +22,7 @@ __all__ = [
     "PREFACE_MAGIC",
     "PROTOCOL_VERSION",
     "INFO_MINOR_VERSION",
+    "COMPRESSION_MINOR_VERSION",
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_CONCURRENT_STREAMS",
@@ -61,6 +62,11 @@ class Flags(enum.IntFlag):
     END_STREAM = 0x1
     #: DATA: the message continues in the next DATA frame of this stream.
     MORE = 0x2
+    #: (1.2) DATA, the first frame of a message only: the coding field (bits 2-3) of a
+    #: compressed message, 1 zlib, 2 zstd (``trpc.wire._compression``); 3 is reserved.
+    ZLIB = 0x4
+    ZSTD = 0x8
+    CODING = 0xC
 
 
 class PingFlags(enum.IntFlag):
@@ -78,11 +84,16 @@ pack_header = HEADER.pack
 PREFACE_MAGIC = b"TRPC"
 #: (major, minor).  Peers with another major version cannot talk; minor versions only add
 #: things an older peer can ignore (1.1: TRAILERS key 5), or new frame types, which are sent
-#: only to a peer whose preface announced the minor version that added them (1.1: INFO).
-PROTOCOL_VERSION = (1, 1)
+#: only to a peer whose preface announced the minor version that added them (1.1: INFO), or
+#: new uses of the preface's reserved field that an older peer leaves 0 (1.2: the codings it
+#: accepts, so nothing is ever compressed towards an older peer).
+PROTOCOL_VERSION = (1, 2)
 #: The minor version from which a client may receive INFO frames.
 INFO_MINOR_VERSION = 1
-#: magic, major, minor, reserved flags, max frame size, max message size, stream window,
+#: The minor version from which the preface's field at offset 6 says what codings the sender
+#: accepts (before it, the field is reserved and read as "none").
+COMPRESSION_MINOR_VERSION = 2
+#: magic, major, minor, accepted codings, max frame size, max message size, stream window,
 #: connection window, max concurrent streams.  28 bytes, big-endian.
 PREFACE = struct.Struct(">4sBBHIIIII")
 
