@@ -16,11 +16,11 @@ from trpc import Status  # noqa: E402
 from trpc._errors import RemoteProtocolError  # noqa: E402
 from trpc._events import (  # noqa: E402
     CallCancelled, CallEnded, CallOpened, Event, InfoReceived, MessagesReceived, PingAcknowledged, PrefaceReceived,
-    StreamEnded,
+    SendCreditAvailable, StreamEnded,
 )
 from trpc._service import Cardinality  # noqa: E402
 from trpc.quic import QuicWire, client_configuration, server_configuration  # noqa: E402
-from trpc.quic._wire import quic_id  # noqa: E402
+from trpc.quic._wire import INITIAL_WINDOW, SEND_LOW_WATER, quic_id  # noqa: E402
 from trpc.wire._frames import pack_header  # noqa: E402
 from qh3.quic.connection import QuicConnection  # noqa: E402
 
@@ -32,7 +32,7 @@ class Pair:
     """A client and a server wire; ``exchange`` moves datagrams until both are quiet and
     returns the events each side reported."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, **server_options: Any) -> None:
         ca = trustme.CA()
         leaf = ca.issue_cert("localhost")
         leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
@@ -48,7 +48,7 @@ class Pair:
             configuration=server_configuration(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")),
             original_destination_connection_id=quic.original_destination_connection_id)
         self.server = QuicWire("server", server_quic, idempotent_methods=frozenset({"greet"}),
-                               methods={"Svc/greet": Cardinality.UNARY})
+                               methods={"Svc/greet": Cardinality.UNARY}, **server_options)
         for data, _ in first:
             server_quic.receive_datagram(data, _CLIENT, self.now)
 
@@ -176,3 +176,69 @@ def test_a_call_over_the_servers_limit_is_refused_unprocessed(pair: Pair) -> Non
     assert len([e for e in server if isinstance(e, CallOpened)]) == 1
     ended = [e for e in client if isinstance(e, CallEnded)]
     assert [(e.stream_id, e.processed) for e in ended] == [(second, False)]
+
+
+def _messages(events: list[Event]) -> int:
+    return sum(len(event.payloads) for event in events if isinstance(event, MessagesReceived))
+
+
+def test_a_server_that_does_not_consume_a_calls_messages_holds_at_most_its_window(tmp_path: Path) -> None:
+    window = 256 << 10
+    pair = Pair(tmp_path, stream_window=window)
+    pair.exchange()
+    call = pair.client.open_call("Svc/total")
+    message = b"x" * (16 << 10)
+    sent = 0
+    for _ in range(200):  # the producer is told to wait once SEND_LOW_WATER bytes are queued
+        sent += 1
+        if not pair.client.send_message(call, message):
+            break
+    assert sent * len(message) >= SEND_LOW_WATER  # told to wait, not before
+    received = 0
+    for _ in range(3):  # however long the server does not read, the client sends no more
+        _, events = pair.exchange()
+        received += _messages(events)
+        assert pair.server.receive_buffered(call) <= window + len(message)
+    assert window // len(message) - 1 <= received < sent
+    assert pair.client.send_queued(call) >= (sent - received - 1) * len(message)
+
+
+def test_credit_comes_back_as_the_server_consumes_and_the_blocked_sender_resumes(tmp_path: Path) -> None:
+    window = 256 << 10
+    pair = Pair(tmp_path, stream_window=window)
+    pair.exchange()
+    call = pair.client.open_call("Svc/total")
+    message = b"y" * (16 << 10)
+    sent = 0
+    for _ in range(200):
+        sent += 1
+        if not pair.client.send_message(call, message):
+            break
+    pair.client.end_stream(call)
+    received, resumed = 0, False
+    for _ in range(100):  # each round the server reads everything it holds
+        client_events, server_events = pair.exchange()
+        resumed = resumed or any(isinstance(event, SendCreditAvailable) for event in client_events)
+        arrived = _messages(server_events)
+        received += arrived
+        assert pair.server.receive_buffered(call) <= window + len(message)
+        if received == sent:
+            break
+        pair.server.consumed(call, arrived * len(message))
+    assert received == sent
+    assert resumed
+
+
+def test_a_window_below_the_initial_one_is_raised_to_it(tmp_path: Path) -> None:
+    pair = Pair(tmp_path, stream_window=1024)
+    assert pair.server.stream_window == INITIAL_WINDOW
+    with pytest.raises(ValueError):
+        Pair(tmp_path, stream_window=0)
+
+
+def test_a_window_update_without_its_increment_is_a_protocol_error(pair: Pair) -> None:
+    pair.exchange()
+    control = pair.client.quic.get_next_available_stream_id(is_unidirectional=True) - 4
+    pair.client.quic.send_stream_data(control, pack_header(2, 0x4, 0, 1) + b"\0\1")
+    with pytest.raises(RemoteProtocolError):
+        pair.exchange()

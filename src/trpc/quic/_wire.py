@@ -14,10 +14,20 @@ the server and the client serve it as they serve trpc's own wire and gRPC's
   stream names the call.  The client's FIN is its half-close; the server's TRAILERS are its
   last frame, followed by FIN.  In events a call is named ``QUIC stream id + 1`` (the call
   layer's stream ids start at 1).
-- **no WINDOW_UPDATE**: QUIC's stream and connection flow control bound what each side sends.
+- **a call's credit follows its reader**: qh3 returns QUIC's flow-control credit as data
+  arrives (its Rust core owns MAX_STREAM_DATA and offers no way to hold it back), so QUIC's
+  own windows bound nothing once a peer stops reading.  trpc keeps its own per-call window on
+  top: a sender may put ``INITIAL_WINDOW`` bytes on a call's stream, plus what the receiver
+  grants in WINDOW_UPDATE frames on its control stream (the header's stream id names the
+  call).  The receiver counts the bytes of messages it delivered and the call layer has not
+  yet ``consumed``; every other byte (frame headers, HEADERS, TRAILERS, a message still
+  arriving) is released as it arrives.  It grants so that the sender's limit stays
+  ``stream_window`` past what is released, in steps of a quarter window, so a call that does
+  not read holds at most ``max(stream_window, INITIAL_WINDOW)`` bytes of read-ahead here.
+  The sender keeps what its credit does not cover in this adapter's queue (``_pending``);
   ``send_message`` returns False (and the call layer waits for :class:`SendCreditAvailable`)
-  while more than ``SEND_LOW_WATER`` bytes of a stream wait in QUIC's send buffer, so a
-  producer cannot queue without bound behind a peer that grants no credit.
+  while more than ``SEND_LOW_WATER`` bytes of a stream wait, here or in QUIC's send buffer, so
+  a producer blocks behind a peer that reads nothing.
 - **cancellation is QUIC's**: the client's cancel is RESET_STREAM and STOP_SENDING, with the
   reason's status code as the application error code; the server sees
   :class:`CallCancelled` with that reason.  A call refused unprocessed after GOAWAY is reset
@@ -73,6 +83,7 @@ from ..wire._control import (
     parse_response_headers,
     parse_trailers,
 )
+from ..wire._flow import DEFAULT_STREAM_WINDOW
 from ..wire._frames import (
     DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -83,7 +94,8 @@ from ..wire._frames import (
 )
 from .._framer_py import HEADER
 
-__all__ = ["QuicWire", "REFUSED", "NO_ERROR", "PROTOCOL_ERROR", "SEND_LOW_WATER", "call_id", "quic_id"]
+__all__ = ["QuicWire", "REFUSED", "NO_ERROR", "PROTOCOL_ERROR", "SEND_LOW_WATER", "INITIAL_WINDOW", "call_id",
+           "quic_id"]
 
 #: Application error code of a RESET_STREAM for a call refused unprocessed (after GOAWAY):
 #: the client may retry it anywhere.  Codes 1 to 16 are trpc's statuses (a cancel's reason).
@@ -99,6 +111,13 @@ PROTOCOL_ERROR = 0x101
 #: for credit": 1 MiB, a few round trips of a fast path's window, so a producer is never held
 #: back while the network takes what it sends, and never far ahead of a peer that reads nothing.
 SEND_LOW_WATER = 1 << 20
+#: Bytes a sender may put on a call's stream before the receiver grants any (64 KiB, as
+#: HTTP/2's initial window): the receiver raises it to its ``stream_window`` with its first
+#: WINDOW_UPDATE, sent when the call's first bytes arrive.  A window set smaller has this
+#: as its floor.
+INITIAL_WINDOW = 64 << 10
+#: The largest window: a WINDOW_UPDATE's increment is 31 bits, as on trpc's own wire.
+_MAX_WINDOW = (1 << 31) - 1
 #: Bytes of one stream handed to QUIC and not yet sent, past which the rest waits here: 64 KiB.
 #: QUIC sends a stream's queued bytes before a later stream's, so a small reply queued behind
 #: a large message whole would wait for all of it (head-of-line blocking inside the sender);
@@ -119,6 +138,7 @@ _HEADERS = int(FrameType.HEADERS)
 _TRAILERS = int(FrameType.TRAILERS)
 _GOAWAY = int(FrameType.GOAWAY)
 _INFO = int(FrameType.INFO)
+_WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
 #: Payloads of frames other than DATA never exceed this (HEADERS, TRAILERS, control frames).
 _MAX_CONTROL = MAX_HEADERS_SIZE
 _OK_TRAILERS = cbor2.dumps({1: 0})
@@ -156,6 +176,11 @@ class _Call:
     blocked: bool = False
     #: (server) response headers sent.
     headers_sent: bool = False
+    #: Bytes of the peer's half of the stream received, those of messages delivered and not
+    #: yet consumed by the call layer, and the offset the peer may send up to (its credit).
+    received: int = 0
+    held: int = 0
+    limit: int = INITIAL_WINDOW
 
 
 class QuicWire:
@@ -170,11 +195,16 @@ class QuicWire:
         max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
         idempotent_methods: frozenset[str] = frozenset(),
         methods: dict[str, Cardinality] | None = None,
+        stream_window: int = DEFAULT_STREAM_WINDOW,
     ) -> None:
+        if not 0 < stream_window <= _MAX_WINDOW:
+            raise ValueError(f"stream_window must be between 1 and {_MAX_WINDOW}")
         self.role = role
         self.quic = quic
         self.max_message_size = max_message_size
         self.max_concurrent_streams = max_concurrent_streams
+        #: Read-ahead granted per call: what a call that does not read holds here at most.
+        self.stream_window = max(stream_window, INITIAL_WINDOW)
         self._idempotent = frozenset(idempotent_methods)
         self._methods = frozenset((path, SHAPE_CODES[shape]) for path, shape in (methods or {}).items())
         self._calls: dict[int, _Call] = {}
@@ -197,6 +227,9 @@ class QuicWire:
         #: Stream data not yet handed to QUIC, by QUIC stream id, and its size (see _FEED).
         self._pending: dict[int, deque[tuple[memoryview, bool]]] = {}
         self._waiting: dict[int, int] = {}
+        #: Bytes each call's stream may still send (the peer's grants less what was handed to
+        #: QUIC), by QUIC stream id; kept while the stream has bytes waiting in ``_pending``.
+        self._credit: dict[int, int] = {}
         #: Connection ids QUIC issued and retired since the endpoint last looked (it routes
         #: datagrams by them).
         self.issued: list[bytes] = []
@@ -226,6 +259,17 @@ class QuicWire:
             return 0
         size = self._queued(quic_id(stream_id))
         return size if size > SEND_LOW_WATER else 0
+
+    def send_queued(self, stream_id: int) -> int:
+        """Bytes of this call not yet sent: waiting for credit or QUIC's turn here, and in
+        QUIC's send buffer."""
+        return self._queued(quic_id(stream_id))
+
+    def receive_buffered(self, stream_id: int) -> int:
+        """Bytes of this call received and not yet consumed: messages delivered to the call
+        layer and not yet read, and the part of a frame still arriving."""
+        call = self._calls.get(quic_id(stream_id))
+        return 0 if call is None else call.held + len(call.buffer)
 
     def _queued(self, stream_id: int) -> int:
         """Bytes of a stream not yet sent: waiting here, and handed to QUIC."""
@@ -295,8 +339,9 @@ class QuicWire:
         for stream_id, queue in list(self._pending.items()):
             if quic.get_send_buffer_size(stream_id) >= _FEED:
                 continue
-            budget = _FEED
-            while queue and budget > 0:
+            credit = self._credit.get(stream_id)
+            budget = start = _FEED if credit is None else min(_FEED, credit)
+            while queue and (budget > 0 or not queue[0][0]):
                 data, end = queue[0]
                 if len(data) > budget:
                     piece = data[:budget]
@@ -312,9 +357,13 @@ class QuicWire:
                     queue.clear()
                     break
                 fed = True
+            if credit is not None:
+                self._credit[stream_id] = credit - (start - budget)
             if not queue:
                 del self._pending[stream_id]
                 self._waiting.pop(stream_id, None)
+                if stream_id not in self._calls:
+                    self._credit.pop(stream_id, None)
         return fed
 
     def data_to_send(self) -> bytes:
@@ -424,14 +473,16 @@ class QuicWire:
         buffer = self._peer_control.setdefault(stream_id, bytearray())
         buffer += data
         while len(buffer) >= _HEADER_SIZE:
-            length, kind, _flags, _ = _unpack_header(buffer)
+            length, kind, _flags, call = _unpack_header(buffer)
             if length > _MAX_CONTROL:
                 raise RemoteProtocolError(f"control frame of {length} bytes (limit {_MAX_CONTROL})")
             if len(buffer) < _HEADER_SIZE + length:
                 return
             payload = bytes(buffer[_HEADER_SIZE:_HEADER_SIZE + length])
             del buffer[:_HEADER_SIZE + length]
-            if kind == _INFO and self.role == "client":
+            if kind == _WINDOW_UPDATE:
+                self._on_window_update(call, payload)
+            elif kind == _INFO and self.role == "client":
                 idempotent, methods = parse_info(payload)
                 out.append(InfoReceived(idempotent=idempotent, methods=methods))
             elif kind == _GOAWAY:
@@ -441,6 +492,32 @@ class QuicWire:
                 out.append(GoAwayReceived(last_stream_id=last, status=status, message=message))
             else:
                 raise RemoteProtocolError(f"frame type {kind} is not allowed on a QUIC control stream")
+
+    def _on_window_update(self, call: int, payload: bytes) -> None:
+        """The peer grants ``call``'s stream more credit; its queued bytes go next time."""
+        if len(payload) != 4 or call == 0:
+            raise RemoteProtocolError("a QUIC WINDOW_UPDATE names a call and carries a 4-byte increment")
+        increment = int.from_bytes(payload, "big")
+        if not 0 < increment <= _MAX_WINDOW:
+            raise RemoteProtocolError(f"WINDOW_UPDATE increment {increment} out of range")
+        stream_id = quic_id(call)
+        credit = self._credit.get(stream_id)
+        if credit is not None:  # else the call has ended here
+            self._credit[stream_id] = credit + increment
+            if stream_id in self._pending:
+                self._dirty = True
+
+    def _grant(self, call: _Call) -> None:
+        """Raise the peer's limit to ``stream_window`` past what is released, once the step
+        is a quarter window or more (WINDOW_UPDATE on the control stream)."""
+        if self._control is None or call.remote_ended:
+            return
+        window = self.stream_window
+        increment = call.received - call.held + window - call.limit
+        if increment >= window >> 2:
+            call.limit += increment
+            self._send(self._control, pack_header(4, _WINDOW_UPDATE, 0, call_id(call.stream_id))
+                       + increment.to_bytes(4, "big"))
 
     def _refuse_after(self, last: int, out: list[Event]) -> None:
         """(client) The server's GOAWAY: calls after ``last`` were never processed."""
@@ -456,11 +533,15 @@ class QuicWire:
         else kept here and fed in slices (see ``_FEED``).  Dropped if the connection has
         closed (its calls are ended by the connection's end, reported as ConnectionClosed)."""
         queue = self._pending.get(stream_id)
-        if queue is None and len(data) <= _FEED and self.quic.get_send_buffer_size(stream_id) < _FEED:
+        credit = self._credit.get(stream_id)
+        if queue is None and len(data) <= _FEED and (credit is None or len(data) <= credit) \
+                and self.quic.get_send_buffer_size(stream_id) < _FEED:
             try:
                 self.quic.send_stream_data(stream_id, data, end_stream)
             except _CLOSED:
                 return
+            if credit is not None:
+                self._credit[stream_id] = credit - len(data)
         else:
             if queue is None:
                 queue = self._pending[stream_id] = deque()
@@ -471,6 +552,7 @@ class QuicWire:
     def _drop_pending(self, stream_id: int) -> None:
         self._pending.pop(stream_id, None)
         self._waiting.pop(stream_id, None)
+        self._credit.pop(stream_id, None)
 
     def _reset(self, stream_id: int, code: int) -> None:
         """RESET_STREAM, unless QUIC has already finished the stream's sending."""
@@ -515,6 +597,7 @@ class QuicWire:
         stream_id = self.quic.get_next_available_stream_id()
         headers = self._headers.encode(method, timeout, metadata, _MAX_CONTROL)
         self._calls[stream_id] = _Call(stream_id, bytearray(), local_ended=end_stream)
+        self._credit[stream_id] = INITIAL_WINDOW
         self._send(stream_id, _frame(_HEADERS, headers), end_stream)
         return call_id(stream_id)
 
@@ -527,6 +610,7 @@ class QuicWire:
         stream_id = self.quic.get_next_available_stream_id()
         headers = self._headers.encode(method, timeout, metadata, _MAX_CONTROL)
         self._calls[stream_id] = _Call(stream_id, bytearray(), local_ended=True)
+        self._credit[stream_id] = INITIAL_WINDOW
         self._send(stream_id, b"".join([_frame(_HEADERS, headers), *parts]), True)
         return call_id(stream_id), self._room(stream_id)
 
@@ -627,12 +711,19 @@ class QuicWire:
         self._batches.pop(call.stream_id, None)
         if not call.local_ended:
             self._reset(call.stream_id, int(reason))
+        self._forget_credit(call.stream_id)
         if not call.remote_ended:
             self._stop(call.stream_id, int(reason))
         self._dirty = True
 
     def consumed(self, stream_id: int, size: int) -> None:
-        """Nothing to do: QUIC returns flow-control credit itself as data arrives."""
+        """The call layer took ``size`` bytes of this call's messages: grant the peer credit
+        for them when a quarter window is due (see the module docstring)."""
+        call = self._calls.get(quic_id(stream_id))
+        if call is None:
+            return
+        call.held = max(call.held - size, 0)
+        self._grant(call)
 
     def _local_end(self, call: _Call) -> None:
         call.local_ended = True
@@ -643,6 +734,12 @@ class QuicWire:
             self._calls.pop(call.stream_id, None)
             self._batches.pop(call.stream_id, None)
             self._blocked.discard(call.stream_id)
+            self._forget_credit(call.stream_id)
+
+    def _forget_credit(self, stream_id: int) -> None:
+        """A call that has left ``_calls`` needs its credit only while its last bytes wait."""
+        if stream_id not in self._pending:
+            self._credit.pop(stream_id, None)
 
     # ------------------------------------------------------------ calls: receiving
     def _on_data(self, event: qe.StreamDataReceived, out: list[Event]) -> None:
@@ -672,7 +769,9 @@ class QuicWire:
                 self._dirty = True
                 return
             call = self._calls[stream_id] = _Call(stream_id, bytearray())
+            self._credit[stream_id] = INITIAL_WINDOW
         if event.data:
+            call.received += len(event.data)
             call.buffer += event.data
             self._frames(call, out)
         if event.end_stream and not call.remote_ended and call.stream_id in self._calls:
@@ -682,6 +781,8 @@ class QuicWire:
             elif not call.reported:
                 self._end_call(call, out, Status.INTERNAL, "the server ended the call without its status")
             self._maybe_forget(call)
+        elif event.data and call.stream_id in self._calls:
+            self._grant(call)
 
     def _frames(self, call: _Call, out: list[Event]) -> None:
         buffer = call.buffer
@@ -702,6 +803,7 @@ class QuicWire:
             payload = bytes(buffer[_HEADER_SIZE:end])
             del buffer[:end]
             if kind == _DATA:
+                call.held += length
                 messages.append(payload)
                 continue
             if messages:
@@ -737,6 +839,7 @@ class QuicWire:
         if self.role == "server":
             self.send_trailers(call_id(call.stream_id), Status.RESOURCE_EXHAUSTED, text)
             self._calls.pop(call.stream_id, None)
+            self._forget_credit(call.stream_id)
             out.append(CallCancelled(stream_id=call_id(call.stream_id), reason=Status.RESOURCE_EXHAUSTED, message=text))
         else:
             self._end_call(call, out, Status.RESOURCE_EXHAUSTED, f"response {text}")
@@ -769,6 +872,7 @@ class QuicWire:
             if not call.local_ended:
                 self._reset(stream_id, NO_ERROR)
                 self._dirty = True
+            self._forget_credit(stream_id)
             out.append(CallCancelled(stream_id=call_id(stream_id), reason=Status.from_wire(code) if code else Status.CANCELLED))
         elif code == REFUSED:
             self._end_call(call, out, Status.UNAVAILABLE, "the server refused the call: it is going away",
