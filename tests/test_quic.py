@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 import trio
+import trio.testing
 import trustme
 
 import trpc
@@ -351,3 +352,82 @@ async def test_keepalive_pings_are_quic_pings_and_keep_the_connection(
             await trio.sleep(0.8)
             assert connection.keepalive is not None and connection.keepalive._count > 0
         assert client._connection is connection and connection.broken is None
+
+
+class Reader(trpc.Service):
+    """A client-streaming handler that reads slowly and a server stream that notes how far its
+    producer got, each recording what its call's QUIC wire holds."""
+
+    def __init__(self) -> None:
+        self.held = 0
+        self.produced = 0
+        self.queued = 0
+        self.finished = trio.Event()
+
+    @trpc.client_stream
+    async def slow_count(self, chunks: AsyncIterator[bytes]) -> int:
+        call = trpc.current_call()
+        wire, stream_id = call._connection.wire, call._stream_id
+        count = 0
+        async for _ in chunks:
+            count += 1
+            self.held = max(self.held, wire.receive_buffered(stream_id))
+            if count % 8 == 0:  # let the client send all it can before reading on
+                await trio.testing.wait_all_tasks_blocked(0.01)
+        return count
+
+    @trpc.server_stream
+    async def flood(self, n: int, size: int) -> AsyncIterator[bytes]:
+        call = trpc.current_call()
+        wire, stream_id = call._connection.wire, call._stream_id
+        for _ in range(n):
+            yield b"z" * size
+            self.produced += 1
+            self.queued = max(self.queued, wire.send_queued(stream_id))
+        self.finished.set()
+
+
+async def test_a_slow_client_streaming_handler_slows_its_client_instead_of_failing_it(
+        nursery: trio.Nursery, pems: dict[str, str], client_context: ssl.SSLContext) -> None:
+    window, size, count = 128 << 10, 32 << 10, 64
+    service = Reader()
+    # Without credit that follows the handler's reads, the client's 2 MiB would pass the
+    # server's 512 KiB of unread messages and the call would end RESOURCE_EXHAUSTED.
+    server = trpc.Server(service, stream_window=window, max_buffered_bytes=512 << 10)
+    host, port = await nursery.start(lambda task_status: server.serve_quic(
+        0, "127.0.0.1", certfile=pems["cert"], keyfile=pems["key"], task_status=task_status))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(count):
+            yield b"c" * size
+
+    with trio.fail_after(20):
+        async with trpc.open_client(f"quic://{host}:{port}", ssl_context=client_context) as client:
+            assert await client.slow_count(chunks()) == count
+    assert 0 < service.held <= window + size
+
+
+async def test_a_server_stream_nobody_reads_blocks_its_producer_until_the_client_reads(
+        nursery: trio.Nursery, pems: dict[str, str], client_context: ssl.SSLContext) -> None:
+    from trpc.quic._wire import SEND_LOW_WATER
+
+    window, size, count = 256 << 10, 64 << 10, 64
+    service = Reader()
+    server = trpc.Server(service)
+    host, port = await nursery.start(lambda task_status: server.serve_quic(
+        0, "127.0.0.1", certfile=pems["cert"], keyfile=pems["key"], task_status=task_status))
+    with trio.fail_after(20):
+        async with trpc.open_client(f"quic://{host}:{port}", ssl_context=client_context,
+                                    stream_window=window) as client:
+            messages = client.flood(count, size).__aiter__()
+            received = 1 if await messages.__anext__() else 0
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            # The client holds its window, the server SEND_LOW_WATER and a message: no more.
+            stalled = service.produced
+            assert stalled <= (window + SEND_LOW_WATER) // size + 3
+            assert stalled < count and not service.finished.is_set()
+            assert service.queued <= SEND_LOW_WATER + size + 64
+            async for _ in messages:
+                received += 1
+            assert received == count
+            assert service.finished.is_set()
