@@ -554,6 +554,17 @@ async def test_a_per_call_coding_overrides_the_clients(nursery: trio.Nursery) ->
     assert recorder.request_codings() == [0, 1, 1] and recorder.response_codings() == [0, 1, 1]
 
 
+async def test_a_typed_stubs_coding_applies_to_each_of_its_calls(nursery: trio.Nursery) -> None:
+    recorder, opening = await open_pair(nursery)
+    async with opening as client:
+        zipped = client.stub(Zip, compression="zlib")
+        assert await zipped.echo(LONG) == LONG
+        assert await client.stub(Zip).echo(LONG) == LONG
+        with pytest.raises(trpc.UsageError, match="compression"):
+            client.stub(Zip, compression="brotli")
+    assert recorder.request_codings() == [1, 0] and recorder.response_codings() == [1, 0]
+
+
 async def test_a_methods_own_coding_compresses_its_responses_when_the_client_asks_none(nursery: trio.Nursery) -> None:
     recorder, opening = await open_pair(nursery)
     async with opening as client:

@@ -247,6 +247,7 @@ class Client:
         timeout: float | None = _UNSET,
         metadata: Mapping[str, str | bytes] | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = _UNSET,
     ) -> _S:
         """The methods of ``service`` on this client, typed as the class declares them.
 
@@ -264,8 +265,9 @@ class Client:
                 expected; anything but a class raises TypeError).
             name: the service's full name (``"hello.Greeter"``); default: a Service subclass's
                 own, else none, and each method is called by its short name.
-            timeout, metadata, wait_for_ready: options of every call the stub makes, as
-                :meth:`Method.with_options` takes them; make another stub for other options.
+            timeout, metadata, wait_for_ready, compression: options of every call the stub
+                makes, as :meth:`Method.with_options` takes them; make another stub for other
+                options.
 
         Raises:
             TypeError: ``service`` is not a class, or declares no method.
@@ -278,6 +280,8 @@ class Client:
             options["metadata"] = dict(metadata)
         if wait_for_ready is not None:
             options["wait_for_ready"] = wait_for_ready
+        if compression is not _UNSET:
+            options["compression"] = compression
         return cast(_S, make_stub(service, name, self.method, options))
 
     # ------------------------------------------------------------------ the channel
