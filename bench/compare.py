@@ -167,10 +167,13 @@ def source_revision() -> str:
 
 
 def versions() -> dict[str, str]:
+    """The versions of the packages measured, by import name (trpc's distribution is
+    trpc-trio)."""
     found = {}
-    for name in ("trpc", "trio", "cbor2", "grpcio", "grpclib", "h2"):
+    for name, distribution in (("trpc", "trpc-trio"), ("trio", "trio"), ("cbor2", "cbor2"), ("grpcio", "grpcio"),
+                               ("grpclib", "grpclib"), ("h2", "h2"), ("zstandard", "zstandard")):
         try:
-            found[name] = metadata.version(name)
+            found[name] = metadata.version(distribution)
         except metadata.PackageNotFoundError:
             found[name] = "missing"
     return found
