@@ -10,6 +10,7 @@ import asyncio
 import base64
 import ssl
 from functools import partial
+from typing import Any, Callable, TypeVar
 
 import cbor2
 import grpc
@@ -29,6 +30,7 @@ from trpc import RpcError, Status
 from .grpc_cbor import cbor_aio_channel, cbor_channel
 from .services import Svc
 
+_R = TypeVar("_R")
 T = 20  # bound on every wait
 SVC = f"{Svc.__module__}.Svc"  # the service name trpc derives from the class
 
@@ -104,11 +106,11 @@ async def served(wire, nursery):
     return server
 
 
-def target(address) -> str:
+def target(address: tuple[str, int]) -> str:
     return f"{address[0]}:{address[1]}"
 
 
-async def in_thread(fn, *args):
+async def in_thread(fn: Callable[..., _R], *args: Any) -> _R:
     with trio.fail_after(T):
         return await trio.to_thread.run_sync(partial(fn, *args))
 
