@@ -37,6 +37,7 @@ import socket
 import ssl
 import struct
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import trio
@@ -134,6 +135,26 @@ _GSO_BYTES = 65000
 _CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 _pack_segment = struct.Struct("=H").pack
 _unpack_int = struct.Struct("=i").unpack_from
+
+
+def _burst(udp: "_Udp") -> Iterator[tuple[bytes, int, Any]]:
+    """The datagrams waiting on ``udp`` now, as ``(data, segment size, address)``: at most
+    ``_BURST`` reads and about ``_BURST_BYTES``, what one turn of a reader takes in before the
+    connections they reached report and send.  An error a read reports (an ICMP error from an
+    earlier send) is not ours to act on: it is logged and skipped."""
+    received = 0
+    for _ in range(_BURST):
+        if received > _BURST_BYTES:
+            return
+        try:
+            data, segment, address = udp.receive()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            logger.debug("trpc: QUIC socket: %s", exc)
+            continue
+        received += len(data)
+        yield data, segment, address
 
 
 class _Udp:
@@ -390,18 +411,7 @@ class QuicEndpoint:
             await trio.lowlevel.wait_readable(sock)
             now = _current_time()
             touched: dict[int, QuicServerConnection] = {}
-            received = 0
-            for _ in range(_BURST):
-                if received > _BURST_BYTES:
-                    break
-                try:
-                    data, segment, address = udp.receive()
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:  # an ICMP error from an earlier send: not ours to act on
-                    logger.debug("trpc: QUIC socket: %s", exc)
-                    continue
-                received += len(data)
+            for data, segment, address in _burst(udp):
                 cid, initial = _destination_cid(data)
                 connection = routes.get(cid)
                 if connection is None:
@@ -541,19 +551,7 @@ class QuicClientConnection(_Datagrams, ClientConnection):
                             continue  # rebound: read the new socket
                         return  # closed by close_stream
                     now = self.received_at = _current_time()
-                    udp = self.udp
-                    received = 0
-                    for _ in range(_BURST):
-                        if received > _BURST_BYTES:
-                            break
-                        try:
-                            data, segment, address = udp.receive()
-                        except (BlockingIOError, InterruptedError):
-                            break
-                        except OSError as exc:
-                            logger.debug("trpc: QUIC socket: %s", exc)
-                            continue
-                        received += len(data)
+                    for data, segment, address in _burst(self.udp):
                         if segment < len(data):
                             conn.quic.receive_gro_buffer(data, segment, address, now)
                         else:
