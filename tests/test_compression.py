@@ -642,3 +642,38 @@ def test_a_config_naming_an_unknown_coding_says_where() -> None:
 
     with pytest.raises(ConfigError, match=r"methodConfig\[0\]\.compression"):
         ClientConfig.from_dict({"methodConfig": [{"name": [{}], "compression": "lz4"}]})
+
+
+@pytest.mark.parametrize("coding", ["zlib", pytest.param("zstd", marks=needs_zstd)])
+async def test_the_call_commands_compression_option_compresses_both_ways(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], coding: str
+) -> None:
+    """``trpc call TARGET echo X --compression CODING``, in process, over a recorded in-memory
+    stream (the TARGET is parsed, not used)."""
+    from trpc import _cli
+
+    server = trpc.Server(Zip())
+    recorders: list[Recorder] = []
+
+    def open_recorded_client(target: Any, **options: Any) -> AbstractAsyncContextManager[trpc.Client]:
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        nursery.start_soon(server.serve_stream, server_stream, "memory")
+        recorders.append(Recorder(client_stream))
+        return trpc.open_client(recorders[-1], **options)
+
+    monkeypatch.setattr(_cli, "open_client", open_recorded_client)
+    argv = ["call", "127.0.0.1:1", "echo", LONG, "--compression", coding]
+    assert await _cli.run(_cli._parser().parse_args(argv)) == 0
+    assert capsys.readouterr().out == LONG + "\n"
+    number = {"zlib": 1, "zstd": 2}[coding]
+    # The command asks reflection first (a small request: plain), then makes the call.
+    assert recorders[-1].request_codings()[-1] == number and recorders[-1].response_codings()[-1] == number
+
+
+def test_the_serve_commands_compression_option_reaches_the_server() -> None:
+    from trpc import _cli
+
+    args = _cli._parser().parse_args(["serve", "trpc.examples.greeter:Greeter", "--compression", "zlib"])
+    assert _cli._server_limits(args)["compression"] == "zlib"
+    with pytest.raises(SystemExit):
+        _cli._parser().parse_args(["serve", "trpc.examples.greeter:Greeter", "--compression", "lz4"])

@@ -74,6 +74,7 @@ from ._status import Status
 from ._keepalive import CLIENT_KEEPALIVE_TIME, CLIENT_KEEPALIVE_TIMEOUT, SERVER_KEEPALIVE_TIME, SERVER_KEEPALIVE_TIMEOUT
 from ._server import DEFAULT_HOST, DEFAULT_MAX_CONNECTION_AGE_GRACE, DEFAULT_PORT, Server
 from .wire import DEFAULT_MAX_PING_STRIKES, DEFAULT_MIN_PING_INTERVAL, Connection
+from .wire._compression import AVAILABLE, Coding, coding_bit
 from ._service import SHAPE_NAMES, Cardinality, Service
 from ._version import __version__
 from ._workers import parse_workers, serve_command
@@ -419,7 +420,8 @@ def _open(args: argparse.Namespace, **options: Any) -> Any:
     return open_client(
         args.target, metadata=_parse_metadata(args.metadata), framer=args.framer, ssl_context=_client_tls(args),
         server_hostname=args.authority, connect_timeout=args.connect_timeout,
-        keepalive_time=args.keepalive_time or None, keepalive_timeout=args.keepalive_timeout, **options,
+        keepalive_time=args.keepalive_time or None, keepalive_timeout=args.keepalive_timeout,
+        compression=args.compression, **options,
     )
 
 
@@ -740,13 +742,14 @@ def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     return context
 
 
-#: Server(...) limits that ``trpc serve`` takes as flags (``--max-connections`` and so on).
+#: Server(...) options that ``trpc serve`` takes as flags under their own names: the limits
+#: (``--max-connections`` and so on) and ``--compression``.
 _SERVER_LIMITS = ("max_connections", "preface_timeout", "max_concurrent_calls", "max_incomplete_bytes",
-                  "max_buffered_bytes")
+                  "max_buffered_bytes", "compression")
 
 
 def _server_limits(args: argparse.Namespace) -> dict[str, Any]:
-    """Server(...) limits given on the command line (the others keep Server's defaults)."""
+    """Server(...) options given on the command line (the others keep Server's defaults)."""
     return {name: getattr(args, name) for name in _SERVER_LIMITS if getattr(args, name, None) is not None}
 
 
@@ -837,6 +840,10 @@ def _add_log_level(command: argparse.ArgumentParser, default: Any) -> None:
                          help="logging level of the trpc logger: DEBUG, INFO, WARNING (default), ERROR, CRITICAL")
 
 
+#: The codings ``--compression`` names: zstd only where the zstandard package is installed.
+_CODINGS = ("zlib", "zstd") if AVAILABLE & coding_bit(Coding.ZSTD) else ("zlib",)
+
+
 def _add_connect_options(command: argparse.ArgumentParser) -> None:
     """The options of the commands that connect to a server: metadata, TLS, timeouts, keepalive."""
     command.add_argument("target", metavar="TARGET",
@@ -847,6 +854,9 @@ def _add_connect_options(command: argparse.ArgumentParser) -> None:
                          help="deadline for the whole command, connecting included (seconds, more than 0)")
     command.add_argument("--connect-timeout", type=_seconds, default=DEFAULT_CONNECT_TIMEOUT, metavar="S",
                          help=f"limit for one connection attempt, TLS included (default {DEFAULT_CONNECT_TIMEOUT:g})")
+    command.add_argument("--compression", choices=_CODINGS, default=None,
+                         help="compress request messages so, and ask the server to compress its responses"
+                              " so (trpc's wire; messages under 1 KiB go as they are)")
     command.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
     command.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting this CA bundle")
     command.add_argument("--insecure", action="store_true",
@@ -945,6 +955,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", metavar="PEM", help="its private key (if not in --tls-cert)")
     serve.add_argument("--tls-client-ca", metavar="PEM",
                        help="require client certificates signed by this CA (mutual TLS)")
+    serve.add_argument("--compression", choices=_CODINGS, default=None,
+                       help="compress responses so for clients that accept it and ask for no coding"
+                            " the server accepts (trpc's wire; default: only when a client asks)")
     serve.add_argument("--max-concurrent-calls", type=int, default=None, metavar="N",
                        help="calls the server runs at once, all connections together (default 4096)")
     serve.add_argument("--max-incomplete-bytes", type=int, default=None, metavar="BYTES",
