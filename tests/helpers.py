@@ -14,6 +14,8 @@ import trio
 import trpc
 
 from trpc._events import MessagesReceived, PrefaceReceived
+from trpc._codec import inflate
+from trpc.wire._compression import Compressed
 from trpc.wire import PREFACE, PREFACE_MAGIC, Connection
 
 HEADER = struct.Struct(">IBBI")
@@ -85,9 +87,10 @@ class Pair:
 
 
 def messages(events, stream_id: int | None = None) -> list[bytes]:
-    """The message payloads in ``events`` (for one stream, or all), in order."""
+    """The message payloads in ``events`` (for one stream, or all), in order, as the application
+    reads them: a compressed one decompressed (raising trpc.RpcError if it does not)."""
     return [
-        payload
+        inflate(payload, "message") if type(payload) is Compressed else payload
         for event in events
         if isinstance(event, MessagesReceived) and stream_id in (None, event.stream_id)
         for payload in event.payloads

@@ -22,12 +22,15 @@ from hypothesis import strategies as st
 
 import trpc
 from trpc import RemoteProtocolError, Status
+from trpc._codec import decode
 from trpc._errors import MessageTooLargeError
 from trpc._events import CallCancelled, CallEnded, CallOpened, MessagesReceived, StreamEnded
 from trpc.wire import PREFACE, PREFACE_MAGIC, Connection, FrameType
+from trpc.wire._connection import message_size
 from trpc.wire._compression import (
     AVAILABLE,
     Coding,
+    Compressed,
     DecompressionError,
     coding_bit,
     compress,
@@ -205,52 +208,44 @@ def test_each_coding_round_trips_both_ways(framer_cls: type, coding: Coding, dir
 
 
 @pytest.mark.parametrize("coding", CODINGS)
-def test_a_zip_bomb_ends_its_call_with_resource_exhausted_and_the_connection_serves_on(framer_cls: type, coding: Coding) -> None:
-    """A few KiB of compressed zeros that would expand to 64 MiB: the call ends, nothing like
-    64 MiB is produced, and the next call on the connection is served."""
+def test_a_zip_bomb_is_held_as_it_arrived_and_refused_with_resource_exhausted_when_read(
+    framer_cls: type, coding: Coding
+) -> None:
+    """A few KiB of compressed zeros that would expand to 64 MiB: the wire hands it on as it
+    arrived (holding its size on the wire), reading it is RESOURCE_EXHAUSTED with nothing like
+    64 MiB produced, and the next call on the connection is served."""
     bomb = compress(coding, b"\0" * (64 << 20))
     server = server_for(framer_cls)
     events = server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m"})) + frame(DATA, coding << 2, 1, bomb))
-    (cancelled,) = [e for e in events if isinstance(e, CallCancelled)]
-    assert cancelled.reason is Status.RESOURCE_EXHAUSTED and "expands past the limit" in cancelled.message
-    assert not messages(events)
+    (payload,) = [p for e in events if isinstance(e, MessagesReceived) for p in e.payloads]
+    assert type(payload) is Compressed and len(payload) == len(bomb) == message_size(payload)
+    assert server._live[1].recv_held == len(bomb)
+    with pytest.raises(trpc.RpcError) as info:
+        decode(payload, what="request message")
+    assert info.value.status is Status.RESOURCE_EXHAUSTED and "expands past the limit" in info.value.message
     events = server.receive_data(frame(HEADERS, 0, 3, cbor2.dumps({1: "m"})) + frame(DATA, END_STREAM, 3, b"\x01"))
     assert messages(events, 3) == [b"\x01"]
-    assert b"expands past the limit" in server.data_to_send()  # the first call's trailers
 
 
-def test_a_response_zip_bomb_is_cancelled_by_the_client_with_resource_exhausted(framer_cls: type) -> None:
-    pair = Pair(framer_cls)
-    sid = pair.client.open_call("m")
-    pair.exchange()
-    bomb = compress(Coding.ZLIB, b"\0" * (8 << 20))
-    events = pair.client.receive_data(frame(DATA, Coding.ZLIB << 2, sid, bomb))
-    (ended,) = [e for e in events if isinstance(e, CallEnded)]
-    assert ended.status is Status.RESOURCE_EXHAUSTED
-    assert pair.client.stream_state(sid).value == "closed"
+def test_a_response_is_decompressed_within_the_limit_its_reader_gives() -> None:
+    """A client's per-method limit (``maxResponseMessageBytes``) bounds decompression too."""
+    payload = Compressed(Coding.ZLIB, [compress(Coding.ZLIB, cbor2.dumps("x" * 5000))], 1 << 20)
+    assert decode(payload) == "x" * 5000
+    with pytest.raises(trpc.RpcError) as info:
+        decode(payload, what="response", limit=1000)
+    assert info.value.status is Status.RESOURCE_EXHAUSTED and "1000 bytes" in info.value.message
 
 
 @pytest.mark.parametrize("coding", CODINGS)
-def test_corrupt_compressed_data_ends_its_call_with_internal(framer_cls: type, coding: Coding) -> None:
+def test_corrupt_compressed_data_is_internal_when_read(framer_cls: type, coding: Coding) -> None:
     packed = compress(coding, BIG)
     corrupt = packed[:8] + bytes(b ^ 0x5A for b in packed[8:16]) + packed[16:]
     server = server_for(framer_cls)
     events = server.receive_data(frame(HEADERS, 0, 1, cbor2.dumps({1: "m"})) + frame(DATA, coding << 2, 1, corrupt))
-    (cancelled,) = [e for e in events if isinstance(e, CallCancelled)]
-    assert cancelled.reason is Status.INTERNAL and coding.name.lower() in cancelled.message
-    trailers = server.data_to_send()
-    assert cbor2.loads(trailers[10:])[1] == Status.INTERNAL
-
-
-def test_a_corrupt_response_is_cancelled_by_the_client_with_internal(framer_cls: type) -> None:
-    pair = Pair(framer_cls)
-    sid = pair.client.open_call("m")
-    pair.exchange()
-    events = pair.client.receive_data(frame(DATA, Coding.ZLIB << 2, sid, b"not zlib at all"))
-    (ended,) = [e for e in events if isinstance(e, CallEnded)]
-    assert ended.status is Status.INTERNAL
-    (cancel,) = [f for f in [pair.client.data_to_send()] if f[4] == FrameType.CANCEL]
-    assert cbor2.loads(cancel[10:])[1] == Status.INTERNAL
+    (payload,) = [p for e in events if isinstance(e, MessagesReceived) for p in e.payloads]
+    with pytest.raises(trpc.RpcError) as info:
+        decode(payload, what="request message")
+    assert info.value.status is Status.INTERNAL and coding.name.lower() in info.value.message
 
 
 def test_a_coding_the_receiver_does_not_accept_is_a_protocol_error(framer_cls: type) -> None:
@@ -309,10 +304,12 @@ def test_flow_control_counts_the_compressed_bytes_and_returns_them_once_consumed
     pair.client.send_compressed(sid, BIG, Coding.ZLIB)
     wire = before - pair.client._live[sid].send_window
     assert 0 < wire < len(BIG) // 10
-    (message,) = messages(pair.exchange()["server"])
+    (payload,) = [p for e in pair.exchange()["server"] if isinstance(e, MessagesReceived) for p in e.payloads]
     stream = pair.server._live[sid]
-    assert stream.recv_granted == 4096 - wire and stream.recv_held == len(BIG)
-    pair.server.consumed(sid, len(message))
+    # Held as it arrived: its size on the wire, however far it expands when read.
+    assert stream.recv_granted == 4096 - wire and stream.recv_held == wire == message_size(payload)
+    assert decode(payload) == cbor2.loads(BIG)
+    pair.server.consumed(sid, message_size(payload))
     assert stream.recv_held == 0
     # Less than half the window to give back: nothing announced yet, the wire bytes owed.
     assert stream.recv_granted == 4096 - wire and not pair.server.data_to_send()
@@ -677,3 +674,40 @@ def test_the_serve_commands_compression_option_reaches_the_server() -> None:
     assert _cli._server_limits(args)["compression"] == "zlib"
     with pytest.raises(SystemExit):
         _cli._parser().parse_args(["serve", "trpc.examples.greeter:Greeter", "--compression", "lz4"])
+
+
+def cancels(raw: bytes) -> list[tuple[int, dict[int, object]]]:
+    """The CANCEL frames in ``raw`` (a run of whole frames): (stream id, payload)."""
+    out = []
+    position = 0
+    while position < len(raw):
+        length, ftype, _, stream_id = HEADER.unpack_from(raw, position)
+        if ftype == FrameType.CANCEL:
+            out.append((stream_id, cbor2.loads(raw[position + 10 : position + 10 + length])))
+        position += 10 + length
+    return out
+
+
+async def test_a_streamed_response_that_expands_past_the_methods_limit_ends_the_call_and_tells_the_server(
+    nursery: trio.Nursery,
+) -> None:
+    """Read by the client, a compressed response is decompressed within the method's limit
+    (the config's maxResponseMessageBytes): past it the call ends RESOURCE_EXHAUSTED and a
+    CANCEL with that status goes to the server, which serves the next call."""
+    config = {"methodConfig": [{"name": [{"method": "chat"}], "maxResponseMessageBytes": 1000}]}
+    recorder, opening = await open_pair(nursery, client_options={"compression": "zlib", "config": config})
+    more = trio.Event()
+
+    async def values() -> AsyncIterator[str]:
+        yield LONG
+        await more.wait()  # the call stays open: its end must come from the client's CANCEL
+
+    async with opening as client:
+        with pytest.raises(trpc.RpcError) as info:
+            async for _ in client.chat(values()):
+                pass  # pragma: no cover  (the first response is already too large)
+        assert info.value.status is Status.RESOURCE_EXHAUSTED and "1000 bytes" in info.value.message
+        assert recorder.response_codings()[0] == Coding.ZLIB  # small on the wire: under the limit
+        assert await client.echo("next") == "next"
+    ((_, reason),) = cancels(bytes(recorder.sent[28:]))
+    assert reason[1] == Status.RESOURCE_EXHAUSTED

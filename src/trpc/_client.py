@@ -64,7 +64,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Coroutine, Gene
 
 import trio
 
-from ._codec import _loads, decode, encode, encode_arguments
+from ._codec import _loads, decode, encode, encode_arguments, inflate
 from ._config import ClientConfig, RetryPolicy, RetryThrottle
 from ._context import _current_or_none
 from ._errors import LocalProtocolError, MessageTooLargeError, RpcError, UsageError
@@ -73,7 +73,7 @@ from ._interceptors import CallDetails, run_chain
 from ._reflection import DESCRIBE_METHOD, Reflection
 from ._keepalive import CLIENT_KEEPALIVE_TIME, CLIENT_KEEPALIVE_TIMEOUT, check_keepalive
 from ._framer_py import DEFAULT_MAX_FRAME_SIZE
-from .wire._compression import DEFAULT_COMPRESSION_THRESHOLD, parse_coding
+from .wire._compression import DEFAULT_COMPRESSION_THRESHOLD, Compressed, parse_coding
 from .wire import (
     DEFAULT_CONNECTION_WINDOW,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -470,7 +470,7 @@ class Client:
         if len(call.inbox) == 1:
             if method._max_response is not None and message_size(call.inbox[0]) > method._max_response:
                 raise method._response_too_large(message_size(call.inbox[0]))
-            return decode(call.inbox[0], what="response")
+            return decode(call.inbox[0], what="response", limit=method._max_response)
         raise method._not_one(call)
 
     def _record_success(self, method: "Method", connection: ClientConnection) -> None:
@@ -1538,6 +1538,14 @@ class ClientStream:
                 return _loads(payload)
             except Exception:
                 pass
+        elif type(payload) is Compressed:
+            try:
+                payload = inflate(payload, "response message", limit)
+            except RpcError as error:  # it expands past the limit, or does not decompress
+                if call.status is None:
+                    self._client._cancel(call, error.status, error.message)
+                    self._ended(error.status, error.message)
+                raise
         return decode(payload, what="response message")  # parts, or raises the RpcError
 
     async def _wait(self, call: ClientCall) -> None:
@@ -1567,7 +1575,7 @@ class ClientStream:
         payload = call.inbox.popleft()
         if self._method._max_response is not None and message_size(payload) > self._method._max_response:
             raise self._method._response_too_large(message_size(payload))
-        return decode(payload, what="response")
+        return decode(payload, what="response", limit=self._method._max_response)
 
     def __aiter__(self) -> "ClientStream":
         return self

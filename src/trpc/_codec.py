@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 from functools import partial
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import cbor2
 
@@ -29,6 +29,9 @@ from ._cext import speedups
 from ._errors import RpcError
 from ._messages import decode_tag, encode_default
 from ._status import Status
+
+if TYPE_CHECKING:
+    from ._events import Received
 
 __all__ = ["encode", "decode", "encode_arguments", "decode_arguments", "Encoded"]
 
@@ -100,13 +103,20 @@ def encode(value: Any) -> bytes | list[bytes]:
     return _dumps(value)
 
 
-def decode(payload: bytes | list[bytes], *, what: str = "message", status: Status = Status.INTERNAL) -> Any:
-    """Decode one message (bytes, or ``[head, body]``); a malformed one raises RpcError(status)."""
+def decode(
+    payload: Received, *, what: str = "message", status: Status = Status.INTERNAL, limit: int | None = None
+) -> Any:
+    """Decode one message (bytes, ``[head, body]``, or a compressed one, decompressed here
+    within ``limit`` bytes and the receiver's max message size); a malformed one raises
+    RpcError(status), one that does not decompress RpcError(RESOURCE_EXHAUSTED: it expands
+    past the limit; INTERNAL: it is not valid data of its coding)."""
     if type(payload) is list:
         head, body = payload
         if head == _bytes_head(len(body)):
             return body  # a large byte string that arrived as its own frame: no copy
         payload = head + body
+    elif type(payload) is Compressed:
+        payload = inflate(payload, what, limit)
     assert type(payload) is bytes
     try:
         return _loads(payload)
@@ -126,7 +136,20 @@ def encode_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes | l
     return _dumps([args])
 
 
-def decode_arguments(payload: bytes | list[bytes]) -> tuple[list[Any], dict[str, Any]]:
+def inflate(payload: Compressed, what: str, limit: int | None = None) -> bytes:
+    """A compressed message's bytes, within ``limit`` (and the receiver's max message size).
+
+    Raises:
+        RpcError: RESOURCE_EXHAUSTED if it expands past the limit (found while decompressing,
+            never inflated in full), INTERNAL if it is not valid data of its coding.
+    """
+    try:
+        return payload.inflate(limit)
+    except DecompressionError as exc:
+        raise RpcError(exc.status, f"{what}: {exc.message}") from None
+
+
+def decode_arguments(payload: Received) -> tuple[list[Any], dict[str, Any]]:
     """Decode call arguments; anything but ``[array]`` / ``[array, map]`` is INVALID_ARGUMENT."""
     if type(payload) is list:
         head, body = payload
@@ -148,3 +171,8 @@ def decode_arguments(payload: bytes | list[bytes]) -> tuple[list[Any], dict[str,
         "the request must be a CBOR array [positional-arguments] or "
         "[positional-arguments, keyword-arguments]",
     )
+
+
+# Last: trpc.wire imports _dumps and _loads from this module, so it can be imported only once
+# they exist (a compressed message is one of the payloads decode takes).
+from .wire._compression import Compressed, DecompressionError  # noqa: E402

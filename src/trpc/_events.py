@@ -24,12 +24,14 @@ from ._service import Cardinality
 from ._status import Status
 
 if TYPE_CHECKING:
+    from .wire._compression import Compressed
     from .wire._streams import StreamState
 
 __all__ = [
     "CborValue",
     "MessageCodec",
     "Payload",
+    "Received",
     "WireConnection",
     "CompressingConnection",
     "Event",
@@ -54,6 +56,9 @@ CborValue: TypeAlias = Any
 #: An encoded message as a wire sends and receives it: its bytes, or ``[head, body]`` parts (a
 #: large byte string and its CBOR head, not joined; see :class:`MessagesReceived`).
 Payload: TypeAlias = "bytes | list[bytes]"
+#: A message as a wire hands it on: a payload, or (trpc's wire, protocol 1.2) a compressed one
+#: as it arrived, which the call layer decompresses when it reads it (``trpc._codec.decode``).
+Received: TypeAlias = "bytes | list[bytes] | Compressed"
 
 _EVENT = dict(slots=True, kw_only=True)
 
@@ -121,14 +126,15 @@ class MessagesReceived(Event):
     frames): all the consecutive messages one ``receive_data`` call found for the stream, so
     that a stream of small messages costs one event per received chunk, not one per message.
     A message that came as a small head frame then a large body frame is the list
-    ``[head, body]`` rather than their concatenation (``trpc._codec.decode`` takes either;
-    ``message_size`` gives its length).
+    ``[head, body]`` rather than their concatenation, and a compressed message is a
+    ``Compressed``, decompressed when read (``trpc._codec.decode`` takes any of the three;
+    ``message_size`` gives its length on the wire).
     The receiver must call ``Connection.consumed(stream_id, nbytes)`` as its application takes
     them, or the peer's send credit for the stream runs out.
     """
 
     stream_id: int
-    payloads: Sequence[Payload]
+    payloads: Sequence[Received]
 
 
 @dataclass(**_EVENT)

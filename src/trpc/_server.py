@@ -72,6 +72,7 @@ from ._events import (
     MessageCodec,
     MessagesReceived,
     Payload,
+    Received,
     PrefaceReceived,
     StreamEnded,
     WireConnection,
@@ -224,7 +225,7 @@ class _ServerCall:
         #: a cancellation is only recorded (cancel_requested), and applied when it starts.
         self.scope: trio.CancelScope | None = None
         self.cancel_requested = False
-        self.inbox: deque[Payload] = deque()
+        self.inbox: deque[Received] = deque()
         #: Bytes of request messages in the inbox (counted in the server's max_buffered_bytes).
         self.buffered = 0
         self.ended = False  # the client sent END_STREAM
@@ -249,7 +250,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self.wakeup = Parker()
-        self.job: tuple[_ServerCall, Payload | None] | None = None
+        self.job: tuple[_ServerCall, Received | None] | None = None
 
 
 @types.coroutine
@@ -534,7 +535,7 @@ class _ServerConnection(TrioConnection):
                 self._calls_ended()
         return call
 
-    def _start(self, call: _ServerCall, payload: Payload | None) -> None:
+    def _start(self, call: _ServerCall, payload: Received | None) -> None:
         call.started = True
         self.server._running += 1
         idle = self._idle_workers
@@ -546,7 +547,7 @@ class _ServerConnection(TrioConnection):
             assert self.nursery is not None  # set before the reader hands on any call
             self.nursery.start_soon(self._work, call, payload)
 
-    async def _work(self, call: _ServerCall | None, payload: Payload | None) -> None:
+    async def _work(self, call: _ServerCall | None, payload: Received | None) -> None:
         """A handler task: runs ``call``, then, while fewer than _IDLE_WORKERS wait, waits for
         the next call of this connection and runs it.
 
@@ -588,7 +589,7 @@ class _ServerConnection(TrioConnection):
                     ran = None
                 call, payload, worker = await self._next_call(worker)
 
-    async def _next_call(self, worker: _Worker | None) -> tuple[_ServerCall | None, Payload | None, _Worker | None]:
+    async def _next_call(self, worker: _Worker | None) -> tuple[_ServerCall | None, Received | None, _Worker | None]:
         """Wait for this connection's next call, unless enough tasks wait already; returns
         ``(call, payload, worker)``, with call None when this task should end."""
         idle = self._idle_workers
@@ -684,7 +685,7 @@ class _ServerConnection(TrioConnection):
             return
         await self.wait_for_credit(stream_id, call.credit_wakeup, call.is_finished)
 
-    async def _invoke(self, call: _ServerCall, payload: Payload | None) -> Any:
+    async def _invoke(self, call: _ServerCall, payload: Received | None) -> Any:
         """Decode the arguments, run the handler and send what it produces.
 
         Returns the result of a unary or client-streaming handler (None for the streaming
@@ -760,7 +761,7 @@ class _ServerConnection(TrioConnection):
             await self.wait_for_credit(call.id, call.credit_wakeup, call.is_finished)  # rare
         return result
 
-    async def _run(self, call: _ServerCall, payload: Payload | None) -> None:
+    async def _run(self, call: _ServerCall, payload: Received | None) -> None:
         _current.set(call.context)
         info = call.info
         status, message, details = Status.OK, "", None

@@ -30,7 +30,7 @@ import trio
 
 from .._errors import RpcError
 from .._events import (
-    CallEnded, GoAwayReceived, HeadersReceived, InfoReceived, MessagesReceived, Payload, PingAcknowledged,
+    CallEnded, GoAwayReceived, HeadersReceived, InfoReceived, MessagesReceived, PingAcknowledged, Received,
     PrefaceReceived,
 )
 from .._server import format_peer
@@ -73,7 +73,7 @@ class ClientCall:
         self.connection = connection
         #: Part of the request went unframed for lack of credit (see Client._open).
         self.unsent = False
-        self.inbox: deque[Payload] = deque()
+        self.inbox: deque[Received] = deque()
         self.status: Status | None = None
         self.message = ""
         self.details: Any = None

@@ -23,8 +23,15 @@ use (zstd only when the ``zstandard`` package imports), and the two transformati
 
 A message that would expand past the limit raises :class:`DecompressionError` with
 RESOURCE_EXHAUSTED; data that is not one valid stream of its coding (corrupt, truncated, bytes
-after its end) raises it with INTERNAL.  The connection turns either into the end of that one
+after its end) raises it with INTERNAL.  The call layer turns either into the end of that one
 call; the connection itself carries on.
+
+The wire hands a compressed message on as it arrived, a :class:`Compressed` (its coding and
+its compressed bytes), and the call layer decompresses it only when it reads it (a handler
+taking its next request, a client its next response; ``trpc._codec.decode``).  So what a
+connection holds for messages not yet read is their size on the wire, which flow control
+bounds, however far they would expand: a peer cannot make a receiver hold more by sending
+small messages that expand to large ones faster than they are read.
 
 Nothing here imports Trio; zstandard is optional, and :data:`AVAILABLE` says what this process
 can use.
@@ -52,6 +59,7 @@ __all__ = [
     "CODING_FLAGS",
     "CODING_SHIFT",
     "Coding",
+    "Compressed",
     "DEFAULT_COMPRESSION_THRESHOLD",
     "DecompressionError",
     "coding_bit",
@@ -162,6 +170,44 @@ def compress(coding: Coding, payload: bytes | list[bytes]) -> bytes:
         zobj = _zstd.ZstdCompressor(level=_ZSTD_LEVEL).compressobj(size=size)
         return b"".join([*map(zobj.compress, parts), zobj.flush()])
     raise ValueError(f"cannot compress with coding {coding!r}")
+
+
+class Compressed:
+    """A compressed message as it arrived: its coding, its compressed bytes (``parts``, in
+    order) and the largest message its receiver accepts (``limit``).  ``len()`` is its size on
+    the wire, which is what its flow-control credit counts; :meth:`inflate` gives the message."""
+
+    __slots__ = ("coding", "parts", "limit", "_size")
+
+    def __init__(self, coding: int, parts: list[bytes], limit: int) -> None:
+        self.coding = coding
+        self.parts = parts
+        self.limit = limit
+        self._size = sum(map(len, parts))
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is Compressed and self.coding == other.coding and self.limit == other.limit
+            and b"".join(self.parts) == b"".join(other.parts)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, and mutable: not a key
+
+    def __repr__(self) -> str:
+        return f"Compressed(coding={self.coding}, {self._size} bytes)"
+
+    def inflate(self, limit: int | None = None) -> bytes:
+        """The message, at most ``limit`` bytes (default, and at most: the receiver's max
+        message size).
+
+        Raises:
+            DecompressionError: as :func:`decompress`.
+        """
+        bound = self.limit if limit is None or limit > self.limit else limit
+        return decompress(self.coding, self.parts, bound)
 
 
 def decompress(coding: int, parts: list[bytes], limit: int) -> bytes:

@@ -73,6 +73,7 @@ from .._events import (
     InfoReceived,
     MessagesReceived,
     Payload,
+    Received,
     PingAcknowledged,
     PingReceived,
     PrefaceReceived,
@@ -89,11 +90,10 @@ from ._compression import (
     DEFAULT_COMPRESSION_THRESHOLD,
     KNOWN_BITS,
     Coding,
-    DecompressionError,
+    Compressed,
     codings_of,
     coding_bit,
     compress,
-    decompress,
 )
 from ._flow import DEFAULT_CONNECTION_WINDOW, DEFAULT_STREAM_WINDOW, Ledger
 from ._frames import (
@@ -190,7 +190,7 @@ _HEAD_PART = 16
 _BODY_PART = 64 * 1024
 
 
-def message_size(payload: Payload) -> int:
+def message_size(payload: Received) -> int:
     """The size of an encoded message given as bytes or as a list of parts."""
     if type(payload) is list:
         return sum(map(len, payload))
@@ -1263,8 +1263,8 @@ class Connection:
 
     def _recv_coded(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:
         """The first DATA frame of a compressed message (its flags carry a coding): check the
-        coding, then receive it as any DATA frame; the message is decompressed once complete
-        (``_deliver_coded``)."""
+        coding, then receive it as any DATA frame; once complete the message is handed on as it
+        arrived (``_deliver_coded``)."""
         coding = (flags & _CODING) >> CODING_SHIFT
         if coding == 3:
             raise RemoteProtocolError("DATA frame with the reserved coding 3")
@@ -1309,16 +1309,12 @@ class Connection:
         self._deliver_coded(stream, coding, [payload], plain, events)
 
     def _deliver_coded(self, stream: Stream, coding: int, parts: list[bytes], flags: int, events: list[Event]) -> None:
-        """A compressed message is complete (its bytes charged): hand on what it holds, which
-        may not exceed our max message size, or end the call (not the connection):
-        RESOURCE_EXHAUSTED if it expands further, INTERNAL if it does not decompress.  The
-        stream then holds the decompressed bytes, which ``consumed`` gives back; the window's
-        credit returns once they are consumed, however much they expanded."""
-        try:
-            message = decompress(coding, parts, self.max_message_size)
-        except DecompressionError as exc:
-            self._refuse_message(stream, events, exc.message, exc.status)
-            return
+        """A compressed message is complete (its bytes charged): hand it on as it arrived, a
+        :class:`Compressed` that the call layer decompresses when it reads it, within our max
+        message size (``trpc._codec.decode``).  The stream holds its size on the wire until
+        ``consumed`` gives it back, so a stream that is not read holds no more than its window,
+        however far its messages would expand."""
+        message = Compressed(coding, parts, self.max_message_size)
         self._ledger.hold(stream, len(message))
         events.append(MessagesReceived(stream_id=stream.id, payloads=[message]))
         if flags & _END_STREAM:
@@ -1333,8 +1329,7 @@ class Connection:
         self, stream: Stream, events: list[Event], text: str, status: Status = Status.RESOURCE_EXHAUSTED
     ) -> None:
         """A message we will not hold: end that call (not the connection) with ``status``
-        (RESOURCE_EXHAUSTED: over a limit; INTERNAL: it does not decompress), and drop what
-        arrived of it."""
+        (RESOURCE_EXHAUSTED: over a limit), and drop what arrived of it."""
         stream.recv_parts = None
         self._ledger.drop_partial(stream)
         if self._client:
