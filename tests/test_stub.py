@@ -13,20 +13,7 @@ import trio
 import trpc
 import trpc.testing
 from trpc.examples import Entry, Greeter, Store
-
-
-class GreeterAPI(Protocol):
-    @trpc.unary
-    async def greet(self, name: str) -> str: ...
-
-    @trpc.server_stream
-    def count(self, n: int) -> AsyncIterator[int]: ...
-
-    @trpc.client_stream
-    async def total(self, numbers: AsyncIterator[int]) -> int: ...
-
-    @trpc.bidi_stream
-    def echo(self, messages: AsyncIterator[str]) -> AsyncIterator[str]: ...
+from trpc.examples.typed_client import GreeterAPI
 
 
 class Probe(trpc.Service, name="probe.Probe"):

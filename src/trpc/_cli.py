@@ -75,7 +75,7 @@ from ._keepalive import CLIENT_KEEPALIVE_TIME, CLIENT_KEEPALIVE_TIMEOUT, SERVER_
 from ._server import DEFAULT_HOST, DEFAULT_MAX_CONNECTION_AGE_GRACE, DEFAULT_PORT, Server
 from .wire import DEFAULT_MAX_PING_STRIKES, DEFAULT_MIN_PING_INTERVAL, Connection
 from .wire._compression import AVAILABLE, Coding, coding_bit
-from ._service import SHAPE_NAMES, Cardinality, Service
+from ._service import SHAPE_NAMES, SHAPE_WORDS, Cardinality, Service
 from ._version import __version__
 from ._workers import parse_workers, serve_command
 from .interceptors import ServerLogging
@@ -432,7 +432,7 @@ def _no_answer(args: argparse.Namespace) -> RpcError:
 # ============================================================================ trpc call
 def _check_shape(args: argparse.Namespace, path: str, shape: Cardinality) -> None:
     """Refuse, before sending anything, a call whose options do not fit the method's shape."""
-    shape_name = SHAPE_NAMES[shape].replace("_", "-") + ("ing" if shape is not Cardinality.UNARY else "")
+    shape_name = SHAPE_WORDS[shape]
     if shape.client_streams and not args.stdin:
         raise CliError(f"trpc: {path} is {shape_name}: its request messages come from standard input;"
                        f" add --stdin (one JSON value per line)")

@@ -80,7 +80,7 @@ from .wire import (
     DEFAULT_STREAM_WINDOW,
     message_size,
 )
-from ._service import CALL_OPTIONS, Cardinality
+from ._service import CALL_OPTIONS, SHAPE_WORDS, Cardinality
 from ._status import Status
 from ._stub import make_stub
 from .channel._channel import Channel
@@ -623,12 +623,6 @@ _OPEN = _Use((_C.CLIENT_STREAM, _C.BIDI_STREAM), "opened with .open() to send re
 #: async for): what it sent says which shapes may follow.
 _STARTED = {True: _ENTER_ITEMS, False: _ENTER}
 
-_SHAPE_WORDS = {
-    _C.UNARY: "unary",
-    _C.SERVER_STREAM: "server-streaming",
-    _C.CLIENT_STREAM: "client-streaming",
-    _C.BIDI_STREAM: "bidi-streaming",
-}
 #: The form that fits each shape, ``{}`` the method as the caller reaches it.
 _RIGHT_FORM = {
     _C.UNARY: "await {}(...)",
@@ -793,7 +787,7 @@ class Method:
     def _misuse(self, shape: Cardinality, use: _Use) -> UsageError:
         where = self._display()
         return UsageError(
-            f"{self.name} is {_SHAPE_WORDS[shape]}, so it cannot be {use.words}: call it as "
+            f"{self.name} is {SHAPE_WORDS[shape]}, so it cannot be {use.words}: call it as "
             + _RIGHT_FORM[shape].format(where, where)
         )
 

@@ -93,7 +93,7 @@ from ._health import HealthRegistry, HealthService, HealthStatus
 from ._interceptors import run_chain
 from ._keepalive import SERVER_KEEPALIVE_TIME, SERVER_KEEPALIVE_TIMEOUT, Keepalive, check_keepalive, set_tcp_keepalive
 from ._reflection import ReflectionService, build_document
-from ._service import Cardinality, MethodInfo, MethodTable, Service, explain_mismatch
+from ._service import SHAPE_WORDS, Cardinality, MethodInfo, MethodTable, Service, explain_mismatch
 from ._status import Status
 from ._tls import send_pending_alert
 from ._transport import RECEIVE_SIZE, Parker, TrioConnection
@@ -179,19 +179,12 @@ def format_peer(stream: Any) -> str:
     return str(address)
 
 
-#: Each shape in the words of the server's messages.
-_SHAPE_WORDS = {
-    Cardinality.UNARY: "unary",
-    Cardinality.SERVER_STREAM: "server-streaming",
-    Cardinality.CLIENT_STREAM: "client-streaming",
-    Cardinality.BIDI_STREAM: "bidi-streaming",
-}
 
 
 def _no_arguments(info: MethodInfo) -> str:
     """INVALID_ARGUMENT's message for a unary or server-streaming call that sent no request
     message (a client that took it for a client-streaming call, which may send none)."""
-    return (f"{info.name}: the request message is missing ({info.name} is {_SHAPE_WORDS[info.cardinality]}:"
+    return (f"{info.name}: the request message is missing ({info.name} is {SHAPE_WORDS[info.cardinality]}:"
             " it takes its arguments as one request message)")
 
 
@@ -442,7 +435,7 @@ class _ServerConnection(TrioConnection):
         info = call.info
         self._abort(
             call, Status.INVALID_ARGUMENT,
-            f"{info.name} is {_SHAPE_WORDS[info.cardinality]}: it takes exactly one request message, its arguments"
+            f"{info.name} is {SHAPE_WORDS[info.cardinality]}: it takes exactly one request message, its arguments"
             " (the call sent more, as a client-streaming call does)",
         )
 

@@ -67,6 +67,7 @@ __all__ = [
     "service_name",
     "SHAPE_CODES",
     "SHAPE_NAMES",
+    "SHAPE_WORDS",
     "CALL_OPTIONS",
     "explain_mismatch",
     "collect_methods",
@@ -136,12 +137,12 @@ class MethodInfo:
             object.__setattr__(self, "path", f"{self.service}/{self.name}" if self.service else self.name)
 
 
-#: The decorators' docstrings name the shapes so.
-_SHAPE_WORDS = {
+#: Each shape in words, as messages and docstrings name it (client and server say the same).
+SHAPE_WORDS = {
     Cardinality.UNARY: "unary",
     Cardinality.SERVER_STREAM: "server-streaming",
     Cardinality.CLIENT_STREAM: "client-streaming",
-    Cardinality.BIDI_STREAM: "bidirectional-streaming",
+    Cardinality.BIDI_STREAM: "bidi-streaming",
 }
 #: What each decorator's handler does, for its docstring.
 _SHAPE_PROSE = {
@@ -329,7 +330,7 @@ def _decorator(cardinality: Cardinality, check: Callable[[Callable[..., Any]], b
     decorate.__doc__ = _DECORATOR_DOC.format(
         decorator=decorate.__name__,
         what=what,
-        shape=_SHAPE_WORDS[cardinality],
+        shape=SHAPE_WORDS[cardinality],
         messages=_SHAPE_PROSE[cardinality],
     )
     return decorate
@@ -398,7 +399,7 @@ class Service:
             handler = inspect.unwrap(getattr(cls, info.attribute))
             if info.cardinality.server_streams and not inspect.isasyncgenfunction(handler):
                 raise TypeError(
-                    f"{cls.__qualname__}.{info.attribute}: a {_SHAPE_WORDS[info.cardinality]} handler is an async"
+                    f"{cls.__qualname__}.{info.attribute}: a {SHAPE_WORDS[info.cardinality]} handler is an async"
                     f" generator function (async def with yield), not {handler!r}"
                 )
         cls.__trpc_service__ = service

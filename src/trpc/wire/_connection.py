@@ -1325,11 +1325,10 @@ class Connection:
         """A message over our limit: end that call (not the connection) with RESOURCE_EXHAUSTED."""
         self._refuse_message(stream, events, f"message larger than the limit of {self.max_message_size} bytes")
 
-    def _refuse_message(
-        self, stream: Stream, events: list[Event], text: str, status: Status = Status.RESOURCE_EXHAUSTED
-    ) -> None:
-        """A message we will not hold: end that call (not the connection) with ``status``
-        (RESOURCE_EXHAUSTED: over a limit), and drop what arrived of it."""
+    def _refuse_message(self, stream: Stream, events: list[Event], text: str) -> None:
+        """A message we will not hold (over a limit): end that call (not the connection) with
+        RESOURCE_EXHAUSTED, and drop what arrived of it."""
+        status = Status.RESOURCE_EXHAUSTED
         stream.recv_parts = None
         self._ledger.drop_partial(stream)
         if self._client:
