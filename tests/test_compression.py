@@ -671,7 +671,10 @@ def test_the_serve_commands_compression_option_reaches_the_server() -> None:
     from trpc import _cli
 
     args = _cli._parser().parse_args(["serve", "trpc.examples.greeter:Greeter", "--compression", "zlib"])
-    assert _cli._server_limits(args)["compression"] == "zlib"
+    server = trpc.Server(Zip(), **_cli._server_limits(args))
+    assert server._compression == Coding.ZLIB
+    plain = _cli._parser().parse_args(["serve", "trpc.examples.greeter:Greeter"])
+    assert trpc.Server(Zip(), **_cli._server_limits(plain))._compression == Coding.NONE
     with pytest.raises(SystemExit):
         _cli._parser().parse_args(["serve", "trpc.examples.greeter:Greeter", "--compression", "lz4"])
 
