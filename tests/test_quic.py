@@ -74,6 +74,36 @@ async def quic_client(quic_server: Served, client_context: ssl.SSLContext) -> As
         yield client
 
 
+async def test_compression_works_over_quic_both_ways_once_each_side_has_the_others_info(
+    service: Svc, nursery: trio.Nursery, pems: dict[str, str], client_context: ssl.SSLContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import trpc.quic._wire as quic_wire
+
+    packed: list[int] = []
+    real = quic_wire.compress
+
+    def counting(coding: Any, payload: Any) -> bytes:
+        packed.append(coding)
+        return real(coding, payload)
+
+    monkeypatch.setattr(quic_wire, "compress", counting)
+    server = trpc.Server(service, compression="zlib")
+    host, port = await nursery.start(lambda task_status: server.serve_quic(
+        0, "127.0.0.1", certfile=pems["cert"], keyfile=pems["key"], task_status=task_status))
+    text = "Ada" * 2000
+    async with trpc.open_client(f"quic://{host}:{port}", ssl_context=client_context, compression="zlib") as client:
+        assert await client.echo(text) == text  # the first call may leave before the server's INFO
+        packed.clear()
+        assert await client.echo(text) == text
+        assert packed == [1, 1]  # the request, then the response
+        async with client.bidi_echo.open() as call:
+            for _ in range(3):
+                await call.send(text)
+                assert await call.receive() == text
+    assert len(packed) == 2 + 6
+
+
 async def test_a_unary_call_over_quic_returns_its_value(quic_client: Any) -> None:
     assert await quic_client.greet("Ada") == "Hello Ada"
     assert await quic_client.add(2, 3) == 5

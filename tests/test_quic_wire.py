@@ -3,10 +3,13 @@ sockets, no Trio (h11's helpers-style pair)."""
 
 from __future__ import annotations
 
+import random
 import ssl
+import zlib
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 import trustme
 
@@ -21,6 +24,8 @@ from trpc._events import (  # noqa: E402
 from trpc._service import Cardinality  # noqa: E402
 from trpc.quic import QuicWire, client_configuration, server_configuration  # noqa: E402
 from trpc.quic._wire import INITIAL_WINDOW, SEND_LOW_WATER, quic_id  # noqa: E402
+from trpc.wire._control import encode_info, parse_info  # noqa: E402
+from trpc.wire._compression import AVAILABLE, Coding, Compressed, DecompressionError  # noqa: E402
 from trpc.wire._frames import pack_header  # noqa: E402
 from qh3.quic.connection import QuicConnection  # noqa: E402
 
@@ -242,3 +247,85 @@ def test_a_window_update_without_its_increment_is_a_protocol_error(pair: Pair) -
     pair.client.quic.send_stream_data(control, pack_header(2, 0x4, 0, 1) + b"\0\1")
     with pytest.raises(RemoteProtocolError):
         pair.exchange()
+
+
+_REPETITIVE = cbor2.dumps("Ada" * 1000)  # 3,003 bytes that zlib makes tiny
+
+
+def test_each_side_learns_the_codings_the_other_accepts_from_its_info(pair: Pair) -> None:
+    assert pair.client.peer_codings == 0 and pair.server.peer_codings == 0
+    pair.exchange()
+    assert pair.client.peer_codings == AVAILABLE == pair.server.peer_codings
+
+
+def test_a_request_and_its_response_travel_compressed_and_arrive_as_they_travelled(pair: Pair) -> None:
+    pair.exchange()
+    stream_id, _ = pair.client.open_unary_call("Svc/greet", _REPETITIVE, compression=Coding.ZLIB,
+                                               response_compression=Coding.ZLIB)
+    _, server = pair.exchange()
+    opened, message = server[0], server[1]
+    assert isinstance(opened, CallOpened) and opened.compression == Coding.ZLIB
+    assert isinstance(message, MessagesReceived)
+    (request,) = message.payloads
+    assert isinstance(request, Compressed) and request.coding == Coding.ZLIB
+    assert len(request) < 100 and request.inflate() == _REPETITIVE
+    pair.server.send_compressed(opened.stream_id, _REPETITIVE, Coding.ZLIB)
+    pair.server.send_trailers(opened.stream_id, Status.OK)
+    client, _ = pair.exchange()
+    replies = [e for e in client if isinstance(e, MessagesReceived)]
+    (reply,) = replies[0].payloads
+    assert isinstance(reply, Compressed) and reply.inflate() == _REPETITIVE
+    assert isinstance(client[-1], CallEnded) and client[-1].status is Status.OK and client[-1].stream_id == stream_id
+
+
+def test_nothing_is_compressed_towards_a_peer_that_accepts_no_coding(tmp_path: Path) -> None:
+    pair = Pair(tmp_path, accept_compression=[])
+    pair.exchange()
+    assert pair.client.peer_codings == 0
+    pair.client.open_unary_call("Svc/greet", _REPETITIVE, compression=Coding.ZLIB)
+    _, server = pair.exchange()
+    message = [e for e in server if isinstance(e, MessagesReceived)][0]
+    assert message.payloads == [_REPETITIVE]
+
+
+def test_a_small_message_or_one_that_does_not_shrink_goes_as_it_is(pair: Pair) -> None:
+    pair.exchange()
+    stream_id = pair.client.open_call("Svc/greet")
+    incompressible = cbor2.dumps(random.Random(7).randbytes(2048))
+    pair.client.send_compressed(stream_id, b"\x63Ada", Coding.ZLIB)
+    pair.client.send_compressed(stream_id, incompressible, Coding.ZLIB)
+    _, server = pair.exchange()
+    message = [e for e in server if isinstance(e, MessagesReceived)]
+    assert [p for e in message for p in e.payloads] == [b"\x63Ada", incompressible]
+
+
+def test_data_compressed_with_a_coding_the_receiver_does_not_accept_is_a_protocol_error(tmp_path: Path) -> None:
+    pair = Pair(tmp_path, accept_compression=[])
+    pair.exchange()
+    stream_id = pair.client.open_call("Svc/greet")
+    packed = zlib.compress(_REPETITIVE)
+    pair.client.quic.send_stream_data(quic_id(stream_id), pack_header(len(packed), 0, 0x4, 0) + packed)
+    with pytest.raises(RemoteProtocolError, match="does not accept"):
+        pair.exchange()
+
+
+def test_a_compressed_message_over_the_limit_once_inflated_is_refused_when_read(tmp_path: Path) -> None:
+    pair = Pair(tmp_path, max_message_size=10_000)
+    pair.exchange()
+    pair.client.max_message_size = 1 << 20  # this client does not know the server's limit
+    pair.client.open_unary_call("Svc/greet", cbor2.dumps(b"\0" * 50_000), compression=Coding.ZLIB)
+    _, server = pair.exchange()
+    (request,) = [e for e in server if isinstance(e, MessagesReceived)][0].payloads
+    assert isinstance(request, Compressed) and len(request) < 10_000
+    with pytest.raises(DecompressionError, match="10000"):
+        request.inflate()
+
+
+def test_info_key_3_is_an_unsigned_bit_set_whose_unknown_bits_are_dropped() -> None:
+    assert parse_info(cbor2.dumps({3: 0xFF}))[2] == 0x3
+    assert parse_info(cbor2.dumps({1: ["greet"]}))[2] == 0
+    for bad in ("zlib", -1, True, 1.0):
+        with pytest.raises(RemoteProtocolError, match="key 3"):
+            parse_info(cbor2.dumps({3: bad}))
+    assert encode_info(frozenset(), frozenset(), 100, 0) is None
+    assert cbor2.loads(encode_info(frozenset({"a"}), frozenset(), 100, 3) or b"") == {3: 3, 1: ["a"]}

@@ -450,7 +450,8 @@ class QuicEndpoint:
         wire = QuicWire("server", quic, max_message_size=options["max_message_size"],
                         max_concurrent_streams=options["max_concurrent_streams"],
                         idempotent_methods=options["idempotent_methods"], methods=options["methods"],
-                        stream_window=options["stream_window"])
+                        stream_window=options["stream_window"],
+                        compression_threshold=options["compression_threshold"])
         wire.peer_address = address
         connection = QuicServerConnection(server, self, wire, f"quic://{address[0]}:{address[1]}")
         self._routes[cid] = connection
@@ -587,7 +588,8 @@ async def open_quic_connection(target: Address, connect: ConnectOptions, limit: 
     configuration = client_configuration(options.ssl_context, options.server_hostname or target.host)
     quic = QuicConnection(configuration=configuration)
     quic.connect(sockaddr, now=_current_time())
-    wire = QuicWire("client", quic, max_message_size=options.max_message_size, stream_window=options.stream_window)
+    wire = QuicWire("client", quic, max_message_size=options.max_message_size, stream_window=options.stream_window,
+                    compression_threshold=options.compression_threshold)
     wire.peer_address = sockaddr
     connection = QuicClientConnection(sock, wire, str(target), sockaddr)
     if options.keepalive_time is not None:

@@ -35,8 +35,13 @@ the server and the client serve it as they serve trpc's own wire and gRPC's
 - **connection-level frames go on a control stream**: each side opens one unidirectional
   stream once the handshake is done; the server's starts with INFO (what it declares), and
   GOAWAY goes there.  There is no trpc preface: ALPN ``trpc/1`` and the finished handshake
-  are it (:class:`PrefaceReceived` with version 1.1).  PING is QUIC's (its uid carries the
-  8-byte payload), and the idle timeout is QUIC's.
+  are it (:class:`PrefaceReceived` with version 1.2), and what a preface would say of
+  compression, the codings a side accepts, is INFO's key 3, which the client's control stream
+  starts with too.  PING is QUIC's (its uid carries the 8-byte payload), and the idle timeout
+  is QUIC's.
+- **compression** is the trpc wire's (a DATA frame's coding field; a :class:`Compressed`
+  message handed on as it arrived, decompressed when read), towards a peer whose INFO
+  accepted the coding.
 
 Datagrams leave through :meth:`datagrams_to_send`; the byte-stream methods of the interface
 (``data_to_send``, ``requeue``) raise, since datagrams cannot be joined into one write.
@@ -65,12 +70,23 @@ from .._events import (
     MessagesReceived,
     PingAcknowledged,
     PrefaceReceived,
+    Received,
     SendCreditAvailable,
     StreamEnded,
 )
 from .._service import SHAPE_CODES, Cardinality
 from .._status import Status
 from ..wire import StreamState, message_size
+from ..wire._compression import (
+    CODING_FLAGS,
+    CODING_SHIFT,
+    DEFAULT_COMPRESSION_THRESHOLD,
+    Coding,
+    Compressed,
+    coding_bit,
+    codings_of,
+    compress,
+)
 from ..wire._control import (
     RequestHeadersEncoder,
     encode_goaway,
@@ -129,7 +145,7 @@ _FEED = 64 << 10
 #: so that a bulk sender lets other tasks run every few hundred datagrams; the rest goes when
 #: the acknowledgements of these come back.
 _FEED_ROUNDS = 4
-#: The version PrefaceReceived reports: the frames are protocol 1.1's (INFO included).
+#: The version PrefaceReceived reports: the frames are protocol 1.2's (INFO, coded DATA).
 _VERSION = PROTOCOL_VERSION
 _HEADER_SIZE = HEADER.size
 _unpack_header = HEADER.unpack_from
@@ -196,6 +212,8 @@ class QuicWire:
         idempotent_methods: frozenset[str] = frozenset(),
         methods: dict[str, Cardinality] | None = None,
         stream_window: int = DEFAULT_STREAM_WINDOW,
+        compression_threshold: int = DEFAULT_COMPRESSION_THRESHOLD,
+        accept_compression: list[str] | None = None,
     ) -> None:
         if not 0 < stream_window <= _MAX_WINDOW:
             raise ValueError(f"stream_window must be between 1 and {_MAX_WINDOW}")
@@ -209,6 +227,13 @@ class QuicWire:
         self._methods = frozenset((path, SHAPE_CODES[shape]) for path, shape in (methods or {}).items())
         self._calls: dict[int, _Call] = {}
         self._headers = RequestHeadersEncoder()
+        #: The codings this side accepts (preface bits: every one this process can use unless
+        #: ``accept_compression`` names fewer), those the peer accepts (its INFO's key 3; 0
+        #: until it arrives), and the smallest message ``send_compressed`` compresses.
+        self.accepted_codings = codings_of(accept_compression)
+        self.peer_codings = 0
+        self.compression_threshold = compression_threshold
+        self._info_received = False
         #: The peer's preface: for QUIC, the finished handshake (None until then).
         self.peer_preface: tuple[int, int] | None = None
         #: Why the QUIC connection ended (None while it lives).
@@ -429,8 +454,12 @@ class QuicWire:
         self.peer_preface = _VERSION
         self._control = self.quic.get_next_available_stream_id(is_unidirectional=True)
         if self.role == "server":
-            info = encode_info(self._idempotent, self._methods, _MAX_CONTROL)
+            info = encode_info(self._idempotent, self._methods, _MAX_CONTROL, self.accepted_codings)
             self._send(self._control, _frame(_INFO, info if info is not None else b"\xa0"))
+        elif self.accepted_codings:
+            # The client's INFO says only what the preface would: the codings it accepts.
+            self._send(self._control, _frame(_INFO, encode_info(frozenset(), frozenset(), _MAX_CONTROL,
+                                                                self.accepted_codings) or b""))
         else:
             self._send(self._control, b"")
         out.append(PrefaceReceived(version=_VERSION, max_frame_size=self.max_message_size,
@@ -482,9 +511,11 @@ class QuicWire:
             del buffer[:_HEADER_SIZE + length]
             if kind == _WINDOW_UPDATE:
                 self._on_window_update(call, payload)
-            elif kind == _INFO and self.role == "client":
-                idempotent, methods = parse_info(payload)
-                out.append(InfoReceived(idempotent=idempotent, methods=methods))
+            elif kind == _INFO and not self._info_received:
+                self._info_received = True
+                idempotent, methods, self.peer_codings = parse_info(payload)
+                if self.role == "client":
+                    out.append(InfoReceived(idempotent=idempotent, methods=methods))
             elif kind == _GOAWAY:
                 last, status, message = parse_goaway(payload)
                 self._goaway_received = True
@@ -590,25 +621,38 @@ class QuicWire:
             return [head, payload]
         return [head, *payload]
 
+    def _coded(self, payload: bytes | list[bytes], coding: int) -> list[bytes]:
+        """One message's DATA frame, compressed with ``coding`` when the peer accepts it, the
+        message is at least ``compression_threshold`` bytes and compressing makes it smaller;
+        else as ``_message`` frames it.  The limit applies to the message uncompressed."""
+        size = self._check_size(payload)
+        if coding and self.peer_codings & coding_bit(Coding(coding)) and size >= self.compression_threshold:
+            packed = compress(Coding(coding), payload)
+            if len(packed) < size:
+                return [pack_header(len(packed), _DATA, coding << CODING_SHIFT, 0), packed]
+        return self._message(payload)
+
     def open_call(self, method: str, *, metadata: dict[str, Any] | None = None, timeout: float | None = None,
-                  end_stream: bool = False) -> int:
+                  end_stream: bool = False, response_compression: int = 0) -> int:
         if not self.can_open_call:
             raise LocalProtocolError("the connection takes no new calls")
         stream_id = self.quic.get_next_available_stream_id()
-        headers = self._headers.encode(method, timeout, metadata, _MAX_CONTROL)
+        headers = self._headers.encode(method, timeout, metadata, _MAX_CONTROL, response_compression)
         self._calls[stream_id] = _Call(stream_id, bytearray(), local_ended=end_stream)
         self._credit[stream_id] = INITIAL_WINDOW
         self._send(stream_id, _frame(_HEADERS, headers), end_stream)
         return call_id(stream_id)
 
     def open_unary_call(self, method: str, message: Any, *, metadata: dict[str, Any] | None = None,
-                        timeout: float | None = None) -> tuple[int, bool]:
-        """HEADERS and the one message in one write, with FIN."""
-        parts = self._message(message)
+                        timeout: float | None = None, compression: int = 0,
+                        response_compression: int = 0) -> tuple[int, bool]:
+        """HEADERS and the one message in one write, with FIN (the message compressed with
+        ``compression`` when ``_coded`` allows; ``response_compression`` asked for the reply)."""
+        parts = self._coded(message, compression) if compression else self._message(message)
         if not self.can_open_call:
             raise LocalProtocolError("the connection takes no new calls")
         stream_id = self.quic.get_next_available_stream_id()
-        headers = self._headers.encode(method, timeout, metadata, _MAX_CONTROL)
+        headers = self._headers.encode(method, timeout, metadata, _MAX_CONTROL, response_compression)
         self._calls[stream_id] = _Call(stream_id, bytearray(), local_ended=True)
         self._credit[stream_id] = INITIAL_WINDOW
         self._send(stream_id, b"".join([_frame(_HEADERS, headers), *parts]), True)
@@ -627,19 +671,31 @@ class QuicWire:
         call = self._call(stream_id)
         if call.local_ended:
             raise LocalProtocolError(f"stream {stream_id} has ended its sending")
-        parts = self._message(payload)
+        return self._send_message(call, self._message(payload), end_stream)
+
+    def send_compressed(self, stream_id: int, payload: Any, coding: int, *, end_stream: bool = False) -> bool:
+        """As ``send_message``, the message compressed with ``coding`` when ``_coded`` allows."""
+        call = self._call(stream_id)
+        if call.local_ended:
+            raise LocalProtocolError(f"stream {stream_id} has ended its sending")
+        return self._send_message(call, self._coded(payload, coding), end_stream)
+
+    def _send_message(self, call: _Call, parts: list[bytes], end_stream: bool) -> bool:
+        """Queue one message's DATA frame (``parts``), after the response headers if the server
+        has sent none yet."""
+        stream_id = call.stream_id
         if self.role == "server" and not call.headers_sent:
             call.headers_sent = True
             parts.insert(0, _frame(_HEADERS, b"\xa0"))
         data = b"".join(parts) if sum(map(len, parts)) < 65536 else parts
         if isinstance(data, list):
             for index, part in enumerate(data):
-                self._send(quic_id(stream_id), part, end_stream and index == len(data) - 1)
+                self._send(stream_id, part, end_stream and index == len(data) - 1)
         else:
-            self._send(quic_id(stream_id), data, end_stream)
+            self._send(stream_id, data, end_stream)
         if end_stream:
             self._local_end(call)
-        return self._room(quic_id(stream_id))
+        return self._room(stream_id)
 
     def open_batch(self, stream_id: int) -> list[Any]:
         """The stream's batch: messages appended here are sent, in order, by ``flush_batch``
@@ -786,12 +842,12 @@ class QuicWire:
 
     def _frames(self, call: _Call, out: list[Event]) -> None:
         buffer = call.buffer
-        messages: list[bytes] = []
+        messages: list[Received] = []
         while len(buffer) >= _HEADER_SIZE and call.stream_id in self._calls:
             length, kind, flags, _ = _unpack_header(buffer)
             if kind == _DATA:
                 if flags:
-                    raise RemoteProtocolError("DATA on QUIC carries one whole message: no flags")
+                    self._check_coding(flags, length)
                 if length > self.max_message_size:
                     self._too_large(call, length, messages, out)
                     return
@@ -804,7 +860,10 @@ class QuicWire:
             del buffer[:end]
             if kind == _DATA:
                 call.held += length
-                messages.append(payload)
+                # A compressed message is handed on as it arrived: the call layer decompresses
+                # it when it reads it, within the max message size.
+                messages.append(Compressed(flags >> CODING_SHIFT, [payload], self.max_message_size) if flags
+                                else payload)
                 continue
             if messages:
                 out.append(MessagesReceived(stream_id=call_id(call.stream_id), payloads=messages))
@@ -813,14 +872,23 @@ class QuicWire:
         if messages:
             out.append(MessagesReceived(stream_id=call_id(call.stream_id), payloads=messages))
 
+    def _check_coding(self, flags: int, length: int) -> None:
+        """A DATA frame's flags: only a coding this side accepts, on a message of a byte or more
+        (a message is one frame here: no MORE, no END_STREAM)."""
+        coding = (flags & CODING_FLAGS) >> CODING_SHIFT
+        if flags & ~CODING_FLAGS or coding == 3:
+            raise RemoteProtocolError(f"DATA on QUIC carries one whole message: flags {flags:#x} not allowed")
+        if not self.accepted_codings & coding_bit(Coding(coding)):
+            raise RemoteProtocolError(f"DATA frame compressed with {Coding(coding).name.lower()}, which this side does not accept")
+        if length == 0:
+            raise RemoteProtocolError("a compressed message cannot be empty")
+
     def _control_frame(self, call: _Call, kind: int, payload: bytes, out: list[Event]) -> None:
         stream_id = call_id(call.stream_id)
         if kind == _HEADERS and self.role == "server":
-            # The fourth value, the coding asked for the responses, is the trpc wire's: QUIC
-            # carries no compressed messages (section 16).
-            method, timeout_us, metadata, _ = parse_request_headers(payload)
+            method, timeout_us, metadata, coding = parse_request_headers(payload)
             out.append(CallOpened(stream_id=stream_id, method=method, metadata=metadata,
-                                  timeout=None if timeout_us is None else timeout_us / 1e6))
+                                  timeout=None if timeout_us is None else timeout_us / 1e6, compression=coding))
         elif kind == _HEADERS:
             out.append(HeadersReceived(stream_id=stream_id, metadata=parse_response_headers(payload)))
         elif kind == _TRAILERS and self.role == "client":
@@ -832,7 +900,7 @@ class QuicWire:
         else:
             raise RemoteProtocolError(f"frame type {kind} is not allowed on a call's QUIC stream ({self.role})")
 
-    def _too_large(self, call: _Call, size: int, messages: list[bytes], out: list[Event]) -> None:
+    def _too_large(self, call: _Call, size: int, messages: list[Received], out: list[Event]) -> None:
         if messages:
             out.append(MessagesReceived(stream_id=call_id(call.stream_id), payloads=messages))
         text = f"message of {size} bytes exceeds the limit of {self.max_message_size}"

@@ -1523,7 +1523,7 @@ class Connection:
             raise RemoteProtocolError("a client cannot send INFO")
         if stream_id != 0 or flags:
             raise RemoteProtocolError("malformed INFO frame (stream 0, no flags)")
-        idempotent, methods = _control.parse_info(payload)
+        idempotent, methods, _ = _control.parse_info(payload)  # key 3 is QUIC's: the preface says it here
         if not self._move("recv_info"):
             raise RemoteProtocolError("a second INFO frame (a server sends at most one per connection)")
         self.info_received = InfoReceived(idempotent=idempotent, methods=methods)

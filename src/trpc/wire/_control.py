@@ -18,6 +18,7 @@ from .._errors import LocalProtocolError, RemoteProtocolError
 from .._events import CborValue
 from .._service import SHAPE_CODES, Cardinality
 from .._status import Status
+from ._compression import KNOWN_BITS
 from ._frames import MAX_HEADERS_SIZE
 
 __all__ = [
@@ -44,7 +45,7 @@ _H_METHOD, _H_TIMEOUT, _H_METADATA, _H_COMPRESSION = 1, 2, 3, 4
 _T_STATUS, _T_MESSAGE, _T_DETAILS, _T_METADATA, _T_NOT_PROCESSED = 1, 2, 3, 4, 5
 _C_REASON, _C_MESSAGE = 1, 2
 _G_LAST_STREAM, _G_STATUS, _G_MESSAGE = 1, 2, 3
-_I_IDEMPOTENT, _I_METHODS = 1, 2
+_I_IDEMPOTENT, _I_METHODS, _I_CODINGS = 1, 2, 3
 #: INFO key 2's shape numbers (docs/PROTOCOL.md section 3); a number not here (a later
 #: version's shape) leaves its method out of what the client learns.
 _SHAPES = {code: cardinality for cardinality, code in SHAPE_CODES.items()}
@@ -180,22 +181,28 @@ def _map_head_size(count: int) -> int:
 
 
 @lru_cache(maxsize=16)  # one server passes the same sets, and mostly one limit, per connection
-def encode_info(idempotent: frozenset[str], methods: frozenset[tuple[str, int]], limit: int) -> bytes | None:
-    """The INFO map ``{1: [names], 2: {path: shape}}`` of at most ``limit`` bytes, or None if
-    it would say nothing.  Key 1 is filled first, then key 2, each in sorted order; an entry
+def encode_info(idempotent: frozenset[str], methods: frozenset[tuple[str, int]], limit: int,
+                codings: int = 0) -> bytes | None:
+    """The INFO map ``{1: [names], 2: {path: shape}, 3: codings}`` of at most ``limit`` bytes,
+    or None if it would say nothing.  Key 3, the codings this side accepts (preface bits), is
+    sent only over QUIC, which has no preface, and only when not 0; it is placed first (at
+    most 4 bytes).  Key 1 is filled next, then key 2, each in sorted order; an entry
     that would take the payload beyond ``limit`` is left out and the next ones are tried
     (docs/PROTOCOL.md: a client does not learn of the entries left out: it treats those
     methods as not idempotent, or of an unknown shape).  ``methods`` holds (path, shape
     number) pairs, shape numbers below 24 (one byte each)."""
     names: list[str] = []
     size = 0  # the names' encoded bytes
+    reserved = 1 + len(cbor2.dumps(codings)) if codings else 0  # key 3 and its value
     for name in sorted(idempotent):
         encoded = len(cbor2.dumps(name))
         # The map head and key 1 (a byte each), the array head, the names.
-        if 2 + _array_head_size(len(names) + 1) + size + encoded <= limit:
+        if reserved + 2 + _array_head_size(len(names) + 1) + size + encoded <= limit:
             names.append(name)
             size += encoded
     used = 1 + (1 + _array_head_size(len(names)) + size if names else 0)  # the map head, key 1
+    if codings:
+        used += 1 + len(cbor2.dumps(codings))
     shapes: dict[str, int] = {}
     size = 0  # the pairs' encoded bytes
     for path, code in sorted(methods):
@@ -205,6 +212,8 @@ def encode_info(idempotent: frozenset[str], methods: frozenset[tuple[str, int]],
             shapes[path] = code
             size += encoded
     fields: dict[int, CborValue] = {}
+    if codings:
+        fields[_I_CODINGS] = codings
     if names:
         fields[_I_IDEMPOTENT] = names
     if shapes:
@@ -320,11 +329,15 @@ def parse_cancel(payload: bytes) -> tuple[Status, str]:
     return Status.from_wire(reason), message
 
 
-def parse_info(payload: bytes) -> tuple[frozenset[str], dict[str, Cardinality]]:
+def parse_info(payload: bytes) -> tuple[frozenset[str], dict[str, Cardinality], int]:
     """INFO: the names of the methods the server declares idempotent (key 1, absent: none),
-    and each method's shape by path (key 2, absent: none; a shape number this side does not
-    know leaves its method out)."""
+    each method's shape by path (key 2, absent: none; a shape number this side does not
+    know leaves its method out), and the codings the sender accepts (key 3, QUIC's: preface
+    bits, absent: none; bits this side does not know are dropped)."""
     fields = _decode_map("INFO", payload)
+    codings = fields.get(_I_CODINGS, 0)
+    if type(codings) is not int or codings < 0:
+        raise RemoteProtocolError("INFO key 3 (accepted codings) must be an unsigned integer")
     names = fields.get(_I_IDEMPOTENT, [])
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise RemoteProtocolError("INFO key 1 (idempotent methods) must be an array of text")
@@ -334,7 +347,7 @@ def parse_info(payload: bytes) -> tuple[frozenset[str], dict[str, Cardinality]]:
     ):
         raise RemoteProtocolError("INFO key 2 (methods) must be a map from text to unsigned integers")
     methods = {path: _SHAPES[code] for path, code in shapes.items() if code in _SHAPES}
-    return frozenset(names), methods
+    return frozenset(names), methods, codings & KNOWN_BITS
 
 
 def parse_goaway(payload: bytes) -> tuple[int, Status, str]:
