@@ -52,6 +52,7 @@ from ..channel._connection import ClientConnection, ConnectLimit, ConnectOptions
 from .._errors import RemoteProtocolError, RpcError
 from .._status import Status
 from ..wire._frames import ALPN_TRPC
+from ._admit import RETRY_ABOVE, RetryTokens, admit
 from ._wire import PROTOCOL_ERROR, QuicWire
 
 if TYPE_CHECKING:
@@ -235,6 +236,13 @@ def _open_socket(family: int, host: str, port: int) -> socket.socket:
     return sock
 
 
+def _authenticated(quic: QuicConnection) -> bool:
+    """QUIC decrypted and authenticated a packet of what it was given.  (qh3 2.1 keeps this on
+    its Rust core, made only once a packet parses: ``_core`` is None before.)"""
+    core = getattr(quic, "_core", None)
+    return core is not None and bool(core.received_authenticated_packet)
+
+
 async def _let_handlers_answer() -> None:
     """Let the tasks a burst of events woke run before the acknowledgements it calls for are
     sent: a handler's reply (a caller's next request) then leaves in the same datagram as the
@@ -244,18 +252,15 @@ async def _let_handlers_answer() -> None:
     await trio.lowlevel.checkpoint()
 
 
-def _destination_cid(data: bytes) -> tuple[bytes, bool]:
-    """A datagram's destination connection id, and whether its packet is an Initial (which may
-    open a connection)."""
+def _destination_cid(data: bytes) -> bytes:
+    """A datagram's destination connection id (what routes it to its connection)."""
     if not data:
-        return b"", False
-    first = data[0]
-    if first & 0x80:  # long header: version (4 bytes), DCID length, DCID
+        return b""
+    if data[0] & 0x80:  # long header: version (4 bytes), DCID length, DCID
         if len(data) < 6:
-            return b"", False
-        length = data[5]
-        return bytes(data[6:6 + length]), (first & 0x30) == 0
-    return bytes(data[1:1 + _CID_LENGTH]), False
+            return b""
+        return bytes(data[6:6 + data[5]])
+    return bytes(data[1:1 + _CID_LENGTH])
 
 
 class _Datagrams:
@@ -393,6 +398,10 @@ class QuicEndpoint:
         self.configuration = configuration
         self.nursery = nursery
         self._routes: dict[bytes, QuicServerConnection] = {}
+        #: Connections whose handshake has not finished: past RETRY_ABOVE of them, new
+        #: clients prove their address first (quic/_admit.py).
+        self._handshakes: set[QuicServerConnection] = set()
+        self._tokens = RetryTokens()
         self._serving = 0
         #: Set while no connection of this endpoint is open.
         self.idle = trio.Event()
@@ -412,14 +421,14 @@ class QuicEndpoint:
             now = _current_time()
             touched: dict[int, QuicServerConnection] = {}
             for data, segment, address in _burst(udp):
-                cid, initial = _destination_cid(data)
+                cid = _destination_cid(data)
                 connection = routes.get(cid)
                 if connection is None:
-                    if not initial or self.server.shutting_down:
-                        continue
-                    connection = self._open(cid, address)
-                    if connection is None:
-                        continue
+                    if not self.server.shutting_down:
+                        connection = self._open(cid, data, segment, address, now)
+                        if connection is not None:
+                            touched[id(connection)] = connection
+                    continue
                 connection.wire.peer_address = address
                 connection.received_at = now  # calls' arrival (their deadlines), keepalive
                 if segment < len(data):
@@ -430,6 +439,8 @@ class QuicEndpoint:
             for connection in touched.values():
                 connection.pump()
                 wire = connection.wire
+                if self._handshakes and wire.peer_preface is not None:
+                    self._handshakes.discard(connection)
                 for cid in wire.issued:
                     routes[cid] = connection
                 for cid in wire.retired:
@@ -440,12 +451,30 @@ class QuicEndpoint:
             for connection in touched.values():
                 connection.transmit()
 
-    def _open(self, cid: bytes, address: Any) -> QuicServerConnection | None:
+    def _open(self, cid: bytes, data: bytes, segment: int, address: Any, now: float) -> QuicServerConnection | None:
+        """A datagram that names no connection (``segment``: the size of each of the datagrams
+        ``data`` holds, as ``_burst`` gives them): the connection it opens, fed its first
+        datagrams, or None (dropped, or answered without state: quic/_admit.py)."""
         server = self.server
+        first = data if segment >= len(data) else data[:segment]
+        admission = admit(first, address, now, versions=self.configuration.supported_versions, tokens=self._tokens,
+                          validate=len(self._handshakes) >= RETRY_ABOVE)
+        if admission.reply is not None:
+            self.udp.send([(admission.reply, address)])
+        if not admission.open:
+            return None
         if server._sockets >= server.max_connections:
             server.refused_connections += 1
             return None
-        quic = QuicConnection(configuration=self.configuration, original_destination_connection_id=cid)
+        quic = QuicConnection(configuration=self.configuration,
+                              original_destination_connection_id=admission.original_dcid,
+                              retry_source_connection_id=admission.retry_scid)
+        if segment < len(data):
+            quic.receive_gro_buffer(data, segment, address, now)
+        else:
+            quic.receive_datagram(data, address, now)
+        if not _authenticated(quic):
+            return None  # an Initial's header with garbage after it: no state kept
         options = cast(dict[str, Any], server._connection_options)
         wire = QuicWire("server", quic, max_message_size=options["max_message_size"],
                         max_concurrent_streams=options["max_concurrent_streams"],
@@ -454,6 +483,8 @@ class QuicEndpoint:
                         compression_threshold=options["compression_threshold"])
         wire.peer_address = address
         connection = QuicServerConnection(server, self, wire, f"quic://{address[0]}:{address[1]}")
+        connection.received_at = now
+        self._handshakes.add(connection)
         self._routes[cid] = connection
         self._routes[quic.host_cid] = connection
         server._sockets += 1
@@ -466,6 +497,7 @@ class QuicEndpoint:
         try:
             await self.server._run_connection(connection, b"", _current_time() + self.server.preface_timeout)
         finally:
+            self._handshakes.discard(connection)
             self.server._sockets -= 1
             self._serving -= 1
             if not self._serving:
