@@ -329,3 +329,14 @@ def test_info_key_3_is_an_unsigned_bit_set_whose_unknown_bits_are_dropped() -> N
             parse_info(cbor2.dumps({3: bad}))
     assert encode_info(frozenset(), frozenset(), 100, 0) is None
     assert cbor2.loads(encode_info(frozenset({"a"}), frozenset(), 100, 3) or b"") == {3: 3, 1: ["a"]}
+
+
+def test_a_second_unidirectional_stream_from_the_peer_is_a_protocol_error(pair: Pair) -> None:
+    pair.exchange()
+    quic = pair.client.quic
+    quic.get_next_available_stream_id(is_unidirectional=True)
+    second = quic.get_next_available_stream_id(is_unidirectional=True)
+    assert second > 3
+    quic.send_stream_data(second, pack_header(4, 0x8, 0, 1) + b"\x00\x00\x01\x00")
+    with pytest.raises(RemoteProtocolError, match="second unidirectional"):
+        pair.exchange()

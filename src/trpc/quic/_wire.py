@@ -800,8 +800,10 @@ class QuicWire:
     # ------------------------------------------------------------ calls: receiving
     def _on_data(self, event: qe.StreamDataReceived, out: list[Event]) -> None:
         stream_id = event.stream_id
-        if stream_id & 2:  # unidirectional: the peer's control stream
+        if stream_id & 2:  # unidirectional: the peer's control stream, its only one
             if stream_id & 1 == (1 if self.role == "client" else 0):
+                if stream_id > 3:
+                    raise RemoteProtocolError("a second unidirectional stream: a peer opens only its control stream")
                 self._on_control(stream_id, event.data, out)
             return
         call = self._calls.get(stream_id)
