@@ -461,3 +461,19 @@ async def test_a_server_stream_nobody_reads_blocks_its_producer_until_the_client
                 received += 1
             assert received == count
             assert service.finished.is_set()
+
+
+async def test_a_clients_clean_close_is_not_logged_as_a_warning_but_an_error_close_is(
+    quic_server: Served, client_context: ssl.SSLContext, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        async with trpc.open_client(quic_server.target, ssl_context=client_context) as client:
+            assert await client.greet("Ada") == "Hello Ada"
+        await trio.sleep(0.2)  # the server reads the close
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+        quic = logging.getLogger("quic")
+        quic.warning("Native peer close: %r", ("peer_closed", True, 0x101, None, b"protocol error"))
+        quic.warning("Native peer close: %r", ("peer_closed", True, 0, None, b"closed"))
+    assert [r.args for r in caplog.records] == [(("peer_closed", True, 0x101, None, b"protocol error"),)]

@@ -63,6 +63,23 @@ __all__ = ["QuicEndpoint", "QuicServerConnection", "QuicClientConnection", "open
 
 logger = logging.getLogger("trpc")
 
+
+class _QuietCleanCloses(logging.Filter):
+    """qh3 logs every close by the peer as a WARNING on its ``quic`` logger, a clean close
+    (error code 0, what every client's ``aclose`` sends) included: those records are dropped,
+    closes with an error are kept.  (qh3 2.1's record: ``"Native peer close: %r"`` with the
+    tuple ``("peer_closed", is_transport, error_code, frame_type, reason)``.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg == "Native peer close: %r" and isinstance(args, tuple) and args:
+            native = args[0]
+            return not (isinstance(native, tuple) and len(native) > 2 and native[2] == 0)
+        return True
+
+
+logging.getLogger("quic").addFilter(_QuietCleanCloses())
+
 #: Datagrams read from a socket before the connections they reached report and send: 64, so
 #: that a burst of acknowledgements costs one round of event handling, while one socket's
 #: burst holds up other tasks for a bounded time.
