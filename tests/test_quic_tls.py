@@ -24,6 +24,8 @@ pytest.importorskip("qh3")
 pytest.importorskip("cryptography")
 
 import qh3.tls  # noqa: E402
+from qh3._hazmat import Buffer  # noqa: E402
+from qh3._hazmat import Certificate as X509Certificate  # noqa: E402
 from qh3.quic.configuration import QuicConfiguration  # noqa: E402
 
 from trpc.quic import _tls, _transport  # noqa: E402
@@ -41,7 +43,7 @@ class Whoami(trpc.Service):
         self.seen.append(certificate)
         if certificate is None:
             return "nobody"
-        return dict(pair for rdn in certificate["subject"] for pair in rdn)["commonName"]
+        return str(dict(pair for rdn in certificate["subject"] for pair in rdn)["commonName"])
 
 
 @dataclass
@@ -212,10 +214,11 @@ async def test_a_server_whose_qh3_sends_no_certificate_request_refuses_rather_th
 
 
 def test_the_certificate_request_asks_for_tls13_signatures_only_with_an_empty_context() -> None:
-    buf = qh3.tls.Buffer(capacity=256)
+    buf = Buffer(capacity=256)
     _tls.push_certificate_request(buf, _tls.CLIENT_SIGNATURE_ALGORITHMS)
-    request = qh3.tls.pull_certificate_request(qh3.tls.Buffer(data=buf.data))
+    request = qh3.tls.pull_certificate_request(Buffer(data=buf.data))
     assert request.request_context == b""
+    assert request.signature_algorithms is not None
     assert request.signature_algorithms == list(_tls.CLIENT_SIGNATURE_ALGORITHMS)
     assert request.other_extensions == []
     assert qh3.tls.SignatureAlgorithm.RSA_PKCS1_SHA256 not in request.signature_algorithms
@@ -250,7 +253,7 @@ def test_the_verifier_takes_client_certificates_qh3s_server_verifier_would_refus
         der = _leaf(pems.ca, usages)
         verifier.verify([der])
         with pytest.raises(qh3.tls.Alert):  # qh3's own: serverAuth and a name required
-            qh3.tls.verify_certificate(qh3.tls.X509Certificate(der), [], cadata=pems.ca.cert_pem.bytes(),
+            qh3.tls.verify_certificate(X509Certificate(der), [], cadata=pems.ca.cert_pem.bytes(),
                                        server_name="bob", assert_server_name=False)
 
 
@@ -310,3 +313,124 @@ async def test_trpc_serve_quic_with_tls_client_ca_serves_trpc_call_with_tls_cert
         assert b"try --tls-cert PEM --tls-key PEM" in refused.stderr, refused.stderr
     finally:
         process.terminate()
+
+
+# ------------------------------------------------------------ the server's TLS, driven in memory
+def _buffers() -> dict[qh3.tls.Epoch, Any]:
+    return {epoch: Buffer(capacity=65536) for epoch in
+            (qh3.tls.Epoch.INITIAL, qh3.tls.Epoch.HANDSHAKE, qh3.tls.Epoch.ONE_RTT)}
+
+
+def _identity(certfile: str, keyfile: str | None = None) -> QuicConfiguration:
+    configuration = QuicConfiguration(is_client=False)
+    configuration.load_cert_chain(certfile, keyfile or certfile)
+    return configuration
+
+
+def _client_flight(pems: Pems, certfile: str | None) -> tuple[_tls.ClientAuthContext, list[bytes]]:
+    """A server context requiring client certificates, after the client's hello, and the
+    handshake messages of the client's second flight (Certificate..., Finished), one by one."""
+    server_identity = _identity(pems.paths["server"])
+    server = qh3.tls.Context(is_client=False)
+    server.certificate = server_identity.certificate
+    server.certificate_private_key = server_identity.private_key
+    server = _tls.ClientAuthContext.adopt(server, _tls.ClientVerifier(pems.paths["ca"]))
+    client = qh3.tls.Context(is_client=True, cadata=pems.ca.cert_pem.bytes(), server_name="localhost")
+    if certfile is not None:
+        client_identity = _identity(certfile)
+        client.certificate = client_identity.certificate
+        client.certificate_private_key = client_identity.private_key
+    out = _buffers()
+    client.handle_message(b"", out)
+    hello = out[qh3.tls.Epoch.INITIAL].data
+    out = _buffers()
+    server.handle_message(hello, out, qh3.tls.Epoch.INITIAL)
+    assert server.state is qh3.tls.State.SERVER_EXPECT_FINISHED
+    answer = _buffers()
+    client.handle_message(out[qh3.tls.Epoch.INITIAL].data, answer, qh3.tls.Epoch.INITIAL)
+    client.handle_message(out[qh3.tls.Epoch.HANDSHAKE].data, answer, qh3.tls.Epoch.HANDSHAKE)
+    assert client.state is qh3.tls.State.CLIENT_POST_HANDSHAKE
+    flight = answer[qh3.tls.Epoch.HANDSHAKE].data
+    messages = []
+    while flight:
+        length = 4 + int.from_bytes(flight[1:4], "big")
+        messages.append(flight[:length])
+        flight = flight[length:]
+    return server, messages
+
+
+def test_the_client_flight_fed_one_byte_at_a_time_completes_the_handshake(pems: Pems) -> None:
+    server, messages = _client_flight(pems, pems.paths["alice"])
+    assert [m[0] for m in messages] == [qh3.tls.HandshakeType.CERTIFICATE, qh3.tls.HandshakeType.CERTIFICATE_VERIFY,
+                                        qh3.tls.HandshakeType.FINISHED]
+    for byte in b"".join(messages):
+        server.handle_message(bytes([byte]), _buffers(), qh3.tls.Epoch.HANDSHAKE)
+    assert server.state is qh3.tls.State.SERVER_POST_HANDSHAKE
+    assert server.peer_certificate is not None and not server.alps_negotiated
+
+
+@pytest.mark.parametrize("drop", [0, 1])
+def test_a_client_flight_without_its_certificate_or_its_signature_is_refused(pems: Pems, drop: int) -> None:
+    server, messages = _client_flight(pems, pems.paths["alice"])
+    del messages[drop]
+    with pytest.raises(qh3.tls.Alert) as info:
+        server.handle_message(b"".join(messages), _buffers(), qh3.tls.Epoch.HANDSHAKE)
+    expected = qh3.tls.AlertDescription.certificate_required if drop == 0 else qh3.tls.AlertDescription.unexpected_message
+    assert info.value.description == expected
+
+
+def test_a_client_finished_that_does_not_cover_its_certificate_is_refused(pems: Pems) -> None:
+    # A Finished from another handshake (another client certificate): qh3's check of the
+    # Finished, deferred until it arrives, still runs.
+    server, messages = _client_flight(pems, pems.paths["alice"])
+    _, others = _client_flight(pems, pems.paths["rsa"])
+    with pytest.raises(qh3.tls.Alert) as info:
+        server.handle_message(b"".join(messages[:2]) + others[2], _buffers(), qh3.tls.Epoch.HANDSHAKE)
+    assert info.value.description == qh3.tls.AlertDescription.decrypt_error
+
+
+def test_the_client_flight_is_taken_at_the_handshake_epoch_only(pems: Pems) -> None:
+    server, messages = _client_flight(pems, pems.paths["alice"])
+    with pytest.raises(qh3.tls.Alert) as info:
+        server.handle_message(messages[0], _buffers(), qh3.tls.Epoch.ONE_RTT)
+    assert info.value.description == qh3.tls.AlertDescription.unexpected_message
+
+
+def test_a_certificate_message_over_the_limit_is_refused_before_it_is_buffered(pems: Pems) -> None:
+    server, _ = _client_flight(pems, pems.paths["alice"])
+    header = bytes([qh3.tls.HandshakeType.CERTIFICATE]) + (_tls.MAX_CLIENT_CERTIFICATE_MESSAGE - 3).to_bytes(3, "big")
+    with pytest.raises(qh3.tls.Alert) as info:
+        server.handle_message(header, _buffers(), qh3.tls.Epoch.HANDSHAKE)
+    assert info.value.description == qh3.tls.AlertDescription.bad_certificate
+    server, _ = _client_flight(pems, pems.paths["alice"])
+    header = bytes([qh3.tls.HandshakeType.CERTIFICATE]) + (_tls.MAX_CLIENT_CERTIFICATE_MESSAGE - 4).to_bytes(3, "big")
+    server.handle_message(header, _buffers(), qh3.tls.Epoch.HANDSHAKE)  # at the limit: waits for the rest
+
+
+def test_a_client_encrypted_extensions_is_refused_when_alps_was_not_negotiated(pems: Pems) -> None:
+    server, messages = _client_flight(pems, pems.paths["alice"])
+    buf = Buffer(capacity=64)
+    qh3.tls.push_encrypted_extensions(buf, qh3.tls.EncryptedExtensions())
+    with pytest.raises(qh3.tls.Alert) as info:
+        server.handle_message(buf.data + b"".join(messages), _buffers(), qh3.tls.Epoch.HANDSHAKE)
+    assert info.value.description == qh3.tls.AlertDescription.unexpected_message
+
+
+def test_a_plain_qh3_server_context_sends_no_certificate_request(pems: Pems) -> None:
+    # The wrapped push_encrypted_extensions acts for trpc's contexts only.
+    identity = _identity(pems.paths["server"])
+    server = qh3.tls.Context(is_client=False)
+    server.certificate = identity.certificate
+    server.certificate_private_key = identity.private_key
+    client = qh3.tls.Context(is_client=True, cadata=pems.ca.cert_pem.bytes(), server_name="localhost")
+    out = _buffers()
+    client.handle_message(b"", out)
+    flight = _buffers()
+    server.handle_message(out[qh3.tls.Epoch.INITIAL].data, flight, qh3.tls.Epoch.INITIAL)
+    data = flight[qh3.tls.Epoch.HANDSHAKE].data
+    kinds = []
+    while data:
+        kinds.append(data[0])
+        data = data[4 + int.from_bytes(data[1:4], "big"):]
+    assert qh3.tls.HandshakeType.CERTIFICATE_REQUEST not in kinds
+    assert kinds[0] == qh3.tls.HandshakeType.ENCRYPTED_EXTENSIONS

@@ -202,7 +202,7 @@ def _push_encrypted_extensions_then_request(buf: Buffer, extensions: qtls.Encryp
 
 
 if getattr(qtls.push_encrypted_extensions, "__name__", "") != _push_encrypted_extensions_then_request.__name__:
-    qtls.push_encrypted_extensions = _push_encrypted_extensions_then_request  # type: ignore[assignment]
+    qtls.push_encrypted_extensions = _push_encrypted_extensions_then_request
 
 # What the context expects next while qh3 waits for the client's Finished.
 _EXPECT_CERTIFICATE, _EXPECT_VERIFY, _EXPECT_FINISHED = range(3)
@@ -382,7 +382,7 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 def _attribute_name(dotted: str) -> str:
     """OpenSSL's long name for an OID, as getpeercert() names it (the dotted form if unknown)."""
     try:
-        return cast(str, ssl._ASN1Object(dotted).longname)  # type: ignore[attr-defined]
+        return ssl._ASN1Object(dotted).longname
     except (ValueError, AttributeError):
         return dotted
 
