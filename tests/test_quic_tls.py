@@ -155,11 +155,15 @@ async def test_the_handler_sees_the_same_certificate_dict_over_quic_as_over_tcp(
 
 
 async def test_a_client_without_a_certificate_is_told_the_server_requires_one_and_others_are_still_served(
-    mtls_server: tuple[str, Whoami], pems: Pems
+    mtls_server: tuple[str, Whoami], pems: Pems, caplog: pytest.LogCaptureFixture
 ) -> None:
     target, _ = mtls_server
     message = await refusal(target, pems, None)
     assert "the server requires a client certificate" in message and "certificate_required" in message
+    # The server logs it as it logs a failed TLS handshake over TCP.
+    logged = [r.getMessage() for r in caplog.records if r.name == "trpc" and "TLS handshake" in r.getMessage()]
+    assert len(logged) == 1 and "the client sent no certificate [certificate_required]" in logged[0], logged
+    assert logged[0].startswith("trpc: TLS handshake with quic://127.0.0.1:")
     assert await whoami(target, pems, pems.paths["alice"]) == "alice"
 
 
@@ -271,6 +275,17 @@ def test_the_verifier_refuses_a_server_only_an_expired_or_a_strangers_certificat
         with pytest.raises(qh3.tls.Alert) as info:
             verifier.verify([der])
         assert info.value.description == description, info.value
+
+
+def test_the_verifier_checks_validity_at_the_time_of_each_check(pems: Pems, monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = _tls.ClientVerifier(pems.paths["ca"])
+    der = _leaf(pems.ca, None, days=1)
+    verifier.verify([der])
+    later = _tls._now() + datetime.timedelta(days=2)
+    monkeypatch.setattr(_tls, "_now", lambda: later)  # the server has run two days since
+    with pytest.raises(qh3.tls.Alert) as info:
+        verifier.verify([der])
+    assert info.value.description == qh3.tls.AlertDescription.certificate_expired
 
 
 def test_a_ca_file_without_certificates_is_refused(tmp_path: Path) -> None:

@@ -1319,6 +1319,7 @@ class Server:
         from .quic._transport import serve_quic, server_configuration
 
         configuration = server_configuration(certfile, keyfile, client_cafile=client_cafile)
+        configuration.refusal_log = self._admission_log
         await serve_quic(self, port, host or DEFAULT_HOST, configuration, task_status=task_status)
 
     def _connection_server(self, ssl_context: ssl.SSLContext | None) -> _StreamServer:

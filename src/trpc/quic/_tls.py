@@ -30,7 +30,8 @@ whose configuration (:class:`ServerConfiguration`) carries a :class:`ClientVerif
    to the transcript, and hands the Finished on to qh3.  An empty Certificate is refused with
    the alert certificate_required, an untrusted chain with unknown_ca (or bad_certificate,
    certificate_expired), a wrong signature with decrypt_error: qh3 turns the alert into QUIC's
-   CONNECTION_CLOSE with that crypto error, which ends that connection only.
+   CONNECTION_CLOSE with that crypto error, which ends that connection only; the server logs
+   it as it logs a failed TLS handshake over TCP (rate-limited, per alert).
 4. **No resumption.**  A resumed handshake (a session ticket) has no certificates in it, so
    such a context neither issues tickets nor accepts them.
 
@@ -46,7 +47,8 @@ module's ``push_encrypted_extensions`` within ``push_message`` and ends in state
 SERVER_EXPECT_FINISHED; ``_alps_negotiated`` defers the Finished check to
 ``_server_handle_finished``; ``_peer_certificate`` / ``_peer_certificate_chain`` hold the peer's
 certificates; ``get_session_ticket_cb`` / ``new_session_ticket_cb`` are resumption's hooks;
-a client's ``_certificate_request`` is the request it received.
+a client's ``_certificate_request`` is the request it received; ``QuicConnection._remote_addr``
+is the peer's address by the time the bridge is built.
 tests/test_quic_tls.py fails if any of that changes.
 """
 
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+import functools
 import ipaddress
 import ssl
 from dataclasses import dataclass
@@ -65,6 +68,8 @@ from qh3._hazmat import Certificate as X509Certificate
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
 from qh3.quic.tls_bridge import QuicTlsBridge
+
+from .._admission import LogLimiter
 
 __all__ = ["ClientVerifier", "ClientAuthContext", "ServerConfiguration", "ServerQuicConnection",
            "certificate_dict", "push_certificate_request", "CLIENT_SIGNATURE_ALGORITHMS",
@@ -105,6 +110,10 @@ def push_certificate_request(buf: Buffer, signature_algorithms: tuple[int, ...])
         with qtls.push_block(buf, 2):
             with qtls.push_extension(buf, qtls.ExtensionType.SIGNATURE_ALGORITHMS):
                 qtls.push_list(buf, 2, buf.push_uint16, list(signature_algorithms))
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 class ClientVerifier:
@@ -148,10 +157,10 @@ class ClientVerifier:
                 .may_be_present(x509.ExtendedKeyUsage, agnostic, for_clients)
                 .may_be_present(x509.KeyUsage, agnostic, signs))
         self.cafile = cafile
-        self._verifier = (verification.PolicyBuilder().store(verification.Store(anchors))
-                          .extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
-                                              ee_policy=leaf)
-                          .build_client_verifier())
+        # A verifier checks validity at the time it was built: one is built for each check.
+        self._policy = (verification.PolicyBuilder().store(verification.Store(anchors))
+                        .extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+                                            ee_policy=leaf))
         self._x509 = x509
         self._error = verification.VerificationError
 
@@ -168,7 +177,7 @@ class ClientVerifier:
         except ValueError as exc:
             raise _Alert(qtls.AlertDescription.bad_certificate, f"the client certificate cannot be parsed: {exc}") from None
         try:
-            self._verifier.verify(certificates[0], certificates[1:])
+            self._policy.time(_now()).build_client_verifier().verify(certificates[0], certificates[1:])
         except self._error as exc:
             text = str(exc)
             if "candidates exhausted" in text or "issuer" in text:
@@ -182,18 +191,22 @@ class ClientVerifier:
 
 @dataclass
 class ServerConfiguration(QuicConfiguration):
-    """qh3's configuration, and the verifier of clients' certificates (None: none is asked for)."""
+    """qh3's configuration, the verifier of clients' certificates (None: none is asked for),
+    and where a refused client is logged (the server's rate-limited log, ``LogLimiter``)."""
 
     client_verifier: ClientVerifier | None = None
+    refusal_log: LogLimiter | None = None
 
 
 #: The context whose ``_server_handle_hello`` is running, so that the wrapped
 #: ``push_encrypted_extensions`` adds a CertificateRequest for it and for no other qh3 user.
 _requesting: contextvars.ContextVar[ClientAuthContext | None] = contextvars.ContextVar(
     "trpc_quic_requesting", default=None)
-_push_encrypted_extensions = qtls.push_encrypted_extensions
+#: qh3's own (the wrapper of an earlier import of this module keeps it as ``__wrapped__``).
+_push_encrypted_extensions = getattr(qtls.push_encrypted_extensions, "__wrapped__", qtls.push_encrypted_extensions)
 
 
+@functools.wraps(_push_encrypted_extensions)
 def _push_encrypted_extensions_then_request(buf: Buffer, extensions: qtls.EncryptedExtensions) -> None:
     _push_encrypted_extensions(buf, extensions)
     context = _requesting.get()
@@ -201,8 +214,7 @@ def _push_encrypted_extensions_then_request(buf: Buffer, extensions: qtls.Encryp
         context._request_certificate(buf)
 
 
-if getattr(qtls.push_encrypted_extensions, "__name__", "") != _push_encrypted_extensions_then_request.__name__:
-    qtls.push_encrypted_extensions = _push_encrypted_extensions_then_request
+qtls.push_encrypted_extensions = _push_encrypted_extensions_then_request
 
 # What the context expects next while qh3 waits for the client's Finished.
 _EXPECT_CERTIFICATE, _EXPECT_VERIFY, _EXPECT_FINISHED = range(3)
@@ -213,21 +225,26 @@ class ClientAuthContext(qtls.Context):
     docstring).  Made from the context qh3 built, by :meth:`adopt`."""
 
     _verifier: ClientVerifier
+    _peer: str
+    _log: LogLimiter | None
     _stage: int
     _pending: bytes
     _requested: bool
     _client_alps: bool
 
     @classmethod
-    def adopt(cls, context: qtls.Context, verifier: ClientVerifier) -> ClientAuthContext:
+    def adopt(cls, context: qtls.Context, verifier: ClientVerifier, *, peer: str = "a client",
+              log: LogLimiter | None = None) -> ClientAuthContext:
         """Turn qh3's server ``context``, before its handshake starts, into one that requires a
-        client certificate ``verifier`` accepts.  The object is kept (its class changes), so
-        everything qh3's bridge set on it stays."""
+        client certificate ``verifier`` accepts; a refusal of ``peer`` is logged to ``log``.
+        The object is kept (its class changes), so everything qh3's bridge set on it stays."""
         if context.state is not qtls.State.SERVER_EXPECT_CLIENT_HELLO:
             raise RuntimeError("a client certificate can only be required before the handshake")
         context.__class__ = cls
         adopted = cast(ClientAuthContext, context)
         adopted._verifier = verifier
+        adopted._peer = peer
+        adopted._log = log
         adopted._stage = _EXPECT_CERTIFICATE
         adopted._pending = b""
         adopted._requested = False
@@ -270,6 +287,16 @@ class ClientAuthContext(qtls.Context):
         if self.state is not qtls.State.SERVER_EXPECT_FINISHED:
             super().handle_message(input_data, output_buf, epoch)
             return
+        try:
+            self._take_client_flight(input_data, output_buf, epoch)
+        except qtls.Alert as exc:
+            if self._log is not None:
+                name = getattr(exc.description, "name", exc.description)
+                self._log.warning(f"tls:{name}", "trpc: TLS handshake with %s failed: %s [%s]", self._peer,
+                                  str(exc) or name, name)
+            raise
+
+    def _take_client_flight(self, input_data: bytes, output_buf: dict[qtls.Epoch, Buffer], epoch: int) -> None:
         pending = self._pending + input_data
         while len(pending) >= 4:
             length = 4 + int.from_bytes(pending[1:4], "big")
@@ -295,7 +322,7 @@ class ClientAuthContext(qtls.Context):
                     super().handle_message(pending, output_buf, epoch)
                 return
             elif kind in (_HT.CERTIFICATE, _HT.CERTIFICATE_VERIFY, _HT.FINISHED) and self._stage == _EXPECT_CERTIFICATE:
-                raise _Alert(qtls.AlertDescription.certificate_required, "the server requires a client certificate")
+                raise _Alert(qtls.AlertDescription.certificate_required, "the client sent no Certificate")
             else:
                 raise qtls.AlertUnexpectedMessage(f"unexpected handshake message {kind} from the client")
         self._pending = pending
@@ -305,7 +332,7 @@ class ClientAuthContext(qtls.Context):
         if certificate.request_context:
             raise qtls.AlertIllegalParameter("a client Certificate for a request not made")
         if not certificate.certificates:
-            raise _Alert(qtls.AlertDescription.certificate_required, "the server requires a client certificate")
+            raise _Alert(qtls.AlertDescription.certificate_required, "the client sent no certificate")
         chain = [der for der, _extensions in certificate.certificates]
         self._verifier.verify(chain)
         self._peer_certificate = X509Certificate(chain[0])
@@ -337,7 +364,10 @@ class ServerQuicConnection(QuicConnection):
         bridge = super()._create_tls(remote_source_cid)
         verifier = getattr(self._configuration, "client_verifier", None)
         if verifier is not None:
-            bridge.tls = ClientAuthContext.adopt(bridge.tls, verifier)
+            address = self._remote_addr
+            peer = f"quic://{address[0]}:{address[1]}" if address else "a client"
+            bridge.tls = ClientAuthContext.adopt(bridge.tls, verifier, peer=peer,
+                                                 log=getattr(self._configuration, "refusal_log", None))
         return bridge
 
 
