@@ -75,13 +75,13 @@ __all__ = ["ClientVerifier", "ClientAuthContext", "ServerConfiguration", "Server
            "certificate_dict", "push_certificate_request", "CLIENT_SIGNATURE_ALGORITHMS",
            "MAX_CLIENT_CERTIFICATE_MESSAGE", "certificate_requested", "describe_crypto_error"]
 
-SA = qtls.SignatureAlgorithm
+_SA = qtls.SignatureAlgorithm
 #: The signatures a client's CertificateVerify may use: those TLS 1.3 allows there (RFC 8446
 #: section 4.2.3: no PKCS#1 v1.5, no SHA-1) and qh3 can check; qh3's client picks RSA-PSS for an
 #: RSA key and the curve's ECDSA for an EC key.
 CLIENT_SIGNATURE_ALGORITHMS: tuple[int, ...] = (
-    SA.ECDSA_SECP256R1_SHA256, SA.ECDSA_SECP384R1_SHA384, SA.ECDSA_SECP521R1_SHA512,
-    SA.RSA_PSS_RSAE_SHA256, SA.RSA_PSS_RSAE_SHA384, SA.RSA_PSS_RSAE_SHA512, SA.ED25519,
+    _SA.ECDSA_SECP256R1_SHA256, _SA.ECDSA_SECP384R1_SHA384, _SA.ECDSA_SECP521R1_SHA512,
+    _SA.RSA_PSS_RSAE_SHA256, _SA.RSA_PSS_RSAE_SHA384, _SA.RSA_PSS_RSAE_SHA512, _SA.ED25519,
 )
 #: The largest client Certificate (or other handshake message) taken while waiting for the
 #: client's Finished: 64 KiB, room for a chain of several certificates; a larger one is refused

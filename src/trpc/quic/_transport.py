@@ -377,6 +377,7 @@ class QuicServerConnection(_Datagrams, _ServerConnection):
         _ServerConnection.__init__(self, server, cast(trio.abc.Stream, None), cast(Any, wire), peer)
         self._init_datagrams(endpoint.socket, wire, endpoint.udp)
         self.endpoint = endpoint
+        self._peer_certificate: dict[str, Any] | None = None
 
     def _timers(self, now: float) -> float:
         return min(_ServerConnection._timers(self, now), self._quic_timer(now))
@@ -393,9 +394,14 @@ class QuicServerConnection(_Datagrams, _ServerConnection):
         self.endpoint.forget(self)
 
     def peer_certificate(self) -> dict[str, Any] | None:
-        """The client's certificate (``getpeercert()``'s dict), if the server asked for one."""
-        certificate = self.wire.quic.get_peercert()
-        return None if certificate is None else certificate_dict(certificate.public_bytes())
+        """The client's certificate (``getpeercert()``'s dict), if the server asked for one;
+        made once, at the first call that asks."""
+        if self._peer_certificate is None:
+            certificate = self.wire.quic.get_peercert()
+            if certificate is None:
+                return None
+            self._peer_certificate = certificate_dict(certificate.public_bytes())
+        return self._peer_certificate
 
 
 class QuicEndpoint:
