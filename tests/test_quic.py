@@ -313,14 +313,13 @@ async def test_a_deadline_counts_from_the_calls_arrival_not_the_connections_star
     assert 0.5 < remaining <= 0.8
 
 
-async def test_trpc_serve_refuses_quic_with_client_certificates_or_workers(pems: dict[str, str]) -> None:
-    for extra, words in ((["--tls-client-ca", pems["ca"]], b"no mutual TLS"), (["--workers", "2"], b"--workers")):
-        with trio.fail_after(60):
-            result = await trio.run_process(
-                [sys.executable, "-m", "trpc", "serve", "trpc.examples:Greeter", "--quic", "0", "--tls-cert",
-                 pems["cert"], "--tls-key", pems["key"], *extra],
-                capture_stdout=True, capture_stderr=True, check=False)
-        assert result.returncode != 0 and words in result.stderr, result.stderr
+async def test_trpc_serve_refuses_quic_with_workers(pems: dict[str, str]) -> None:
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [sys.executable, "-m", "trpc", "serve", "trpc.examples:Greeter", "--quic", "0", "--tls-cert",
+             pems["cert"], "--tls-key", pems["key"], "--workers", "2"],
+            capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode != 0 and b"--workers" in result.stderr, result.stderr
 
 
 async def test_a_shutdown_lets_a_running_quic_call_finish_then_stops_serving(

@@ -396,7 +396,8 @@ def _load_ca(context: ssl.SSLContext, path: str, option: str) -> None:
 
 def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     """TLS for the commands that connect: on with --tls-ca, --tls (the system's CAs) or
-    --insecure (no verification); a client certificate for mutual TLS with --tls-cert."""
+    --insecure (no verification); a client certificate for mutual TLS with --tls-cert (loaded
+    here to check it, and given to ``open_client`` as files by ``_open``, which QUIC needs)."""
     if args.tls_key and not args.tls_cert:
         raise CliError("trpc: --tls-key needs --tls-cert", EXIT_USAGE)
     if not (args.tls or args.tls_ca or args.tls_cert or args.insecure):
@@ -419,7 +420,7 @@ def _open(args: argparse.Namespace, **options: Any) -> Any:
     """``open_client`` for the command's target, with the connection options it was given."""
     return open_client(
         args.target, metadata=_parse_metadata(args.metadata), framer=args.framer, ssl_context=_client_tls(args),
-        server_hostname=args.authority, connect_timeout=args.connect_timeout,
+        certfile=args.tls_cert, keyfile=args.tls_key, server_hostname=args.authority, connect_timeout=args.connect_timeout,
         keepalive_time=args.keepalive_time or None, keepalive_timeout=args.keepalive_timeout,
         compression=args.compression, **options,
     )
@@ -686,7 +687,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if not args.tls_cert:
             raise CliError("trpc: --quic needs --tls-cert (QUIC is always TLS)", EXIT_USAGE)
         listeners.append(partial(server.serve_quic, args.quic, DEFAULT_HOST if args.host is None else args.host,
-                                 certfile=args.tls_cert, keyfile=args.tls_key))
+                                 certfile=args.tls_cert, keyfile=args.tls_key, client_cafile=args.tls_client_ca))
     if (args.unix is None and args.quic is None) or args.host is not None or args.port is not None:
         port = DEFAULT_PORT if args.port is None else args.port
         host = DEFAULT_HOST if args.host is None else args.host
@@ -1007,9 +1008,6 @@ async def run(args: argparse.Namespace) -> int:
                 raise CliError("trpc: --unix-mode needs --unix", EXIT_USAGE)
             if args.quic is not None and args.workers is not None:
                 raise CliError("trpc: --quic is served by one process: not with --workers", EXIT_USAGE)
-            if args.quic is not None and args.tls_client_ca:
-                raise CliError("trpc: --tls-client-ca cannot be enforced over QUIC (no mutual TLS there)",
-                               EXIT_USAGE)
         else:
             try:
                 make_resolver(args.target)

@@ -1713,6 +1713,8 @@ async def open_client(
     interceptors: Sequence[Any] = (),
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
     keepalive_time: float | None = CLIENT_KEEPALIVE_TIME,
     keepalive_timeout: float = CLIENT_KEEPALIVE_TIMEOUT,
     load_balancing: str | None = None,
@@ -1743,10 +1745,15 @@ async def open_client(
             this client hold (see ``trpc.wire.DEFAULT_MAX_INCOMPLETE_BYTES``).
         interceptors: :class:`~trpc.ClientInterceptor` objects wrapped around every call, the
             first one outermost.
-        ssl_context: connect with TLS using this client-side ``ssl.SSLContext`` (load a client
-            certificate into it for mutual TLS).
+        ssl_context: connect with TLS using this client-side ``ssl.SSLContext`` (its CAs, and
+            whether it verifies the server, also make the TLS of ``quic://`` targets).
         server_hostname: the name to check the servers' certificates against (default: the
             host of each address).
+        certfile: the client's certificate chain (PEM) for mutual TLS, presented to a server that
+            asks for one, over TCP and QUIC alike; ``keyfile``: its private key (PEM; default: in
+            ``certfile``).  Needs ``ssl_context``, into which it is loaded
+            (``ssl_context.load_cert_chain``) for TCP; a certificate loaded into the context by
+            hand also serves TCP, but only these files reach QUIC.
         keepalive_time: while calls are pending, ping the server after this many seconds
             without receiving anything (default 15; ``None``: never).  Keep it above the
             server's ``keepalive_min_ping_interval`` (10 s by default), or it polices us.
@@ -1774,9 +1781,20 @@ async def open_client(
 
     Raises:
         RpcError: UNAVAILABLE if no backend can be reached (each tried once) and the client
-            does not wait for ready.
+            does not wait for ready; over mutual TLS, its message says why a server refused
+            this client's certificate (or its lack of one).
+        ValueError: ``certfile`` or ``keyfile`` without ``ssl_context``, or ``keyfile``
+            without ``certfile``.
+        ssl.SSLError, OSError: ``certfile`` and ``keyfile`` are not a certificate chain and its
+            key, or cannot be read.
     """
     check_keepalive(keepalive_time, keepalive_timeout)
+    if keyfile is not None and certfile is None:
+        raise ValueError("keyfile needs certfile")
+    if certfile is not None:
+        if ssl_context is None:
+            raise ValueError("certfile (a client certificate, for mutual TLS) needs ssl_context")
+        ssl_context.load_cert_chain(certfile, keyfile)
     coding = parse_coding(compression)
     if isinstance(config, dict):
         config = ClientConfig.from_dict(config)
@@ -1796,6 +1814,8 @@ async def open_client(
         connect_timeout=connect_timeout,
         timeout=timeout,
         compression_threshold=compression_threshold,
+        certfile=certfile,
+        keyfile=keyfile,
     )
     if load_balancing is None:
         load_balancing = (config.load_balancing if config is not None else None) or "pick_first"

@@ -94,11 +94,13 @@ class CallContext:
     @property
     def peer_certificate(self) -> dict[str, Any] | None:
         """The client's TLS certificate (``ssl.SSLSocket.getpeercert()``'s dict) when the
-        connection is TLS and the client presented one (mutual TLS), else None."""
-        stream = getattr(self._connection, "stream", None)
-        if isinstance(stream, trio.SSLStream):
-            return stream.getpeercert() or None
-        return None
+        connection is TLS (over TCP, a Unix socket or QUIC) and the client presented one
+        (mutual TLS), else None."""
+        connection = self._connection
+        if connection is None:
+            return None
+        certificate: dict[str, Any] | None = connection.peer_certificate()
+        return certificate
 
     def time_remaining(self) -> float:
         """Seconds left before the deadline (``math.inf`` if there is none)."""

@@ -334,6 +334,13 @@ class _ServerConnection(TrioConnection):
         #: is set): off by default, so a call costs nothing for it.
         self._watch_calls = server._max_connection_idle is not None or server._max_connection_age is not None
 
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The client's TLS certificate (``getpeercert()``'s dict), if it presented one."""
+        stream = self.stream
+        if isinstance(stream, trio.SSLStream):
+            return stream.getpeercert() or None
+        return None
+
     # ------------------------------------------------------------------ admission
     def expect_preface_by(self, deadline: float) -> None:
         """Stop reading (so serve_stream closes the connection) if the client's preface has not
@@ -1289,18 +1296,30 @@ class Server:
         *,
         certfile: str,
         keyfile: str | None = None,
+        client_cafile: str | None = None,
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on UDP and serve every QUIC connection (trpc.quic; docs/PROTOCOL.md section 16),
         until cancelled or shut down, with the same limits, admission and shutdown as
         ``serve_tcp``; run it beside ``serve_tcp`` to serve both.  QUIC is always TLS 1.3:
         ``certfile`` (PEM, the chain) and ``keyfile`` (PEM; omitted when ``certfile`` holds
-        it) are the server's identity.  Mutual TLS is not offered over QUIC: qh3's server
-        never asks for a client certificate.  ``task_status.started`` reports ``(host,
-        port)``.  Needs the ``qh3`` package."""
+        it) are the server's identity.  With ``client_cafile`` (PEM CA certificates), every
+        client must present a certificate signed by one of them (mutual TLS): a client without
+        one, or with one not trusted or not its own, is refused in the handshake (that
+        connection only), and a handler reads the client's certificate from
+        ``trpc.current_call().peer_certificate``.  ``task_status.started`` reports ``(host,
+        port)``.  Needs the ``qh3`` package (and ``cryptography`` for ``client_cafile``:
+        ``pip install 'trpc-trio[quic]'``).
+
+        Raises:
+            ValueError: no certificate and key in ``certfile``/``keyfile``, or no CA
+                certificate in ``client_cafile``.
+            OSError: a file cannot be read, or the port cannot be bound.
+        """
         from .quic._transport import serve_quic, server_configuration
 
-        configuration = server_configuration(certfile, keyfile)
+        configuration = server_configuration(certfile, keyfile, client_cafile=client_cafile)
+        configuration.refusal_log = self._admission_log
         await serve_quic(self, port, host or DEFAULT_HOST, configuration, task_status=task_status)
 
     def _connection_server(self, ssl_context: ssl.SSLContext | None) -> _StreamServer:

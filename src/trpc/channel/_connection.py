@@ -411,7 +411,7 @@ class ConnectOptions:
     __slots__ = (
         "framer", "max_message_size", "max_frame_size", "stream_window", "connection_window",
         "max_incomplete_bytes", "ssl_context", "server_hostname", "keepalive_time", "keepalive_timeout",
-        "connect_timeout", "timeout", "compression_threshold",
+        "connect_timeout", "timeout", "compression_threshold", "certfile", "keyfile",
     )
     framer: Any
     max_message_size: int
@@ -426,9 +426,14 @@ class ConnectOptions:
     connect_timeout: float
     timeout: float | None
     compression_threshold: int
+    #: The client's certificate (PEM files) for mutual TLS over QUIC; over TCP it is in ssl_context.
+    certfile: str | None
+    keyfile: str | None
 
     def __init__(self, **options: Any) -> None:
         options.setdefault("compression_threshold", DEFAULT_COMPRESSION_THRESHOLD)
+        options.setdefault("certfile", None)
+        options.setdefault("keyfile", None)
         for name in self.__slots__:
             setattr(self, name, options.pop(name))
         if options:

@@ -53,6 +53,7 @@ from .._errors import RemoteProtocolError, RpcError
 from .._status import Status
 from ..wire._frames import ALPN_TRPC
 from ._admit import RETRY_ABOVE, RetryTokens, admit
+from ._tls import ClientVerifier, ServerConfiguration, ServerQuicConnection, certificate_dict
 from ._wire import PROTOCOL_ERROR, QuicWire
 
 if TYPE_CHECKING:
@@ -108,24 +109,31 @@ _current_time = trio.current_time
 _MOVED_PING = b"trpcmove"
 
 
-def server_configuration(certfile: str, keyfile: str | None = None, *, idle_timeout: float = 60.0) -> QuicConfiguration:
-    """The server's QUIC configuration: its certificate chain and key (PEM files).  (No mutual
-    TLS: qh3's server never sends a CertificateRequest.)"""
-    configuration = QuicConfiguration(is_client=False, alpn_protocols=[ALPN_TRPC], idle_timeout=idle_timeout,
-                                      connection_id_length=_CID_LENGTH, max_datagram_size=_MAX_DATAGRAM,
-                                      probe_datagram_size=False)
+def server_configuration(certfile: str, keyfile: str | None = None, *, client_cafile: str | None = None,
+                         idle_timeout: float = 60.0) -> ServerConfiguration:
+    """The server's QUIC configuration: its certificate chain and key (PEM files), and, with
+    ``client_cafile``, the CA certificates (PEM) a client's certificate must be signed by: every
+    client is then asked for one (mutual TLS, trpc.quic._tls)."""
+    configuration = ServerConfiguration(is_client=False, alpn_protocols=[ALPN_TRPC], idle_timeout=idle_timeout,
+                                        connection_id_length=_CID_LENGTH, max_datagram_size=_MAX_DATAGRAM,
+                                        probe_datagram_size=False)
     # qh3 reads the key from keyfile only: a PEM holding both is named twice.
     configuration.load_cert_chain(certfile, keyfile or certfile)
     if configuration.private_key is None or configuration.certificate is None:
         raise ValueError(f"no certificate and private key in {certfile}" + (f" and {keyfile}" if keyfile else ""))
+    if client_cafile is not None:
+        configuration.client_verifier = ClientVerifier(client_cafile)
     return configuration
 
 
-def client_configuration(ssl_context: ssl.SSLContext | None, server_name: str,
-                         idle_timeout: float = 60.0) -> QuicConfiguration:
+def client_configuration(ssl_context: ssl.SSLContext | None, server_name: str, idle_timeout: float = 60.0, *,
+                         certfile: str | None = None, keyfile: str | None = None) -> QuicConfiguration:
     """The client's QUIC configuration from the ``ssl_context`` given to ``open_client``: the
     CA certificates it trusts (``get_ca_certs``) and whether it verifies the server at all
-    (``verify_mode``, ``check_hostname``).  Without a context, the system's CAs are trusted."""
+    (``verify_mode``, ``check_hostname``).  Without a context, the system's CAs are trusted.
+    ``certfile`` and ``keyfile`` (PEM; the key may be in ``certfile``) are the client's
+    certificate for a server that asks for one (mutual TLS): an ``ssl.SSLContext`` cannot give
+    back the certificate loaded into it, so ``open_client`` passes the files themselves."""
     configuration = QuicConfiguration(is_client=True, alpn_protocols=[ALPN_TRPC], server_name=server_name,
                                       idle_timeout=idle_timeout, connection_id_length=_CID_LENGTH,
                                       max_datagram_size=_MAX_DATAGRAM, probe_datagram_size=False)
@@ -136,6 +144,11 @@ def client_configuration(ssl_context: ssl.SSLContext | None, server_name: str,
                 cadata="".join(ssl.DER_cert_to_PEM_cert(der) for der in cas).encode())
         configuration.verify_mode = ssl_context.verify_mode
         configuration.verify_hostname = ssl_context.check_hostname
+    if certfile is not None:
+        # As for the server, qh3 reads the key from keyfile only.
+        configuration.load_cert_chain(certfile, keyfile or certfile)
+        if configuration.private_key is None or configuration.certificate is None:
+            raise ValueError(f"no certificate and private key in {certfile}" + (f" and {keyfile}" if keyfile else ""))
     return configuration
 
 
@@ -386,6 +399,7 @@ class QuicServerConnection(_Datagrams, _ServerConnection):
         _ServerConnection.__init__(self, server, cast(trio.abc.Stream, None), cast(Any, wire), peer)
         self._init_datagrams(endpoint.socket, wire, endpoint.udp)
         self.endpoint = endpoint
+        self._peer_certificate: dict[str, Any] | None = None
 
     def _timers(self, now: float) -> float:
         return min(_ServerConnection._timers(self, now), self._quic_timer(now))
@@ -400,6 +414,16 @@ class QuicServerConnection(_Datagrams, _ServerConnection):
 
     def closed_quic(self) -> None:
         self.endpoint.forget(self)
+
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The client's certificate (``getpeercert()``'s dict), if the server asked for one;
+        made once, at the first call that asks."""
+        if self._peer_certificate is None:
+            certificate = self.wire.quic.get_peercert()
+            if certificate is None:
+                return None
+            self._peer_certificate = certificate_dict(certificate.public_bytes())
+        return self._peer_certificate
 
 
 class QuicEndpoint:
@@ -483,9 +507,9 @@ class QuicEndpoint:
         if server._sockets >= server.max_connections:
             server.refused_connections += 1
             return None
-        quic = QuicConnection(configuration=self.configuration,
-                              original_destination_connection_id=admission.original_dcid,
-                              retry_source_connection_id=admission.retry_scid)
+        quic = ServerQuicConnection(configuration=self.configuration,
+                                    original_destination_connection_id=admission.original_dcid,
+                                    retry_source_connection_id=admission.retry_scid)
         if segment < len(data):
             quic.receive_gro_buffer(data, segment, address, now)
         else:
@@ -634,7 +658,8 @@ async def open_quic_connection(target: Address, connect: ConnectOptions, limit: 
     if sockaddr[0] in ("127.0.0.1", "::1"):
         local = sockaddr[0]
     sock = _open_socket(family, local, 0)
-    configuration = client_configuration(options.ssl_context, options.server_hostname or target.host)
+    configuration = client_configuration(options.ssl_context, options.server_hostname or target.host,
+                                         certfile=options.certfile, keyfile=options.keyfile)
     quic = QuicConnection(configuration=configuration)
     quic.connect(sockaddr, now=_current_time())
     wire = QuicWire("client", quic, max_message_size=options.max_message_size, stream_window=options.stream_window,

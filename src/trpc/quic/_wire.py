@@ -37,8 +37,11 @@ the server and the client serve it as they serve trpc's own wire and gRPC's
   GOAWAY goes there.  There is no trpc preface: ALPN ``trpc/1`` and the finished handshake
   are it (:class:`PrefaceReceived` with version 1.2), and what a preface would say of
   compression, the codings a side accepts, is INFO's key 3, which the client's control stream
-  starts with too.  PING is QUIC's (its uid carries the 8-byte payload), and the idle timeout
-  is QUIC's.
+  starts with too.  For a client the server asked for a certificate, the server's first
+  control frame is the preface instead, since in TLS 1.3 the client's handshake is done
+  before the server has checked its certificate, and a refusal must fail the connection,
+  not its first calls.  PING is QUIC's (its uid carries the 8-byte payload), and the idle
+  timeout is QUIC's.
 - **compression** is the trpc wire's (a DATA frame's coding field; a :class:`Compressed`
   message handed on as it arrived, decompressed when read), towards a peer whose INFO
   accepted the coding.
@@ -109,6 +112,7 @@ from ..wire._frames import (
     pack_header,
 )
 from .._framer_py import HEADER
+from ._tls import certificate_requested, describe_crypto_error
 
 __all__ = ["QuicWire", "REFUSED", "NO_ERROR", "PROTOCOL_ERROR", "SEND_LOW_WATER", "INITIAL_WINDOW", "call_id",
            "quic_id"]
@@ -240,6 +244,8 @@ class QuicWire:
         self.terminated: str | None = None
         self._control: int | None = None
         self._peer_control: dict[int, bytearray] = {}
+        #: (client) PrefaceReceived waits for the server's first control frame (see above).
+        self._preface_waits = False
         self._goaway_sent = False
         self._goaway_received = False
         #: (server) The QUIC stream id of the last call received (-1: none yet).
@@ -456,18 +462,26 @@ class QuicWire:
         if self.role == "server":
             info = encode_info(self._idempotent, self._methods, _MAX_CONTROL, self.accepted_codings)
             self._send(self._control, _frame(_INFO, info if info is not None else b"\xa0"))
-        elif self.accepted_codings:
-            # The client's INFO says only what the preface would: the codings it accepts.
-            self._send(self._control, _frame(_INFO, encode_info(frozenset(), frozenset(), _MAX_CONTROL,
-                                                                self.accepted_codings) or b""))
         else:
-            self._send(self._control, b"")
+            if self.accepted_codings:
+                # The client's INFO says only what the preface would: the codings it accepts.
+                self._send(self._control, _frame(_INFO, encode_info(frozenset(), frozenset(), _MAX_CONTROL,
+                                                                    self.accepted_codings) or b""))
+            else:
+                self._send(self._control, b"")
+            if certificate_requested(self.quic):
+                self._preface_waits = True
+                return
+        self._preface(out)
+
+    def _preface(self, out: list[Event]) -> None:
         out.append(PrefaceReceived(version=_VERSION, max_frame_size=self.max_message_size,
                                    initial_window=SEND_LOW_WATER))
 
     def _on_terminated(self, event: qe.ConnectionTerminated, out: list[Event]) -> None:
         if self.terminated is None:
-            self.terminated = event.reason_phrase or f"QUIC connection closed (error {event.error_code})"
+            self.terminated = (describe_crypto_error(event.error_code, event.reason_phrase) or event.reason_phrase
+                               or f"QUIC connection closed (error {event.error_code})")
             out.append(ConnectionClosed())
 
     def ping(self, payload: bytes) -> None:
@@ -499,6 +513,9 @@ class QuicWire:
             self._dirty = True
 
     def _on_control(self, stream_id: int, data: bytes, out: list[Event]) -> None:
+        if self._preface_waits and data:  # the server has accepted this client's certificate
+            self._preface_waits = False
+            self._preface(out)
         buffer = self._peer_control.setdefault(stream_id, bytearray())
         buffer += data
         while len(buffer) >= _HEADER_SIZE:
