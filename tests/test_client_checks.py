@@ -662,3 +662,25 @@ async def test_an_iterated_call_can_be_cancelled_and_asked_for_headers_from_anot
             assert call.cancel() is True
         await shapes.cancelled.wait()
     assert received == [0, 1, 2] and informed.calls_in_flight == 0
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+async def test_a_call_that_starts_over_again_and_again_does_not_deepen_the_stack(informed, monkeypatch, timeout):
+    """Each connection that dies between its handshake and its INFO makes an awaited call
+    start over; thousands of them (a server that keeps failing so) must not exhaust the
+    stack: the call starts over in a loop, not by calling itself."""
+    method = informed.greet.with_options(timeout=timeout)
+    starts = 0
+    real = type(method)._learn
+
+    async def learn_after_many(self, connection):
+        nonlocal starts
+        starts += 1
+        if starts < 3000:  # past Python's recursion limit, were each start-over a call deeper
+            return True
+        return await real(self, connection)
+
+    monkeypatch.setattr(type(method), "_learn", learn_after_many)
+    method._awaitable_on = None
+    assert await method("Ada") == "Hello Ada"
+    assert starts == 3000

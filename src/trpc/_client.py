@@ -427,23 +427,26 @@ class Client:
             if scope.cancelled_caught:
                 timeout = timeout if method._timeout is None else method._timeout
                 raise RpcError(Status.DEADLINE_EXCEEDED, f"{method.name}: deadline exceeded ({timeout} s)")
-        deadline = _current_effective_deadline()
-        if deadline != math.inf and deadline <= _current_time():
-            if record._control is not None:
-                record._control.changed.set()
-            await trio.lowlevel.checkpoint()  # no time left: the caller's scope cancels us here
-        connection = self._channel.pick()
-        if connection is None or not connection.conn.can_open_call:
-            connection = await self._connection_for(method._wait_for_ready, record)
-        if connection.names is not method._awaitable_on and await method._learn(connection):
+        while True:
+            deadline = _current_effective_deadline()
+            if deadline != math.inf and deadline <= _current_time():
+                if record._control is not None:
+                    record._control.changed.set()
+                await trio.lowlevel.checkpoint()  # no time left: the caller's scope cancels us here
+            connection = self._channel.pick()
+            if connection is None or not connection.conn.can_open_call:
+                connection = await self._connection_for(method._wait_for_ready, record)
+            if connection.names is method._awaitable_on or not await method._learn(connection):
+                break
             # It waited for the server's INFO, or that told the method's path, whose config
-            # sets another timeout, which applies to this call too: start over (a UsageError
-            # above if the server says the method streams).
+            # sets another timeout, which applies to this call too: start over, in this loop
+            # (connections that keep dying before their INFO must not deepen the stack; a
+            # UsageError above if the server says the method streams).
             if own is not None:
                 scope, start = own
                 scope.deadline = math.inf if method._timeout is None else start + method._timeout
-                return await self._unary(method, payload, None, record, own)
-            return await self._unary(method, payload, method._timeout, record)
+            elif method._timeout is not None:
+                return await self._unary(method, payload, method._timeout, record)  # once: then own is set
         call = self._open(connection, method.name, method._metadata, deadline, payload, method._compression)
         record._result = call
         try:
