@@ -236,3 +236,222 @@ async def test_a_deadline_in_headers_bounds_the_handler(
             reply = await conn.call("greet", "late", timeout=0)
             assert reply.status == q.DEADLINE_EXCEEDED
             assert reply.trailers is not None and not reply.trailers.not_processed
+
+
+# ============================================================ flow control: the call window
+
+
+async def test_a_large_server_stream_completes_when_the_client_grants_as_it_reads(
+    serve: Serve, pems: dict[str, str]
+) -> None:
+    async with connect(await serve(), cafile=pems["ca"]) as conn:
+        with trio.fail_after(T):
+            reply = await conn.call("spec.Bulk/chunks", 64, 65_536)  # 4 MiB of messages
+        assert [len(m) for m in reply.messages] == [65_536] * 64 and reply.status == OK
+        call = conn.calls[0]
+        # the server never went past what we granted (the client checks every byte), and
+        # needed our WINDOW_UPDATEs on the control stream, each naming the call as 1 + id
+        assert call.received > 4 * MiB and call.received <= call.granted
+        grants = [f for f in conn.control_sent if f.type == WINDOW_UPDATE]
+        assert grants and {f.stream_id for f in grants} == {call.number} == {1}
+        assert sum(struct.unpack(">I", f.payload)[0] for f in grants) == (
+            call.granted - INITIAL_CALL_WINDOW)
+
+
+async def test_a_server_stream_stalls_at_the_initial_call_window_until_the_client_grants(
+    serve: Serve, pems: dict[str, str]
+) -> None:
+    async with connect(await serve(), cafile=pems["ca"], auto_grant=False) as conn:
+        call = conn.open_call("spec.Bulk/chunks")
+        await call.send(raw=encode_args([32, 65_536]), end=True)
+        await wait_until(lambda: call.received == INITIAL_CALL_WINDOW)
+        await trio.sleep(0.2)  # nothing more arrives while we grant nothing
+        assert call.received == INITIAL_CALL_WINDOW and call.trailers is None
+        conn.auto_grant = True
+        conn.send_window_update(call, 65_536)  # then as the messages are read
+        with trio.fail_after(T):
+            reply = await call.finish()
+        assert len(reply.messages) == 32 and reply.status == OK
+
+
+async def test_a_large_client_stream_waits_for_the_servers_grants(
+    serve: Serve, pems: dict[str, str]
+) -> None:
+    async with connect(await serve(), cafile=pems["ca"]) as conn:
+        call = conn.open_call("spec.Bulk/measure")
+        with trio.fail_after(T):
+            for _ in range(40):
+                assert await call.send(b"m" * 100_000)
+            await call.end()
+            assert (await call.finish()).result == 4_000_000
+        # what we put on the stream never went beyond 65,536 plus the server's grants,
+        # which came on its control stream naming the call
+        assert call.sent > 4_000_000 and call.sent <= call.send_limit
+        assert call.window_updates and all(n == call.number for n, _ in conn.window_updates)
+
+
+# ============================================================ cancellation, GOAWAY
+
+
+@pytest.mark.parametrize(("code", "reason"), [
+    (q.CANCELLED, Status.CANCELLED), (q.DEADLINE_EXCEEDED, Status.DEADLINE_EXCEEDED),
+    (q.UNAVAILABLE, Status.UNAVAILABLE), (0, Status.CANCELLED), (99, Status.UNKNOWN),
+])
+async def test_a_reset_with_a_status_code_cancels_the_handler_with_that_reason(
+    serve: Serve, pems: dict[str, str], service: Svc, code: int, reason: Status
+) -> None:
+    async with connect(await serve(), cafile=pems["ca"]) as conn:
+        call = conn.open_call("block")
+        await call.send(raw=encode_args(), end=True)
+        with trio.fail_after(T):
+            await service.started.wait()
+            call.cancel(code)
+            await service.cancelled.wait()
+            await wait_until(lambda: call.reset_code is not None)  # the server resets its side
+        assert service.cancel_reasons == [reason]
+        assert call.trailers is None and call.reset_code == NO_ERROR
+        with trio.fail_after(T):
+            assert (await conn.call("greet", "after")).result == "Hello after"
+
+
+async def test_a_shutdown_sends_goaway_naming_the_last_call_and_refuses_later_ones(
+    nursery: trio.Nursery, pems: dict[str, str], service: Svc
+) -> None:
+    server = trpc.Server(service)
+    address = await nursery.start(lambda task_status: server.serve_quic(
+        0, "127.0.0.1", certfile=pems["cert"], keyfile=pems["key"], task_status=task_status))
+    async with connect(address, cafile=pems["ca"]) as conn:
+        with trio.fail_after(T):
+            assert (await conn.call("greet", "a")).result == "Hello a"
+            slow = conn.open_call("sleep_then")
+            await slow.send(raw=encode_args([0.3, "done"]), end=True)
+            async with trio.open_nursery() as inner:
+                inner.start_soon(server.shutdown, 5)
+                await conn.goaway_received.wait()
+                assert conn.goaway is not None
+                assert conn.goaway.get(1) == slow.number == 5 and conn.goaway.get(2, 0) == OK
+                assert conn.control_frames[-1].type == GOAWAY
+                # calls as if they crossed the GOAWAY: one whole, one still sending
+                late = conn.open_call("greet", after_goaway=True)
+                await late.send(raw=encode_args(["late"]), end=True)
+                later = conn.open_call("total", after_goaway=True)
+                await later.send(1)
+                for refused in (late, later):
+                    reply = await refused.finish()
+                    assert reply.ended is not None and reply.ended.code == REFUSED
+                    assert refused.reset_code == REFUSED
+                await wait_until(lambda: later.stop_code is not None)
+                assert later.stop_code == REFUSED
+                assert (await slow.finish()).result == "done"
+
+
+# ================================================================ compression (sections 5, 16)
+
+
+async def test_compression_goes_both_ways_with_zlib_once_each_side_has_the_others_info(
+    serve: Serve, pems: dict[str, str]
+) -> None:
+    text = "Ada" * 2000
+    async with connect(await serve(compression="zlib"), cafile=pems["ca"]) as conn:
+        with trio.fail_after(T):
+            await conn.info_received.wait()
+            assert conn.server_info is not None and conn.server_info[3] & 1
+            await conn.call("greet", "first")  # our INFO has reached the server by now
+            reply = await conn.call("echo", text, compress=True, response_coding=q.ZLIB)
+        assert reply.result == text
+        call = conn.calls[4]
+        assert call.message_flags == [0x04]  # compressed with zlib
+        data = [f for f in call.frames if f.type == DATA][0]
+        assert len(data.payload) < 200 and zlib.decompress(data.payload) == cbor2.dumps(text)
+
+
+async def test_nothing_is_compressed_towards_a_client_that_announced_no_coding(
+    serve: Serve, pems: dict[str, str]
+) -> None:
+    text = "Ada" * 2000
+    async with connect(await serve(compression="zlib"), cafile=pems["ca"], codings=0) as conn:
+        with trio.fail_after(T):
+            await conn.info_received.wait()
+            await conn.call("greet", "first")
+            reply = await conn.call("echo", text, compress=True, response_coding=q.ZLIB)
+        assert reply.result == text and conn.calls[4].message_flags == [0]
+        assert not any(f.type == INFO for f in conn.control_sent)
+
+
+async def test_a_compressed_request_that_expands_past_the_limit_or_is_corrupt_ends_its_call(
+    serve: Serve, pems: dict[str, str]
+) -> None:
+    async with connect(await serve(), cafile=pems["ca"]) as conn:
+        with trio.fail_after(T):
+            await conn.info_received.wait()
+            bomb = conn.open_call("echo")
+            await bomb.send(raw=encode_args([bytes(5 * MiB)]), compress=True, end=True)
+            assert (await bomb.finish()).status == q.RESOURCE_EXHAUSTED
+            corrupt = conn.open_call("echo")
+            await corrupt.send_bytes(encode_frame(DATA, 0x04, b"\x78\x01garbage"), end=True)
+            assert (await corrupt.finish()).status == q.INTERNAL
+            assert (await conn.call("greet", "still")).result == "Hello still"
+
+
+# ======================================================================= message limits
+
+
+async def test_a_request_over_the_limit_ends_with_resource_exhausted_and_stop_sending(
+    serve: Serve, pems: dict[str, str]
+) -> None:
+    async with connect(await serve(), cafile=pems["ca"]) as conn:
+        call = conn.open_call("echo")
+        with trio.fail_after(T):
+            await call.send(raw=encode_args([bytes(4 * MiB)]), end=True)
+            reply = await call.finish()
+            assert reply.status == q.RESOURCE_EXHAUSTED
+            await wait_until(lambda: call.stop_code is not None)
+        assert call.stop_code == NO_ERROR and call.sent < MiB  # the rest never left
+        with trio.fail_after(T):
+            assert (await conn.call("greet", "still")).result == "Hello still"
+
+
+async def test_a_response_over_the_clients_limit_is_cancelled_by_the_client(
+    serve: Serve, pems: dict[str, str]
+) -> None:
+    async with connect(await serve(), cafile=pems["ca"], max_message_size=1000) as conn:
+        with trio.fail_after(T):
+            reply = await conn.call("spec.Bulk/blob", 5000)
+            assert reply.ended is not None and reply.ended.code == q.RESOURCE_EXHAUSTED
+            assert conn.calls[0].cancelled == q.RESOURCE_EXHAUSTED
+            assert (await conn.call("greet", "still")).result == "Hello still"
+
+
+async def test_a_response_over_the_default_limit_is_never_sent(
+    serve: Serve, pems: dict[str, str]
+) -> None:
+    """A client announces no limit over QUIC: the server holds it to 4 MiB (section 16)."""
+    async with connect(await serve(), cafile=pems["ca"], max_message_size=8 * MiB) as conn:
+        with trio.fail_after(T):
+            reply = await conn.call("spec.Bulk/blob", 5 * MiB)
+        assert reply.status == q.RESOURCE_EXHAUSTED and reply.messages == []
+
+
+# ======================================================================= protocol errors
+
+
+async def test_a_cancel_frame_on_a_call_stream_is_a_protocol_error(
+    serve: Serve, pems: dict[str, str]
+) -> None:
+    async with connect(await serve(), cafile=pems["ca"], expect_clean=False) as conn:
+        call = conn.open_call("block")
+        await call.send_bytes(encode_frame(q.CANCEL, 0, cbor2.dumps({1: 1})))
+        with trio.fail_after(T):
+            await conn.closed.wait()
+    assert not conn.violations
+    assert conn.terminated is not None and conn.terminated.error_code == q.PROTOCOL_ERROR
+
+
+@pytest.mark.xfail(strict=True, reason="qh3 2.1's server fails on a ClientHello in one 1,200-byte "
+                   "datagram, and the exception ends trpc's whole serve_quic (reported)")
+async def test_a_client_hello_in_one_datagram_is_accepted(
+    serve: Serve, pems: dict[str, str]
+) -> None:
+    async with connect(await serve(), cafile=pems["ca"], two_datagram_hello=False) as conn:
+        with trio.fail_after(T):
+            assert (await conn.call("greet", "Ada")).result == "Hello Ada"
