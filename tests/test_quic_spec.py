@@ -53,6 +53,15 @@ class Bulk(trpc.Service, name="spec.Bulk"):
     async def measure(self, parts: AsyncIterator[bytes]) -> int:
         return sum([len(p) async for p in parts])
 
+    def __init__(self) -> None:
+        self.lingering = trio.Event()
+
+    @trpc.unary
+    async def linger(self, seconds: float, value: str) -> str:
+        self.lingering.set()
+        await trio.sleep(seconds)
+        return value
+
     @trpc.unary
     async def decorated(self, value: str) -> str:
         call = trpc.current_call()
@@ -317,14 +326,16 @@ async def test_a_reset_with_a_status_code_cancels_the_handler_with_that_reason(
 async def test_a_shutdown_sends_goaway_naming_the_last_call_and_refuses_later_ones(
     nursery: trio.Nursery, pems: dict[str, str], service: Svc
 ) -> None:
-    server = trpc.Server(service)
+    bulk = Bulk()
+    server = trpc.Server(service, bulk)
     address = await nursery.start(lambda task_status: server.serve_quic(
         0, "127.0.0.1", certfile=pems["cert"], keyfile=pems["key"], task_status=task_status))
     async with connect(address, cafile=pems["ca"]) as conn:
         with trio.fail_after(T):
             assert (await conn.call("greet", "a")).result == "Hello a"
-            slow = conn.open_call("sleep_then")
+            slow = conn.open_call("spec.Bulk/linger")
             await slow.send(raw=encode_args([0.3, "done"]), end=True)
+            await bulk.lingering.wait()  # the server has the call before it shuts down
             async with trio.open_nursery() as inner:
                 inner.start_soon(server.shutdown, 5)
                 await conn.goaway_received.wait()
@@ -343,6 +354,24 @@ async def test_a_shutdown_sends_goaway_naming_the_last_call_and_refuses_later_on
                 await wait_until(lambda: later.stop_code is not None)
                 assert later.stop_code == REFUSED
                 assert (await slow.finish()).result == "done"
+
+
+async def test_a_call_over_the_servers_limit_of_calls_at_once_is_refused(
+    serve: Serve, pems: dict[str, str], service: Svc
+) -> None:
+    async with connect(await serve(service, max_concurrent_streams=1), cafile=pems["ca"]) as conn:
+        running = conn.open_call("block")
+        await running.send(raw=encode_args(), end=True)
+        with trio.fail_after(T):
+            await service.started.wait()
+            over = conn.open_call("total")
+            await over.send(1)
+            reply = await over.finish()
+            assert reply.ended is not None and reply.ended.code == REFUSED
+            await wait_until(lambda: over.stop_code is not None)
+            assert over.stop_code == REFUSED  # its FIN had not been sent
+            running.cancel()
+            await service.cancelled.wait()
 
 
 # ================================================================ compression (sections 5, 16)
