@@ -426,12 +426,19 @@ class Connection:
 
     def _handle_events(self) -> None:
         while (event := self.quic.next_event()) is not None:
-            try:
-                self._handle(event)
-            except Violation as exc:
-                self.violations.append(exc)
-                self.quic.close(PROTOCOL_ERROR, reason_phrase=str(exc)[:200])
-                self.wake()
+            self.handle_event(event)
+
+    def handle_event(self, event: events.QuicEvent) -> None:
+        """Act on one of QUIC's events; what the document forbids is recorded and closes the
+        connection with PROTOCOL_ERROR (§16)."""
+        if self.violations:
+            return  # closing already
+        try:
+            self._handle(event)
+        except Violation as exc:
+            self.violations.append(exc)
+            self.quic.close(PROTOCOL_ERROR, reason_phrase=str(exc)[:200])
+            self.wake()
 
     def _handle(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.HandshakeCompleted):

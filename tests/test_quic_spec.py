@@ -484,3 +484,71 @@ async def test_a_client_hello_in_one_datagram_is_accepted(
     async with connect(await serve(), cafile=pems["ca"], two_datagram_hello=False) as conn:
         with trio.fail_after(T):
             assert (await conn.call("greet", "Ada")).result == "Hello Ada"
+
+
+# ============================================= the checker itself: what it calls a violation
+
+
+def _offline_connection() -> Connection:
+    """A client connection that never touches the network, to feed it a server's bytes."""
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    quic = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=[q.ALPN]))
+    return Connection(quic, trio.socket.socket(type=trio.socket.SOCK_DGRAM), ("127.0.0.1", 9),
+                      codings=q.ZLIB, max_message_size=q.DEFAULT_MAX_MESSAGE,
+                      call_window=262_144, auto_grant=True)
+
+
+def feed(conn: Connection, stream_id: int, data: bytes, fin: bool = False) -> None:
+    from aioquic.quic.events import StreamDataReceived
+
+    conn.handle_event(StreamDataReceived(data=data, end_stream=fin, stream_id=stream_id))
+
+
+INFO_FRAME = encode_frame(INFO, 0, cbor2.dumps({}))
+TRAILERS_OK = encode_frame(q.TRAILERS, 0, cbor2.dumps({1: 0}))
+
+
+@pytest.mark.parametrize(("control", "call_bytes", "words"), [
+    (encode_frame(WINDOW_UPDATE, 0, b"\0\0\0\1", 1), b"", "not INFO"),
+    (INFO_FRAME + INFO_FRAME, b"", "second INFO"),
+    (INFO_FRAME + encode_frame(q.PING, 0, b"12345678"), b"", "PING on the server's control"),
+    (INFO_FRAME + encode_frame(WINDOW_UPDATE, 0, b"\0\0\0\1", 5), b"", "never opened"),
+    (INFO_FRAME + encode_frame(WINDOW_UPDATE, 0, b"\0\0\0\1", 0), b"", "stream id 0"),
+    (INFO_FRAME + encode_frame(WINDOW_UPDATE, 0, b"\x7f\xff\xff\xff", 1), b"", "beyond 2^31-1"),
+    (INFO_FRAME + encode_frame(INFO, 1, b"\xa0"), b"", "flags"),
+    (INFO_FRAME, encode_frame(DATA, 0x02, cbor2.dumps(1)), "only the coding"),
+    (INFO_FRAME, encode_frame(DATA, 0x08, cbor2.dumps(1)), "not accept"),
+    (INFO_FRAME, encode_frame(DATA, 0x0C, cbor2.dumps(1)), "reserved coding"),
+    (INFO_FRAME, encode_frame(q.CANCEL, 0, cbor2.dumps({})), "on a call stream"),
+    (INFO_FRAME, encode_frame(DATA, 0, cbor2.dumps(1), 1), "not 0"),
+    (INFO_FRAME, encode_frame(DATA, 0, b""), "at least one byte"),
+    (INFO_FRAME, TRAILERS_OK + encode_frame(DATA, 0, cbor2.dumps(1)), "after TRAILERS"),
+    (INFO_FRAME, encode_frame(DATA, 0, bytes(70_000)), "call window"),
+    (INFO_FRAME, encode_frame(HEADERS, 0, cbor2.dumps({3: {"k": 1}})), "metadata"),
+    (INFO_FRAME, encode_frame(q.TRAILERS, 0, cbor2.dumps({1: 0, 5: True})), "not processed"),
+])
+async def test_the_checker_records_what_the_document_forbids_a_server(
+    control: bytes, call_bytes: bytes, words: str
+) -> None:
+    conn = _offline_connection()
+    call = conn.open_call("greet")
+    feed(conn, q.SERVER_CONTROL, control)
+    if call_bytes:
+        feed(conn, call.id, call_bytes)
+    assert len(conn.violations) == 1 and words in str(conn.violations[0]), conn.violations
+
+
+async def test_the_checker_records_a_fin_without_trailers_and_accepts_a_whole_call() -> None:
+    conn = _offline_connection()
+    good, bad = conn.open_call("greet"), conn.open_call("greet")
+    feed(conn, q.SERVER_CONTROL, INFO_FRAME + encode_frame(WINDOW_UPDATE, 0, b"\0\0\1\0", 1))
+    whole = (encode_frame(HEADERS, 0, cbor2.dumps({})) + encode_frame(DATA, 0, cbor2.dumps("hi"))
+             + TRAILERS_OK)
+    for i in range(len(whole)):  # one byte at a time
+        feed(conn, good.id, whole[i:i + 1], i == len(whole) - 1)
+    assert not conn.violations and good.send_limit == INITIAL_CALL_WINDOW + 256
+    assert good.trailers is not None and good.trailers.status == OK and good.fin
+    feed(conn, bad.id, encode_frame(DATA, 0, cbor2.dumps("hi")), True)
+    assert len(conn.violations) == 1 and "FIN without TRAILERS" in str(conn.violations[0])
