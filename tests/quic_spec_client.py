@@ -46,7 +46,7 @@ FRAME_NAMES = {DATA: "DATA", HEADERS: "HEADERS", TRAILERS: "TRAILERS", CANCEL: "
 CODING_FLAGS = 0x0C  # §3: DATA's 2-bit coding field; over QUIC the only DATA flags (§16)
 ZLIB, ZSTD = 1, 2  # coding numbers (§5); INFO key 3 bits are 1 << (number - 1)
 MAX_MAP = 65_536  # §3 "CBOR maps": HEADERS, TRAILERS, GOAWAY, INFO payloads
-MAX_INCREMENT = 2**31 - 1  # §8
+MAX_INCREMENT = 2**31 - 1  # §8, §16: a WINDOW_UPDATE's increment
 #: §16: the credit a sender has on a call before any WINDOW_UPDATE for it.
 INITIAL_CALL_WINDOW = 65_536
 #: §16: sides announce no message limit over QUIC; this default applies to a peer.
@@ -552,8 +552,8 @@ class Connection:
         if coding and not self.codings & (1 << (coding - 1)):
             raise Violation(f"{what} compressed with coding {coding}, which our INFO did not "
                             "accept (§16)")
-        if not payload:
-            raise Violation(f"{what} empty: a message is at least one byte (§5)")
+        if not payload and coding:
+            raise Violation(f"{what}: a compressed message of length 0 (§16)")
         call.seen_data = True
         call.message_flags.append(flags)
         self._consume_now(call, HEADER.size)  # the header counts as it arrives (§16)
@@ -602,8 +602,13 @@ class Connection:
         self.send_control(WINDOW_UPDATE, struct.pack(">I", increment), call.number)
 
     def send_control(self, type_: int, payload: bytes, stream_id: int = 0) -> None:
+        """One frame on our control stream (id 2, §16)."""
         self.control_sent.append(Frame(type_, 0, stream_id, payload))
-        self.quic.send_stream_data(CLIENT_CONTROL, encode_frame(type_, 0, payload, stream_id))
+        self.send_raw(CLIENT_CONTROL, encode_frame(type_, 0, payload, stream_id))
+
+    def send_raw(self, stream_id: int, data: bytes) -> None:
+        """Bytes on a stream as they are, to test how the server takes what it must refuse."""
+        self.quic.send_stream_data(stream_id, data)
         self.wake()
 
     def _on_reset(self, event: events.StreamReset) -> None:
@@ -705,23 +710,23 @@ class Connection:
             raise Violation("WINDOW_UPDATE with stream id 0 over QUIC (§16)")
         stream_id = number - 1
         if stream_id & 3 != CLIENT_BIDI or stream_id > self.last_call_id:
+            # §16: a side grants for a call once bytes of it have arrived
             raise Violation(f"WINDOW_UPDATE for call {number}, which we never opened")
         self.window_updates.append((number, increment))
         call = self.calls[stream_id]
         if call.ended:
             return  # §16: one naming a call that has ended is ignored
         call.window_updates.append(increment)
-        call.send_limit += increment
-        if call.send_limit - call.sent > MAX_INCREMENT:
-            raise Violation(f"call {number}: credit beyond 2^31-1 (§8)")
+        call.send_limit += increment  # §16: section 8's bound on credit does not apply
         call._signal()
 
     # ----- calls
     def open_call(self, method: str, *, timeout: float | None = None,
                   metadata: dict[str, str | bytes] | None = None,
                   response_coding: int | None = None, extra: dict[int, Any] | None = None,
-                  after_goaway: bool = False) -> Call:
-        """HEADERS (§4) on the next client bidirectional stream; flags 0 over QUIC."""
+                  after_goaway: bool = False, headers_frame: bytes | None = None) -> Call:
+        """HEADERS (§4) on the next client bidirectional stream; flags 0 over QUIC.
+        ``headers_frame``: send these bytes instead (to test the server)."""
         if self.goaway is not None and not after_goaway:
             raise CallEnded("the server sent GOAWAY: no new call (§9)")
         headers: dict[int, Any] = {1: method}
@@ -736,8 +741,9 @@ class Connection:
         call = Call(self, stream_id, headers)
         self.calls[stream_id] = call
         self.last_call_id = stream_id
-        call.sent = len(HEADER.pack(0, 0, 0, 0)) + len(cbor2.dumps(headers))
-        self.quic.send_stream_data(stream_id, encode_frame(HEADERS, 0, cbor2.dumps(headers)))
+        frame = encode_frame(HEADERS, 0, cbor2.dumps(headers)) if headers_frame is None else headers_frame
+        call.sent = len(frame)
+        self.quic.send_stream_data(stream_id, frame)
         self.wake()
         return call
 
