@@ -283,13 +283,13 @@ class Call:
             chunk = bytes(view[:room])
             view = view[room:]
             self.sent += len(chunk)
-            self.conn.quic.send_stream_data(self.id, chunk, end_stream=end and not view)
+            fin = end and not view
+            self.send_finished = self.send_finished or fin  # before TRAILERS can be handled
+            self.conn.quic.send_stream_data(self.id, chunk, end_stream=fin)
             self.conn.wake()
             await trio.sleep(0)
         if end and not data:
             await self.end()
-        elif end:
-            self.send_finished = True
         return True
 
     async def end(self) -> None:
@@ -388,6 +388,8 @@ class Connection:
         self.window_updates: list[tuple[int, int]] = []  # (call number, increment) received
         self.control_sent: list[Frame] = []  # what we put on our control stream
         self.other_streams: list[int] = []  # streams the server opened besides its control
+        self.pings_acknowledged: set[int] = set()
+        self._ping_acked = trio.Event()
         self._wakeup = trio.Event()
         self._flushed = trio.Event()
         self._goaway_sent = False
@@ -451,6 +453,10 @@ class Connection:
                 if call.trailers is None and call.reset_code is None and call.cancelled is None:
                     call._send_events.send_nowait(("ended", CallEnded(
                         f"connection closed: {event.reason_phrase}", event.error_code)))
+        elif isinstance(event, events.PingAcknowledged):
+            self.pings_acknowledged.add(event.uid)
+            self._ping_acked.set()
+            self._ping_acked = trio.Event()
         elif isinstance(event, events.StreamDataReceived):
             self._on_stream_data(event)
         elif isinstance(event, events.StreamReset):
@@ -755,6 +761,20 @@ class Connection:
                               response_coding=response_coding)
         await call.send(raw=encode_args(args, kwargs), compress=compress, end=True)
         return await call.finish()
+
+    async def round_trip(self) -> bool:
+        """A QUIC PING (§16: keepalive is QUIC's): True once acknowledged, False if the
+        connection closes first.  The server has then read all we sent before it."""
+        uid = len(self.pings_acknowledged) + 1
+        self.quic.send_ping(uid)
+        self.wake()
+        while uid not in self.pings_acknowledged:
+            if self.closed.is_set():
+                return False
+            acked = self._ping_acked
+            with trio.move_on_after(0.05):  # closing wakes no ping waiter: look again
+                await acked.wait()
+        return True
 
     def send_goaway(self) -> None:
         """§16: a client closing sends GOAWAY (last stream id 0) on its control stream."""
