@@ -379,6 +379,24 @@ async def test_a_call_over_the_servers_limit_of_calls_at_once_is_refused(
             await service.cancelled.wait()
 
 
+async def test_after_the_clients_goaway_the_server_keeps_serving_its_calls(
+    serve: Serve, pems: dict[str, str]
+) -> None:
+    async with connect(await serve(), cafile=pems["ca"]) as conn:
+        bidi = conn.open_call("bidi_echo")
+        with trio.fail_after(T):
+            await bidi.send("before")
+            assert await bidi.receive_message() == "before"
+            conn.send_goaway()  # section 9: GOAWAY on our control stream, last stream id 0
+            await bidi.send("after")
+            assert await bidi.receive_message() == "after"
+            await bidi.end()
+            assert (await bidi.finish()).status == OK
+        sent = [f.type for f in conn.control_sent]
+        assert sent[0] == INFO and sent.count(GOAWAY) == 1 and set(sent) <= {INFO, GOAWAY,
+                                                                             WINDOW_UPDATE}
+
+
 # ================================================================ compression (sections 5, 16)
 
 
