@@ -126,8 +126,8 @@ class Frame:
 
 
 class FrameScanner:
-    """Frames out of one QUIC stream's bytes, fed in any slicing.  ``limit(type)`` is checked
-    from the header alone, before waiting for the body: ``TooLong`` says so."""
+    """Frames out of one QUIC stream's bytes, fed in any slicing.  ``header`` gives the next
+    frame's header as soon as it is whole, so a length can be refused before its body."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
