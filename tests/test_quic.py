@@ -476,3 +476,40 @@ async def test_a_clients_clean_close_is_not_logged_as_a_warning_but_an_error_clo
         quic.warning("Native peer close: %r", ("peer_closed", True, 0x101, None, b"protocol error"))
         quic.warning("Native peer close: %r", ("peer_closed", True, 0, None, b"closed"))
     assert [r.args for r in caplog.records] == [(("peer_closed", True, 0x101, None, b"protocol error"),)]
+
+
+@pytest.mark.parametrize("where", ["datagrams_to_send", "events", "receive_datagram", "handle_event"])
+async def test_a_failure_inside_one_connection_ends_that_connection_and_the_endpoint_serves_on(
+    quic_server: Served, client_context: ssl.SSLContext, caplog: pytest.LogCaptureFixture, where: str,
+) -> None:
+    """What QUIC (or a bug) raises while serving one connection, in any of the places the
+    endpoint drives it, ends that connection alone: the others, and new ones, are served."""
+    import logging
+
+    server = quic_server.server
+    async with trpc.open_client(quic_server.target, ssl_context=client_context) as bystander:
+        assert await bystander.greet("before") == "Hello before"
+        (bystanders_connection,) = server._connections
+        async with trpc.open_client(quic_server.target, ssl_context=client_context) as victim:
+            assert await victim.greet("first") == "Hello first"
+            (connection,) = set(server._connections) - {bystanders_connection}
+
+            def fail(*args: Any, **kwargs: Any) -> Any:
+                raise RuntimeError("injected")
+
+            if where == "handle_event":
+                connection.handle_event = fail
+            elif where == "receive_datagram":
+                connection.wire.quic.receive_datagram = fail
+                connection.wire.quic.receive_gro_buffer = fail
+            else:
+                setattr(connection.wire, where, fail)
+            with caplog.at_level(logging.ERROR, logger="trpc"), pytest.raises(RpcError):
+                await victim.greet.with_options(timeout=1)("second")  # its connection is gone
+            with trio.fail_after(5):
+                while connection in server._connections:
+                    await trio.sleep(0.01)
+        assert "injected" in caplog.text
+        assert await bystander.greet("after") == "Hello after"
+    async with trpc.open_client(quic_server.target, ssl_context=client_context) as newcomer:
+        assert await newcomer.greet("new") == "Hello new"

@@ -22,6 +22,11 @@ holds until the handshake finishes or its timeout passes.  So before any state i
 - **authentication**: the endpoint then feeds the datagram to a new QUIC connection and keeps
   it only if QUIC could decrypt and authenticate a packet of it: an Initial with the right
   header and garbage after it costs the server nothing past that.
+- **a whole ClientHello in one datagram** from an address not yet validated also gets a Retry
+  (:func:`retry`), and its connection is dropped: qh3 2.1's server cannot answer such a hello
+  while the address is unvalidated (its packet builder fails, and the connection never
+  recovers), and answers it well once a Retry has validated the address.  Clients whose
+  hello takes two datagrams (qh3's, with its post-quantum key share) are not affected.
 
 The endpoint owns the sockets and the count of handshakes in progress; this module only
 parses, decides, and builds the packets to send back.
@@ -39,7 +44,7 @@ from typing import Any
 from qh3._hazmat import Buffer
 from qh3.quic.packet import QuicPacketType, encode_quic_retry, encode_quic_version_negotiation, pull_quic_header
 
-__all__ = ["MIN_INITIAL", "RETRY_ABOVE", "TOKEN_LIFETIME", "RetryTokens", "Admission", "admit"]
+__all__ = ["MIN_INITIAL", "RETRY_ABOVE", "TOKEN_LIFETIME", "RetryTokens", "Admission", "admit", "retry"]
 
 #: The smallest datagram that may open a connection: RFC 9000's 1,200 bytes for a client's
 #: first datagram.
@@ -140,10 +145,18 @@ def admit(data: bytes, address: Any, now: float, *, versions: list[int], tokens:
             return _DROP
         return Admission(True, None, checked[0], checked[1])
     if validate:
-        retry_scid = os.urandom(_CID_LENGTH)
-        token = tokens.mint(address, header.destination_cid, retry_scid, now)
-        assert header.version is not None
-        return Admission(False, encode_quic_retry(
-            version=header.version, source_cid=retry_scid, destination_cid=header.source_cid,
-            original_destination_cid=header.destination_cid, retry_token=token))
+        return Admission(False, _retry(header, address, now, tokens))
     return Admission(True, None, header.destination_cid)
+
+
+def retry(data: bytes, address: Any, now: float, tokens: RetryTokens) -> bytes:
+    """A Retry packet for the client Initial ``data`` (one ``admit`` let open without a token)."""
+    return _retry(pull_quic_header(Buffer(data=data), host_cid_length=_CID_LENGTH), address, now, tokens)
+
+
+def _retry(header: Any, address: Any, now: float, tokens: RetryTokens) -> bytes:
+    retry_scid = os.urandom(_CID_LENGTH)
+    token = tokens.mint(address, header.destination_cid, retry_scid, now)
+    assert header.version is not None
+    return encode_quic_retry(version=header.version, source_cid=retry_scid, destination_cid=header.source_cid,
+                             original_destination_cid=header.destination_cid, retry_token=token)

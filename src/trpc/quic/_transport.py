@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, cast
 import trio
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
+from qh3.tls import State as TlsState
 
 from .._address import Address
 from .._events import Event
@@ -52,7 +53,7 @@ from ..channel._connection import ClientConnection, ConnectLimit, ConnectOptions
 from .._errors import RemoteProtocolError, RpcError
 from .._status import Status
 from ..wire._frames import ALPN_TRPC
-from ._admit import RETRY_ABOVE, RetryTokens, admit
+from ._admit import RETRY_ABOVE, RetryTokens, admit, retry
 from ._tls import ClientVerifier, ServerConfiguration, ServerQuicConnection, certificate_dict
 from ._wire import PROTOCOL_ERROR, QuicWire
 
@@ -273,6 +274,12 @@ def _authenticated(quic: QuicConnection) -> bool:
     return core is not None and bool(core.received_authenticated_packet)
 
 
+def _hello_received(quic: QuicConnection) -> bool:
+    """The server's TLS has taken the client's whole ClientHello."""
+    context = quic.tls
+    return context is not None and context.state is not TlsState.SERVER_EXPECT_CLIENT_HELLO
+
+
 async def _let_handlers_answer() -> None:
     """Let the tasks a burst of events woke run before the acknowledgements it calls for are
     sent: a handler's reply (a caller's next request) then leaves in the same datagram as the
@@ -319,7 +326,11 @@ class _Datagrams:
 
     def pump(self) -> None:
         """Take the wire's events (after datagrams or a timer) and hand them on; a peer that
-        broke the protocol gets CONNECTION_CLOSE with PROTOCOL_ERROR, and the connection ends."""
+        broke the protocol gets CONNECTION_CLOSE with PROTOCOL_ERROR, and the connection ends.
+        Once the connection has ended, nothing more is handed on (the call layer's side of it
+        is closing)."""
+        if self.broken is not None:
+            return
         try:
             events = self.wire.events()
         except RemoteProtocolError as exc:
@@ -328,7 +339,23 @@ class _Datagrams:
             self.transmit()
             self._fail(f"protocol error: {exc}")
             return
-        self.deliver(events)
+        except Exception as exc:  # noqa: BLE001 - QUIC's own failure ends this connection only
+            self.crash(exc)
+            return
+        try:
+            self.deliver(events)
+        except Exception as exc:  # noqa: BLE001 - see crash
+            self.crash(exc)
+
+    def crash(self, exc: BaseException) -> None:
+        """QUIC (or this layer) failed on this connection in a way no peer should cause:
+        end this connection alone, logged with the failure, and never the endpoint or task
+        that was serving it and others."""
+        if self.broken is None:
+            logger.error("trpc: QUIC connection with %s failed: %r", self.peer, exc, exc_info=exc)
+            if self.wire.terminated is None:
+                self.wire.terminated = f"QUIC failed: {exc}"
+            self._fail(f"internal error: {exc}")
 
     def deliver(self, events: list[Event]) -> None:
         """Hand the wire's events to the call layer; end the connection if QUIC did."""
@@ -339,9 +366,13 @@ class _Datagrams:
             self._fail(self.wire.terminated)
 
     def transmit(self) -> None:
-        """Send every datagram due now, and re-read QUIC's timer."""
+        """Send every datagram due now, and re-read QUIC's timer (nothing after a crash)."""
         conn = self.wire
-        datagrams = conn.datagrams_to_send(_current_time())
+        try:
+            datagrams = conn.datagrams_to_send(_current_time())
+        except Exception as exc:  # noqa: BLE001 - see crash
+            self.crash(exc)
+            return
         if datagrams:
             self.udp.send(datagrams)
         at = conn.quic.get_timer()
@@ -354,7 +385,11 @@ class _Datagrams:
         conn = self.wire
         at = conn.quic.get_timer()
         if at is not None and at <= now:
-            conn.quic.handle_timer(now)
+            try:
+                conn.quic.handle_timer(now)
+            except Exception as exc:  # noqa: BLE001 - see crash
+                self.crash(exc)
+                return math.inf
             self.pump()
             self.transmit()
             at = conn.quic.get_timer()
@@ -466,16 +501,27 @@ class QuicEndpoint:
                 connection = routes.get(cid)
                 if connection is None:
                     if not self.server.shutting_down:
-                        connection = self._open(cid, data, segment, address, now)
+                        try:
+                            connection = self._open(cid, data, segment, address, now)
+                        except Exception as exc:  # noqa: BLE001 - one client's failure, not the endpoint's
+                            logger.error("trpc: opening a QUIC connection for %s failed: %r", address, exc,
+                                         exc_info=exc)
+                            continue
                         if connection is not None:
                             touched[id(connection)] = connection
                     continue
+                if connection.broken is not None:
+                    continue  # it is closing: what it receives no longer matters
                 connection.wire.peer_address = address
                 connection.received_at = now  # calls' arrival (their deadlines), keepalive
-                if segment < len(data):
-                    connection.wire.quic.receive_gro_buffer(data, segment, address, now)
-                else:
-                    connection.wire.quic.receive_datagram(data, address, now)
+                try:
+                    if segment < len(data):
+                        connection.wire.quic.receive_gro_buffer(data, segment, address, now)
+                    else:
+                        connection.wire.quic.receive_datagram(data, address, now)
+                except Exception as exc:  # noqa: BLE001 - see QuicServerConnection.crash
+                    connection.crash(exc)
+                    continue
                 touched[id(connection)] = connection
             for connection in touched.values():
                 connection.pump()
@@ -516,6 +562,11 @@ class QuicEndpoint:
             quic.receive_datagram(data, address, now)
         if not _authenticated(quic):
             return None  # an Initial's header with garbage after it: no state kept
+        if admission.retry_scid is None and segment >= len(data) and _hello_received(quic):
+            # A whole ClientHello in one datagram, from an unvalidated address: qh3 fails to
+            # answer it (quic/_admit.py), so the client proves its address first.
+            self.udp.send([(retry(first, address, now, self._tokens), address)])
+            return None
         options = cast(dict[str, Any], server._connection_options)
         wire = QuicWire("server", quic, max_message_size=options["max_message_size"],
                         max_concurrent_streams=options["max_concurrent_streams"],
@@ -537,6 +588,8 @@ class QuicEndpoint:
     async def _serve(self, connection: QuicServerConnection) -> None:
         try:
             await self.server._run_connection(connection, b"", _current_time() + self.server.preface_timeout)
+        except Exception as exc:  # noqa: BLE001 - one connection's failure never ends the endpoint
+            logger.error("trpc: QUIC connection with %s failed: %r", connection.peer, exc, exc_info=exc)
         finally:
             self._handshakes.discard(connection)
             self.server._sockets -= 1

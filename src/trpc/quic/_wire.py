@@ -194,8 +194,9 @@ class _Call:
     reported: bool = False
     #: send_message said "wait": report SendCreditAvailable once the buffer drains.
     blocked: bool = False
-    #: (server) response headers sent.
+    #: (server) response headers sent; the peer's HEADERS received (at most one per call).
     headers_sent: bool = False
+    headers_received: bool = False
     #: Bytes of the peer's half of the stream received, those of messages delivered and not
     #: yet consumed by the call layer, and the offset the peer may send up to (its credit).
     received: int = 0
@@ -519,9 +520,11 @@ class QuicWire:
         buffer = self._peer_control.setdefault(stream_id, bytearray())
         buffer += data
         while len(buffer) >= _HEADER_SIZE:
-            length, kind, _flags, call = _unpack_header(buffer)
+            length, kind, flags, call = _unpack_header(buffer)
             if length > _MAX_CONTROL:
                 raise RemoteProtocolError(f"control frame of {length} bytes (limit {_MAX_CONTROL})")
+            if flags:
+                raise RemoteProtocolError(f"control frame of type {kind} with flags {flags:#x} (its flags are 0)")
             if len(buffer) < _HEADER_SIZE + length:
                 return
             payload = bytes(buffer[_HEADER_SIZE:_HEADER_SIZE + length])
@@ -872,6 +875,8 @@ class QuicWire:
                     return
             elif length > _MAX_CONTROL:
                 raise RemoteProtocolError(f"frame of type {kind} and {length} bytes (limit {_MAX_CONTROL})")
+            elif flags:
+                raise RemoteProtocolError(f"frame of type {kind} with flags {flags:#x} on QUIC (its flags are 0)")
             end = _HEADER_SIZE + length
             if len(buffer) < end:
                 break
@@ -904,6 +909,10 @@ class QuicWire:
 
     def _control_frame(self, call: _Call, kind: int, payload: bytes, out: list[Event]) -> None:
         stream_id = call_id(call.stream_id)
+        if kind == _HEADERS:
+            if call.headers_received:
+                raise RemoteProtocolError("a second HEADERS on a call's QUIC stream")
+            call.headers_received = True
         if kind == _HEADERS and self.role == "server":
             method, timeout_us, metadata, coding = parse_request_headers(payload)
             out.append(CallOpened(stream_id=stream_id, method=method, metadata=metadata,
