@@ -340,3 +340,16 @@ def test_a_second_unidirectional_stream_from_the_peer_is_a_protocol_error(pair: 
     quic.send_stream_data(second, pack_header(4, 0x8, 0, 1) + b"\x00\x00\x01\x00")
     with pytest.raises(RemoteProtocolError, match="second unidirectional"):
         pair.exchange()
+
+
+def test_info_after_another_frame_on_a_control_stream_is_a_protocol_error(tmp_path: Path) -> None:
+    pair = Pair(tmp_path)
+    pair.client.accepted_codings = 0  # so the client's control stream starts with nothing
+    pair.exchange()
+    stream_id = pair.client.open_call("Svc/greet")
+    control = pair.client._control
+    assert control is not None
+    pair.client.quic.send_stream_data(control, pack_header(4, 0x4, 0, stream_id) + b"\x00\x00\x01\x00")
+    pair.client.quic.send_stream_data(control, pack_header(1, 0x7, 0, 0) + b"\xa0")
+    with pytest.raises(RemoteProtocolError, match="INFO only as its first frame"):
+        pair.exchange()

@@ -239,6 +239,8 @@ class QuicWire:
         self.peer_codings = 0
         self.compression_threshold = compression_threshold
         self._info_received = False
+        #: Frames read from the peer's control stream (INFO may only be the first).
+        self._control_frames = 0
         #: The peer's preface: for QUIC, the finished handshake (None until then).
         self.peer_preface: tuple[int, int] | None = None
         #: Why the QUIC connection ended (None while it lives).
@@ -531,7 +533,7 @@ class QuicWire:
             del buffer[:_HEADER_SIZE + length]
             if kind == _WINDOW_UPDATE:
                 self._on_window_update(call, payload)
-            elif kind == _INFO and not self._info_received:
+            elif kind == _INFO and not self._info_received and not self._control_frames:
                 self._info_received = True
                 idempotent, methods, self.peer_codings = parse_info(payload)
                 if self.role == "client":
@@ -542,7 +544,9 @@ class QuicWire:
                 self._refuse_after(last, out)
                 out.append(GoAwayReceived(last_stream_id=last, status=status, message=message))
             else:
-                raise RemoteProtocolError(f"frame type {kind} is not allowed on a QUIC control stream")
+                raise RemoteProtocolError(f"frame type {kind} is not allowed on a QUIC control stream"
+                                          + (" (INFO only as its first frame)" if kind == _INFO else ""))
+            self._control_frames += 1
 
     def _on_window_update(self, call: int, payload: bytes) -> None:
         """The peer grants ``call``'s stream more credit; its queued bytes go next time."""
