@@ -142,6 +142,9 @@ _WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
 #: Payloads of frames other than DATA never exceed this (HEADERS, TRAILERS, control frames).
 _MAX_CONTROL = MAX_HEADERS_SIZE
 _OK_TRAILERS = cbor2.dumps({1: 0})
+#: Pieces of a DATA frame's body smaller than this are gathered into one buffer while it
+#: arrives (``_body``), larger ones kept as they came: 4 KiB, a few datagrams' worth.
+_PIECE = 4096
 #: What qh3 raises when asked to send on a connection that has closed (its Rust core raises
 #: RuntimeError, wrapped in QuicConnectionError) or on a stream that has finished (ValueError).
 _CLOSED = (QuicConnectionError, RuntimeError, ValueError)
@@ -181,6 +184,12 @@ class _Call:
     received: int = 0
     held: int = 0
     limit: int = INITIAL_WINDOW
+    #: The body of a DATA frame still arriving, as the pieces that came (``_body``), their
+    #: bytes, and the bytes still to come (0: no body is arriving; ``buffer`` holds the start
+    #: of the next frame).
+    pieces: list[bytes | bytearray | memoryview] | None = None
+    partial: int = 0
+    missing: int = 0
 
 
 class QuicWire:
@@ -269,7 +278,7 @@ class QuicWire:
         """Bytes of this call received and not yet consumed: messages delivered to the call
         layer and not yet read, and the part of a frame still arriving."""
         call = self._calls.get(quic_id(stream_id))
-        return 0 if call is None else call.held + len(call.buffer)
+        return 0 if call is None else call.held + len(call.buffer) + call.partial
 
     def _queued(self, stream_id: int) -> int:
         """Bytes of a stream not yet sent: waiting here, and handed to QUIC."""
@@ -549,6 +558,16 @@ class QuicWire:
             self._waiting[stream_id] = self._waiting.get(stream_id, 0) + len(data)
         self._dirty = True
 
+    def _send_parts(self, stream_id: int, parts: list[bytes], end_stream: bool) -> None:
+        """Queue a message's parts: joined when small (one write), else each as it is, so a
+        large payload is not copied only to be cut into slices again."""
+        if sum(map(len, parts)) < _FEED:
+            self._send(stream_id, b"".join(parts), end_stream)
+            return
+        last = len(parts) - 1
+        for index, part in enumerate(parts):
+            self._send(stream_id, part, end_stream and index == last)
+
     def _drop_pending(self, stream_id: int) -> None:
         self._pending.pop(stream_id, None)
         self._waiting.pop(stream_id, None)
@@ -611,7 +630,8 @@ class QuicWire:
         headers = self._headers.encode(method, timeout, metadata, _MAX_CONTROL)
         self._calls[stream_id] = _Call(stream_id, bytearray(), local_ended=True)
         self._credit[stream_id] = INITIAL_WINDOW
-        self._send(stream_id, b"".join([_frame(_HEADERS, headers), *parts]), True)
+        parts.insert(0, _frame(_HEADERS, headers))
+        self._send_parts(stream_id, parts, True)
         return call_id(stream_id), self._room(stream_id)
 
     def _room(self, stream_id: int) -> bool:
@@ -631,12 +651,7 @@ class QuicWire:
         if self.role == "server" and not call.headers_sent:
             call.headers_sent = True
             parts.insert(0, _frame(_HEADERS, b"\xa0"))
-        data = b"".join(parts) if sum(map(len, parts)) < 65536 else parts
-        if isinstance(data, list):
-            for index, part in enumerate(data):
-                self._send(quic_id(stream_id), part, end_stream and index == len(data) - 1)
-        else:
-            self._send(quic_id(stream_id), data, end_stream)
+        self._send_parts(quic_id(stream_id), parts, end_stream)
         if end_stream:
             self._local_end(call)
         return self._room(quic_id(stream_id))
@@ -770,10 +785,15 @@ class QuicWire:
                 return
             call = self._calls[stream_id] = _Call(stream_id, bytearray())
             self._credit[stream_id] = INITIAL_WINDOW
-        if event.data:
-            call.received += len(event.data)
-            call.buffer += event.data
-            self._frames(call, out)
+        data = event.data
+        if data:
+            call.received += len(data)
+            messages: list[bytes] = []
+            if call.missing:
+                data = self._body(call, data, messages)
+            if data:
+                call.buffer += data
+            self._frames(call, out, messages)
         if event.end_stream and not call.remote_ended and call.stream_id in self._calls:
             call.remote_ended = True
             if self.role == "server":
@@ -784,9 +804,11 @@ class QuicWire:
         elif event.data and call.stream_id in self._calls:
             self._grant(call)
 
-    def _frames(self, call: _Call, out: list[Event]) -> None:
+    def _frames(self, call: _Call, out: list[Event], messages: list[bytes]) -> None:
+        """Parse the whole frames at the start of the call's buffer; a DATA frame whose body
+        has not all come goes on arriving in ``_body``.  ``messages``: those completed already
+        (reported first, in the same MessagesReceived)."""
         buffer = call.buffer
-        messages: list[bytes] = []
         while len(buffer) >= _HEADER_SIZE and call.stream_id in self._calls:
             length, kind, flags, _ = _unpack_header(buffer)
             if kind == _DATA:
@@ -799,8 +821,16 @@ class QuicWire:
                 raise RemoteProtocolError(f"frame of type {kind} and {length} bytes (limit {_MAX_CONTROL})")
             end = _HEADER_SIZE + length
             if len(buffer) < end:
+                if kind == _DATA:
+                    with memoryview(buffer) as view:
+                        first = bytes(view[_HEADER_SIZE:])
+                    buffer.clear()
+                    call.pieces = [first]
+                    call.partial = len(first)
+                    call.missing = length - len(first)
                 break
-            payload = bytes(buffer[_HEADER_SIZE:end])
+            with memoryview(buffer) as view:
+                payload = bytes(view[_HEADER_SIZE:end])
             del buffer[:end]
             if kind == _DATA:
                 call.held += length
@@ -812,6 +842,39 @@ class QuicWire:
             self._control_frame(call, kind, payload, out)
         if messages:
             out.append(MessagesReceived(stream_id=call_id(call.stream_id), payloads=messages))
+
+    def _body(self, call: _Call, data: bytes | memoryview, messages: list[bytes]) -> bytes:
+        """Add ``data`` to the DATA frame body still arriving; once it is whole, its message
+        goes to ``messages``.  Returns the bytes of ``data`` past the body's end.
+
+        The pieces are kept as they came and joined once, so a large message is copied once on
+        arrival, not grown in a buffer and copied out again.  Pieces smaller than ``_PIECE``
+        are gathered into one bytearray, so a peer sending its data in tiny STREAM frames
+        cannot make the list cost more than its bytes."""
+        pieces = call.pieces
+        assert pieces is not None
+        missing = call.missing
+        rest = b""
+        if len(data) > missing:
+            view = memoryview(data)
+            rest = bytes(view[missing:])
+            data = view[:missing]
+        size = len(data)
+        if size >= _PIECE:
+            pieces.append(data)
+        elif type(pieces[-1]) is bytearray:
+            pieces[-1] += data
+        else:
+            pieces.append(bytearray(data))
+        call.missing = missing - size
+        call.partial += size
+        if not call.missing:
+            payload = b"".join(pieces)
+            call.pieces = None
+            call.partial = 0
+            call.held += len(payload)
+            messages.append(payload)
+        return rest
 
     def _control_frame(self, call: _Call, kind: int, payload: bytes, out: list[Event]) -> None:
         stream_id = call_id(call.stream_id)
