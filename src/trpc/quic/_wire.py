@@ -51,6 +51,7 @@ from typing import Any, Literal
 import cbor2
 from qh3.quic import events as qe
 from qh3.quic.connection import QuicConnection, QuicConnectionError
+from qh3.quic.packet import QuicErrorCode
 
 from .._errors import LocalProtocolError, MessageTooLargeError, RemoteProtocolError
 from .._events import (
@@ -158,6 +159,29 @@ def call_id(stream_id: int) -> int:
 def quic_id(call: int) -> int:
     """The QUIC stream of the call the call layer names ``call``."""
     return call - 1
+
+
+def _poll_datagrams(quic: QuicConnection, now: float) -> list[tuple[bytes, Any]]:
+    """What ``quic.datagrams_to_send(now)`` returns, made cheaper per datagram.
+
+    qh3's method is a Python loop over its Rust core's ``poll_transmit``, and for every
+    datagram it also calls two logging hooks, one of which parses every packet's header
+    again, whether or not a QUIC logger is set; a bulk transfer makes hundreds of datagrams
+    per call.  Without a logger this loop polls the core itself (qh3's private ``_core``, the
+    same object qh3's loop polls, errors wrapped as qh3 wraps them); with one, or a qh3
+    whose connection has no such core, qh3's own method runs."""
+    core = getattr(quic, "_core", None)
+    if core is None or getattr(quic, "_quic_logger", True) is not None:
+        return quic.datagrams_to_send(now=now)
+    poll = core.poll_transmit
+    datagrams: list[tuple[bytes, Any]] = []
+    append = datagrams.append
+    try:
+        while (transmit := poll(now)) is not None:
+            append((transmit[0], transmit[1]))
+    except RuntimeError as exc:
+        raise QuicConnectionError(QuicErrorCode.INTERNAL_ERROR, None, str(exc)) from exc
+    return datagrams
 
 
 def _frame(kind: int, payload: bytes, flags: int = 0) -> bytes:
@@ -331,11 +355,11 @@ class QuicWire:
         self._dirty = False
         quic = self.quic
         if not self._pending:
-            return quic.datagrams_to_send(now=now)
+            return _poll_datagrams(quic, now)
         datagrams: list[tuple[bytes, Any]] = []
         for _ in range(_FEED_ROUNDS):
             fed = self._feed()
-            sent = quic.datagrams_to_send(now=now)
+            sent = _poll_datagrams(quic, now)
             datagrams += sent
             if not fed or not sent:
                 break
