@@ -112,11 +112,14 @@ PROTOCOL_ERROR = 0x101
 #: for credit": 1 MiB, a few round trips of a fast path's window, so a producer is never held
 #: back while the network takes what it sends, and never far ahead of a peer that reads nothing.
 SEND_LOW_WATER = 1 << 20
-#: Bytes a sender may put on a call's stream before the receiver grants any (64 KiB, as
-#: HTTP/2's initial window): the receiver raises it to its ``stream_window`` with its first
-#: WINDOW_UPDATE, sent when the call's first bytes arrive.  A window set smaller has this
-#: as its floor.
-INITIAL_WINDOW = 64 << 10
+#: Bytes a sender may put on a call's stream before the receiver grants any: the receiver
+#: raises it to its ``stream_window`` with its first WINDOW_UPDATE, sent when the call's first
+#: bytes arrive.  256 KiB, so that a large message keeps flowing through the round trip that
+#: first grant takes (at HTTP/2's 64 KiB the sender stood idle for it, in each direction of
+#: every call larger than that); no more, because it arrives as one burst, which the
+#: receiver's socket buffer (``_SOCKET_BUFFER`` in ``_transport``) must hold whole, and
+#: because it is the floor of every call's read-ahead (a window set smaller is raised to it).
+INITIAL_WINDOW = 256 << 10
 #: The largest window: a WINDOW_UPDATE's increment is 31 bits, as on trpc's own wire.
 _MAX_WINDOW = (1 << 31) - 1
 #: Bytes of one stream handed to QUIC and not yet sent, past which the rest waits here: 64 KiB.
