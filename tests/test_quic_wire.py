@@ -307,7 +307,7 @@ def _feed(wire: QuicWire, stream: bytes, cuts: list[int]) -> list[bytes]:
         wire._on_data(StreamDataReceived(stream[start:end], end == len(stream), 0), out)
         for event in out:
             if isinstance(event, MessagesReceived):
-                delivered += event.payloads
+                delivered += [payload for payload in event.payloads if isinstance(payload, bytes)]
         start = end
         if end < len(stream):
             kind, arrived = _frame_arriving(stream, end)
