@@ -431,13 +431,3 @@ async def test_a_server_stream_nobody_reads_blocks_its_producer_until_the_client
                 received += 1
             assert received == count
             assert service.finished.is_set()
-
-
-def test_a_client_sends_larger_datagrams_only_to_a_server_on_its_own_host() -> None:
-    from trpc.quic._transport import _LOOPBACK_DATAGRAM, _MAX_DATAGRAM, _datagram_size
-
-    assert _datagram_size("127.0.0.1") == _datagram_size("127.1.2.3") == _datagram_size("::1") == _LOOPBACK_DATAGRAM
-    assert _datagram_size("192.0.2.1") == _datagram_size("2001:db8::1") == _datagram_size("fe80::1%eth0") \
-        == _MAX_DATAGRAM
-    assert _datagram_size("localhost") == _MAX_DATAGRAM  # a name, not an address: no assumption
-    assert _MAX_DATAGRAM < _LOOPBACK_DATAGRAM <= 65535 - 8 - 40

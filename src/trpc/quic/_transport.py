@@ -31,7 +31,6 @@ which is what a full socket buffer means for a datagram protocol.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import socket
@@ -80,13 +79,6 @@ _CID_LENGTH = 8
 #: Fixed rather than probed: qh3's path MTU probing sends a probe with most sends, which costs
 #: a datagram per small call.
 _MAX_DATAGRAM = 1452
-#: The largest datagram a client sends to a server on its own host (a loopback address):
-#: 16 KiB.  Nothing lies between the two but the loopback device, whose MTU is 64 KiB, so
-#: the size needs no probing, and each packet's fixed costs (qh3's packet protection and
-#: bookkeeping, the kernel's per datagram) are paid about eleven times less often for bulk
-#: data; no larger, so that several still go in one GSO send.  Only the client's datagrams
-#: grow: qh3's client announces a max_udp_payload_size of 1472, which its server obeys.
-_LOOPBACK_DATAGRAM = 16 << 10
 #: The kernel's socket buffers asked for: 512 KiB (the kernel doubles it).  Enough that a burst
 #: of a fast sender's datagrams is not dropped before the reader drains it; no more, because
 #: datagrams queued there wait in front of every stream's: a larger buffer lets a bulk
@@ -579,15 +571,6 @@ class QuicClientConnection(_Datagrams, ClientConnection):
         self.socket.close()
 
 
-def _datagram_size(host: str) -> int:
-    """The largest datagram to send to ``host`` (an address): see ``_LOOPBACK_DATAGRAM``."""
-    try:
-        loopback = ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-    except ValueError:
-        loopback = False
-    return _LOOPBACK_DATAGRAM if loopback else _MAX_DATAGRAM
-
-
 async def open_quic_connection(target: Address, connect: ConnectOptions, limit: ConnectLimit) -> ClientConnection:
     """A client connection to ``quic://host:port``, its handshake started; run it with
     ``ClientConnection.run`` (ready once the handshake is done)."""
@@ -604,7 +587,6 @@ async def open_quic_connection(target: Address, connect: ConnectOptions, limit: 
         local = sockaddr[0]
     sock = _open_socket(family, local, 0)
     configuration = client_configuration(options.ssl_context, options.server_hostname or target.host)
-    configuration.max_datagram_size = _datagram_size(str(sockaddr[0]))
     quic = QuicConnection(configuration=configuration)
     quic.connect(sockaddr, now=_current_time())
     wire = QuicWire("client", quic, max_message_size=options.max_message_size, stream_window=options.stream_window)
