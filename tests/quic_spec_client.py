@@ -48,7 +48,7 @@ ZLIB, ZSTD = 1, 2  # coding numbers (§5); INFO key 3 bits are 1 << (number - 1)
 MAX_MAP = 65_536  # §3 "CBOR maps": HEADERS, TRAILERS, GOAWAY, INFO payloads
 MAX_INCREMENT = 2**31 - 1  # §8, §16: a WINDOW_UPDATE's increment
 #: §16: the credit a sender has on a call before any WINDOW_UPDATE for it.
-INITIAL_CALL_WINDOW = 65_536
+INITIAL_CALL_WINDOW = 262_144
 #: §16: sides announce no message limit over QUIC; this default applies to a peer.
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 
@@ -221,7 +221,7 @@ class Call:
         # receiving: every byte of the stream counts against what we granted (§16)
         self.scanner = FrameScanner()
         self.received = 0  # bytes the server put on the stream
-        self.granted = INITIAL_CALL_WINDOW  # what it may put: 65,536 + our increments
+        self.granted = INITIAL_CALL_WINDOW  # what it may put: 262,144 + our increments
         self.consumed = 0  # bytes counted as read by our policy
         self.grants_sent: list[int] = []
         self.headers: dict[str, str | bytes] | None = None

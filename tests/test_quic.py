@@ -418,7 +418,7 @@ class Reader(trpc.Service):
 
 async def test_a_slow_client_streaming_handler_slows_its_client_instead_of_failing_it(
         nursery: trio.Nursery, pems: dict[str, str], client_context: ssl.SSLContext) -> None:
-    window, size, count = 128 << 10, 32 << 10, 64
+    window, size, count = 384 << 10, 32 << 10, 64
     service = Reader()
     # Without credit that follows the handler's reads, the client's 2 MiB would pass the
     # server's 512 KiB of unread messages and the call would end RESOURCE_EXHAUSTED.

@@ -298,7 +298,7 @@ async def test_a_large_client_stream_waits_for_the_servers_grants(
                 assert await call.send(b"m" * 100_000)
             await call.end()
             assert (await call.finish()).result == 4_000_000
-        # what we put on the stream never went beyond 65,536 plus the server's grants,
+        # what we put on the stream never went beyond 262,144 plus the server's grants,
         # which came on its control stream naming the call
         assert call.sent > 4_000_000 and call.sent <= call.send_limit
         assert call.window_updates and all(n == call.number for n, _ in conn.window_updates)
@@ -549,7 +549,7 @@ TRAILERS_OK = encode_frame(q.TRAILERS, 0, cbor2.dumps({1: 0}))
     (INFO_FRAME, encode_frame(DATA, 0, cbor2.dumps(1), 1), "not 0"),
     (INFO_FRAME, encode_frame(DATA, 0x04, b""), "compressed message of length 0"),
     (INFO_FRAME, TRAILERS_OK + encode_frame(DATA, 0, cbor2.dumps(1)), "after TRAILERS"),
-    (INFO_FRAME, encode_frame(DATA, 0, bytes(70_000)), "call window"),
+    (INFO_FRAME, encode_frame(DATA, 0, bytes(270_000)), "call window"),
     (INFO_FRAME, encode_frame(HEADERS, 0, cbor2.dumps({3: {"k": 1}})), "metadata"),
     (INFO_FRAME, encode_frame(q.TRAILERS, 0, cbor2.dumps({1: 0, 5: True})), "not processed"),
 ])

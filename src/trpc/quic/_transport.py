@@ -239,7 +239,9 @@ class _Udp:
                 if j - i == 1:
                     self.sock.sendto(data, address)
                 else:
-                    self.sock.sendmsg([b"".join([d for d, _ in datagrams[i:j]])],
+                    # The run's datagrams as the message's buffers: the kernel gathers
+                    # them, so they are not joined into one bytes object first.
+                    self.sock.sendmsg([d for d, _ in datagrams[i:j]],
                                       [(_SOL_UDP, _UDP_SEGMENT, _pack_segment(size))], 0, address)
             except (BlockingIOError, InterruptedError):
                 pass  # the kernel's buffer is full: lost, and QUIC resends it

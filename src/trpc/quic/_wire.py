@@ -59,6 +59,7 @@ from typing import Any, Literal
 import cbor2
 from qh3.quic import events as qe
 from qh3.quic.connection import QuicConnection, QuicConnectionError
+from qh3.quic.packet import QuicErrorCode
 
 from .._errors import LocalProtocolError, MessageTooLargeError, RemoteProtocolError
 from .._events import (
@@ -131,11 +132,14 @@ PROTOCOL_ERROR = 0x101
 #: for credit": 1 MiB, a few round trips of a fast path's window, so a producer is never held
 #: back while the network takes what it sends, and never far ahead of a peer that reads nothing.
 SEND_LOW_WATER = 1 << 20
-#: Bytes a sender may put on a call's stream before the receiver grants any (64 KiB, as
-#: HTTP/2's initial window): the receiver raises it to its ``stream_window`` with its first
-#: WINDOW_UPDATE, sent when the call's first bytes arrive.  A window set smaller has this
-#: as its floor.
-INITIAL_WINDOW = 64 << 10
+#: Bytes a sender may put on a call's stream before the receiver grants any: the receiver
+#: raises it to its ``stream_window`` with its first WINDOW_UPDATE, sent when the call's first
+#: bytes arrive.  256 KiB, so that a large message keeps flowing through the round trip that
+#: first grant takes (at HTTP/2's 64 KiB the sender stood idle for it, in each direction of
+#: every call larger than that); no more, because it arrives as one burst, which the
+#: receiver's socket buffer (``_SOCKET_BUFFER`` in ``_transport``) must hold whole, and
+#: because it is the floor of every call's read-ahead (a window set smaller is raised to it).
+INITIAL_WINDOW = 256 << 10
 #: The largest window: a WINDOW_UPDATE's increment is 31 bits, as on trpc's own wire.
 _MAX_WINDOW = (1 << 31) - 1
 #: Bytes of one stream handed to QUIC and not yet sent, past which the rest waits here: 64 KiB.
@@ -162,6 +166,9 @@ _WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
 #: Payloads of frames other than DATA never exceed this (HEADERS, TRAILERS, control frames).
 _MAX_CONTROL = MAX_HEADERS_SIZE
 _OK_TRAILERS = cbor2.dumps({1: 0})
+#: Pieces of a DATA frame's body smaller than this are gathered into one buffer while it
+#: arrives (``_body``), larger ones kept as they came: 4 KiB, a few datagrams' worth.
+_PIECE = 4096
 #: What qh3 raises when asked to send on a connection that has closed (its Rust core raises
 #: RuntimeError, wrapped in QuicConnectionError) or on a stream that has finished (ValueError).
 _CLOSED = (QuicConnectionError, RuntimeError, ValueError)
@@ -175,6 +182,29 @@ def call_id(stream_id: int) -> int:
 def quic_id(call: int) -> int:
     """The QUIC stream of the call the call layer names ``call``."""
     return call - 1
+
+
+def _poll_datagrams(quic: QuicConnection, now: float) -> list[tuple[bytes, Any]]:
+    """What ``quic.datagrams_to_send(now)`` returns, made cheaper per datagram.
+
+    qh3's method is a Python loop over its Rust core's ``poll_transmit``, and for every
+    datagram it also calls two logging hooks, one of which parses every packet's header
+    again, whether or not a QUIC logger is set; a bulk transfer makes hundreds of datagrams
+    per call.  Without a logger this loop polls the core itself (qh3's private ``_core``, the
+    same object qh3's loop polls, errors wrapped as qh3 wraps them); with one, or a qh3
+    whose connection has no such core, qh3's own method runs."""
+    core = getattr(quic, "_core", None)
+    if core is None or getattr(quic, "_quic_logger", True) is not None:
+        return quic.datagrams_to_send(now=now)
+    poll = core.poll_transmit
+    datagrams: list[tuple[bytes, Any]] = []
+    append = datagrams.append
+    try:
+        while (transmit := poll(now)) is not None:
+            append((transmit[0], transmit[1]))
+    except RuntimeError as exc:
+        raise QuicConnectionError(QuicErrorCode.INTERNAL_ERROR, None, str(exc)) from exc
+    return datagrams
 
 
 def _frame(kind: int, payload: bytes, flags: int = 0) -> bytes:
@@ -202,6 +232,14 @@ class _Call:
     received: int = 0
     held: int = 0
     limit: int = INITIAL_WINDOW
+    #: The body of a DATA frame still arriving, as the pieces that came (``_body``), their
+    #: bytes, and the bytes still to come (0: no body is arriving; ``buffer`` holds the start
+    #: of the next frame).
+    pieces: list[bytes | bytearray | memoryview] | None = None
+    partial: int = 0
+    missing: int = 0
+    #: The coding of that body's message (0: not compressed).
+    coding: int = 0
 
 
 class QuicWire:
@@ -303,7 +341,7 @@ class QuicWire:
         """Bytes of this call received and not yet consumed: messages delivered to the call
         layer and not yet read, and the part of a frame still arriving."""
         call = self._calls.get(quic_id(stream_id))
-        return 0 if call is None else call.held + len(call.buffer)
+        return 0 if call is None else call.held + len(call.buffer) + call.partial
 
     def _queued(self, stream_id: int) -> int:
         """Bytes of a stream not yet sent: waiting here, and handed to QUIC."""
@@ -356,11 +394,11 @@ class QuicWire:
         self._dirty = False
         quic = self.quic
         if not self._pending:
-            return quic.datagrams_to_send(now=now)
+            return _poll_datagrams(quic, now)
         datagrams: list[tuple[bytes, Any]] = []
         for _ in range(_FEED_ROUNDS):
             fed = self._feed()
-            sent = quic.datagrams_to_send(now=now)
+            sent = _poll_datagrams(quic, now)
             datagrams += sent
             if not fed or not sent:
                 break
@@ -604,6 +642,16 @@ class QuicWire:
             self._waiting[stream_id] = self._waiting.get(stream_id, 0) + len(data)
         self._dirty = True
 
+    def _send_parts(self, stream_id: int, parts: list[bytes], end_stream: bool) -> None:
+        """Queue a message's parts: joined when small (one write), else each as it is, so a
+        large payload is not copied only to be cut into slices again."""
+        if sum(map(len, parts)) < _FEED:
+            self._send(stream_id, b"".join(parts), end_stream)
+            return
+        last = len(parts) - 1
+        for index, part in enumerate(parts):
+            self._send(stream_id, part, end_stream and index == last)
+
     def _drop_pending(self, stream_id: int) -> None:
         self._pending.pop(stream_id, None)
         self._waiting.pop(stream_id, None)
@@ -679,7 +727,8 @@ class QuicWire:
         headers = self._headers.encode(method, timeout, metadata, _MAX_CONTROL, response_compression)
         self._calls[stream_id] = _Call(stream_id, bytearray(), local_ended=True)
         self._credit[stream_id] = INITIAL_WINDOW
-        self._send(stream_id, b"".join([_frame(_HEADERS, headers), *parts]), True)
+        parts.insert(0, _frame(_HEADERS, headers))
+        self._send_parts(stream_id, parts, True)
         return call_id(stream_id), self._room(stream_id)
 
     def _room(self, stream_id: int) -> bool:
@@ -711,12 +760,7 @@ class QuicWire:
         if self.role == "server" and not call.headers_sent:
             call.headers_sent = True
             parts.insert(0, _frame(_HEADERS, b"\xa0"))
-        data = b"".join(parts) if sum(map(len, parts)) < 65536 else parts
-        if isinstance(data, list):
-            for index, part in enumerate(data):
-                self._send(stream_id, part, end_stream and index == len(data) - 1)
-        else:
-            self._send(stream_id, data, end_stream)
+        self._send_parts(stream_id, parts, end_stream)
         if end_stream:
             self._local_end(call)
         return self._room(stream_id)
@@ -852,11 +896,18 @@ class QuicWire:
                 return
             call = self._calls[stream_id] = _Call(stream_id, bytearray())
             self._credit[stream_id] = INITIAL_WINDOW
-        if event.data:
-            call.received += len(event.data)
-            call.buffer += event.data
-            self._frames(call, out)
+        data = event.data
+        if data:
+            call.received += len(data)
+            messages: list[Received] = []
+            if call.missing:
+                data = self._body(call, data, messages)
+            if data:
+                call.buffer += data
+            self._frames(call, out, messages)
         if event.end_stream and not call.remote_ended and call.stream_id in self._calls:
+            if call.missing or call.buffer:
+                raise RemoteProtocolError("a call's QUIC stream ended in the middle of a frame")
             call.remote_ended = True
             if self.role == "server":
                 out.append(StreamEnded(stream_id=call_id(stream_id)))
@@ -866,9 +917,11 @@ class QuicWire:
         elif event.data and call.stream_id in self._calls:
             self._grant(call)
 
-    def _frames(self, call: _Call, out: list[Event]) -> None:
+    def _frames(self, call: _Call, out: list[Event], messages: list[Received]) -> None:
+        """Parse the whole frames at the start of the call's buffer; a DATA frame whose body
+        has not all come goes on arriving in ``_body``.  ``messages``: those completed already
+        (reported first, in the same MessagesReceived)."""
         buffer = call.buffer
-        messages: list[Received] = []
         while len(buffer) >= _HEADER_SIZE and call.stream_id in self._calls:
             length, kind, flags, _ = _unpack_header(buffer)
             if kind == _DATA:
@@ -883,8 +936,17 @@ class QuicWire:
                 raise RemoteProtocolError(f"frame of type {kind} with flags {flags:#x} on QUIC (its flags are 0)")
             end = _HEADER_SIZE + length
             if len(buffer) < end:
+                if kind == _DATA:
+                    with memoryview(buffer) as view:
+                        first = bytes(view[_HEADER_SIZE:])
+                    buffer.clear()
+                    call.pieces = [first]
+                    call.partial = len(first)
+                    call.missing = length - len(first)
+                    call.coding = flags >> CODING_SHIFT
                 break
-            payload = bytes(buffer[_HEADER_SIZE:end])
+            with memoryview(buffer) as view:
+                payload = bytes(view[_HEADER_SIZE:end])
             del buffer[:end]
             if kind == _DATA:
                 call.held += length
@@ -910,6 +972,40 @@ class QuicWire:
             raise RemoteProtocolError(f"DATA frame compressed with {Coding(coding).name.lower()}, which this side does not accept")
         if length == 0:
             raise RemoteProtocolError("a compressed message cannot be empty")
+
+    def _body(self, call: _Call, data: bytes | memoryview, messages: list[Received]) -> bytes:
+        """Add ``data`` to the DATA frame body still arriving; once it is whole, its message
+        goes to ``messages``.  Returns the bytes of ``data`` past the body's end.
+
+        The pieces are kept as they came and joined once, so a large message is copied once on
+        arrival, not grown in a buffer and copied out again.  Pieces smaller than ``_PIECE``
+        are gathered into one bytearray, so a peer sending its data in tiny STREAM frames
+        cannot make the list cost more than its bytes."""
+        pieces = call.pieces
+        assert pieces is not None
+        missing = call.missing
+        rest = b""
+        if len(data) > missing:
+            view = memoryview(data)
+            rest = bytes(view[missing:])
+            data = view[:missing]
+        size = len(data)
+        if size >= _PIECE:
+            pieces.append(data)
+        elif type(pieces[-1]) is bytearray:
+            pieces[-1] += data
+        else:
+            pieces.append(bytearray(data))
+        call.missing = missing - size
+        call.partial += size
+        if not call.missing:
+            payload = b"".join(pieces)
+            call.pieces = None
+            call.partial = 0
+            call.held += len(payload)
+            messages.append(Compressed(call.coding, [payload], self.max_message_size) if call.coding else payload)
+            call.coding = 0
+        return rest
 
     def _control_frame(self, call: _Call, kind: int, payload: bytes, out: list[Event]) -> None:
         stream_id = call_id(call.stream_id)
