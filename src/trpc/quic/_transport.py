@@ -675,16 +675,22 @@ class QuicClientConnection(_Datagrams, ClientConnection):
                     sock = self.socket
                     try:
                         await trio.lowlevel.wait_readable(sock)
-                    except (trio.ClosedResourceError, OSError):
+                    except (trio.ClosedResourceError, OSError, ValueError):  # ValueError: closed before the wait
                         if sock is not self.socket:
                             continue  # rebound: read the new socket
                         return  # closed by close_stream
                     now = self.received_at = _current_time()
-                    for data, segment, address in _burst(self.udp):
-                        if segment < len(data):
-                            conn.quic.receive_gro_buffer(data, segment, address, now)
-                        else:
-                            conn.quic.receive_datagram(data, address, now)
+                    try:
+                        for data, segment, address in _burst(self.udp):
+                            if segment < len(data):
+                                conn.quic.receive_gro_buffer(data, segment, address, now)
+                            else:
+                                conn.quic.receive_datagram(data, address, now)
+                    except OSError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - see crash
+                        self.crash(exc)
+                        return
                     self.pump()
                     await _let_handlers_answer()
                     self.transmit()
