@@ -3,6 +3,8 @@ sockets, no Trio (h11's helpers-style pair)."""
 
 from __future__ import annotations
 
+import os
+import random
 import ssl
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import trustme
 pytest.importorskip("qh3")
 
 from trpc import Status  # noqa: E402
+from trpc._codec import decode, decode_arguments, encode, encode_arguments  # noqa: E402
 from trpc._errors import RemoteProtocolError  # noqa: E402
 from trpc._events import (  # noqa: E402
     CallCancelled, CallEnded, CallOpened, Event, InfoReceived, MessagesReceived, PingAcknowledged, PrefaceReceived,
@@ -242,3 +245,68 @@ def test_a_window_update_without_its_increment_is_a_protocol_error(pair: Pair) -
     pair.client.quic.send_stream_data(control, pack_header(2, 0x4, 0, 1) + b"\0\1")
     with pytest.raises(RemoteProtocolError):
         pair.exchange()
+
+
+def _payloads(events: list[Event]) -> list[Any]:
+    return [payload for event in events if isinstance(event, MessagesReceived) for payload in event.payloads]
+
+
+def _exchange_until(pair: Pair, count: int) -> list[Any]:
+    """Exchange until the server has received ``count`` messages; their payloads, in order."""
+    payloads: list[Any] = []
+    for _ in range(20):
+        _, server = pair.exchange()
+        payloads += _payloads(server)
+        if len(payloads) >= count:
+            break
+    return payloads
+
+
+def test_a_large_byte_string_arrives_as_its_head_and_its_body_which_the_decoder_does_not_copy(pair: Pair) -> None:
+    pair.exchange()
+    blob = os.urandom(300 << 10)
+    arguments = encode_arguments((blob,), {})
+    call, _ = pair.client.open_unary_call("Svc/greet", arguments)
+    [payload] = _exchange_until(pair, 1)
+    assert type(payload) is list and payload[0] == arguments[0] and payload[1] == blob
+    assert pair.server.receive_buffered(call) == len(arguments[0]) + len(blob)  # held until consumed
+    args, _ = decode_arguments(payload)
+    assert args[0] is payload[1]  # the body itself, not a copy
+
+
+def test_a_large_message_of_any_other_shape_arrives_whole_and_in_order_with_the_next(pair: Pair) -> None:
+    pair.exchange()
+    numbers = list(range(40000))  # encodes to far more than a large payload
+    big, small = encode(numbers), encode("after")
+    assert type(big) is bytes and len(big) > 64 << 10
+    call = pair.client.open_call("Svc/total")
+    pair.client.send_message(call, big)
+    pair.client.send_message(call, small)
+    payloads = _exchange_until(pair, 2)
+    assert payloads == [big, small]
+    assert decode(payloads[0]) == numbers
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_large_message_split_anywhere_is_put_back_together(pair: Pair, seed: int) -> None:
+    """QUIC hands a stream over in pieces that may end anywhere: inside the frame header,
+    inside the message's head, at its last byte, or with the next message's first bytes."""
+    pair.exchange()
+    head, body = encode(os.urandom(100 << 10))
+    assert type(head) is bytes and type(body) is bytes
+    message = head + body
+    frames = pack_header(len(message), 0, 0, 0) + message + pack_header(2, 0, 0, 0) + b"\x61z"
+    call = pair.client.open_call("Svc/total")
+    pair.exchange()
+    rng = random.Random(seed)
+    last = len(frames) - 12  # the large frame's last byte
+    cuts = sorted({1, 5, 10, 12, 14, 21, last - 1, last, last + 1, len(frames),
+                   *rng.sample(range(1, len(frames)), 20)})
+    payloads: list[Any] = []
+    start = 0
+    for end in cuts:
+        pair.client.quic.send_stream_data(quic_id(call), frames[start:end])
+        start = end
+        _, server = pair.exchange()
+        payloads += _payloads(server)
+    assert payloads == [[head, body], b"\x61z"]

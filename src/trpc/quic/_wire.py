@@ -28,6 +28,11 @@ the server and the client serve it as they serve trpc's own wire and gRPC's
   ``send_message`` returns False (and the call layer waits for :class:`SendCreditAvailable`)
   while more than ``SEND_LOW_WATER`` bytes of a stream wait, here or in QUIC's send buffer, so
   a producer blocks behind a peer that reads nothing.
+- **a large message is joined once**: a DATA frame of ``LARGE_PAYLOAD`` bytes or more is kept
+  as the pieces QUIC hands over and joined when its last byte arrives, at its exact size; one
+  that is a single large byte string as trpc's codec writes it (a value, or call arguments) is
+  handed on as ``[head, body]``, which the decoder takes without copying the body again.
+  Every task of the process waits while such a copy runs, small calls' replies included.
 - **cancellation is QUIC's**: the client's cancel is RESET_STREAM and STOP_SENDING, with the
   reason's status code as the application error code; the server sees
   :class:`CallCancelled` with that reason.  A call refused unprocessed after GOAWAY is reset
@@ -65,6 +70,7 @@ from .._events import (
     MessagesReceived,
     PingAcknowledged,
     PrefaceReceived,
+    Received,
     SendCreditAvailable,
     StreamEnded,
 )
@@ -92,7 +98,8 @@ from ..wire._frames import (
     FrameType,
     pack_header,
 )
-from .._framer_py import HEADER
+from .._codec import LARGE_HEAD_MAX, large_bytes_head
+from .._framer_py import HEADER, LARGE_PAYLOAD
 
 __all__ = ["QuicWire", "REFUSED", "NO_ERROR", "PROTOCOL_ERROR", "SEND_LOW_WATER", "INITIAL_WINDOW", "call_id",
            "quic_id"]
@@ -124,6 +131,12 @@ _MAX_WINDOW = (1 << 31) - 1
 #: fed in slices, it waits behind one slice at most.  64 KiB: enough for a burst of
 #: the congestion window per feeding round, small enough to send in a few milliseconds.
 _FEED = 64 << 10
+#: DATA payloads at least this large are received as the pieces QUIC hands over, joined once
+#: when the last arrives, instead of growing the call's buffer and being copied out of it: a
+#: copy of a fresh buffer the size of the message is what holds the event loop up longest
+#: while a large message arrives (docs/PERFORMANCE.md, "QUIC"), and every task waits for it.
+#: The trpc wire's large-frame size (``LARGE_PAYLOAD``): below it a copy is short.
+_LARGE = LARGE_PAYLOAD
 #: Feeding rounds per ``datagrams_to_send`` at most: a bound on one call's work (a round hands
 #: every stream with waiting bytes one slice, and collects the datagrams QUIC makes of them),
 #: so that a bulk sender lets other tasks run every few hundred datagrams; the rest goes when
@@ -181,6 +194,11 @@ class _Call:
     received: int = 0
     held: int = 0
     limit: int = INITIAL_WINDOW
+    #: The pieces of a large DATA frame's payload as they arrived (None: no such frame is
+    #: arriving), their bytes so far, and the bytes still to come (see ``_LARGE``).
+    pieces: list[bytes | memoryview] | None = None
+    collected: int = 0
+    missing: int = 0
 
 
 class QuicWire:
@@ -269,7 +287,7 @@ class QuicWire:
         """Bytes of this call received and not yet consumed: messages delivered to the call
         layer and not yet read, and the part of a frame still arriving."""
         call = self._calls.get(quic_id(stream_id))
-        return 0 if call is None else call.held + len(call.buffer)
+        return 0 if call is None else call.held + len(call.buffer) + call.collected
 
     def _queued(self, stream_id: int) -> int:
         """Bytes of a stream not yet sent: waiting here, and handed to QUIC."""
@@ -772,8 +790,12 @@ class QuicWire:
             self._credit[stream_id] = INITIAL_WINDOW
         if event.data:
             call.received += len(event.data)
-            call.buffer += event.data
-            self._frames(call, out)
+            data: bytes | memoryview = event.data
+            if call.pieces is not None:
+                data = self._collect(call, event.data, out)
+            if data:
+                call.buffer += data
+                self._frames(call, out)
         if event.end_stream and not call.remote_ended and call.stream_id in self._calls:
             call.remote_ended = True
             if self.role == "server":
@@ -799,6 +821,16 @@ class QuicWire:
                 raise RemoteProtocolError(f"frame of type {kind} and {length} bytes (limit {_MAX_CONTROL})")
             end = _HEADER_SIZE + length
             if len(buffer) < end:
+                if kind == _DATA and length >= _LARGE and len(buffer) >= _HEADER_SIZE + LARGE_HEAD_MAX:
+                    # A large message: its pieces are kept as they come, and joined once.
+                    if messages:
+                        out.append(MessagesReceived(stream_id=call_id(call.stream_id), payloads=messages))
+                    first = bytes(buffer[_HEADER_SIZE:])
+                    call.pieces = [first]
+                    call.collected = len(first)
+                    call.missing = length - len(first)
+                    del buffer[:]
+                    return
                 break
             payload = bytes(buffer[_HEADER_SIZE:end])
             del buffer[:end]
@@ -812,6 +844,36 @@ class QuicWire:
             self._control_frame(call, kind, payload, out)
         if messages:
             out.append(MessagesReceived(stream_id=call_id(call.stream_id), payloads=messages))
+
+    def _collect(self, call: _Call, data: bytes, out: list[Event]) -> bytes | memoryview:
+        """Add ``data`` to the large message arriving on ``call``; once it is complete, hand it
+        on and return what follows it (else nothing)."""
+        pieces = call.pieces
+        assert pieces is not None
+        missing = call.missing
+        if len(data) < missing:
+            pieces.append(data)
+            call.collected += len(data)
+            call.missing = missing - len(data)
+            return b""
+        view = memoryview(data)
+        pieces.append(view[:missing])
+        size = call.collected + missing
+        call.pieces = None
+        call.collected = call.missing = 0
+        head = large_bytes_head(pieces[0], size)
+        message: Received
+        if head:
+            # One byte string (a value, or call arguments), as the sender's codec wrote it in
+            # two parts: the body is joined once and not copied again by the decoder.
+            first = pieces[0]
+            pieces[0] = memoryview(first)[head:]
+            message = [bytes(first[:head]), b"".join(pieces)]
+        else:
+            message = b"".join(pieces)
+        call.held += size
+        out.append(MessagesReceived(stream_id=call_id(call.stream_id), payloads=[message]))
+        return view[missing:]
 
     def _control_frame(self, call: _Call, kind: int, payload: bytes, out: list[Event]) -> None:
         stream_id = call_id(call.stream_id)
