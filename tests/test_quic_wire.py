@@ -3,6 +3,7 @@ sockets, no Trio (h11's helpers-style pair)."""
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import ssl
@@ -266,10 +267,12 @@ def test_a_large_byte_string_arrives_as_its_head_and_its_body_which_the_decoder_
     pair.exchange()
     blob = os.urandom(300 << 10)
     arguments = encode_arguments((blob,), {})
+    assert type(arguments) is list
+    head = arguments[0]
     call, _ = pair.client.open_unary_call("Svc/greet", arguments)
     [payload] = _exchange_until(pair, 1)
-    assert type(payload) is list and payload[0] == arguments[0] and payload[1] == blob
-    assert pair.server.receive_buffered(call) == len(arguments[0]) + len(blob)  # held until consumed
+    assert type(payload) is list and payload[0] == head and payload[1] == blob
+    assert pair.server.receive_buffered(call) == len(head) + len(blob)  # held until consumed
     args, _ = decode_arguments(payload)
     assert args[0] is payload[1]  # the body itself, not a copy
 
@@ -310,3 +313,54 @@ def test_a_large_message_split_anywhere_is_put_back_together(pair: Pair, seed: i
         _, server = pair.exchange()
         payloads += _payloads(server)
     assert payloads == [[head, body], b"\x61z"]
+
+
+def _round_trips(pair: Pair, count: int) -> None:
+    """Calls answered at once, so each side has measured its markers' round trip."""
+    for _ in range(count):
+        call, _ = pair.client.open_unary_call("Svc/greet", b"\x61a")
+        pair.exchange()
+        pair.server.send_message(call, b"\x61b")
+        pair.server.send_trailers(call, Status.OK)
+        pair.exchange()
+
+
+def test_a_lost_small_flight_is_probed_for_and_resent_long_before_quics_own_probe_timeout(pair: Pair) -> None:
+    pair.exchange()
+    _round_trips(pair, 5)
+    call, _ = pair.client.open_unary_call("Svc/greet", b"\x61c")
+    sent_at = pair.now
+    assert pair.client.datagrams_to_send(pair.now)  # the flight, and its marker: lost
+    quic_probe = pair.client.quic.get_timer()
+    assert quic_probe is not None and pair.client.probe_at < quic_probe
+    pair.now = pair.client.probe_at
+    pair.client.probe(pair.now)
+    client, server = pair.exchange()
+    assert [e.stream_id for e in server if isinstance(e, CallOpened)] == [call]
+    assert pair.now - sent_at < (quic_probe - sent_at) / 2
+    assert not [e for e in client if isinstance(e, PingAcknowledged)]  # markers stay in the wire
+    assert pair.client.probe_at == math.inf  # the probe's ACK came back
+
+
+def test_an_unanswered_marker_is_probed_for_a_few_times_then_left_to_quic(pair: Pair) -> None:
+    pair.exchange()
+    _round_trips(pair, 2)
+    pair.client.open_unary_call("Svc/greet", b"\x61c")
+    pair.client.datagrams_to_send(pair.now)  # lost, like everything after it
+    probes = [pair.now]
+    for _ in range(20):  # as the timer task does: whichever of the two timers comes first
+        quic_timer = pair.client.quic.get_timer()
+        assert quic_timer is not None
+        if pair.client.probe_at <= quic_timer:
+            pair.now = pair.client.probe_at
+            probes.append(pair.now)
+            pair.client.probe(pair.now)
+        elif pair.client.probe_at == math.inf:
+            break
+        else:
+            pair.now = quic_timer
+            pair.client.handle_timer(pair.now)
+        pair.client.datagrams_to_send(pair.now)  # lost
+    waits = [later - earlier for earlier, later in zip(probes, probes[1:])]
+    assert len(waits) == 3  # three probes, then QUIC's probe timeout alone
+    assert waits[1] == pytest.approx(2 * waits[0]) and waits[2] == pytest.approx(4 * waits[0])

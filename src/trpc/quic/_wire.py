@@ -33,6 +33,15 @@ the server and the client serve it as they serve trpc's own wire and gRPC's
   that is a single large byte string as trpc's codec writes it (a value, or call arguments) is
   handed on as ``[head, body]``, which the decoder takes without copying the body again.
   Every task of the process waits while such a copy runs, small calls' replies included.
+- **a small flight's loss is found in a round trip**: QUIC finds a lost packet when a later
+  one is acknowledged; a small call's request or reply is often the last packet for a while,
+  and then QUIC waits for its probe timeout, which counts the peer's maximum ACK delay (qh3
+  advertises 25 ms and cannot be told otherwise).  So a send of new stream data carries a
+  marker PING (in its first packet), and if the marker's ACK is overdue (:meth:`probe`: its
+  smoothed round trip plus four times its variation, RFC 6298's estimator over markers), a
+  PING goes alone.  The peer acknowledges that at once (a trpc peer does as soon as it has
+  read a burst), and QUIC, seeing a later packet acknowledged and the flight not, resends the
+  flight (RFC 9002's time threshold).  At most ``_PROBES`` probes per marker.
 - **cancellation is QUIC's**: the client's cancel is RESET_STREAM and STOP_SENDING, with the
   reason's status code as the application error code; the server sees
   :class:`CallCancelled` with that reason.  A call refused unprocessed after GOAWAY is reset
@@ -49,6 +58,7 @@ Datagrams leave through :meth:`datagrams_to_send`; the byte-stream methods of th
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -142,6 +152,17 @@ _LARGE = LARGE_PAYLOAD
 #: so that a bulk sender lets other tasks run every few hundred datagrams; the rest goes when
 #: the acknowledgements of these come back.
 _FEED_ROUNDS = 4
+#: The uids of marker and probe PINGs carry this tag in their upper half, so their ACKs are told
+#: apart from those of the call layer's PINGs (keepalive's, whose payloads are random).
+_PROBE_TAG = 0x74707262 << 32
+#: Probes sent for one marker at most, each after twice the wait of the one before: past them,
+#: QUIC's own probe timeout (which counts the peer's maximum ACK delay) goes on alone.
+_PROBES = 3
+#: How long a marker waits for its ACK before the first probe while no round trip has been
+#: measured yet: QUIC's own initial probe timeout is longer still.
+_INITIAL_PROBE_WAIT = 0.05
+#: The shortest wait for a marker's ACK: the timer granularity QUIC's recovery assumes (RFC 9002).
+_GRANULARITY = 0.001
 #: The version PrefaceReceived reports: the frames are protocol 1.1's (INFO included).
 _VERSION = PROTOCOL_VERSION
 _HEADER_SIZE = HEADER.size
@@ -254,6 +275,19 @@ class QuicWire:
         self.retired: list[bytes] = []
         #: Where the peer's datagrams come from (receive_data uses it).
         self.peer_address: Any = None
+        #: Stream data was queued since the last ``datagrams_to_send``.
+        self._fresh = False
+        #: The PING whose ACK is awaited (the latest marker, or the probe sent for it; None:
+        #: none is), when the marker was sent, and the probes sent for it since.
+        self._marker: int | None = None
+        self._marked_at = 0.0
+        self._probes = 0
+        self._next_uid = _PROBE_TAG
+        #: When :meth:`probe` is next due (math.inf: no marker waits).
+        self.probe_at = math.inf
+        #: The round trip of marker PINGs, smoothed, and its variation (RFC 6298's estimator).
+        self._srtt: float | None = None
+        self._rttvar = 0.0
 
     # ------------------------------------------------------------ state the call layer asks
     @property
@@ -339,6 +373,10 @@ class QuicWire:
                     self._flush_pending_batch(call)
         self._dirty = False
         quic = self.quic
+        if self._fresh:
+            self._fresh = False
+            if self._control is not None:
+                self._mark(now)
         if not self._pending:
             return quic.datagrams_to_send(now=now)
         datagrams: list[tuple[bytes, Any]] = []
@@ -384,6 +422,60 @@ class QuicWire:
                     self._credit.pop(stream_id, None)
         return fed
 
+    def _mark(self, now: float) -> None:
+        """Put a marker PING in the flight about to be sent (it goes in its first packet), and
+        expect its ACK (see the module docstring)."""
+        if self._ping_probe():
+            self._marked_at = now
+            self._probes = 0
+            self.probe_at = now + self._probe_wait()
+
+    def _ping_probe(self) -> bool:
+        """Queue a PING whose ACK the wire keeps; it is now the marker awaited."""
+        uid = self._next_uid
+        self._next_uid = _PROBE_TAG | ((uid + 1) & 0xFFFFFFFF)
+        try:
+            self.quic.send_ping(uid)
+        except _CLOSED:
+            return False
+        self._marker = uid
+        self._dirty = True
+        return True
+
+    def _probe_wait(self) -> float:
+        """How long a marker may wait for its ACK: QUIC's probe timeout without the peer's ACK
+        delay (a trpc peer acknowledges as soon as it has read a burst)."""
+        if self._srtt is None:
+            return _INITIAL_PROBE_WAIT
+        return self._srtt + max(4 * self._rttvar, _GRANULARITY)
+
+    def probe(self, now: float) -> None:
+        """The latest marker's ACK is overdue: send a PING of its own.  The peer acknowledges it
+        at once, and QUIC, seeing a later packet acknowledged and the small flight not, resends
+        the flight then (RFC 9002's time threshold) instead of after its probe timeout, which
+        includes the peer's maximum ACK delay (see the module docstring)."""
+        if self._marker is None or now < self.probe_at:
+            return
+        if not self._ping_probe():
+            self.probe_at = math.inf
+            return
+        self._probes += 1
+        self.probe_at = now + self._probe_wait() * (1 << self._probes) if self._probes < _PROBES else math.inf
+
+    def _on_marker_acknowledged(self, uid: int, now: float | None) -> None:
+        marker = self._marker
+        if marker is None or (uid - marker) & 0xFFFFFFFF >= 1 << 31:
+            return  # an earlier marker's: the latest still waits
+        if now is not None and not self._probes:
+            sample = now - self._marked_at
+            if self._srtt is None:
+                self._srtt, self._rttvar = sample, sample / 2
+            else:
+                self._rttvar += (abs(self._srtt - sample) - self._rttvar) / 4
+                self._srtt += (sample - self._srtt) / 8
+        self._marker = None
+        self.probe_at = math.inf
+
     def data_to_send(self) -> bytes:
         raise LocalProtocolError("a QUIC connection's output is datagrams: use datagrams_to_send")
 
@@ -400,7 +492,7 @@ class QuicWire:
     def receive_datagram(self, data: bytes, address: Any, now: float) -> list[Event]:
         """Hand QUIC one datagram from ``address`` and return the call layer's events."""
         self.quic.receive_datagram(data, address, now)
-        return self.events()
+        return self.events(now)
 
     def process_backlog(self, max_frames: int | None = None) -> list[Event]:
         return []
@@ -409,10 +501,11 @@ class QuicWire:
         """QUIC's timer fired (loss detection, idle timeout...): its events."""
         self.quic.handle_timer(now)
         self._dirty = True
-        return self.events()
+        return self.events(now)
 
-    def events(self) -> list[Event]:
-        """Translate what QUIC has to report into the call layer's events."""
+    def events(self, now: float | None = None) -> list[Event]:
+        """Translate what QUIC has to report into the call layer's events (``now``: when the
+        datagrams they came in arrived, for the round trip of marker PINGs)."""
         out: list[Event] = []
         quic = self.quic
         while (event := quic.next_event()) is not None:
@@ -423,7 +516,10 @@ class QuicWire:
             elif isinstance(event, qe.StopSendingReceived):
                 self._on_stop_sending(event.stream_id, event.error_code, out)
             elif isinstance(event, qe.PingAcknowledged):
-                out.append(PingAcknowledged(payload=event.uid.to_bytes(8, "big")))
+                if event.uid >> 32 == _PROBE_TAG >> 32:
+                    self._on_marker_acknowledged(event.uid, now)
+                else:
+                    out.append(PingAcknowledged(payload=event.uid.to_bytes(8, "big")))
             elif isinstance(event, qe.HandshakeCompleted):
                 self._on_handshake(out)
             elif isinstance(event, qe.ConnectionTerminated):
@@ -566,6 +662,7 @@ class QuicWire:
             queue.append((memoryview(data), end_stream))
             self._waiting[stream_id] = self._waiting.get(stream_id, 0) + len(data)
         self._dirty = True
+        self._fresh = True
 
     def _drop_pending(self, stream_id: int) -> None:
         self._pending.pop(stream_id, None)
