@@ -35,8 +35,8 @@ the server and the client serve it as they serve trpc's own wire and gRPC's
   Every task of the process waits while such a copy runs, small calls' replies included.
 - **a small flight's loss is found in a round trip**: QUIC finds a lost packet when a later
   one is acknowledged; a small call's request or reply is often the last packet for a while,
-  and then QUIC waits for its probe timeout, which counts the peer's maximum ACK delay (qh3
-  advertises 25 ms and cannot be told otherwise).  So a send of new stream data carries a
+  and then QUIC waits for its probe timeout, which counts the peer's maximum ACK delay (a
+  fixed value in qh3, which trpc cannot lower).  So a send of new stream data carries a
   marker PING (in its first packet), and if the marker's ACK is overdue (:meth:`probe`: its
   smoothed round trip plus four times its variation, RFC 6298's estimator over markers), a
   PING goes alone.  The peer acknowledges that at once (a trpc peer does as soon as it has
@@ -155,11 +155,14 @@ _FEED_ROUNDS = 4
 #: The uids of marker and probe PINGs carry this tag in their upper half, so their ACKs are told
 #: apart from those of the call layer's PINGs (keepalive's, whose payloads are random).
 _PROBE_TAG = 0x74707262 << 32
-#: Probes sent for one marker at most, each after twice the wait of the one before: past them,
-#: QUIC's own probe timeout (which counts the peer's maximum ACK delay) goes on alone.
+#: Probes sent for one marker at most, each after twice the wait of the one before.  Three:
+#: with the waits doubling, the third falls about where QUIC's own probe timeout (which counts
+#: the peer's maximum ACK delay) would, and past it that timeout goes on alone, so a peer that
+#: is gone or slow to acknowledge costs a connection three small datagrams per marker.
 _PROBES = 3
 #: How long a marker waits for its ACK before the first probe while no round trip has been
-#: measured yet: QUIC's own initial probe timeout is longer still.
+#: measured yet: 50 ms, longer than most paths' round trip (a wait shorter than the path's
+#: costs one needless PING), well short of QUIC's own first probe timeout.
 _INITIAL_PROBE_WAIT = 0.05
 #: The shortest wait for a marker's ACK: the timer granularity QUIC's recovery assumes (RFC 9002).
 _GRANULARITY = 0.001
