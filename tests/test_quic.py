@@ -216,6 +216,32 @@ async def test_a_client_that_moves_to_a_new_port_keeps_its_calls(quic_client: An
     assert await quic_client.greet("moved") == "Hello moved"
 
 
+async def test_a_lost_request_is_probed_for_by_the_connections_timer_and_resent(quic_client: Any) -> None:
+    connection = quic_client._connection
+    for _ in range(5):
+        await quic_client.greet("warm")  # the markers' round trip is measured
+    send = connection.udp.send
+    lost: list[Any] = []
+    probes: list[float] = []
+    probe = connection.wire.probe
+
+    def lossy(datagrams: list[tuple[bytes, Any]]) -> None:
+        if not lost and any(len(data) > 60 for data, _ in datagrams):  # not a lone ACK: the call
+            lost.append(datagrams)
+            return
+        send(datagrams)
+
+    def counting(now: float) -> None:
+        probes.append(now)
+        probe(now)
+
+    connection.udp.send = lossy
+    connection.wire.probe = counting
+    with trio.fail_after(5):
+        assert await quic_client.greet("lost") == "Hello lost"
+    assert lost and probes  # the timer task probed for the lost flight
+
+
 async def test_a_channel_client_reconnects_to_a_restarted_quic_server(
     pems: dict[str, str], client_context: ssl.SSLContext
 ) -> None:
