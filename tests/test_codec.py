@@ -397,3 +397,17 @@ def test_mutated_payloads_decode_or_fail_as_cbor2_does(value, data):
 @given(payload=st.binary(max_size=40))
 def test_random_bytes_decode_or_fail_as_cbor2_does(payload):
     same_as_cbor2(_codec._loads, payload)
+
+
+def test_the_head_of_a_message_that_is_one_large_byte_string_is_found_where_encode_put_it():
+    for blob in (bytes(_codec._BIG_BYTES), os.urandom(_codec._BIG_BYTES + 3)):
+        for parts in (_codec.encode(blob), _codec.encode_arguments((blob,), {})):
+            head, body = parts
+            message = head + body
+            assert _codec.large_bytes_head(message[: _codec.LARGE_HEAD_MAX], len(message)) == len(head)
+            assert _codec.large_bytes_head(memoryview(message), len(message)) == len(head)
+            assert _codec.large_bytes_head(message, len(message) + 1) == 0  # the length must be the rest
+    for other in (_codec._dumps(bytes(100)),  # a byte string too small to be sent in two parts
+                  _codec._dumps([bytes(_codec._BIG_BYTES), 1]),  # more after the byte string
+                  _codec._dumps(list(range(30000)))):
+        assert _codec.large_bytes_head(other, len(other)) == 0

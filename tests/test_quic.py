@@ -246,6 +246,32 @@ async def test_a_client_that_moves_to_a_new_port_keeps_its_calls(quic_client: An
     assert await quic_client.greet("moved") == "Hello moved"
 
 
+async def test_a_lost_request_is_probed_for_by_the_connections_timer_and_resent(quic_client: Any) -> None:
+    connection = quic_client._connection
+    for _ in range(5):
+        await quic_client.greet("warm")  # the markers' round trip is measured
+    send = connection.udp.send
+    lost: list[Any] = []
+    probes: list[float] = []
+    probe = connection.wire.probe
+
+    def lossy(datagrams: list[tuple[bytes, Any]]) -> None:
+        if not lost and any(len(data) > 60 for data, _ in datagrams):  # not a lone ACK: the call
+            lost.append(datagrams)
+            return
+        send(datagrams)
+
+    def counting(now: float) -> None:
+        probes.append(now)
+        probe(now)
+
+    connection.udp.send = lossy
+    connection.wire.probe = counting
+    with trio.fail_after(5):
+        assert await quic_client.greet("lost") == "Hello lost"
+    assert lost and probes  # the timer task probed for the lost flight
+
+
 async def test_a_channel_client_reconnects_to_a_restarted_quic_server(
     pems: dict[str, str], client_context: ssl.SSLContext
 ) -> None:
@@ -285,23 +311,26 @@ def _loss_bench() -> Any:
     return module
 
 
-def test_at_one_percent_loss_a_typical_small_call_over_quic_waits_at_most_half_as_long_as_over_tcp() -> None:
-    """An 8 MiB echo always in flight and a 64-byte call every 10 ms, in a network namespace
-    dropping 1% of packets: over TCP a lost segment holds up every call behind it (and the
-    echo's bytes ahead of them), over QUIC only its own stream.
+def test_at_one_percent_loss_the_slowest_small_calls_over_quic_wait_at_most_a_third_as_long_as_over_tcp() -> None:
+    """An 8 MiB echo always in flight and a 64-byte call started every 10 ms, in a network
+    namespace dropping 1% of packets: over TCP a lost segment holds up every call behind it
+    (and the echo's bytes ahead of them), over QUIC only its own stream.  The issue's
+    criterion: the small calls' 99th percentile over QUIC at most a third of TCP's, measured
+    in the same run; and their median at most half.
 
-    The median is asserted, at half of TCP's (measured here 0.1x-0.35x, the higher under load):
-    it is what head-of-line blocking moves on every run.  The issue's goal is the 99th
-    percentile (a third of TCP's), which this machine reaches in only some runs
-    (TCP's p99 is 35-60 ms or over 200 ms depending on whether a retransmission timeout falls in
-    the top 1%; QUIC's tail, 25-50 ms, is there at 0% loss too: the echo's CPU cost, not loss
-    recovery): docs/PERFORMANCE.md, "QUIC", and bench/quic_loss.py report both."""
+    What makes it hold on every run, not only on lucky ones: the calls are started on
+    schedule and timed from when they were due, so a stall delays every call due during it
+    (bench/quic_loss.py says why); the run is long enough that TCP's percentiles do not hinge
+    on a few samples; and QUIC's own tail is gone (no event-loop step copies a large message
+    more than once, and a lost small flight is resent after a round trip, not QUIC's probe
+    timeout: trpc.quic._wire).  docs/PERFORMANCE.md, "QUIC", has the figures."""
     bench = _loss_bench()
     why = bench.available()
     if why is not None:
         pytest.skip(f"needs a network namespace with iptables (CI runs as root): {why}")
-    result = bench.measure(1.0, 6.0)
+    result = bench.measure(1.0, 10.0)
     tcp, quic = result["tcp"], result["quic"]
+    assert quic["p99_ms"] <= tcp["p99_ms"] / 3, result
     assert quic["p50_ms"] <= tcp["p50_ms"] / 2, result
     assert quic["p99_ms"] < 200, result  # never a retransmission timeout's wait
 

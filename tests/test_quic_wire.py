@@ -3,6 +3,8 @@ sockets, no Trio (h11's helpers-style pair)."""
 
 from __future__ import annotations
 
+import math
+import os
 import random
 import ssl
 import zlib
@@ -14,11 +16,13 @@ import pytest
 import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from qh3.quic.events import StreamDataReceived
 
 pytest.importorskip("qh3")
 
+from qh3.quic.events import StreamDataReceived  # noqa: E402
+
 from trpc import Status  # noqa: E402
+from trpc._codec import decode, decode_arguments, encode, encode_arguments  # noqa: E402
 from trpc._errors import RemoteProtocolError  # noqa: E402
 from trpc._events import (  # noqa: E402
     CallCancelled, CallEnded, CallOpened, Event, InfoReceived, MessagesReceived, PingAcknowledged, PrefaceReceived,
@@ -482,3 +486,121 @@ def test_a_call_stream_that_ends_in_the_middle_of_a_frame_is_a_protocol_error(pa
     pair.client.quic.send_stream_data(quic_id(stream_id), pack_header(100, 0, 0, 0) + b"\x00" * 10, True)
     with pytest.raises(RemoteProtocolError, match="middle of a frame"):
         pair.exchange()
+
+
+def _payloads(events: list[Event]) -> list[Any]:
+    return [payload for event in events if isinstance(event, MessagesReceived) for payload in event.payloads]
+
+
+def _exchange_until(pair: Pair, count: int) -> list[Any]:
+    """Exchange until the server has received ``count`` messages; their payloads, in order."""
+    payloads: list[Any] = []
+    for _ in range(20):
+        _, server = pair.exchange()
+        payloads += _payloads(server)
+        if len(payloads) >= count:
+            break
+    return payloads
+
+
+def test_a_large_byte_string_arrives_as_its_head_and_its_body_which_the_decoder_does_not_copy(pair: Pair) -> None:
+    pair.exchange()
+    blob = os.urandom(300 << 10)
+    arguments = encode_arguments((blob,), {})
+    assert type(arguments) is list
+    head = arguments[0]
+    call, _ = pair.client.open_unary_call("Svc/greet", arguments)
+    [payload] = _exchange_until(pair, 1)
+    assert type(payload) is list and payload[0] == head and payload[1] == blob
+    assert pair.server.receive_buffered(call) == len(head) + len(blob)  # held until consumed
+    args, _ = decode_arguments(payload)
+    assert args[0] is payload[1]  # the body itself, not a copy
+
+
+def test_a_large_message_of_any_other_shape_arrives_whole_and_in_order_with_the_next(pair: Pair) -> None:
+    pair.exchange()
+    numbers = list(range(40000))  # encodes to far more than a large payload
+    big, small = encode(numbers), encode("after")
+    assert type(big) is bytes and len(big) > 64 << 10
+    call = pair.client.open_call("Svc/total")
+    pair.client.send_message(call, big)
+    pair.client.send_message(call, small)
+    payloads = _exchange_until(pair, 2)
+    assert payloads == [big, small]
+    assert decode(payloads[0]) == numbers
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_large_message_split_anywhere_is_put_back_together(pair: Pair, seed: int) -> None:
+    """QUIC hands a stream over in pieces that may end anywhere: inside the frame header,
+    inside the message's head, at its last byte, or with the next message's first bytes."""
+    pair.exchange()
+    head, body = encode(os.urandom(100 << 10))
+    assert type(head) is bytes and type(body) is bytes
+    message = head + body
+    frames = pack_header(len(message), 0, 0, 0) + message + pack_header(2, 0, 0, 0) + b"\x61z"
+    call = pair.client.open_call("Svc/total")
+    pair.exchange()
+    rng = random.Random(seed)
+    last = len(frames) - 12  # the large frame's last byte
+    cuts = sorted({1, 5, 10, 12, 14, 21, last - 1, last, last + 1, len(frames),
+                   *rng.sample(range(1, len(frames)), 20)})
+    payloads: list[Any] = []
+    start = 0
+    for end in cuts:
+        pair.client.quic.send_stream_data(quic_id(call), frames[start:end])
+        start = end
+        _, server = pair.exchange()
+        payloads += _payloads(server)
+    assert payloads == [[head, body], b"\x61z"]
+
+
+def _round_trips(pair: Pair, count: int) -> None:
+    """Calls answered at once, so each side has measured its markers' round trip."""
+    for _ in range(count):
+        call, _ = pair.client.open_unary_call("Svc/greet", b"\x61a")
+        pair.exchange()
+        pair.server.send_message(call, b"\x61b")
+        pair.server.send_trailers(call, Status.OK)
+        pair.exchange()
+
+
+def test_a_lost_small_flight_is_probed_for_and_resent_long_before_quics_own_probe_timeout(pair: Pair) -> None:
+    pair.exchange()
+    _round_trips(pair, 5)
+    call, _ = pair.client.open_unary_call("Svc/greet", b"\x61c")
+    sent_at = pair.now
+    assert pair.client.datagrams_to_send(pair.now)  # the flight, and its marker: lost
+    quic_probe = pair.client.quic.get_timer()
+    assert quic_probe is not None and pair.client.probe_at < quic_probe
+    pair.now = pair.client.probe_at
+    pair.client.probe(pair.now)
+    client, server = pair.exchange()
+    assert [e.stream_id for e in server if isinstance(e, CallOpened)] == [call]
+    assert pair.now - sent_at < (quic_probe - sent_at) / 2
+    assert not [e for e in client if isinstance(e, PingAcknowledged)]  # markers stay in the wire
+    assert pair.client.probe_at == math.inf  # the probe's ACK came back
+
+
+def test_an_unanswered_marker_is_probed_for_a_few_times_then_left_to_quic(pair: Pair) -> None:
+    pair.exchange()
+    _round_trips(pair, 2)
+    pair.client.open_unary_call("Svc/greet", b"\x61c")
+    pair.client.datagrams_to_send(pair.now)  # lost, like everything after it
+    probes = [pair.now]
+    for _ in range(20):  # as the timer task does: whichever of the two timers comes first
+        quic_timer = pair.client.quic.get_timer()
+        assert quic_timer is not None
+        if pair.client.probe_at <= quic_timer:
+            pair.now = pair.client.probe_at
+            probes.append(pair.now)
+            pair.client.probe(pair.now)
+        elif pair.client.probe_at == math.inf:
+            break
+        else:
+            pair.now = quic_timer
+            pair.client.handle_timer(pair.now)
+        pair.client.datagrams_to_send(pair.now)  # lost
+    waits = [later - earlier for earlier, later in zip(probes, probes[1:])]
+    assert len(waits) == 3  # three probes, then QUIC's probe timeout alone
+    assert waits[1] == pytest.approx(2 * waits[0]) and waits[2] == pytest.approx(4 * waits[0])

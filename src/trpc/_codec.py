@@ -33,7 +33,7 @@ from ._status import Status
 if TYPE_CHECKING:
     from ._events import Received
 
-__all__ = ["encode", "decode", "encode_arguments", "decode_arguments", "Encoded"]
+__all__ = ["encode", "decode", "encode_arguments", "decode_arguments", "Encoded", "large_bytes_head"]
 
 
 class Encoded:
@@ -101,6 +101,28 @@ def encode(value: Any) -> bytes | list[bytes]:
     if type(value) is bytes and len(value) >= _BIG_BYTES:
         return [_bytes_head(len(value)), value]
     return _dumps(value)
+
+
+#: The leads before a large byte string's own head in the messages this module writes in two
+#: parts: none (a value, ``encode``) and ``[[`` (call arguments, ``encode_arguments``).
+_LARGE_LEADS = (b"", b"\x81\x81")
+#: The longest head of such a message: ``[[`` and a byte string's 9-byte head.
+LARGE_HEAD_MAX = 11
+
+
+def large_bytes_head(prefix: bytes | memoryview, size: int) -> int:
+    """How many bytes of a ``size``-byte message are the head before one large byte string
+    that is the rest of it, as ``encode`` and ``encode_arguments`` write it (``[head,
+    body]``), given the message's first ``LARGE_HEAD_MAX`` bytes or more; 0 if the message is
+    not such a one.  A wire that receives a message as one piece splits it there, so that
+    ``decode`` takes the body as it is instead of copying it."""
+    prefix = bytes(prefix[:LARGE_HEAD_MAX])
+    for lead in _LARGE_LEADS:
+        for own in (5, 9):
+            length = len(lead) + own
+            if size - length >= _BIG_BYTES and prefix[:length] == lead + _bytes_head(size - length):
+                return length
+    return 0
 
 
 def decode(

@@ -19,8 +19,9 @@ replaced (the mixin :class:`_Datagrams`):
   receive, send or timer, the datagrams due are collected and sent, and QUIC's timer re-read.
 - **one timer per connection**: the connection's timer task (``run_timers``, which also runs
   keepalive and the server's idle and age limits) sleeps until QUIC's next deadline (loss
-  detection, acknowledgements, idle timeout) and hands it to QUIC; a send that brings QUIC's
-  deadline forward wakes it.
+  detection, acknowledgements, idle timeout) and hands it to QUIC, or until the wire's next
+  probe for a small flight's loss is due (``QuicWire.probe``); a send that brings either
+  forward wakes it.
 - **migration**: QUIC routes by connection id, not address, so a client whose address
   changes keeps its connection; :meth:`QuicClientConnection.rebind` moves the client to a
   new local port (what a NAT rebinding does to it) while its calls run.
@@ -334,7 +335,7 @@ class _Datagrams:
         if self.broken is not None:
             return
         try:
-            events = self.wire.events()
+            events = self.wire.events(_current_time())
         except RemoteProtocolError as exc:
             logger.warning("trpc: protocol error from %s: %s", self.peer, str(exc))
             self.wire.close(f"protocol error: {exc}", PROTOCOL_ERROR)
@@ -378,7 +379,8 @@ class _Datagrams:
         if datagrams:
             self.udp.send(datagrams)
         at = conn.quic.get_timer()
-        if at is not None and at < self._timer_at:
+        at = conn.probe_at if at is None else min(at, conn.probe_at)
+        if at < self._timer_at:
             self._timer_at = at
             self.wake_timers()
 
@@ -395,7 +397,11 @@ class _Datagrams:
             self.pump()
             self.transmit()
             at = conn.quic.get_timer()
-        self._timer_at = math.inf if at is None else at
+        if conn.probe_at <= now:
+            conn.probe(now)
+            self.transmit()
+            at = conn.quic.get_timer()
+        self._timer_at = min(math.inf if at is None else at, conn.probe_at)
         return self._timer_at
 
     def _send_soon(self) -> None:

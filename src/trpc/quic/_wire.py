@@ -28,6 +28,21 @@ the server and the client serve it as they serve trpc's own wire and gRPC's
   ``send_message`` returns False (and the call layer waits for :class:`SendCreditAvailable`)
   while more than ``SEND_LOW_WATER`` bytes of a stream wait, here or in QUIC's send buffer, so
   a producer blocks behind a peer that reads nothing.
+- **a message is joined once**: a DATA frame whose body has not all come is kept as the
+  pieces QUIC hands over (``_body``) and joined when its last byte arrives, at its exact size;
+  a large one that is a single byte string as trpc's codec writes it (a value, or call
+  arguments) is handed on as ``[head, body]``, which the decoder takes without copying the
+  body again.  Every task of the process waits while such a copy runs, small calls' replies
+  included.
+- **a small flight's loss is found in a round trip**: QUIC finds a lost packet when a later
+  one is acknowledged; a small call's request or reply is often the last packet for a while,
+  and then QUIC waits for its probe timeout, which counts the peer's maximum ACK delay (a
+  fixed value in qh3, which trpc cannot lower).  So a send of new stream data carries a
+  marker PING (in its first packet), and if the marker's ACK is overdue (:meth:`probe`: its
+  smoothed round trip plus four times its variation, RFC 6298's estimator over markers), a
+  PING goes alone.  The peer acknowledges that at once (a trpc peer does as soon as it has
+  read a burst), and QUIC, seeing a later packet acknowledged and the flight not, resends the
+  flight (RFC 9002's time threshold).  At most ``_PROBES`` probes per marker.
 - **cancellation is QUIC's**: the client's cancel is RESET_STREAM and STOP_SENDING, with the
   reason's status code as the application error code; the server sees
   :class:`CallCancelled` with that reason.  A call refused unprocessed after GOAWAY is reset
@@ -52,6 +67,7 @@ Datagrams leave through :meth:`datagrams_to_send`; the byte-stream methods of th
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -112,7 +128,8 @@ from ..wire._frames import (
     FrameType,
     pack_header,
 )
-from .._framer_py import HEADER
+from .._codec import LARGE_HEAD_MAX, large_bytes_head
+from .._framer_py import HEADER, LARGE_PAYLOAD
 from ._tls import certificate_requested, describe_crypto_error
 
 __all__ = ["QuicWire", "REFUSED", "NO_ERROR", "PROTOCOL_ERROR", "SEND_LOW_WATER", "INITIAL_WINDOW", "call_id",
@@ -148,11 +165,31 @@ _MAX_WINDOW = (1 << 31) - 1
 #: fed in slices, it waits behind one slice at most.  64 KiB: enough for a burst of
 #: the congestion window per feeding round, small enough to send in a few milliseconds.
 _FEED = 64 << 10
+#: A message at least this large that is one byte string, as trpc's codec writes it, is handed
+#: on as ``[head, body]`` (``_whole``), so the decoder does not copy its body once more: a copy
+#: the size of the message holds up every task of the process while it runs
+#: (docs/PERFORMANCE.md, "QUIC").  The trpc wire's large-frame size (``LARGE_PAYLOAD``):
+#: below it a copy is short.
+_LARGE = LARGE_PAYLOAD
 #: Feeding rounds per ``datagrams_to_send`` at most: a bound on one call's work (a round hands
 #: every stream with waiting bytes one slice, and collects the datagrams QUIC makes of them),
 #: so that a bulk sender lets other tasks run every few hundred datagrams; the rest goes when
 #: the acknowledgements of these come back.
 _FEED_ROUNDS = 4
+#: The uids of marker and probe PINGs carry this tag in their upper half, so their ACKs are told
+#: apart from those of the call layer's PINGs (keepalive's, whose payloads are random).
+_PROBE_TAG = 0x74707262 << 32
+#: Probes sent for one marker at most, each after twice the wait of the one before.  Three:
+#: with the waits doubling, the third falls about where QUIC's own probe timeout (which counts
+#: the peer's maximum ACK delay) would, and past it that timeout goes on alone, so a peer that
+#: is gone or slow to acknowledge costs a connection three small datagrams per marker.
+_PROBES = 3
+#: How long a marker waits for its ACK before the first probe while no round trip has been
+#: measured yet: 50 ms, longer than most paths' round trip (a wait shorter than the path's
+#: costs one needless PING), well short of QUIC's own first probe timeout.
+_INITIAL_PROBE_WAIT = 0.05
+#: The shortest wait for a marker's ACK: the timer granularity QUIC's recovery assumes (RFC 9002).
+_GRANULARITY = 0.001
 #: The version PrefaceReceived reports: the frames are protocol 1.2's (INFO, coded DATA).
 _VERSION = PROTOCOL_VERSION
 _HEADER_SIZE = HEADER.size
@@ -242,6 +279,25 @@ class _Call:
     coding: int = 0
 
 
+def _whole(pieces: list[bytes | bytearray | memoryview], size: int) -> Received:
+    """The message the ``size`` bytes of ``pieces`` make, joined once: as ``[head, body]`` when
+    it is one large byte string as trpc's codec writes it (see ``_LARGE``), else as bytes."""
+    if size >= _LARGE:
+        prefix = bytearray()
+        for piece in pieces:
+            prefix += piece[:LARGE_HEAD_MAX - len(prefix)]
+            if len(prefix) >= LARGE_HEAD_MAX:
+                break
+        head = large_bytes_head(bytes(prefix), size)
+        if head:
+            index, skip = 0, head
+            while skip >= len(pieces[index]):
+                skip -= len(pieces[index])
+                index += 1
+            return [bytes(prefix[:head]), b"".join([memoryview(pieces[index])[skip:], *pieces[index + 1:]])]
+    return b"".join(pieces)
+
+
 class QuicWire:
     """trpc's wire methods and events over one QUIC connection (see the module docstring)."""
 
@@ -308,6 +364,19 @@ class QuicWire:
         self.retired: list[bytes] = []
         #: Where the peer's datagrams come from (receive_data uses it).
         self.peer_address: Any = None
+        #: Stream data was queued since the last ``datagrams_to_send``.
+        self._fresh = False
+        #: The PING whose ACK is awaited (the latest marker, or the probe sent for it; None:
+        #: none is), when the marker was sent, and the probes sent for it since.
+        self._marker: int | None = None
+        self._marked_at = 0.0
+        self._probes = 0
+        self._next_uid = _PROBE_TAG
+        #: When :meth:`probe` is next due (math.inf: no marker waits).
+        self.probe_at = math.inf
+        #: The round trip of marker PINGs, smoothed, and its variation (RFC 6298's estimator).
+        self._srtt: float | None = None
+        self._rttvar = 0.0
 
     # ------------------------------------------------------------ state the call layer asks
     @property
@@ -393,6 +462,10 @@ class QuicWire:
                     self._flush_pending_batch(call)
         self._dirty = False
         quic = self.quic
+        if self._fresh:
+            self._fresh = False
+            if self._control is not None:
+                self._mark(now)
         if not self._pending:
             return _poll_datagrams(quic, now)
         datagrams: list[tuple[bytes, Any]] = []
@@ -438,6 +511,60 @@ class QuicWire:
                     self._credit.pop(stream_id, None)
         return fed
 
+    def _mark(self, now: float) -> None:
+        """Put a marker PING in the flight about to be sent (it goes in its first packet), and
+        expect its ACK (see the module docstring)."""
+        if self._ping_probe():
+            self._marked_at = now
+            self._probes = 0
+            self.probe_at = now + self._probe_wait()
+
+    def _ping_probe(self) -> bool:
+        """Queue a PING whose ACK the wire keeps; it is now the marker awaited."""
+        uid = self._next_uid
+        self._next_uid = _PROBE_TAG | ((uid + 1) & 0xFFFFFFFF)
+        try:
+            self.quic.send_ping(uid)
+        except _CLOSED:
+            return False
+        self._marker = uid
+        self._dirty = True
+        return True
+
+    def _probe_wait(self) -> float:
+        """How long a marker may wait for its ACK: QUIC's probe timeout without the peer's ACK
+        delay (a trpc peer acknowledges as soon as it has read a burst)."""
+        if self._srtt is None:
+            return _INITIAL_PROBE_WAIT
+        return self._srtt + max(4 * self._rttvar, _GRANULARITY)
+
+    def probe(self, now: float) -> None:
+        """The latest marker's ACK is overdue: send a PING of its own.  The peer acknowledges it
+        at once, and QUIC, seeing a later packet acknowledged and the small flight not, resends
+        the flight then (RFC 9002's time threshold) instead of after its probe timeout, which
+        includes the peer's maximum ACK delay (see the module docstring)."""
+        if self._marker is None or now < self.probe_at:
+            return
+        if not self._ping_probe():
+            self.probe_at = math.inf
+            return
+        self._probes += 1
+        self.probe_at = now + self._probe_wait() * (1 << self._probes) if self._probes < _PROBES else math.inf
+
+    def _on_marker_acknowledged(self, uid: int, now: float | None) -> None:
+        marker = self._marker
+        if marker is None or (uid - marker) & 0xFFFFFFFF >= 1 << 31:
+            return  # an earlier marker's: the latest still waits
+        if now is not None and not self._probes:
+            sample = now - self._marked_at
+            if self._srtt is None:
+                self._srtt, self._rttvar = sample, sample / 2
+            else:
+                self._rttvar += (abs(self._srtt - sample) - self._rttvar) / 4
+                self._srtt += (sample - self._srtt) / 8
+        self._marker = None
+        self.probe_at = math.inf
+
     def data_to_send(self) -> bytes:
         raise LocalProtocolError("a QUIC connection's output is datagrams: use datagrams_to_send")
 
@@ -454,7 +581,7 @@ class QuicWire:
     def receive_datagram(self, data: bytes, address: Any, now: float) -> list[Event]:
         """Hand QUIC one datagram from ``address`` and return the call layer's events."""
         self.quic.receive_datagram(data, address, now)
-        return self.events()
+        return self.events(now)
 
     def process_backlog(self, max_frames: int | None = None) -> list[Event]:
         return []
@@ -463,10 +590,11 @@ class QuicWire:
         """QUIC's timer fired (loss detection, idle timeout...): its events."""
         self.quic.handle_timer(now)
         self._dirty = True
-        return self.events()
+        return self.events(now)
 
-    def events(self) -> list[Event]:
-        """Translate what QUIC has to report into the call layer's events."""
+    def events(self, now: float | None = None) -> list[Event]:
+        """Translate what QUIC has to report into the call layer's events (``now``: when the
+        datagrams they came in arrived, for the round trip of marker PINGs)."""
         out: list[Event] = []
         quic = self.quic
         while (event := quic.next_event()) is not None:
@@ -477,7 +605,10 @@ class QuicWire:
             elif isinstance(event, qe.StopSendingReceived):
                 self._on_stop_sending(event.stream_id, event.error_code, out)
             elif isinstance(event, qe.PingAcknowledged):
-                out.append(PingAcknowledged(payload=event.uid.to_bytes(8, "big")))
+                if event.uid >> 32 == _PROBE_TAG >> 32:
+                    self._on_marker_acknowledged(event.uid, now)
+                else:
+                    out.append(PingAcknowledged(payload=event.uid.to_bytes(8, "big")))
             elif isinstance(event, qe.HandshakeCompleted):
                 self._on_handshake(out)
             elif isinstance(event, qe.ConnectionTerminated):
@@ -641,6 +772,7 @@ class QuicWire:
             queue.append((memoryview(data), end_stream))
             self._waiting[stream_id] = self._waiting.get(stream_id, 0) + len(data)
         self._dirty = True
+        self._fresh = True
 
     def _send_parts(self, stream_id: int, parts: list[bytes], end_stream: bool) -> None:
         """Queue a message's parts: joined when small (one write), else each as it is, so a
@@ -999,12 +1131,15 @@ class QuicWire:
         call.missing = missing - size
         call.partial += size
         if not call.missing:
-            payload = b"".join(pieces)
+            size = call.partial
             call.pieces = None
             call.partial = 0
-            call.held += len(payload)
-            messages.append(Compressed(call.coding, [payload], self.max_message_size) if call.coding else payload)
-            call.coding = 0
+            call.held += size
+            if call.coding:
+                messages.append(Compressed(call.coding, [b"".join(pieces)], self.max_message_size))
+                call.coding = 0
+            else:
+                messages.append(_whole(pieces, size))
         return rest
 
     def _control_frame(self, call: _Call, kind: int, payload: bytes, out: list[Event]) -> None:
