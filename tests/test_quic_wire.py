@@ -555,6 +555,22 @@ def test_a_large_message_split_anywhere_is_put_back_together(pair: Pair, seed: i
     assert payloads == [[head, body], b"\x61z"]
 
 
+def _after_a_loss(pair: Pair) -> None:
+    """A call whose first flight is lost, found by QUIC's loss-detection timer: from then on
+    the client marks its flights (markers are for paths that lose packets)."""
+    assert pair.client.datagrams_to_send(pair.now) == []
+    call, _ = pair.client.open_unary_call("Svc/greet", b"\x61l")
+    assert pair.client.datagrams_to_send(pair.now)  # lost
+    timer = pair.client.quic.get_timer()
+    assert timer is not None
+    pair.now = timer
+    pair.client.handle_timer(pair.now)
+    pair.exchange()
+    pair.server.send_message(call, b"\x61b")
+    pair.server.send_trailers(call, Status.OK)
+    pair.exchange()
+
+
 def _round_trips(pair: Pair, count: int) -> None:
     """Calls answered at once, so each side has measured its markers' round trip."""
     for _ in range(count):
@@ -565,8 +581,22 @@ def _round_trips(pair: Pair, count: int) -> None:
         pair.exchange()
 
 
+def test_a_connection_that_loses_nothing_sends_no_markers_and_one_that_does_starts(pair: Pair) -> None:
+    pair.exchange()
+    _round_trips(pair, 3)
+    pair.client.open_unary_call("Svc/greet", b"\x61c")
+    pair.client.datagrams_to_send(pair.now)
+    assert pair.client.probe_at == math.inf  # no marker awaited
+    pair.exchange()
+    _after_a_loss(pair)
+    pair.client.open_unary_call("Svc/greet", b"\x61d")
+    pair.client.datagrams_to_send(pair.now)
+    assert pair.client.probe_at < math.inf  # this flight's marker is awaited
+
+
 def test_a_lost_small_flight_is_probed_for_and_resent_long_before_quics_own_probe_timeout(pair: Pair) -> None:
     pair.exchange()
+    _after_a_loss(pair)
     _round_trips(pair, 5)
     call, _ = pair.client.open_unary_call("Svc/greet", b"\x61c")
     sent_at = pair.now
@@ -584,6 +614,7 @@ def test_a_lost_small_flight_is_probed_for_and_resent_long_before_quics_own_prob
 
 def test_an_unanswered_marker_is_probed_for_a_few_times_then_left_to_quic(pair: Pair) -> None:
     pair.exchange()
+    _after_a_loss(pair)
     _round_trips(pair, 2)
     pair.client.open_unary_call("Svc/greet", b"\x61c")
     pair.client.datagrams_to_send(pair.now)  # lost, like everything after it

@@ -309,6 +309,9 @@ class _Datagrams:
 
     broken: str | None
     peer: str
+    keepalive: Keepalive | None
+    received_at: float
+    _timer_wakeup: Any
     _writer_wakeup: Any
     _reader_scope: trio.CancelScope
     closed: trio.Event
@@ -320,6 +323,9 @@ class _Datagrams:
         self.udp = udp or _Udp(sock)
         #: The deadline the timer task sleeps until, as far as QUIC's timer is concerned.
         self._timer_at = math.inf
+        #: The timer task's sleep (None while it is not sleeping): ``transmit`` brings its
+        #: deadline forward to QUIC's new one without waking the task.
+        self._timer_scope: trio.CancelScope | None = None
         self._writer_gone_quic = False
 
     if TYPE_CHECKING:  # the call layer's connection classes define these
@@ -381,8 +387,42 @@ class _Datagrams:
         at = conn.quic.get_timer()
         at = conn.probe_at if at is None else min(at, conn.probe_at)
         if at < self._timer_at:
+            # QUIC's deadline (or the probe's) came forward: the sleeping timer task's deadline
+            # follows, without a task switch (a timer task that is not sleeping reads it when
+            # it next computes one).  A deadline that moved later is left: the task wakes at
+            # the earlier one, finds nothing due, and sleeps again (rarer and cheaper than
+            # moving its deadline on every send and receive, which most of them do).
             self._timer_at = at
-            self.wake_timers()
+            scope = self._timer_scope
+            if scope is not None and at < scope.deadline:
+                scope.deadline = at
+
+    async def run_timers(self) -> None:
+        """The connection's timer task: as the call layer's (keepalive, and the server's limits:
+        ``_other_timers``), with QUIC's deadline and the probe's, which ``transmit`` brings
+        forward in the sleep's cancel scope directly."""
+        keepalive = self.keepalive
+        wakeup = self._timer_wakeup
+        self.received_at = max(self.received_at, _current_time())
+        while self.broken is None:
+            now = _current_time()
+            other = self._other_timers(now)
+            if keepalive is not None and self.broken is None:
+                other = min(other, keepalive.step(cast(Any, self), now))
+            at = self._quic_timer(now)
+            if self.broken is not None:
+                return
+            with trio.move_on_at(min(other, at)) as scope:
+                self._timer_scope = scope
+                try:
+                    await wakeup.park()
+                finally:
+                    self._timer_scope = None
+
+    def _other_timers(self, now: float) -> float:
+        """The call layer's deadlines of this connection besides keepalive's (see
+        ``_ServerConnection._timers``): math.inf unless a subclass has some."""
+        return math.inf
 
     def _quic_timer(self, now: float) -> float:
         """QUIC's deadline, acted on if it has passed: the next one (math.inf for none)."""
@@ -390,6 +430,7 @@ class _Datagrams:
         at = conn.quic.get_timer()
         if at is not None and at <= now:
             try:
+                conn.timer_due(now)
                 conn.quic.handle_timer(now)
             except Exception as exc:  # noqa: BLE001 - see crash
                 self.crash(exc)
@@ -444,8 +485,8 @@ class QuicServerConnection(_Datagrams, _ServerConnection):
         self.endpoint = endpoint
         self._peer_certificate: dict[str, Any] | None = None
 
-    def _timers(self, now: float) -> float:
-        return min(_ServerConnection._timers(self, now), self._quic_timer(now))
+    def _other_timers(self, now: float) -> float:
+        return _ServerConnection._timers(self, now)
 
     async def reader(self, first: bytes | bytearray = b"") -> None:
         """The endpoint reads for every connection: wait until this one ends."""
@@ -643,9 +684,6 @@ class QuicClientConnection(_Datagrams, ClientConnection):
         self._init_datagrams(sock, wire)
         self.server_address = server_address
         self._rebound = False
-
-    def _timers(self, now: float) -> float:
-        return self._quic_timer(now)
 
     def deliver(self, events: list[Event]) -> None:
         """As for every QUIC connection; and calls waiting for the server's stream limit are
