@@ -63,9 +63,12 @@ class Record:
         self.ended: set[tuple[int, str, str]] = set()
         try:
             with open(path) as file:
-                lines = file.read().splitlines()
+                text = file.read()
         except FileNotFoundError:
-            lines = []
+            text = ""
+        # Complete lines only: a reader may see a backend's line half written (a write to a
+        # file is not atomic for its readers), which the next read will have whole.
+        lines = text.split("\n")[:-1]
         for line in lines:
             kind, pid, method, call_id, *rest = line.split()
             if kind == "B":
