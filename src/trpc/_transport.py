@@ -218,6 +218,9 @@ class TrioConnection:
         #: Keepalive pings (see trpc._keepalive), run by run_timers; None: no pings.
         self.keepalive: Keepalive | None = None
         self._timer_wakeup = Parker()
+        #: The timer task's sleep while it sleeps (else None): a deadline that comes forward
+        #: can be moved in it without waking the task (trpc.quic does, on most sends).
+        self._timer_scope: trio.CancelScope | None = None
         #: The Trio socket under a plain TCP stream (POSIX), which the reader, the writer and
         #: send_soon use directly (see _receive); None for other streams (TLS, in-memory).
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) and _POSIX else None
@@ -526,8 +529,12 @@ class TrioConnection:
                 deadline = min(deadline, keepalive.step(self, now))
             if self.broken is not None:
                 return
-            with trio.move_on_at(deadline):
-                await wakeup.park()
+            with trio.move_on_at(deadline) as scope:
+                self._timer_scope = scope
+                try:
+                    await wakeup.park()
+                finally:
+                    self._timer_scope = None
 
     def wake_timers(self) -> None:
         """Make the timer task look at its deadlines again now (one changed)."""

@@ -309,9 +309,7 @@ class _Datagrams:
 
     broken: str | None
     peer: str
-    keepalive: Keepalive | None
-    received_at: float
-    _timer_wakeup: Any
+    _timer_scope: trio.CancelScope | None
     _writer_wakeup: Any
     _reader_scope: trio.CancelScope
     closed: trio.Event
@@ -323,9 +321,6 @@ class _Datagrams:
         self.udp = udp or _Udp(sock)
         #: The deadline the timer task sleeps until, as far as QUIC's timer is concerned.
         self._timer_at = math.inf
-        #: The timer task's sleep (None while it is not sleeping): ``transmit`` brings its
-        #: deadline forward to QUIC's new one without waking the task.
-        self._timer_scope: trio.CancelScope | None = None
         self._writer_gone_quic = False
 
     if TYPE_CHECKING:  # the call layer's connection classes define these
@@ -397,33 +392,6 @@ class _Datagrams:
             if scope is not None and at < scope.deadline:
                 scope.deadline = at
 
-    async def run_timers(self) -> None:
-        """The connection's timer task: as the call layer's (keepalive, and the server's limits:
-        ``_other_timers``), with QUIC's deadline and the probe's, which ``transmit`` brings
-        forward in the sleep's cancel scope directly."""
-        keepalive = self.keepalive
-        wakeup = self._timer_wakeup
-        self.received_at = max(self.received_at, _current_time())
-        while self.broken is None:
-            now = _current_time()
-            other = self._other_timers(now)
-            if keepalive is not None and self.broken is None:
-                other = min(other, keepalive.step(cast(Any, self), now))
-            at = self._quic_timer(now)
-            if self.broken is not None:
-                return
-            with trio.move_on_at(min(other, at)) as scope:
-                self._timer_scope = scope
-                try:
-                    await wakeup.park()
-                finally:
-                    self._timer_scope = None
-
-    def _other_timers(self, now: float) -> float:
-        """The call layer's deadlines of this connection besides keepalive's (see
-        ``_ServerConnection._timers``): math.inf unless a subclass has some."""
-        return math.inf
-
     def _quic_timer(self, now: float) -> float:
         """QUIC's deadline, acted on if it has passed: the next one (math.inf for none)."""
         conn = self.wire
@@ -485,8 +453,8 @@ class QuicServerConnection(_Datagrams, _ServerConnection):
         self.endpoint = endpoint
         self._peer_certificate: dict[str, Any] | None = None
 
-    def _other_timers(self, now: float) -> float:
-        return _ServerConnection._timers(self, now)
+    def _timers(self, now: float) -> float:
+        return min(_ServerConnection._timers(self, now), self._quic_timer(now))
 
     async def reader(self, first: bytes | bytearray = b"") -> None:
         """The endpoint reads for every connection: wait until this one ends."""
@@ -684,6 +652,9 @@ class QuicClientConnection(_Datagrams, ClientConnection):
         self._init_datagrams(sock, wire)
         self.server_address = server_address
         self._rebound = False
+
+    def _timers(self, now: float) -> float:
+        return self._quic_timer(now)
 
     def deliver(self, events: list[Event]) -> None:
         """As for every QUIC connection; and calls waiting for the server's stream limit are
