@@ -21,7 +21,7 @@ replaced (the mixin :class:`_Datagrams`):
   keepalive and the server's idle and age limits) sleeps until QUIC's next deadline (loss
   detection, acknowledgements, idle timeout) and hands it to QUIC, or until the wire's next
   probe for a small flight's loss is due (``QuicWire.probe``); a send that brings either
-  forward wakes it.
+  forward moves the sleep's deadline, without waking the task.
 - **migration**: QUIC routes by connection id, not address, so a client whose address
   changes keeps its connection; :meth:`QuicClientConnection.rebind` moves the client to a
   new local port (what a NAT rebinding does to it) while its calls run.
