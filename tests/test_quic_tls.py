@@ -449,3 +449,19 @@ def test_a_plain_qh3_server_context_sends_no_certificate_request(pems: Pems) -> 
         data = data[4 + int.from_bytes(data[1:4], "big"):]
     assert qh3.tls.HandshakeType.CERTIFICATE_REQUEST not in kinds
     assert kinds[0] == qh3.tls.HandshakeType.ENCRYPTED_EXTENSIONS
+
+
+async def test_over_quic_a_context_that_verifies_the_certificate_but_not_its_name_is_refused_up_front() -> None:
+    """qh3 2.1 passes a certificate checked without its name whose subjectAltName is an e-mail
+    address, whatever CA signed it; so trpc refuses that configuration over QUIC (naming the
+    way out: server_hostname) instead of connecting with it."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    with pytest.raises(ValueError, match="server_hostname"):
+        async with trpc.open_client("quic://127.0.0.1:9", ssl_context=context):
+            pass  # pragma: no cover
+    context.verify_mode = ssl.CERT_NONE  # no verification at all: allowed, as over TCP
+    with pytest.raises(trpc.RpcError) as caught:  # (no server there: it gets as far as connecting)
+        async with trpc.open_client("quic://127.0.0.1:9", ssl_context=context, connect_timeout=0.3):
+            pass  # pragma: no cover
+    assert caught.value.status is trpc.Status.UNAVAILABLE

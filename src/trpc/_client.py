@@ -1787,11 +1787,19 @@ async def open_client(
             does not wait for ready; over mutual TLS, its message says why a server refused
             this client's certificate (or its lack of one).
         ValueError: ``certfile`` or ``keyfile`` without ``ssl_context``, or ``keyfile``
-            without ``certfile``.
+            without ``certfile``; a ``quic://`` target with an ``ssl_context`` that verifies
+            the server's certificate but not its name (``check_hostname`` off: give
+            ``server_hostname`` instead).
         ssl.SSLError, OSError: ``certfile`` and ``keyfile`` are not a certificate chain and its
             key, or cannot be read.
     """
     check_keepalive(keepalive_time, keepalive_timeout)
+    if (isinstance(target, str) and target.startswith("quic://") and ssl_context is not None
+            and ssl_context.verify_mode != ssl.CERT_NONE and not ssl_context.check_hostname):
+        # qh3 (2.1) checks a certificate without its name wrongly: one whose subjectAltName is
+        # an e-mail address passes whatever CA signed it.  So over QUIC the name is checked.
+        raise ValueError("over QUIC a verified certificate is checked with its name: keep ssl_context.check_hostname,"
+                         " and give server_hostname= the name the server's certificate holds")
     if keyfile is not None and certfile is None:
         raise ValueError("keyfile needs certfile")
     if certfile is not None:
