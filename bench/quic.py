@@ -21,17 +21,15 @@ import argparse
 import json
 import ssl
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import trio
-import trustme
 
 import trpc
+
+from _child_server import child_server  # noqa: E402  (bench/ is the script's directory)
 
 
 class Bench(trpc.Service):
@@ -103,23 +101,9 @@ def main() -> None:
     if args.serve:
         trio.run(_serve, args.serve)
         return
-    ca = trustme.CA()
-    leaf = ca.issue_cert("127.0.0.1", "localhost")
-    with tempfile.TemporaryDirectory() as folder:
-        leaf.cert_chain_pems[0].write_to_path(f"{folder}/cert.pem")
-        leaf.private_key_pem.write_to_path(f"{folder}/key.pem")
-        server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", folder],
-                                  stdout=subprocess.PIPE)
-        try:
-            assert server.stdout is not None
-            targets = json.loads(server.stdout.readline())
-            context = ssl.create_default_context()
-            ca.configure_trust(context)
-            rows = {name: trio.run(_measure, targets[name], None if name == "tcp" else context, args.duration)
-                    for name in ("tcp", "tls", "quic")}
-        finally:
-            server.terminate()
-            server.wait()
+    with child_server(str(Path(__file__).resolve())) as (targets, context):
+        rows = {name: trio.run(_measure, targets[name], None if name == "tcp" else context, args.duration)
+                for name in ("tcp", "tls", "quic")}
     base = rows["tcp"]
     print(f"{'transport':10s} {'W1 calls/s':>16s} {'W2 calls/s':>16s} {'W4 MB/s':>14s} {'handshake ms':>14s}")
     for name, row in rows.items():

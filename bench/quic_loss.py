@@ -30,12 +30,10 @@ import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import trio
-import trustme
 
 import trpc
 
@@ -126,24 +124,12 @@ def _inside(loss: float, duration: float) -> dict[str, Any]:
     if loss:
         subprocess.run(["iptables", "-A", "INPUT", "-i", "lo", "-m", "statistic", "--mode", "random",
                         "--probability", str(loss / 100), "-j", "DROP"], check=True)
-    ca = trustme.CA()
-    leaf = ca.issue_cert("127.0.0.1")
-    with tempfile.TemporaryDirectory() as folder:
-        leaf.cert_chain_pems[0].write_to_path(f"{folder}/cert.pem")
-        leaf.private_key_pem.write_to_path(f"{folder}/key.pem")
-        server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", folder],
-                                  stdout=subprocess.PIPE)
-        try:
-            assert server.stdout is not None
-            targets = json.loads(server.stdout.readline())
-            context = ssl.create_default_context()
-            ca.configure_trust(context)
-            return {name: _percentiles(trio.run(_latencies, targets[name], context if name == "quic" else None,
-                                                duration))
-                    for name in ("tcp", "quic")}
-        finally:
-            server.terminate()
-            server.wait()
+    from _child_server import child_server  # (here: bench/ is on the path of this script's runs)
+
+    with child_server(str(Path(__file__).resolve())) as (targets, context):
+        return {name: _percentiles(trio.run(_latencies, targets[name], context if name == "quic" else None,
+                                            duration))
+                for name in ("tcp", "quic")}
 
 
 def measure(loss: float, duration: float) -> dict[str, Any]:
