@@ -200,9 +200,7 @@ def encode_info(idempotent: frozenset[str], methods: frozenset[tuple[str, int]],
         if reserved + 2 + _array_head_size(len(names) + 1) + size + encoded <= limit:
             names.append(name)
             size += encoded
-    used = 1 + (1 + _array_head_size(len(names)) + size if names else 0)  # the map head, key 1
-    if codings:
-        used += 1 + len(cbor2.dumps(codings))
+    used = reserved + 1 + (1 + _array_head_size(len(names)) + size if names else 0)  # key 3, the map head, key 1
     shapes: dict[str, int] = {}
     size = 0  # the pairs' encoded bytes
     for path, code in sorted(methods):
