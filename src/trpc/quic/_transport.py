@@ -398,8 +398,7 @@ class _Datagrams:
         at = conn.quic.get_timer()
         if at is not None and at <= now:
             try:
-                conn.timer_due(now)
-                conn.quic.handle_timer(now)
+                conn.fire_timer(now)
             except Exception as exc:  # noqa: BLE001 - see crash
                 self.crash(exc)
                 return math.inf

@@ -373,7 +373,7 @@ class QuicWire:
         self.peer_address: Any = None
         #: Stream data was queued since the last ``datagrams_to_send``.
         self._fresh = False
-        #: Until when new stream data carries markers (see ``_MARK_FOR``; ``timer_due``).
+        #: Until when new stream data carries markers (see ``_MARK_FOR``; ``fire_timer``).
         self._marking_until = 0.0
         #: The PING whose ACK is awaited (the latest marker, or the probe sent for it; None:
         #: none is), when the marker was sent, and the probes sent for it since.
@@ -547,16 +547,6 @@ class QuicWire:
             return _INITIAL_PROBE_WAIT
         return self._srtt + max(4 * self._rttvar, _GRANULARITY)
 
-    def timer_due(self, now: float) -> None:
-        """QUIC's timer is due and about to be handled: if it is its loss-detection timer (a
-        packet was found lost, or its probe timeout passed), send markers from now on for
-        ``_MARK_FOR`` seconds.  (qh3 2.1's core names its timer: its ``get_timer()`` gives
-        ``(kind, deadline)``; with a qh3 whose core does not, markers are always sent.)"""
-        core = getattr(self.quic, "_core", None)
-        timer = core.get_timer() if core is not None else None
-        if not isinstance(timer, tuple) or timer[0] == "loss_detection":
-            self._marking_until = now + _MARK_FOR
-
     def probe(self, now: float) -> None:
         """The latest marker's ACK is overdue: send a PING of its own.  The peer acknowledges it
         at once, and QUIC, seeing a later packet acknowledged and the small flight not, resends
@@ -606,11 +596,22 @@ class QuicWire:
     def process_backlog(self, max_frames: int | None = None) -> list[Event]:
         return []
 
-    def handle_timer(self, now: float) -> list[Event]:
-        """QUIC's timer fired (loss detection, idle timeout...): its events."""
-        self.timer_due(now)
+    def fire_timer(self, now: float) -> None:
+        """QUIC's timer is due (loss detection, acknowledgements, idle timeout...): hand it to
+        QUIC; its events wait for :meth:`events`.  If it is the loss-detection timer (a packet
+        was found lost, or its probe timeout passed), markers are sent from now on for
+        ``_MARK_FOR`` seconds.  (qh3 2.1's core names its timer: its ``get_timer()`` gives
+        ``(kind, deadline)``; with a qh3 whose core does not, markers are always sent.)"""
+        core = getattr(self.quic, "_core", None)
+        timer = core.get_timer() if core is not None else None
+        if not isinstance(timer, tuple) or timer[0] == "loss_detection":
+            self._marking_until = now + _MARK_FOR
         self.quic.handle_timer(now)
         self._dirty = True
+
+    def handle_timer(self, now: float) -> list[Event]:
+        """QUIC's timer fired: :meth:`fire_timer`, then its events."""
+        self.fire_timer(now)
         return self.events(now)
 
     def events(self, now: float | None = None) -> list[Event]:
